@@ -1,0 +1,10 @@
+//! Internal actors of [clusterfunk](https://docs.rs/clusterfunk): transport, membership,
+//! consensus and the shard manager, each a pure core plus an actix shell (shared/DESIGN.md §2).
+//!
+//! Users depend on the `clusterfunk` crate, which re-exports what they need; nothing here is a
+//! stable API.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod shard;
+pub mod state;
+pub mod types;

@@ -1,0 +1,306 @@
+//! The weighted, minimal-movement allocator (DESIGN §3). Runs on the Raft leader; pure.
+//!
+//! Rules, in order:
+//! 1. Each node's quota is its weighted share of the shards, rounded to a whole number so that the
+//!    quotas sum to the shard count: every node is within one shard of `shards * weight / total`.
+//!    The rounding is *sticky*: a node already holding its rounded-up share keeps it, so a change
+//!    elsewhere does not make it shed a shard.
+//! 2. A shard stays where it is unless its owner left or is over quota. A node over quota gives up
+//!    its highest-numbered shards.
+//! 3. Freed shards go first to one of their own live followers that is under quota (a promotion:
+//!    the follower already has the data), then to under-quota nodes in id order, in contiguous
+//!    runs.
+//! 4. Followers (replica factor > 1) stay unless their node left, is now the owner, or is over its
+//!    follower quota; empty slots take the under-quota node with the largest deficit on a node
+//!    distinct from the owner and the other followers, and in a distinct zone when zones are set.
+//!
+//! Ties are broken by node id, so the same input always gives the same output.
+
+use serde::{Deserialize, Serialize};
+
+use super::map::{Assignment, ShardMap};
+use crate::types::{NodeId, ShardId};
+
+/// A node that may hold shards.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Candidate {
+    /// The node.
+    pub id: NodeId,
+    /// Its weight (≥ 1).
+    pub weight: u32,
+    /// Its failure zone, if zones are used.
+    pub zone: Option<String>,
+}
+
+/// Why a shard's owner changes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MoveReason {
+    /// The shard had no owner.
+    Unassigned,
+    /// Its owner is no longer among the live candidates.
+    OwnerLeft,
+    /// Its owner holds more than its quota.
+    OverQuota,
+}
+
+/// One change of owner.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Move {
+    /// The shard.
+    pub shard: ShardId,
+    /// The previous owner.
+    pub from: Option<NodeId>,
+    /// The new owner (`None` when no node is left).
+    pub to: Option<NodeId>,
+    /// Why it moves.
+    pub reason: MoveReason,
+    /// Whether the new owner was a follower of the shard.
+    pub promoted: bool,
+}
+
+/// What a rebalance would do, computable without committing it.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Plan {
+    /// Owner changes, in shard order.
+    pub moves: Vec<Move>,
+    /// Shards whose follower set changes.
+    pub replica_changes: u32,
+}
+
+/// The result of [`allocate`]: the changed assignments and the plan that explains them.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Allocation {
+    /// Shards whose assignment changes, with their new assignment, in shard order.
+    pub changes: Vec<(ShardId, Assignment)>,
+    /// Why.
+    pub plan: Plan,
+}
+
+impl Allocation {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// Computes the assignments that bring `current` in line with the live `nodes`.
+///
+/// `nodes` may be in any order; weights of 0 are treated as 1 (config refuses them earlier).
+/// The replica factor is the map's own.
+pub fn allocate(current: &ShardMap, nodes: &[Candidate]) -> Allocation {
+    let mut nodes: Vec<&Candidate> = nodes.iter().collect();
+    nodes.sort_by_key(|n| n.id);
+    nodes.dedup_by_key(|n| n.id);
+    let shards = current.shard_count() as usize;
+    let mut owners: Vec<(ShardId, Option<NodeId>, MoveReason, bool)> = Vec::new();
+    let new_owner = owner_phase(current, &nodes, shards, &mut owners);
+    let mut alloc = Allocation::default();
+    if current.replica_factor() <= 1 {
+        for (shard, to, reason, promoted) in owners {
+            let from = current.owner(shard);
+            alloc.plan.moves.push(Move { shard, from, to, reason, promoted });
+            alloc.changes.push((shard, Assignment { owner: to, replicas: vec![] }));
+        }
+        return alloc;
+    }
+    let followers = follower_phase(current, &nodes, &new_owner);
+    let mut moved = owners.into_iter().peekable();
+    for (s, replicas) in followers.into_iter().enumerate() {
+        let shard = ShardId(s as u32);
+        let owner = new_owner(shard);
+        if let Some((_, to, reason, promoted)) = moved.next_if(|m| m.0 == shard) {
+            let from = current.owner(shard);
+            alloc.plan.moves.push(Move { shard, from, to, reason, promoted });
+        }
+        let next = Assignment { owner, replicas };
+        if next.replicas != current.replicas(shard) {
+            alloc.plan.replica_changes += 1;
+        }
+        if next != current.assignment(shard) {
+            alloc.changes.push((shard, next));
+        }
+    }
+    alloc
+}
+
+/// Decides owners. Returns the shards that change owner (in `moved`, shard order) and a lookup
+/// of the new owner of any shard.
+fn owner_phase<'a>(
+    current: &'a ShardMap,
+    nodes: &[&Candidate],
+    shards: usize,
+    moved: &mut Vec<(ShardId, Option<NodeId>, MoveReason, bool)>,
+) -> impl Fn(ShardId) -> Option<NodeId> + 'a {
+    let counts = current.owner_counts();
+    let held: Vec<u64> = nodes.iter().map(|n| u64::from(counts.get(&n.id).copied().unwrap_or(0))).collect();
+    let quota = quotas(shards as u64, nodes, &held);
+    // Nodes that must give shards up: those gone (all of theirs) and those over quota (the surplus).
+    let mut release: Vec<(NodeId, u64, MoveReason)> = counts
+        .iter()
+        .filter(|(id, _)| nodes.binary_search_by_key(id, |n| &n.id).is_err())
+        .map(|(id, c)| (*id, u64::from(*c), MoveReason::OwnerLeft))
+        .collect();
+    for (i, n) in nodes.iter().enumerate() {
+        if held[i] > quota[i] {
+            release.push((n.id, held[i] - quota[i], MoveReason::OverQuota));
+        }
+    }
+    let mut freed: Vec<(ShardId, MoveReason)> = Vec::new();
+    let unassigned = shards as u64 - counts.values().map(|c| u64::from(*c)).sum::<u64>();
+    let to_free = unassigned + release.iter().map(|r| r.1).sum::<u64>();
+    if to_free > 0 {
+        let owners = current.owners();
+        // Scan from the top so an over-quota node keeps its lowest-numbered shards.
+        for s in (0..shards).rev() {
+            match owners[s] {
+                None => freed.push((ShardId(s as u32), MoveReason::Unassigned)),
+                Some(o) => {
+                    if let Some(r) = release.iter_mut().find(|r| r.0 == o && r.1 > 0) {
+                        r.1 -= 1;
+                        freed.push((ShardId(s as u32), r.2));
+                    }
+                }
+            }
+            if freed.len() as u64 == to_free {
+                break;
+            }
+        }
+        freed.reverse();
+    }
+    let mut deficit: Vec<u64> = (0..nodes.len()).map(|i| quota[i].saturating_sub(held[i])).collect();
+    let mut taken: Vec<Option<(NodeId, bool)>> = vec![None; freed.len()];
+    // Promotions first: a live follower under quota takes the shard.
+    if current.replica_factor() > 1 {
+        for (k, (shard, _)) in freed.iter().enumerate() {
+            for f in current.replicas(*shard) {
+                if let Ok(i) = nodes.binary_search_by_key(&f, |n| n.id) {
+                    if deficit[i] > 0 {
+                        deficit[i] -= 1;
+                        taken[k] = Some((f, true));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    // Then contiguous runs to under-quota nodes in id order.
+    let mut node = 0;
+    for slot in taken.iter_mut().filter(|t| t.is_none()) {
+        while node < nodes.len() && deficit[node] == 0 {
+            node += 1;
+        }
+        if node < nodes.len() {
+            deficit[node] -= 1;
+            *slot = Some((nodes[node].id, false));
+        }
+    }
+    for ((shard, reason), t) in freed.into_iter().zip(taken) {
+        moved.push((shard, t.map(|t| t.0), reason, t.is_some_and(|t| t.1)));
+    }
+    let overrides: Vec<(ShardId, Option<NodeId>)> = moved.iter().map(|m| (m.0, m.1)).collect();
+    move |shard: ShardId| match overrides.binary_search_by_key(&shard, |o| o.0) {
+        Ok(i) => overrides[i].1,
+        Err(_) => current.owner(shard),
+    }
+}
+
+/// Whole-number quotas summing to `total`, each within one of `total * w / W`.
+///
+/// The remainder goes first to nodes already holding their rounded-up share (so they need not
+/// shed), then to those holding least (so a joining node takes it rather than creating a deficit
+/// elsewhere), then by larger fraction, then by node id.
+fn quotas(total: u64, nodes: &[&Candidate], held: &[u64]) -> Vec<u64> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let weights: Vec<u128> = nodes.iter().map(|n| u128::from(n.weight.max(1))).collect();
+    let sum: u128 = weights.iter().sum();
+    let mut quota: Vec<u64> = weights.iter().map(|w| (u128::from(total) * w / sum) as u64).collect();
+    let frac: Vec<u128> = weights.iter().map(|w| u128::from(total) * w % sum).collect();
+    let remainder = total - quota.iter().sum::<u64>();
+    let mut eligible: Vec<usize> = (0..nodes.len()).filter(|i| frac[*i] > 0).collect();
+    eligible.sort_by(|a, b| {
+        let pref = |i: usize| held[i] > quota[i];
+        pref(*b).cmp(&pref(*a)).then(held[*a].cmp(&held[*b])).then(frac[*b].cmp(&frac[*a])).then(a.cmp(b))
+    });
+    for i in eligible.into_iter().take(remainder as usize) {
+        quota[i] += 1;
+    }
+    quota
+}
+
+/// Decides followers for every shard, given the new owners.
+fn follower_phase(
+    current: &ShardMap,
+    nodes: &[&Candidate],
+    owner_of: &impl Fn(ShardId) -> Option<NodeId>,
+) -> Vec<Vec<NodeId>> {
+    let shards = current.shard_count();
+    let slots = (current.replica_factor() as usize - 1).min(nodes.len().saturating_sub(1));
+    let zones_in_use = {
+        let mut z: Vec<&str> = nodes.iter().filter_map(|n| n.zone.as_deref()).collect();
+        z.sort_unstable();
+        z.dedup();
+        z.len() > 1
+    };
+    let zone_of = |id: NodeId| nodes.binary_search_by_key(&id, |n| n.id).ok().and_then(|i| nodes[i].zone.as_deref());
+    let mut held = vec![0u64; nodes.len()];
+    for s in 0..shards {
+        for f in current.replicas(ShardId(s)) {
+            if let Ok(i) = nodes.binary_search_by_key(&f, |n| n.id) {
+                held[i] += 1;
+            }
+        }
+    }
+    let quota = quotas(u64::from(shards) * slots as u64, nodes, &held);
+    let mut count = vec![0u64; nodes.len()];
+    let mut result: Vec<Vec<NodeId>> = Vec::with_capacity(shards as usize);
+    // Keep pass.
+    for s in 0..shards {
+        let owner = owner_of(ShardId(s));
+        let mut kept: Vec<NodeId> = Vec::with_capacity(slots);
+        for f in current.replicas(ShardId(s)) {
+            let Ok(i) = nodes.binary_search_by_key(&f, |n| n.id) else { continue };
+            let distinct = Some(f) != owner && !kept.contains(&f);
+            let zone_ok = !zones_in_use || {
+                let z = zone_of(f);
+                z != owner.and_then(zone_of) && kept.iter().all(|k| zone_of(*k) != z)
+            };
+            if distinct && zone_ok && count[i] < quota[i] && kept.len() < slots {
+                count[i] += 1;
+                kept.push(f);
+            }
+        }
+        result.push(kept);
+    }
+    // Fill pass.
+    for (s, kept) in result.iter_mut().enumerate() {
+        let owner = owner_of(ShardId(s as u32));
+        while kept.len() < slots {
+            let fits = |i: usize, zones: bool| {
+                let id = nodes[i].id;
+                Some(id) != owner
+                    && !kept.contains(&id)
+                    && (!zones || {
+                        let z = zone_of(id);
+                        z != owner.and_then(zone_of) && kept.iter().all(|k| zone_of(*k) != z)
+                    })
+            };
+            let pick = |zones: bool| {
+                (0..nodes.len())
+                    .filter(|i| fits(*i, zones))
+                    .min_by_key(|i| (count[*i] >= quota[*i], count[*i] as i64 - quota[*i] as i64, nodes[*i].id))
+            };
+            let Some(i) = (if zones_in_use { pick(true).or_else(|| pick(false)) } else { pick(false) }) else {
+                break;
+            };
+            count[i] += 1;
+            kept.push(nodes[i].id);
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests;

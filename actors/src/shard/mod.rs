@@ -1,0 +1,11 @@
+//! Shard math (DESIGN §3): key → shard, the shard map, and the weighted minimal-movement allocator.
+//!
+//! Everything here is pure: no I/O, no clock, no randomness, so it is tested and benchmarked alone.
+
+mod alloc;
+mod hash;
+mod map;
+
+pub use alloc::{allocate, Allocation, Candidate, Move, MoveReason, Plan};
+pub use hash::{shard_for, ShardKey};
+pub use map::{Assignment, MapDecodeError, ShardMap};

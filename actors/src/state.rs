@@ -1,0 +1,154 @@
+//! The replicated cluster state (the Raft state machine's data) and the commands that change it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shard::{Assignment, ShardMap};
+use crate::types::{ClusterName, Epoch, NodeId, NodeMeta, ShardId};
+
+/// A change to the cluster state, committed through Raft.
+///
+/// ONLY APPEND TO THIS ENUM: the variant order is part of the log format on disk and on the wire.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster's name and fixed shape; the first entry the bootstrap node commits.
+    Init {
+        /// The cluster's name.
+        name: ClusterName,
+        /// The fixed number of shards.
+        shards: u32,
+        /// Copies of each shard (owner + followers).
+        replica_factor: u32,
+    },
+    /// Records (or updates) a member's metadata.
+    RegisterMember {
+        /// What the node said about itself.
+        meta: NodeMeta,
+    },
+    /// Changes some shards' assignments, computed against the map at `based_on`.
+    SetAssignments {
+        /// The map epoch the allocation was computed from; a stale plan is refused.
+        based_on: Epoch,
+        /// The changed shards.
+        changes: Vec<(ShardId, Assignment)>,
+    },
+    /// Forgets a member (it no longer gets shards).
+    RemoveMember {
+        /// The node.
+        id: NodeId,
+    },
+}
+
+/// What applying a [`Command`] did.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied; the state is now at this log index.
+    Applied {
+        /// The log index of the entry.
+        index: u64,
+    },
+    /// Refused: the allocation was computed against an older map.
+    StaleMap {
+        /// The map epoch it was computed from.
+        based_on: Epoch,
+        /// The current map epoch.
+        current: Epoch,
+    },
+    /// Refused: the cluster was already initialized, or not yet.
+    BadInit,
+}
+
+/// The cluster's replicated state: its name and shape, its members, and the shard map.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The cluster's name, once initialized.
+    pub name: Option<ClusterName>,
+    /// Members by id, with the metadata they registered.
+    pub members: BTreeMap<NodeId, NodeMeta>,
+    /// The shard map.
+    #[serde(with = "map_bytes")]
+    pub shard_map: ShardMap,
+}
+
+impl ClusterState {
+    /// Applies `cmd`, committed at log `index`.
+    pub fn apply(&mut self, cmd: &Command, index: u64) -> CommandResult {
+        match cmd {
+            Command::Init { name, shards, replica_factor } => {
+                if self.name.is_some() {
+                    return CommandResult::BadInit;
+                }
+                self.name = Some(name.clone());
+                self.shard_map = ShardMap::new(*shards, *replica_factor);
+            }
+            Command::RegisterMember { meta } => {
+                self.members.insert(meta.id, meta.clone());
+            }
+            Command::SetAssignments { based_on, changes } => {
+                if *based_on != self.shard_map.epoch() {
+                    return CommandResult::StaleMap { based_on: *based_on, current: self.shard_map.epoch() };
+                }
+                self.shard_map.apply(changes, Epoch(index));
+            }
+            Command::RemoveMember { id } => {
+                self.members.remove(id);
+            }
+        }
+        CommandResult::Applied { index }
+    }
+}
+
+mod map_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::shard::ShardMap;
+
+    pub(super) fn serialize<S: Serializer>(map: &ShardMap, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&map.encode())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ShardMap, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        ShardMap::decode(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: u64) -> NodeMeta {
+        NodeMeta { id: NodeId(id), weight: 1, workers: 1, ..NodeMeta::default() }
+    }
+
+    #[test]
+    fn init_once_then_assign_with_epochs() {
+        let mut st = ClusterState::default();
+        let init = Command::Init { name: ClusterName::new("shop", "dev"), shards: 4, replica_factor: 1 };
+        assert_eq!(st.apply(&init, 1), CommandResult::Applied { index: 1 });
+        assert_eq!(st.apply(&init, 2), CommandResult::BadInit);
+        st.apply(&Command::RegisterMember { meta: meta(7) }, 3);
+        let a = Assignment { owner: Some(NodeId(7)), replicas: vec![] };
+        let set = Command::SetAssignments { based_on: Epoch(0), changes: vec![(ShardId(2), a)] };
+        assert_eq!(st.apply(&set, 4), CommandResult::Applied { index: 4 });
+        assert_eq!(st.shard_map.shard_epoch(ShardId(2)), Epoch(4));
+        assert_eq!(st.apply(&set, 5), CommandResult::StaleMap { based_on: Epoch(0), current: Epoch(4) });
+    }
+
+    #[test]
+    fn round_trips_through_rmp() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 3, replica_factor: 2 }, 1);
+        st.apply(&Command::RegisterMember { meta: meta(1) }, 2);
+        let bytes = rmp_serde::to_vec(&st).unwrap();
+        assert_eq!(rmp_serde::from_slice::<ClusterState>(&bytes).unwrap(), st);
+    }
+
+    #[test]
+    fn command_golden_bytes() {
+        let cmd = Command::RemoveMember { id: NodeId(5) };
+        let hex: String = rmp_serde::to_vec(&cmd).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "81ac52656d6f76654d656d6265729105");
+    }
+}

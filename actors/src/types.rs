@@ -1,0 +1,129 @@
+//! Identifier newtypes and node metadata shared by every actor.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's identity in the cluster, stable across restarts on the same data directory.
+///
+/// Derived from the node's libp2p key (xxh3 of the peer id bytes), so the transport identity and the
+/// Raft identity can never disagree. A wiped data directory makes a new key and so a new id, which
+/// is what openraft requires (a node must never rejoin under an id whose log it lost).
+#[derive(
+    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// The id of the node whose libp2p peer id is `peer`.
+    pub fn from_peer_bytes(peer: &[u8]) -> NodeId {
+        NodeId(xxhash_rust::xxh3::xxh3_64(peer))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(NodeId)
+    }
+}
+
+/// A shard number, `0..shard_count`.
+#[derive(
+    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A fencing epoch: the Raft log index of the entry that assigned a shard (DESIGN §3).
+///
+/// Durable and monotonic: log indexes are never reused, even across restarts.
+#[derive(
+    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A cluster's name: a key and an environment (`shop` / `production`).
+///
+/// It scopes discovery (the mDNS service), gossip (the topic) and the Raft protocol name, so two
+/// clusters on one LAN never mix, and is written into the data directory so a node cannot be
+/// started on another cluster's data.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct ClusterName {
+    /// The cluster key, e.g. `shop`.
+    pub key: String,
+    /// The environment, e.g. `dev` or `production`.
+    pub env: String,
+}
+
+impl ClusterName {
+    /// A cluster name from its key and environment.
+    pub fn new(key: impl Into<String>, env: impl Into<String>) -> ClusterName {
+        ClusterName { key: key.into(), env: env.into() }
+    }
+
+    /// Checks that key and environment are non-empty and made of `[A-Za-z0-9_-]`, so they can be
+    /// used in protocol names, topics and mDNS service names.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        for part in [&self.key, &self.env] {
+            if part.is_empty() || part.len() > 48 {
+                return Err("must be 1 to 48 characters");
+            }
+            if !part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err("may only contain ASCII letters, digits, '-' and '_'");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ClusterName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.key, self.env)
+    }
+}
+
+/// What a node says about itself in its heartbeats, and what the cluster state records for it.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// The node's id.
+    pub id: NodeId,
+    /// The node's libp2p peer id, in its base58 text form.
+    pub peer_id: String,
+    /// Multiaddresses the node listens on.
+    pub addrs: Vec<String>,
+    /// Relative capacity: shards are given in proportion to weight. At least 1.
+    pub weight: u32,
+    /// Worker threads this node runs (the worker index of DESIGN §6).
+    pub workers: u32,
+    /// Optional failure zone; replicas go to distinct zones when zones are set.
+    pub zone: Option<String>,
+    /// `host:port` of the node's dashboard and API, if it serves one.
+    pub dashboard: Option<String>,
+}
