@@ -1,1 +1,66 @@
-fn main(){}
+//! Shard math benchmarks. Ids are stable so figures compare from run to run:
+//! `cargo bench -p clusterfunk-actors --bench shard_math`.
+
+use std::hint::black_box;
+
+use clusterfunk_actors::shard::{allocate, shard_for, Candidate, ShardMap};
+use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn nodes(n: u64) -> Vec<Candidate> {
+    (1..=n).map(|i| Candidate { id: NodeId(i * 7919), weight: 1 + (i % 3) as u32, zone: None }).collect()
+}
+
+fn allocated(shards: u32, nodes: &[Candidate]) -> ShardMap {
+    let mut map = ShardMap::new(shards, 1);
+    let alloc = allocate(&map, nodes);
+    map.apply(&alloc.changes, Epoch(1));
+    map
+}
+
+fn key_to_shard(c: &mut Criterion) {
+    let mut g = c.benchmark_group("key_to_shard");
+    let mut k = 0u64;
+    g.bench_function("u64", |b| {
+        b.iter(|| {
+            k = k.wrapping_add(1);
+            shard_for(black_box(&k), black_box(1024))
+        })
+    });
+    let key = "user-0123456789a";
+    assert_eq!(key.len(), 16);
+    g.bench_function("str16", |b| b.iter(|| shard_for(black_box(key), black_box(1024))));
+    g.finish();
+}
+
+fn owner_lookup(c: &mut Criterion) {
+    let map = allocated(10_000, &nodes(50));
+    let mut s = 0u32;
+    c.bench_function("owner_lookup", |b| {
+        b.iter(|| {
+            s = (s + 1) % 10_000;
+            map.owner(black_box(ShardId(s)))
+        })
+    });
+}
+
+fn allocate_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("allocate");
+    let all = nodes(50);
+    let empty = ShardMap::new(10_000, 1);
+    g.bench_function("fresh_10k_50", |b| b.iter(|| allocate(black_box(&empty), black_box(&all))));
+    let map = allocated(10_000, &all);
+    let rest: Vec<Candidate> = all[..49].to_vec();
+    g.bench_function("leave_one_10k_50", |b| b.iter(|| allocate(black_box(&map), black_box(&rest))));
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let map = allocated(10_000, &nodes(50));
+    c.bench_function("codec/encode_decode_10k", |b| {
+        b.iter(|| ShardMap::decode(&black_box(&map).encode()).expect("round trip"))
+    });
+}
+
+criterion_group!(benches, key_to_shard, owner_lookup, allocate_bench, codec);
+criterion_main!(benches);

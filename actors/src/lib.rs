@@ -5,6 +5,14 @@
 //! stable API.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod consensus;
+pub mod membership;
+pub mod node;
 pub mod shard;
+pub mod shard_manager;
 pub mod state;
+pub mod transport;
 pub mod types;
+pub mod wire;
+
+pub use libp2p::Multiaddr;

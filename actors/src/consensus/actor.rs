@@ -1,0 +1,180 @@
+//! The consensus actor shell.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use openraft::error::{ClientWriteError as CWE, RaftError as RE};
+use openraft::ChangeMembers;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::auto::{self, Action, Settings};
+use super::network::Network;
+use super::state_machine::{AppliedState, StateMachine};
+use super::store::Store;
+use super::types::{ClientWriteError, Raft, RaftError, RaftMetrics, RaftNode};
+use crate::membership::View;
+use crate::state::{Command, CommandResult};
+use crate::transport::{self, parse_peer, InboundRaft};
+use crate::types::NodeId;
+use crate::wire::{RaftRequest, RaftResponse};
+
+const MAILBOX: usize = 1024;
+const TICK: Duration = Duration::from_millis(100);
+
+/// Proposes a command; answered once it is committed and applied (or refused).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<CommandResult, ProposeError>")]
+pub struct Propose(pub Command);
+
+/// Why a proposal failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// No leader is known right now; retry after an election.
+    #[error("no raft leader is known")]
+    NoLeader,
+    /// Raft refused the write.
+    #[error(transparent)]
+    Raft(#[from] RaftError<ClientWriteError>),
+    /// The leader could not be reached.
+    #[error("forwarding to the leader failed: {0}")]
+    Transport(#[from] transport::Error),
+    /// The leader answered with something else.
+    #[error("unexpected response from the leader")]
+    Unexpected,
+}
+
+/// The consensus actor.
+pub struct Consensus {
+    raft: Raft,
+    transport: transport::Handle,
+    applied: watch::Receiver<Arc<AppliedState>>,
+    view: watch::Receiver<Arc<View>>,
+    settings: Settings,
+    membership_busy: bool,
+}
+
+impl Consensus {
+    /// Starts the Raft core on `arbiter` over the opened `store` and `sm`.
+    pub async fn start_raft(
+        id: NodeId,
+        cfg: openraft::Config,
+        store: Store,
+        sm: StateMachine,
+        transport: transport::Handle,
+        arbiter: &ArbiterHandle,
+    ) -> Result<Raft, openraft::error::Fatal<NodeId>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let network = Network { transport };
+        let log = store.log_store();
+        arbiter.spawn(async move {
+            let r = Raft::new(id, Arc::new(cfg), network, log, sm).await;
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or(Err(openraft::error::Fatal::Stopped))
+    }
+
+    /// A consensus shell around a started `raft`.
+    pub fn new(
+        raft: Raft,
+        transport: transport::Handle,
+        applied: watch::Receiver<Arc<AppliedState>>,
+        view: watch::Receiver<Arc<View>>,
+        settings: Settings,
+    ) -> Consensus {
+        Consensus { raft, transport, applied, view, settings, membership_busy: false }
+    }
+
+    fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    fn on_tick(&mut self, ctx: &mut Context<Self>) {
+        let m = self.metrics();
+        if let Err(fatal) = &m.running_state {
+            error!(error = %fatal, "raft stopped with a fatal error (storage failure?); stopping the node");
+            System::current().stop_with_code(70);
+            ctx.stop();
+            return;
+        }
+        if m.current_leader != Some(m.id) || self.membership_busy {
+            return;
+        }
+        let applied = self.applied.borrow().clone();
+        let view = self.view.borrow().clone();
+        let Some(action) = auto::next_action(&applied, &view, &self.settings) else { return };
+        self.membership_busy = true;
+        info!(?action, "membership step");
+        let raft = self.raft.clone();
+        let fut = async move {
+            match action {
+                Action::Write(cmd) => raft.client_write(cmd).await.map(|_| ()),
+                Action::AddLearner(id, node) => raft.add_learner(id, node, true).await.map(|_| ()),
+                Action::SetVoters(ids) => raft.change_membership(ChangeMembers::ReplaceAllVoters(ids), true).await.map(|_| ()),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
+            act.membership_busy = false;
+            if let Err(e) = res {
+                warn!(error = %e, "membership step failed; retrying on the next tick");
+            }
+        }));
+    }
+}
+
+impl Actor for Consensus {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+        ctx.run_interval(TICK, |act, ctx| act.on_tick(ctx));
+    }
+}
+
+impl Handler<InboundRaft> for Consensus {
+    type Result = ();
+
+    fn handle(&mut self, msg: InboundRaft, _: &mut Context<Self>) {
+        let raft = self.raft.clone();
+        actix::spawn(async move {
+            let resp = match msg.request {
+                RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
+                RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
+                RaftRequest::InstallSnapshot(r) => RaftResponse::InstallSnapshot(raft.install_snapshot(r).await),
+                RaftRequest::ClientWrite(cmd) => RaftResponse::ClientWrite(raft.client_write(cmd).await.map(|r| r.data)),
+            };
+            let _ = msg.reply.send(resp);
+        });
+    }
+}
+
+impl Handler<Propose> for Consensus {
+    type Result = ResponseFuture<Result<CommandResult, ProposeError>>;
+
+    fn handle(&mut self, msg: Propose, _: &mut Context<Self>) -> Self::Result {
+        let raft = self.raft.clone();
+        let transport = self.transport.clone();
+        Box::pin(async move {
+            match raft.client_write(msg.0.clone()).await {
+                Ok(r) => Ok(r.data),
+                Err(RE::APIError(CWE::ForwardToLeader(fwd))) => {
+                    let node: RaftNode = fwd.leader_node.ok_or(ProposeError::NoLeader)?;
+                    let (peer, addrs) = parse_peer(&node.peer_id, &node.addrs)?;
+                    match transport.raft(peer, addrs, RaftRequest::ClientWrite(msg.0)).await? {
+                        RaftResponse::ClientWrite(r) => Ok(r?),
+                        _ => Err(ProposeError::Unexpected),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+/// Initializes a new single-node cluster with this node as its only voter.
+pub(crate) async fn bootstrap(raft: &Raft, id: NodeId, node: RaftNode) -> Result<(), RaftError<openraft::error::InitializeError<NodeId, RaftNode>>> {
+    raft.initialize(BTreeMap::from([(id, node)])).await
+}

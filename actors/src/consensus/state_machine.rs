@@ -1,0 +1,155 @@
+//! The Raft state machine: applies committed [`Command`]s to the [`ClusterState`], publishes every
+//! applied state through a watch, and persists snapshots in the node's redb store.
+//!
+//! Restart: the last persisted snapshot is loaded at open; openraft then re-applies the log from
+//! the snapshot up to the durable commit index.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::store::{Store, META, SNAPSHOT};
+use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::state::{ClusterState, CommandResult};
+
+/// What every node knows of the replicated state after applying the log up to `last_applied`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    /// The last applied log id.
+    pub last_applied: Option<LogId>,
+    /// The Raft membership (voters and learners) as of `last_applied`.
+    pub membership: StoredMembership,
+    /// The cluster state.
+    pub state: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The state machine (openraft v2 `RaftStateMachine`).
+pub struct StateMachine {
+    store: Store,
+    applied: AppliedState,
+    tx: watch::Sender<Arc<AppliedState>>,
+    snapshot_seq: u64,
+}
+
+impl StateMachine {
+    /// Opens the state machine over `store`, restoring the last snapshot; returns it with a watch
+    /// of the applied state.
+    pub fn open(store: Store) -> Result<(StateMachine, watch::Receiver<Arc<AppliedState>>), super::store::StoreError> {
+        let applied = match store.get_meta::<StoredSnapshot>(SNAPSHOT)? {
+            Some(snap) => rmp_serde::from_slice(&snap.data)?,
+            None => AppliedState::default(),
+        };
+        let (tx, rx) = watch::channel(Arc::new(applied.clone()));
+        Ok((StateMachine { store, applied, tx, snapshot_seq: 0 }, rx))
+    }
+
+    fn publish(&self) {
+        self.tx.send_replace(Arc::new(self.applied.clone()));
+    }
+}
+
+/// Builds a snapshot from a copy of the applied state.
+pub struct SnapshotBuilder {
+    store: Store,
+    applied: AppliedState,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = rmp_serde::to_vec(&self.applied).expect("encoding into a Vec cannot fail");
+        let last = self.applied.last_applied;
+        let snapshot_id = match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
+            None => format!("0-0-{}", self.seq),
+        };
+        let meta = SnapshotMeta { last_log_id: last, last_membership: self.applied.membership.clone(), snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let bytes = rmp_serde::to_vec(&stored).expect("encoding into a Vec cannot fail");
+        self.store
+            .write(move |tx| {
+                tx.open_table(META)?.insert(SNAPSHOT, bytes.as_slice())?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut results = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            self.applied.last_applied = Some(entry.log_id);
+            let result = match &entry.payload {
+                EntryPayload::Blank => CommandResult::Applied { index },
+                EntryPayload::Normal(cmd) => self.applied.state.apply(cmd, index),
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    CommandResult::Applied { index }
+                }
+            };
+            results.push(result);
+        }
+        self.publish();
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder { store: self.store.clone(), applied: self.applied.clone(), seq: self.snapshot_seq }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let applied: AppliedState = rmp_serde::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let bytes = rmp_serde::to_vec(&stored).expect("encoding into a Vec cannot fail");
+        let sig = meta.signature();
+        self.store
+            .write(move |tx| {
+                tx.open_table(META)?.insert(SNAPSHOT, bytes.as_slice())?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e))?;
+        self.applied = applied;
+        self.publish();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let stored: Option<StoredSnapshot> =
+            self.store.get_meta(SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}

@@ -1,0 +1,321 @@
+//! The Raft log, vote and snapshots, persisted in one redb file in the node's data directory.
+//!
+//! Every write is one redb write transaction committed with `Durability::Immediate` (fsync) in a
+//! blocking thread, so the consensus arbiter never stalls on disk (DEPENDENCIES.md). A vote is
+//! durable before `save_vote` returns; appended entries are durable and readable before the
+//! flush callback fires. A failed commit is a storage error, which openraft treats as fatal.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::ClusterName;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "last_purged";
+const CLUSTER: &str = "cluster";
+pub(crate) const SNAPSHOT: &str = "snapshot";
+
+/// Why the data directory's store cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// redb could not open or create the file.
+    #[error("cannot open the Raft store {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: redb::Error,
+    },
+    /// The store belongs to another cluster.
+    #[error("the data directory belongs to cluster {found}, not {expected}")]
+    OtherCluster {
+        /// The cluster recorded in the store.
+        found: ClusterName,
+        /// The cluster this node was configured for.
+        expected: ClusterName,
+    },
+    /// The store's contents do not decode.
+    #[error("the Raft store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The shared redb database behind the log store and the state machine.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/raft.redb` and checks it belongs to `cluster`, recording the
+    /// cluster name on first use.
+    pub fn open(dir: &Path, cluster: &ClusterName) -> Result<Store, OpenError> {
+        let path = dir.join("raft.redb");
+        let open_err = |e: redb::Error| OpenError::Open { path: path.display().to_string(), source: e };
+        let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
+        let store = Store { db: Arc::new(db) };
+        match store.get_meta::<ClusterName>(CLUSTER).map_err(|e| OpenError::Corrupt(e.to_string()))? {
+            Some(found) if &found != cluster => {
+                return Err(OpenError::OtherCluster { found, expected: cluster.clone() })
+            }
+            Some(_) => {}
+            None => store.put_meta(CLUSTER, cluster).map_err(open_err)?,
+        }
+        Ok(store)
+    }
+
+    /// Whether this store already holds Raft state (a vote or any log entry).
+    pub fn has_raft_state(&self) -> Result<bool, redb::Error> {
+        let tx = self.db.begin_read()?;
+        let has_vote = match tx.open_table(META) {
+            Ok(t) => t.get(VOTE)?.is_some(),
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let has_log = match tx.open_table(LOG) {
+            Ok(t) => t.last()?.is_some(),
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(has_vote || has_log || self.get_meta::<Vec<u8>>(SNAPSHOT).map_err(|e| redb::Error::Corrupted(e.to_string()))?.is_some())
+    }
+
+    /// Reads a metadata value.
+    pub(crate) fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
+        let Some(v) = table.get(key)? else { return Ok(None) };
+        Ok(Some(rmp_serde::from_slice(v.value())?))
+    }
+
+    /// Writes a metadata value durably.
+    pub(crate) fn put_meta<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), redb::Error> {
+        let bytes = rmp_serde::to_vec(value).expect("encoding into a Vec cannot fail");
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert(key, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The log store over this database.
+    pub fn log_store(&self) -> LogStore {
+        LogStore { store: self.clone() }
+    }
+
+    fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
+        let range = match end {
+            Some(end) => table.range(start..end)?,
+            None => table.range(start..)?,
+        };
+        let mut out = Vec::new();
+        for item in range {
+            let (_, v) = item?;
+            out.push(rmp_serde::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
+        let last = match table.last()? {
+            Some((_, v)) => Some(rmp_serde::from_slice(v.value())?),
+            None => None,
+        };
+        Ok(last)
+    }
+
+    /// Runs a write transaction on a blocking thread and waits for its fsync.
+    pub(crate) async fn write<F>(&self, f: F) -> Result<(), redb::Error>
+    where
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let run = move || -> Result<(), redb::Error> {
+            let tx = db.begin_write()?;
+            f(&tx)?;
+            tx.commit()?;
+            Ok(())
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(r) => r,
+            Err(e) => Err(redb::Error::Corrupted(format!("storage thread failed: {e}"))),
+        }
+    }
+}
+
+/// An error reading the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed.
+    #[error(transparent)]
+    Db(#[from] redb::Error),
+    /// A stored value does not decode.
+    #[error("stored value does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// The Raft log storage (openraft's v2 `RaftLogStorage`).
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => *s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(*e + 1),
+            Bound::Excluded(e) => Some(*e),
+            Bound::Unbounded => None,
+        };
+        self.store.read_entries(start, end).map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let read = |e: StoreError| -> StorageError { StorageIOError::read_logs(&e).into() };
+        let last_purged: Option<LogId> = self.store.get_meta(PURGED).map_err(read)?;
+        let last = self.store.last_entry().map_err(read)?.map(|e| *e.get_log_id());
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = rmp_serde::to_vec(vote).expect("encoding into a Vec cannot fail");
+        self.store
+            .write(move |tx| {
+                tx.open_table(META)?.insert(VOTE, bytes.as_slice())?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.store.get_meta(VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let bytes = rmp_serde::to_vec(&committed).expect("encoding into a Vec cannot fail");
+        self.store
+            .write(move |tx| {
+                tx.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.store.get_meta::<Option<LogId>>(COMMITTED).map_err(|e| StorageIOError::read(&e))?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.get_log_id().index, rmp_serde::to_vec(&e).expect("encoding into a Vec cannot fail")))
+            .collect();
+        let result = self
+            .store
+            .write(move |tx| {
+                let mut t = tx.open_table(LOG)?;
+                for (i, bytes) in &encoded {
+                    t.insert(*i, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "raft log append failed; the node stops");
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let from = log_id.index;
+        self.store
+            .write(move |tx| {
+                tx.open_table(LOG)?.retain_in(from.., |_, _| false)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let upto = log_id.index;
+        let bytes = rmp_serde::to_vec(&log_id).expect("encoding into a Vec cannot fail");
+        self.store
+            .write(move |tx| {
+                tx.open_table(META)?.insert(PURGED, bytes.as_slice())?;
+                tx.open_table(LOG)?.retain_in(..=upto, |_, _| false)?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}

@@ -1,0 +1,52 @@
+//! openraft type configuration and aliases for its deeply generic types.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Command, CommandResult};
+use crate::types::NodeId;
+
+/// How Raft reaches a node: its libp2p peer id and addresses.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct RaftNode {
+    /// The base58 libp2p peer id.
+    pub peer_id: String,
+    /// Multiaddresses to dial.
+    pub addrs: Vec<String>,
+}
+
+openraft::declare_raft_types!(
+    /// clusterfunk's Raft types: `ClusterState` commands over `NodeId`s.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = RaftNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// A vote.
+pub type Vote = openraft::Vote<NodeId>;
+/// A storage error.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// Stored membership.
+pub type StoredMembership = openraft::StoredMembership<NodeId, RaftNode>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, RaftNode>;
+/// Raft metrics.
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, RaftNode>;
+/// A Raft error with an API-specific part.
+pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
+/// `client_write`'s API error.
+pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, RaftNode>;
+/// An RPC error as the network reports it.
+pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, RaftNode, RaftError<E>>;

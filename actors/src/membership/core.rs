@@ -1,0 +1,370 @@
+//! The membership core: events in, effects out; no I/O, no clock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use tracing::info;
+
+use super::Config;
+use crate::transport::parse_peer;
+use crate::types::{ClusterName, NodeId, NodeMeta};
+use crate::wire::Heartbeat;
+
+/// A member's liveness as this node sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Heard from recently.
+    Up,
+    /// Not heard from for `suspect_after`.
+    Suspect,
+    /// Not heard from for `down_after`.
+    Down,
+}
+
+/// One member in the view.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct MemberView {
+    /// What it last said about itself.
+    pub meta: NodeMeta,
+    /// Its liveness.
+    pub state: MemberState,
+}
+
+/// This node's view of the members (itself included, always up).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct View {
+    /// This node.
+    pub local: NodeId,
+    /// Every member heard of, by id.
+    pub members: BTreeMap<NodeId, MemberView>,
+}
+
+impl View {
+    /// Members currently up.
+    pub fn up(&self) -> impl Iterator<Item = &MemberView> {
+        self.members.values().filter(|m| m.state == MemberState::Up)
+    }
+}
+
+/// Inputs to the core.
+#[derive(Debug)]
+pub enum Input {
+    /// Time passed.
+    Tick,
+    /// A heartbeat arrived.
+    Heartbeat(Heartbeat),
+    /// A peer of this cluster connected.
+    Connected(PeerId),
+    /// A peer disconnected.
+    Disconnected(PeerId),
+    /// mDNS found a peer.
+    Discovered(PeerId, Vec<Multiaddr>),
+    /// The transport listens on a new address.
+    Listening(Multiaddr),
+}
+
+/// What the shell must do.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// Connect to a peer.
+    Dial(PeerId, Vec<Multiaddr>),
+    /// Publish this heartbeat.
+    Publish(Heartbeat),
+    /// The view changed: publish it.
+    ViewChanged,
+}
+
+struct Remote {
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    last_heard: Instant,
+    disconnected_since: Option<Instant>,
+    last_dial: Option<Instant>,
+}
+
+/// The membership state machine.
+pub struct Core {
+    cfg: Config,
+    cluster: ClusterName,
+    local_peer: PeerId,
+    incarnation: u64,
+    seq: u64,
+    last_sent: Option<Instant>,
+    view: View,
+    remotes: HashMap<NodeId, Remote>,
+    connected: HashSet<PeerId>,
+    effects: Vec<Effect>,
+}
+
+impl Core {
+    /// A core for the local node `meta`; `incarnation` is random per process run.
+    pub fn new(cfg: Config, cluster: ClusterName, local_peer: PeerId, meta: NodeMeta, incarnation: u64) -> Core {
+        let local = meta.id;
+        let mut members = BTreeMap::new();
+        members.insert(local, MemberView { meta, state: MemberState::Up });
+        Core {
+            cfg,
+            cluster,
+            local_peer,
+            incarnation,
+            seq: 0,
+            last_sent: None,
+            view: View { local, members },
+            remotes: HashMap::new(),
+            connected: HashSet::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// The current view.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// Takes the effects produced so far.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Handles one input at time `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Tick => self.on_tick(now),
+            Input::Heartbeat(hb) => self.on_heartbeat(hb, now),
+            Input::Connected(peer) => {
+                self.connected.insert(peer);
+                if let Some(r) = self.remotes.get_mut(&node_of(&peer)) {
+                    r.disconnected_since = None;
+                }
+            }
+            Input::Disconnected(peer) => {
+                self.connected.remove(&peer);
+                if let Some(r) = self.remotes.get_mut(&node_of(&peer)) {
+                    r.disconnected_since = Some(now);
+                }
+            }
+            Input::Discovered(peer, addrs) => self.on_discovered(peer, addrs, now),
+            Input::Listening(addr) => {
+                let local = self.view.local;
+                if let Some(me) = self.view.members.get_mut(&local) {
+                    let a = addr.to_string();
+                    if !me.meta.addrs.contains(&a) {
+                        me.meta.addrs.push(a);
+                        self.effects.push(Effect::ViewChanged);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Instant) {
+        if peer == self.local_peer {
+            return;
+        }
+        let id = node_of(&peer);
+        let r = self.remotes.entry(id).or_insert_with(|| Remote {
+            peer,
+            addrs: Vec::new(),
+            // Not heard from yet: it joins the view with its first heartbeat.
+            last_heard: now,
+            disconnected_since: Some(now),
+            last_dial: None,
+        });
+        for a in addrs {
+            if !r.addrs.contains(&a) {
+                r.addrs.push(a);
+            }
+        }
+        self.maybe_dial(id, now);
+    }
+
+    fn on_heartbeat(&mut self, hb: Heartbeat, now: Instant) {
+        let Ok((peer, addrs)) = parse_peer(&hb.meta.peer_id, &hb.meta.addrs) else { return };
+        // The id must be the one derived from the peer id: a node cannot speak for another.
+        if hb.cluster != self.cluster || node_of(&peer) != hb.meta.id || hb.meta.id == self.view.local {
+            return;
+        }
+        let id = hb.meta.id;
+        let connected = self.connected.contains(&peer);
+        let r = self.remotes.entry(id).or_insert_with(|| Remote {
+            peer,
+            addrs: Vec::new(),
+            last_heard: now,
+            disconnected_since: if connected { None } else { Some(now) },
+            last_dial: None,
+        });
+        r.last_heard = now;
+        r.addrs = addrs;
+        let changed = match self.view.members.get_mut(&id) {
+            Some(m) => {
+                let was = (m.state, m.meta.clone());
+                m.state = MemberState::Up;
+                m.meta = hb.meta;
+                if was.0 != MemberState::Up {
+                    info!(node = %id, from = ?was.0, "member up");
+                }
+                was != (m.state, m.meta.clone())
+            }
+            None => {
+                info!(node = %id, addrs = ?hb.meta.addrs, "member joined the view");
+                self.view.members.insert(id, MemberView { meta: hb.meta, state: MemberState::Up });
+                true
+            }
+        };
+        if changed {
+            self.effects.push(Effect::ViewChanged);
+        }
+        self.maybe_dial(id, now);
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        if self.last_sent.is_none_or(|t| now.duration_since(t) >= self.cfg.heartbeat_interval) {
+            self.last_sent = Some(now);
+            self.seq += 1;
+            let meta = self.view.members[&self.view.local].meta.clone();
+            self.effects.push(Effect::Publish(Heartbeat {
+                cluster: self.cluster.clone(),
+                meta,
+                seq: self.seq,
+                incarnation: self.incarnation,
+            }));
+        }
+        let mut changed = false;
+        for (id, m) in self.view.members.iter_mut() {
+            let Some(r) = self.remotes.get(id) else { continue };
+            let silent = now.duration_since(r.last_heard);
+            let state = if silent >= self.cfg.down_after {
+                MemberState::Down
+            } else if silent >= self.cfg.suspect_after {
+                MemberState::Suspect
+            } else {
+                MemberState::Up
+            };
+            if state != m.state {
+                info!(node = %id, from = ?m.state, to = ?state, silent_ms = silent.as_millis() as u64, "member state changed");
+                m.state = state;
+                changed = true;
+            }
+        }
+        if changed {
+            self.effects.push(Effect::ViewChanged);
+        }
+        let ids: Vec<NodeId> = self.remotes.keys().copied().collect();
+        for id in ids {
+            self.maybe_dial(id, now);
+        }
+    }
+
+    /// Only one side dials: the lower id at once, the higher one after `fallback_dial_after`
+    /// without a connection; neither more often than `redial_interval`.
+    fn maybe_dial(&mut self, id: NodeId, now: Instant) {
+        let local = self.view.local;
+        let Some(r) = self.remotes.get_mut(&id) else { return };
+        if self.connected.contains(&r.peer) || r.addrs.is_empty() {
+            return;
+        }
+        if r.last_dial.is_some_and(|t| now.duration_since(t) < self.cfg.redial_interval) {
+            return;
+        }
+        let waited = r.disconnected_since.map_or(true, |t| now.duration_since(t) >= self.cfg.fallback_dial_after);
+        if local < id || waited {
+            r.last_dial = Some(now);
+            self.effects.push(Effect::Dial(r.peer, r.addrs.clone()));
+        }
+    }
+}
+
+/// The node id of a peer.
+pub(crate) fn node_of(peer: &PeerId) -> NodeId {
+    NodeId::from_peer_bytes(&peer.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use libp2p::identity::Keypair;
+
+    use super::*;
+
+    fn peer() -> PeerId {
+        Keypair::generate_ed25519().public().to_peer_id()
+    }
+
+    fn meta(p: &PeerId) -> NodeMeta {
+        NodeMeta { id: node_of(p), peer_id: p.to_string(), addrs: vec!["/ip4/127.0.0.1/tcp/1".into()], weight: 1, workers: 1, zone: None, dashboard: None }
+    }
+
+    fn core(p: &PeerId) -> Core {
+        Core::new(Config::default(), ClusterName::new("a", "b"), *p, meta(p), 1)
+    }
+
+    fn hb(p: &PeerId) -> Heartbeat {
+        Heartbeat { cluster: ClusterName::new("a", "b"), meta: meta(p), seq: 1, incarnation: 1 }
+    }
+
+    #[test]
+    fn heartbeat_then_silence_goes_up_suspect_down() {
+        let (me, other) = (peer(), peer());
+        let mut c = core(&me);
+        let t0 = Instant::now();
+        c.handle(Input::Connected(other), t0);
+        c.handle(Input::Heartbeat(hb(&other)), t0);
+        assert_eq!(c.take_effects(), vec![Effect::ViewChanged]);
+        assert_eq!(c.view().members[&node_of(&other)].state, MemberState::Up);
+        c.handle(Input::Tick, t0 + Duration::from_millis(999));
+        assert!(matches!(c.take_effects().as_slice(), [Effect::Publish(_)]));
+        c.handle(Input::Tick, t0 + Duration::from_millis(1000));
+        assert_eq!(c.view().members[&node_of(&other)].state, MemberState::Suspect);
+        c.handle(Input::Tick, t0 + Duration::from_millis(2000));
+        assert_eq!(c.view().members[&node_of(&other)].state, MemberState::Down);
+        assert!(c.take_effects().contains(&Effect::ViewChanged));
+        c.handle(Input::Heartbeat(hb(&other)), t0 + Duration::from_millis(2100));
+        assert_eq!(c.view().members[&node_of(&other)].state, MemberState::Up);
+    }
+
+    #[test]
+    fn heartbeat_with_forged_id_or_other_cluster_is_ignored() {
+        let (me, other) = (peer(), peer());
+        let mut c = core(&me);
+        let mut forged = hb(&other);
+        forged.meta.id = NodeId(42);
+        c.handle(Input::Heartbeat(forged), Instant::now());
+        let mut foreign = hb(&other);
+        foreign.cluster = ClusterName::new("x", "y");
+        c.handle(Input::Heartbeat(foreign), Instant::now());
+        assert_eq!(c.view().members.len(), 1);
+        assert!(c.take_effects().is_empty());
+    }
+
+    #[test]
+    fn only_the_lower_id_dials_at_once() {
+        let (a, b) = (peer(), peer());
+        let (lo, hi) = if node_of(&a) < node_of(&b) { (a, b) } else { (b, a) };
+        let t0 = Instant::now();
+        let addrs = vec!["/ip4/127.0.0.1/tcp/9".parse::<Multiaddr>().unwrap()];
+        let mut low = core(&lo);
+        low.handle(Input::Discovered(hi, addrs.clone()), t0);
+        assert_eq!(low.take_effects(), vec![Effect::Dial(hi, addrs.clone())]);
+        let mut high = core(&hi);
+        high.handle(Input::Discovered(lo, addrs.clone()), t0);
+        assert!(high.take_effects().is_empty(), "the higher id waits");
+        high.handle(Input::Tick, t0 + Duration::from_secs(3));
+        assert!(high.take_effects().contains(&Effect::Dial(lo, addrs)), "fallback dial");
+    }
+
+    #[test]
+    fn heartbeats_are_sent_every_interval() {
+        let me = peer();
+        let mut c = core(&me);
+        let t0 = Instant::now();
+        c.handle(Input::Tick, t0);
+        c.handle(Input::Tick, t0 + Duration::from_millis(100));
+        c.handle(Input::Tick, t0 + Duration::from_millis(250));
+        let seqs: Vec<u64> = c.take_effects().into_iter().filter_map(|e| match e { Effect::Publish(h) => Some(h.seq), _ => None }).collect();
+        assert_eq!(seqs, vec![1, 2]);
+    }
+}

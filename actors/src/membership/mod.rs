@@ -1,0 +1,47 @@
+//! The membership actor: who is alive and how to reach them (DESIGN §2).
+//!
+//! Discovery by mDNS and static seeds (in the transport), gossip heartbeats carrying node
+//! metadata, and a failure detector: a member not heard from for `suspect_after` is *suspect*,
+//! for `down_after` *down*. Membership gives hints only: the consensus actor decides who joins
+//! the Raft group, and the shard manager moves shards away from down nodes. It never changes
+//! voters (DESIGN §4).
+
+mod actor;
+mod core;
+
+use std::time::Duration;
+
+pub use actor::Membership;
+pub use core::{Core, Effect, Input, MemberState, MemberView, View};
+
+/// Membership timings.
+///
+/// Detection time is `down_after` plus up to one tick; a shorter value moves shards sooner after
+/// a crash but risks declaring a node down during a pause (GC-free Rust rarely pauses, but a
+/// loaded 2-core VM can stall for hundreds of ms).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How often this node announces itself. Default 250 ms.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a member is suspect. Default 1 s (4 heartbeats).
+    pub suspect_after: Duration,
+    /// Silence after which a member is down. Default 2 s (8 heartbeats).
+    pub down_after: Duration,
+    /// How long the higher-id side waits for the lower-id side to dial before dialing itself
+    /// (only one side dials, DEPENDENCIES.md). Default 3 s.
+    pub fallback_dial_after: Duration,
+    /// Least time between two dials of the same peer. Default 1 s.
+    pub redial_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            heartbeat_interval: Duration::from_millis(250),
+            suspect_after: Duration::from_secs(1),
+            down_after: Duration::from_secs(2),
+            fallback_dial_after: Duration::from_secs(3),
+            redial_interval: Duration::from_secs(1),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! One node: identity, data directory checks, and the actors wired together (DESIGN §2).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use libp2p::identity::Keypair;
+use libp2p::Multiaddr;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::consensus::auto::Settings;
+use crate::consensus::store::{OpenError, Store};
+use crate::consensus::types::{Raft, RaftMetrics, RaftNode};
+use crate::consensus::{self, AppliedState, Consensus, StateMachine};
+use crate::membership::{self, Membership, View};
+use crate::shard::ShardMap;
+use crate::shard_manager::{self, ShardManager};
+use crate::transport::{self, Transport};
+use crate::types::{ClusterName, NodeId, NodeMeta};
+
+/// Everything a node needs to start. Validated by the `clusterfunk` crate's builder.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The cluster's name.
+    pub cluster: ClusterName,
+    /// Where the node keeps its key and Raft store.
+    pub data_dir: PathBuf,
+    /// Where to listen.
+    pub listen: Multiaddr,
+    /// Static seeds (`host:port`).
+    pub seeds: Vec<String>,
+    /// Create a new cluster with this node as its first voter.
+    pub bootstrap: bool,
+    /// Shards (used by the node that initializes the cluster state).
+    pub shards: u32,
+    /// Copies per shard.
+    pub replica_factor: u32,
+    /// Target voters in auto mode.
+    pub voters: usize,
+    /// Whether discovered nodes join automatically.
+    pub auto_join: bool,
+    /// This node's weight.
+    pub weight: u32,
+    /// This node's worker count.
+    pub workers: u32,
+    /// This node's zone.
+    pub zone: Option<String>,
+    /// This node's dashboard address, announced to others.
+    pub dashboard: Option<String>,
+    /// Pre-shared cluster secret.
+    pub secret: Option<[u8; 32]>,
+    /// mDNS discovery on or off.
+    pub mdns: bool,
+    /// Membership timings.
+    pub membership: membership::Config,
+    /// Raft timings.
+    pub raft: consensus::Config,
+    /// Shard manager timings.
+    pub shard_manager: shard_manager::Config,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory cannot be created, read or written.
+    #[error("data_dir {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The Raft store cannot be used.
+    #[error("data_dir: {0}")]
+    Store(#[from] OpenError),
+    /// `bootstrap` was asked for on a data directory that already holds a cluster.
+    #[error("bootstrap: the data directory {0} already holds a cluster; start without --bootstrap to rejoin it")]
+    AlreadyBootstrapped(PathBuf),
+    /// The transport could not start.
+    #[error("listen: {0}")]
+    Transport(#[from] transport::StartError),
+    /// The Raft configuration was refused.
+    #[error("raft config: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    /// Raft could not start or initialize.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running node.
+pub struct Node {
+    /// The node's id.
+    pub id: NodeId,
+    /// The transport handle.
+    pub transport: transport::Handle,
+    /// The Raft handle (metrics: leader, term, membership).
+    pub raft: Raft,
+    /// The applied cluster state.
+    pub applied: watch::Receiver<Arc<AppliedState>>,
+    /// The membership view.
+    pub view: watch::Receiver<Arc<View>>,
+    /// The committed shard map.
+    pub map: watch::Receiver<Arc<ShardMap>>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Node {
+    /// Starts a node. Must run inside an actix `System`.
+    pub async fn start(cfg: Config) -> Result<Node, StartError> {
+        let keypair = load_or_create_key(&cfg.data_dir)?;
+        let peer = keypair.public().to_peer_id();
+        let id = NodeId::from_peer_bytes(&peer.to_bytes());
+        let store = Store::open(&cfg.data_dir, &cfg.cluster)?;
+        let has_state = store.has_raft_state().map_err(|e| StartError::DataDir { path: cfg.data_dir.clone(), reason: e.to_string() })?;
+        if cfg.bootstrap && has_state {
+            return Err(StartError::AlreadyBootstrapped(cfg.data_dir.clone()));
+        }
+        let (sm, applied) = StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e.to_string())))?;
+        info!(node = %id, %peer, cluster = %cfg.cluster, data_dir = %cfg.data_dir.display(), restarted = has_state, "starting node");
+
+        let mut membership_ctx = Context::<Membership>::new();
+        membership_ctx.set_mailbox_capacity(1024);
+        let mut consensus_ctx = Context::<Consensus>::new();
+        consensus_ctx.set_mailbox_capacity(1024);
+        let outputs = transport::Outputs {
+            events: membership_ctx.address().recipient(),
+            raft: consensus_ctx.address().recipient(),
+        };
+        let transport_arbiter = Arbiter::new();
+        let raft_arbiter = Arbiter::new();
+        let mut tcfg = transport::Config::new(cfg.cluster.clone(), keypair, cfg.listen.clone());
+        tcfg.seeds = cfg.seeds.clone();
+        tcfg.secret = cfg.secret;
+        tcfg.mdns = cfg.mdns;
+        let transport = Transport::spawn(tcfg, outputs, &transport_arbiter.handle()).await?;
+
+        let raft_cfg = cfg.raft.to_openraft(&cfg.cluster.to_string())?;
+        let raft = Consensus::start_raft(id, raft_cfg, store, sm, transport.clone(), &raft_arbiter.handle())
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if cfg.bootstrap {
+            let node = RaftNode { peer_id: peer.to_string(), addrs: vec![cfg.listen.to_string()] };
+            consensus::actor_bootstrap(&raft, id, node).await.map_err(|e| StartError::Raft(e.to_string()))?;
+            info!(node = %id, "bootstrapped a new cluster");
+        }
+
+        let meta = NodeMeta {
+            id,
+            peer_id: peer.to_string(),
+            addrs: Vec::new(),
+            weight: cfg.weight,
+            workers: cfg.workers,
+            zone: cfg.zone.clone(),
+            dashboard: cfg.dashboard.clone(),
+        };
+        let core = membership::Core::new(cfg.membership.clone(), cfg.cluster.clone(), peer, meta, rand::random());
+        let (membership, view) = Membership::new(core, transport.clone());
+        membership_ctx.run(membership);
+        let settings = Settings {
+            cluster: cfg.cluster.clone(),
+            shards: cfg.shards,
+            replica_factor: cfg.replica_factor,
+            voters: cfg.voters,
+            auto_join: cfg.auto_join,
+        };
+        let consensus = consensus_ctx.run(Consensus::new(raft.clone(), transport.clone(), applied.clone(), view.clone(), settings));
+        let (sm_actor, map) = ShardManager::new(shard_manager::Core::new(cfg.shard_manager.clone()), raft.clone(), consensus, applied.clone(), view.clone());
+        sm_actor.start();
+        Ok(Node { id, transport, raft, applied, view, map, arbiters: vec![transport_arbiter, raft_arbiter] })
+    }
+
+    /// The latest Raft metrics.
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Stops Raft and the transport.
+    pub async fn shutdown(self) {
+        let _ = self.raft.shutdown().await;
+        self.transport.shutdown();
+        for a in self.arbiters {
+            a.stop();
+        }
+    }
+}
+
+fn load_or_create_key(dir: &Path) -> Result<Keypair, StartError> {
+    let err = |reason: String| StartError::DataDir { path: dir.to_path_buf(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
+    let path = dir.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(format!("{} is not a node key: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            write_private(&path, &bytes).map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

@@ -1,0 +1,88 @@
+//! The libp2p behaviour and transport stack.
+
+use std::time::Duration;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport as _};
+use libp2p::core::upgrade::Version;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{gossipsub, identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
+
+use super::codec::RaftCodec;
+use super::Config;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) raft: request_response::Behaviour<RaftCodec>,
+}
+
+/// The identify protocol version: peers whose version differs are of another cluster.
+pub(crate) fn protocol_version(cfg: &Config) -> String {
+    format!("clusterfunk/1/{}/{}", cfg.cluster.key, cfg.cluster.env)
+}
+
+/// The gossip topic for membership heartbeats.
+pub(crate) fn topic(cfg: &Config) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("clusterfunk/{}/{}/members", cfg.cluster.key, cfg.cluster.env))
+}
+
+fn transport(cfg: &Config) -> std::io::Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    let noise = noise::Config::new(&cfg.keypair).map_err(std::io::Error::other)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true));
+    let yamux = yamux::Config::default();
+    Ok(match cfg.secret {
+        Some(key) => {
+            let psk = PreSharedKey::new(key);
+            tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                .upgrade(Version::V1)
+                .authenticate(noise)
+                .multiplex(yamux)
+                .timeout(Duration::from_secs(10))
+                .boxed()
+        }
+        None => tcp.upgrade(Version::V1).authenticate(noise).multiplex(yamux).timeout(Duration::from_secs(10)).boxed(),
+    })
+}
+
+/// Builds the swarm. Must run inside a tokio runtime (mDNS opens its sockets here).
+pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
+    let transport = transport(cfg)?;
+    let local = cfg.keypair.public().to_peer_id();
+    let identify = identify::Behaviour::new(identify::Config::new(protocol_version(cfg), cfg.keypair.public())
+        .with_agent_version(format!("clusterfunk/{}", env!("CARGO_PKG_VERSION"))));
+    let mdns = if cfg.mdns {
+        let mdns_cfg = mdns::Config { query_interval: Duration::from_secs(5), ..mdns::Config::default() };
+        Some(mdns::tokio::Behaviour::new(mdns_cfg, local)?)
+    } else {
+        None
+    };
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .max_transmit_size(64 << 10)
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(cfg.keypair.clone()), gossip_cfg)
+        .map_err(std::io::Error::other)?;
+    let protocol = StreamProtocol::try_from_owned(format!("/clusterfunk/{}/{}/raft/1", cfg.cluster.key, cfg.cluster.env))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let raft = request_response::Behaviour::with_codec(
+        RaftCodec { max_frame: cfg.max_frame },
+        [(protocol, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(cfg.rpc_timeout),
+    );
+    let behaviour = Behaviour { identify, mdns: mdns.into(), gossipsub, raft };
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_other_transport(|_| transport)?
+        .with_behaviour(|_| behaviour)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,345 @@
+//! The swarm task: selects over commands, swarm events and pending Raft replies.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, mdns, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::behaviour::{self, Behaviour, BehaviourEvent};
+use super::{Command, Config, Error, Event, Handle, InboundRaft, Outputs, Stats};
+use crate::wire::{self, Gossip, RaftRequest, RaftResponse};
+
+type Reply = BoxFuture<'static, (PeerId, ResponseChannel<RaftResponse>, Option<RaftResponse>)>;
+
+/// Capacity of the command channel into the transport.
+const COMMAND_CAPACITY: usize = 1024;
+
+/// The transport's swarm task.
+pub struct Transport {
+    swarm: Swarm<Behaviour>,
+    cfg: Config,
+    out: Outputs,
+    stats: Arc<Stats>,
+    topic: gossipsub::IdentTopic,
+    rx: mpsc::Receiver<Command>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<RaftResponse, Error>>>,
+    replies: FuturesUnordered<Reply>,
+    /// Peers whose identify confirmed they are of this cluster.
+    members: HashSet<PeerId>,
+    /// Peers of another cluster: disconnected and never dialed again.
+    foreign: HashSet<PeerId>,
+    /// Listen addresses peers announced through identify, to tell which seeds are connected.
+    announced: HashMap<PeerId, Vec<Multiaddr>>,
+    listening: Vec<Multiaddr>,
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The swarm could not be built.
+    #[error("cannot build the libp2p swarm: {0}")]
+    Build(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The arbiter stopped before the swarm started.
+    #[error("the transport arbiter stopped")]
+    Stopped,
+}
+
+impl Transport {
+    /// Builds the swarm on `arbiter`, starts listening, and runs it there until shutdown.
+    pub async fn spawn(cfg: Config, out: Outputs, arbiter: &actix::ArbiterHandle) -> Result<Handle, StartError> {
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        let stats = Arc::new(Stats::default());
+        let local = cfg.keypair.public().to_peer_id();
+        let (started_tx, started_rx) = oneshot::channel();
+        let task_stats = stats.clone();
+        let spawned = arbiter.spawn(async move {
+            let mut swarm = match behaviour::build(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = started_tx.send(Err(StartError::Build(e.to_string())));
+                    return;
+                }
+            };
+            if let Err(e) = swarm.listen_on(cfg.listen.clone()) {
+                let _ = started_tx.send(Err(StartError::Listen { addr: cfg.listen.clone(), reason: e.to_string() }));
+                return;
+            }
+            let topic = behaviour::topic(&cfg);
+            if let Err(e) = swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                let _ = started_tx.send(Err(StartError::Build(e.to_string())));
+                return;
+            }
+            let _ = started_tx.send(Ok(()));
+            let t = Transport {
+                swarm,
+                cfg,
+                out,
+                stats: task_stats,
+                topic,
+                rx,
+                pending: HashMap::new(),
+                replies: FuturesUnordered::new(),
+                members: HashSet::new(),
+                foreign: HashSet::new(),
+                announced: HashMap::new(),
+                listening: Vec::new(),
+            };
+            t.run().await;
+        });
+        if !spawned {
+            return Err(StartError::Stopped);
+        }
+        started_rx.await.map_err(|_| StartError::Stopped)??;
+        Ok(Handle { tx, local, stats })
+    }
+
+    async fn run(mut self) {
+        let mut redial = tokio::time::interval(self.cfg.redial_interval);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some((peer, channel, resp)) = self.replies.next(), if !self.replies.is_empty() => {
+                    self.on_reply(peer, channel, resp)
+                }
+                _ = redial.tick() => self.dial_seeds().await,
+            }
+        }
+        info!("transport stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Raft { peer, addrs, request, reply } => self.send_raft(peer, addrs, request, reply),
+            Command::Publish(bytes) => {
+                let topic = self.topic.clone();
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    debug!(error = %e, "gossip publish failed");
+                }
+            }
+            Command::Dial { peer, addrs } => self.dial_peer(peer, addrs),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn send_raft(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest, reply: oneshot::Sender<Result<RaftResponse, Error>>) {
+        if !self.swarm.is_connected(&peer) {
+            self.dial_peer(peer, addrs);
+        }
+        let id = self.swarm.behaviour_mut().raft.send_request(&peer, request);
+        self.pending.insert(id, reply);
+    }
+
+    /// Dials from a fresh port: with port reuse, two nodes dialing each other can turn into one
+    /// TCP simultaneous open where both act as noise initiator and the handshake fails
+    /// (DEPENDENCIES.md). Who dials first is decided by membership (lower id first).
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if self.foreign.contains(&peer) || peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        for a in &addrs {
+            self.swarm.add_peer_address(peer, a.clone());
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    async fn dial_seeds(&mut self) {
+        let seeds = self.cfg.seeds.clone();
+        for seed in seeds {
+            let resolved = match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(r) => r.collect::<Vec<_>>(),
+                Err(e) => {
+                    warn!(%seed, error = %e, "cannot resolve seed");
+                    continue;
+                }
+            };
+            for sa in resolved {
+                let addr = Multiaddr::from(sa.ip()).with(Protocol::Tcp(sa.port()));
+                let known = self.listening.contains(&addr) || self.announced.values().any(|v| v.contains(&addr));
+                if known {
+                    continue;
+                }
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).allocate_new_port().build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(%addr, error = %e, "seed dial not started");
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, peer: PeerId, channel: ResponseChannel<RaftResponse>, resp: Option<RaftResponse>) {
+        match resp {
+            Some(resp) => {
+                if self.swarm.behaviour_mut().raft.send_response(channel, resp).is_err() {
+                    debug!(%peer, "raft response not sent: connection closed");
+                }
+            }
+            None => debug!(%peer, "consensus dropped a raft request"),
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Raft(e)) => self.on_raft(e),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, peer = %self.swarm.local_peer_id(), "listening");
+                self.listening.push(address.clone());
+                self.emit(Event::Listening(address));
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                if self.members.remove(&peer_id) {
+                    self.stats.connected_peers.store(self.members.len() as u64, Ordering::Relaxed);
+                    self.emit(Event::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                self.explain_handshake_failure(&error.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    /// A wrong pre-shared key shows up as a failed protocol negotiation, not as an
+    /// authentication error (DEPENDENCIES.md): say what it most likely means.
+    fn explain_handshake_failure(&self, error: &str) {
+        if self.cfg.secret.is_some() && error.contains("ultistream") {
+            warn!(%error, "incoming handshake failed: the peer most likely has a different cluster secret");
+        } else {
+            debug!(%error, "incoming connection failed");
+        }
+    }
+
+    fn on_identify(&mut self, e: identify::Event) {
+        let identify::Event::Received { peer_id, info, .. } = e else { return };
+        let ours = behaviour::protocol_version(&self.cfg);
+        if info.protocol_version != ours {
+            Stats::bump(&self.stats.foreign_peers);
+            warn!(peer = %peer_id, theirs = %info.protocol_version, %ours, "refusing a peer of another cluster");
+            self.foreign.insert(peer_id);
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+            return;
+        }
+        for a in &info.listen_addrs {
+            self.swarm.add_peer_address(peer_id, a.clone());
+        }
+        self.announced.insert(peer_id, info.listen_addrs);
+        if self.members.insert(peer_id) {
+            self.stats.connected_peers.store(self.members.len() as u64, Ordering::Relaxed);
+            self.emit(Event::PeerConnected(peer_id));
+        }
+    }
+
+    fn on_mdns(&mut self, e: mdns::Event) {
+        let mdns::Event::Discovered(list) = e else { return };
+        let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (peer, addr) in list {
+            if !self.foreign.contains(&peer) {
+                by_peer.entry(peer).or_default().push(addr);
+            }
+        }
+        for (peer, addrs) in by_peer {
+            debug!(%peer, ?addrs, "mdns discovered");
+            self.emit(Event::Discovered(peer, addrs));
+        }
+    }
+
+    fn on_gossip(&mut self, e: gossipsub::Event) {
+        let gossipsub::Event::Message { propagation_source, message, .. } = e else { return };
+        match wire::decode::<Gossip>(&message.data) {
+            Ok(Gossip::Heartbeat(hb)) if hb.cluster == self.cfg.cluster => self.emit(Event::Heartbeat(hb)),
+            Ok(Gossip::Heartbeat(hb)) => {
+                Stats::bump(&self.stats.foreign_peers);
+                warn!(peer = %propagation_source, cluster = %hb.cluster, "heartbeat from another cluster dropped");
+            }
+            Err(e) => self.malformed(propagation_source, &e),
+        }
+    }
+
+    fn on_raft(&mut self, e: request_response::Event<RaftRequest, RaftResponse>) {
+        use request_response::{Event as E, Message as M};
+        match e {
+            E::Message { peer, message: M::Request { request, channel, .. }, .. } => self.on_raft_request(peer, request, channel),
+            E::Message { message: M::Response { request_id, response }, .. } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            E::OutboundFailure { peer, request_id, error, .. } => {
+                if let request_response::OutboundFailure::Io(io) = &error {
+                    if io.kind() == io::ErrorKind::InvalidData {
+                        self.malformed(peer, io);
+                    }
+                }
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
+                }
+            }
+            E::InboundFailure { peer, error: request_response::InboundFailure::Io(io), .. } if io.kind() == io::ErrorKind::InvalidData => {
+                self.malformed(peer, &io);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_raft_request(&mut self, from: PeerId, request: RaftRequest, channel: ResponseChannel<RaftResponse>) {
+        let (reply, rx) = oneshot::channel();
+        match self.out.raft.try_send(InboundRaft { from, request, reply }) {
+            Ok(()) => self.replies.push(Box::pin(async move { (from, channel, rx.await.ok()) })),
+            Err(_) => {
+                // Dropping the channel fails the peer's request: an error to the caller, not a
+                // silent drop. Raft retries.
+                Stats::bump(&self.stats.events_dropped);
+                warn!(peer = %from, "consensus mailbox full: raft request refused");
+            }
+        }
+    }
+
+    fn malformed(&mut self, peer: PeerId, error: &dyn std::fmt::Display) {
+        Stats::bump(&self.stats.malformed_frames);
+        warn!(%peer, %error, "malformed frame: closing the connection to this peer");
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn emit(&self, ev: Event) {
+        if self.out.events.try_send(ev).is_err() {
+            Stats::bump(&self.stats.events_dropped);
+            warn!("membership mailbox full: transport event dropped");
+        }
+    }
+}

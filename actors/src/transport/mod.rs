@@ -1,0 +1,215 @@
+//! The transport actor: the only owner of the libp2p `Swarm` (DESIGN §2).
+//!
+//! TCP + noise + yamux, with a pnet pre-shared key under noise when a cluster secret is set;
+//! identify (its protocol version carries the cluster name, and a peer of another cluster is
+//! disconnected and never dialed again); mDNS discovery; gossipsub on a topic scoped by cluster key
+//! and environment; and request-response for Raft RPCs on a cluster-scoped protocol name.
+//!
+//! The swarm runs as one task on its own arbiter ([`Transport::spawn`]). Other actors talk to it
+//! through a bounded command channel ([`Handle`]); it reports to them with `try_send` on their
+//! bounded mailboxes. A malformed frame from a peer closes the connection to that peer, is
+//! counted in [`Stats`], and the node goes on.
+
+mod behaviour;
+mod codec;
+mod event_loop;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+pub use event_loop::{StartError, Transport};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::types::ClusterName;
+use crate::wire::{Heartbeat, RaftRequest, RaftResponse};
+
+/// Transport settings.
+#[derive(Clone)]
+pub struct Config {
+    /// The cluster; scopes protocol names, the gossip topic and identify.
+    pub cluster: ClusterName,
+    /// The node's key (its libp2p identity).
+    pub keypair: Keypair,
+    /// Where to listen, e.g. `/ip4/0.0.0.0/tcp/7000`.
+    pub listen: Multiaddr,
+    /// Static seeds as `host:port`, resolved on every dial attempt (so DNS names follow changes).
+    pub seeds: Vec<String>,
+    /// Pre-shared key: when set, the connection is wrapped in libp2p pnet under noise, so nodes
+    /// without it cannot even complete a handshake.
+    pub secret: Option<[u8; 32]>,
+    /// Whether to discover peers by mDNS (LAN only; it never sees loopback-only hosts).
+    pub mdns: bool,
+    /// Largest frame accepted from a peer, in bytes. Default 16 MiB: above openraft's 3 MiB
+    /// snapshot chunk and any append batch; a frame over it drops the connection.
+    pub max_frame: usize,
+    /// How long a Raft RPC may take before it fails. Default 2 s.
+    pub rpc_timeout: Duration,
+    /// How often seeds not connected are dialed again. Default 2 s.
+    pub redial_interval: Duration,
+}
+
+impl Config {
+    /// Defaults for `cluster` with key `keypair`, listening on `listen`.
+    pub fn new(cluster: ClusterName, keypair: Keypair, listen: Multiaddr) -> Config {
+        Config {
+            cluster,
+            keypair,
+            listen,
+            seeds: Vec::new(),
+            secret: None,
+            mdns: true,
+            max_frame: 16 << 20,
+            rpc_timeout: Duration::from_secs(2),
+            redial_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the transport tells the membership actor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+#[non_exhaustive]
+pub enum Event {
+    /// The swarm listens on this address.
+    Listening(Multiaddr),
+    /// A peer of this cluster is connected (identify confirmed the cluster).
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// mDNS found a peer (not yet known to be of this cluster).
+    Discovered(PeerId, Vec<Multiaddr>),
+    /// A heartbeat arrived by gossip.
+    Heartbeat(Heartbeat),
+}
+
+/// A Raft RPC from a peer, for the consensus actor; answer on `reply`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct InboundRaft {
+    /// The sender.
+    pub from: PeerId,
+    /// The request.
+    pub request: RaftRequest,
+    /// Where the response goes; dropping it fails the peer's request.
+    pub reply: oneshot::Sender<RaftResponse>,
+}
+
+/// Commands to the transport.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Raft { peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest, reply: oneshot::Sender<Result<RaftResponse, Error>> },
+    Publish(Vec<u8>),
+    Dial { peer: PeerId, addrs: Vec<Multiaddr> },
+    Shutdown,
+}
+
+/// Why a transport call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transport's command queue is full; try again later.
+    #[error("transport command queue is full")]
+    QueueFull,
+    /// The transport has stopped.
+    #[error("transport has stopped")]
+    Closed,
+    /// The peer could not be reached or did not answer.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A peer id or address does not parse.
+    #[error("bad peer address: {0}")]
+    BadAddress(String),
+}
+
+/// Counters the transport keeps; read by the dashboard and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Frames refused as malformed or oversized (each closed its connection).
+    pub malformed_frames: AtomicU64,
+    /// Connections refused because the peer is of another cluster.
+    pub foreign_peers: AtomicU64,
+    /// Events dropped because a receiving mailbox was full.
+    pub events_dropped: AtomicU64,
+    /// Peers connected now.
+    pub connected_peers: AtomicU64,
+}
+
+impl Stats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where the transport sends what it learns.
+#[derive(Clone)]
+pub struct Outputs {
+    /// Membership events.
+    pub events: Recipient<Event>,
+    /// Inbound Raft RPCs.
+    pub raft: Recipient<InboundRaft>,
+}
+
+/// A cloneable handle to the transport.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    local: PeerId,
+    stats: Arc<Stats>,
+}
+
+impl Handle {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    fn try_command(&self, cmd: Command) -> Result<(), Error> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => Error::Closed,
+        })
+    }
+
+    /// Sends a Raft RPC to `peer` (dialing `addrs` if not connected) and waits for its response.
+    pub async fn raft(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest) -> Result<RaftResponse, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.try_command(Command::Raft { peer, addrs, request, reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Publishes a gossip message to the cluster topic.
+    pub fn publish(&self, bytes: Vec<u8>) -> Result<(), Error> {
+        self.try_command(Command::Publish(bytes))
+    }
+
+    /// Asks the transport to connect to `peer`.
+    pub fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), Error> {
+        self.try_command(Command::Dial { peer, addrs })
+    }
+
+    /// Stops the swarm.
+    pub fn shutdown(&self) {
+        let _ = self.try_command(Command::Shutdown);
+    }
+}
+
+/// Parses a peer id and multiaddresses as stored in node metadata.
+pub fn parse_peer(peer_id: &str, addrs: &[String]) -> Result<(PeerId, Vec<Multiaddr>), Error> {
+    let peer = peer_id.parse::<PeerId>().map_err(|e| Error::BadAddress(format!("{peer_id}: {e}")))?;
+    let addrs = addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()).collect();
+    Ok((peer, addrs))
+}
