@@ -15,4 +15,4 @@ pub mod transport;
 pub mod types;
 pub mod wire;
 
-pub use libp2p::Multiaddr;
+pub use libp2p::{multiaddr, Multiaddr};

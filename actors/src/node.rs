@@ -177,10 +177,10 @@ impl Node {
     }
 
     /// Stops Raft and the transport.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
         self.transport.shutdown();
-        for a in self.arbiters {
+        for a in &self.arbiters {
             a.stop();
         }
     }

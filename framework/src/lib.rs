@@ -1,1 +1,34 @@
+//! # clusterfunk
+//!
+//! A Rust actor-model runtime for clusters of services: nodes find each other (mDNS or seeds),
+//! agree through Raft on a persistent log about members and a weighted shard map, and every key
+//! maps to the one node owning its shard.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), clusterfunk::Error> {
+//! use clusterfunk::Cluster;
+//!
+//! let cluster = Cluster::builder().name("shop").env("dev").bootstrap(true).build()?.start().await?;
+//! let status = cluster.wait_until(std::time::Duration::from_secs(10), "a shard map", |s| s.shard_map.epoch > 0).await?;
+//! println!("leader {:?}, {} shards", status.leader, status.shard_map.shards);
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/` in the repository for the guides, and shared/DESIGN.md for how it fits together.
+#![warn(missing_docs, unreachable_pub)]
 
+mod cluster;
+mod config;
+mod dashboard;
+mod status;
+
+pub use cluster::{Cluster, Error};
+pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
+pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
+pub use config::{Builder, ClusterConfig, ConfigError};
+pub use status::{ClusterInfo, ClusterStatus, MemberStatus, RaftInfo, ShardMapStatus, TransportStatus};
+
+/// What most users import.
+pub mod prelude {
+    pub use crate::{Cluster, ClusterStatus, NodeId, ShardId, ShardKey};
+}

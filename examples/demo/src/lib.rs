@@ -1,1 +1,194 @@
+//! The clusterfunk demo node: one node per process, or `--local N` for N nodes on this machine.
+//!
+//! ```text
+//! cargo run -p clusterfunk-demo -- --local 3
+//! ```
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use clusterfunk::Cluster;
+use tracing::{error, info};
+
+/// Command-line flags of a demo node.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "demo", about = "A clusterfunk demo node")]
+pub struct Args {
+    /// Cluster key.
+    #[arg(long, default_value = "demo")]
+    pub name: String,
+    /// Environment.
+    #[arg(long, default_value = "dev")]
+    pub env: String,
+    /// Create a new cluster with this node as its first member.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Where this node keeps its key and Raft log (default `clusterfunk-data/<name>-<env>`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// host:port to listen on for other nodes.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub listen: String,
+    /// A seed host:port to join (repeatable).
+    #[arg(long = "join")]
+    pub join: Vec<String>,
+    /// host:port for the dashboard and API.
+    #[arg(long)]
+    pub dashboard: Option<String>,
+    /// Number of shards (fixed when the cluster is created).
+    #[arg(long, default_value_t = 1024)]
+    pub shards: u32,
+    /// This node's weight.
+    #[arg(long, default_value_t = 1)]
+    pub weight: u32,
+    /// Worker threads this node declares.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// Voters to keep (1, 3, 5, 7).
+    #[arg(long, default_value_t = 3)]
+    pub voters: usize,
+    /// Pre-shared cluster secret, 64 hex characters.
+    #[arg(long, env = "CLUSTERFUNK_SECRET")]
+    pub secret: Option<String>,
+    /// Turn off mDNS discovery.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Start N nodes on this machine (child processes) and print their dashboards.
+    #[arg(long)]
+    pub local: Option<u32>,
+}
+
+/// Parses the process arguments and runs the demo; returns the process exit code.
+pub fn main() -> i32 {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let result = match args.local {
+        Some(n) => run_local(&args, n),
+        None => actix_rt::System::new().block_on(run_node(args)),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+/// Runs one node until Ctrl-C or SIGTERM.
+pub async fn run_node(args: Args) -> anyhow::Result<()> {
+    let mut b = Cluster::builder()
+        .name(&args.name)
+        .env(&args.env)
+        .bootstrap(args.bootstrap)
+        .listen(&args.listen)
+        .shards(args.shards)
+        .weight(args.weight)
+        .workers(args.workers)
+        .voters(args.voters)
+        .mdns(!args.no_mdns);
+    if let Some(d) = &args.data_dir {
+        b = b.data_dir(d);
+    }
+    if let Some(d) = &args.dashboard {
+        b = b.dashboard(d);
+    }
+    if let Some(s) = &args.secret {
+        b = b.secret(s);
+    }
+    for j in &args.join {
+        b = b.join(j);
+    }
+    let cluster = b.build()?.start().await?;
+    match cluster.dashboard_addr() {
+        Some(addr) => info!(node = %cluster.node_id(), "node running; dashboard at http://{addr}/"),
+        None => info!(node = %cluster.node_id(), "node running (no dashboard: pass --dashboard host:port)"),
+    }
+    wait_for_signal().await;
+    info!("shutting down");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `n` nodes as child processes on loopback and waits for Ctrl-C.
+fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=16).contains(&n), "--local: {n} is not between 1 and 16");
+    let exe = std::env::current_exe().context("cannot find the demo executable")?;
+    let tmp;
+    let base: &Path = match &args.data_dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::Builder::new().prefix("clusterfunk-demo-").tempdir()?;
+            tmp.path()
+        }
+    };
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let seed = format!("127.0.0.1:{}", ports[0].0);
+    let mut children: Vec<Child> = Vec::new();
+    for (i, (p2p, http)) in ports.iter().enumerate() {
+        let dir = base.join(format!("node-{i}"));
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--name", &args.name, "--env", &args.env, "--no-mdns"])
+            .args(["--listen", &format!("127.0.0.1:{p2p}"), "--dashboard", &format!("127.0.0.1:{http}")])
+            .args(["--shards", &args.shards.to_string(), "--voters", &args.voters.to_string()])
+            .arg("--data-dir")
+            .arg(&dir);
+        if i == 0 && !dir.join("raft.redb").exists() {
+            cmd.arg("--bootstrap");
+        }
+        if i > 0 {
+            cmd.args(["--join", &seed]);
+        }
+        children.push(cmd.spawn().with_context(|| format!("cannot start node {i}"))?);
+        println!("node {i}: dashboard http://127.0.0.1:{http}/  (data {})", dir.display());
+    }
+    println!("{n} nodes running; press Ctrl-C to stop them");
+    let rt = actix_rt::System::new();
+    rt.block_on(async {
+        loop {
+            tokio::select! {
+                _ = wait_for_signal() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Some((i, status)) = children.iter_mut().enumerate().find_map(|(i, c)| c.try_wait().ok().flatten().map(|s| (i, s))) {
+                        println!("node {i} exited with {status}");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    for c in &mut children {
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+    }
+    for c in &mut children {
+        let _ = c.wait();
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Cluster configuration: a builder with documented defaults and a `validate()` that names the
+//! field and the reason for every refusal.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clusterfunk_actors::types::ClusterName;
+use clusterfunk_actors::Multiaddr;
+
+/// Why a configuration cannot work. Each variant names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `name` or `env` is not usable in protocol names.
+    #[error("{field}: {value:?} {reason}")]
+    Name {
+        /// `name` or `env`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// `shards` must be between 1 and 65,535.
+    #[error("shards: {0} is out of range; a cluster needs 1 to 65535 shards")]
+    Shards(u32),
+    /// `weight` must be at least 1.
+    #[error("weight: 0 would give this node no shards at all; use a weight of at least 1")]
+    Weight,
+    /// `workers` must be at least 1.
+    #[error("workers: a node runs at least 1 worker")]
+    Workers,
+    /// `voters` must be 1, 3, 5 or 7.
+    #[error("voters: {0} is not 1, 3, 5 or 7 (an even count adds no fault tolerance)")]
+    Voters(usize),
+    /// `replica_factor` must be 1 to 7.
+    #[error("replica_factor: {0} is not between 1 and 7")]
+    ReplicaFactor(u32),
+    /// An address does not parse or resolve.
+    #[error("{field}: {value:?} is not a usable host:port ({reason})")]
+    Address {
+        /// `listen`, `join` or `dashboard`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// The cluster secret is not 64 hex characters.
+    #[error("secret: a cluster secret is 64 hex characters (32 bytes)")]
+    Secret,
+}
+
+/// A validated configuration, ready to [`start`](ClusterConfig::start).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub(crate) node: clusterfunk_actors::node::Config,
+    pub(crate) dashboard: Option<SocketAddr>,
+}
+
+/// Builds a [`ClusterConfig`]. Every setting has a default; see each method.
+#[derive(Clone, Debug)]
+pub struct Builder {
+    name: String,
+    env: String,
+    data_dir: Option<PathBuf>,
+    listen: String,
+    join: Vec<String>,
+    dashboard: Option<String>,
+    bootstrap: bool,
+    shards: u32,
+    replica_factor: u32,
+    voters: usize,
+    weight: u32,
+    workers: u32,
+    zone: Option<String>,
+    secret: Option<String>,
+    mdns: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Builder {
+        Builder {
+            name: "clusterfunk".into(),
+            env: "dev".into(),
+            data_dir: None,
+            listen: "0.0.0.0:0".into(),
+            join: Vec::new(),
+            dashboard: None,
+            bootstrap: false,
+            shards: 1024,
+            replica_factor: 1,
+            voters: 3,
+            weight: 1,
+            workers: 1,
+            zone: None,
+            secret: None,
+            mdns: true,
+        }
+    }
+}
+
+impl Builder {
+    /// The cluster key, e.g. `shop`. Default `clusterfunk`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The environment, e.g. `dev` or `production`. Default `dev`. Clusters with the same key
+    /// and another environment never mix.
+    pub fn env(mut self, env: impl Into<String>) -> Self {
+        self.env = env.into();
+        self
+    }
+
+    /// Where the node keeps its identity key and Raft log. Default `clusterfunk-data/<name>-<env>`
+    /// under the working directory; give each node on one machine its own.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// `host:port` to listen on for other nodes. Default `0.0.0.0:0` (all interfaces, a free
+    /// port; peers learn it by gossip). Give a fixed port for nodes others `join`.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = addr.into();
+        self
+    }
+
+    /// A seed `host:port` to join (repeatable). Resolved again on every dial, so DNS names work.
+    pub fn join(mut self, addr: impl Into<String>) -> Self {
+        self.join.push(addr.into());
+        self
+    }
+
+    /// `host:port` for the dashboard and HTTP API. Default: none.
+    pub fn dashboard(mut self, addr: impl Into<String>) -> Self {
+        self.dashboard = Some(addr.into());
+        self
+    }
+
+    /// Create a new cluster with this node as its first voter. Refused when the data directory
+    /// already holds a cluster. Default `false`.
+    pub fn bootstrap(mut self, yes: bool) -> Self {
+        self.bootstrap = yes;
+        self
+    }
+
+    /// The fixed number of shards, set when the cluster is created. Default 1024: enough for
+    /// ~100 nodes at ~10 shards each; more shards cost a little memory per map (≈10 bytes each).
+    pub fn shards(mut self, n: u32) -> Self {
+        self.shards = n;
+        self
+    }
+
+    /// Copies of each shard: an owner and `n - 1` followers on other nodes. Default 1.
+    pub fn replica_factor(mut self, n: u32) -> Self {
+        self.replica_factor = n;
+        self
+    }
+
+    /// Voting members kept in dev/auto mode (1, 3, 5 or 7); the rest are learners. Default 3:
+    /// survives one failure; 5 survives two at the cost of slower commits.
+    pub fn voters(mut self, n: usize) -> Self {
+        self.voters = n;
+        self
+    }
+
+    /// This node's share of shards relative to others. Default 1.
+    pub fn weight(mut self, w: u32) -> Self {
+        self.weight = w;
+        self
+    }
+
+    /// Worker threads this node declares for the worker index. Default 1.
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// This node's failure zone; replicas are placed in distinct zones. Default: none.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// A 64-hex-character pre-shared secret: nodes without it cannot connect. Default: none.
+    pub fn secret(mut self, hex: impl Into<String>) -> Self {
+        self.secret = Some(hex.into());
+        self
+    }
+
+    /// mDNS discovery on the LAN. Default on. (It never finds nodes on a loopback-only host: use
+    /// `join` there.)
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Checks every field and returns a configuration ready to start.
+    pub fn build(self) -> Result<ClusterConfig, ConfigError> {
+        let cluster = ClusterName::new(&self.name, &self.env);
+        for (field, value) in [("name", &self.name), ("env", &self.env)] {
+            if let Err(reason) = ClusterName::new(value.as_str(), "x").validate() {
+                return Err(ConfigError::Name { field, value: value.clone(), reason });
+            }
+        }
+        if self.shards == 0 || self.shards > 65_535 {
+            return Err(ConfigError::Shards(self.shards));
+        }
+        if self.weight == 0 {
+            return Err(ConfigError::Weight);
+        }
+        if self.workers == 0 {
+            return Err(ConfigError::Workers);
+        }
+        if ![1, 3, 5, 7].contains(&self.voters) {
+            return Err(ConfigError::Voters(self.voters));
+        }
+        if !(1..=7).contains(&self.replica_factor) {
+            return Err(ConfigError::ReplicaFactor(self.replica_factor));
+        }
+        let listen = resolve("listen", &self.listen)?;
+        for j in &self.join {
+            resolve("join", j)?;
+        }
+        let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
+        let secret = self.secret.as_deref().map(parse_secret).transpose()?;
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("clusterfunk-data").join(format!("{}-{}", self.name, self.env)));
+        let node = clusterfunk_actors::node::Config {
+            cluster,
+            data_dir,
+            listen: Multiaddr::from(listen.ip()).with(clusterfunk_actors::multiaddr::Protocol::Tcp(listen.port())),
+            seeds: self.join,
+            bootstrap: self.bootstrap,
+            shards: self.shards,
+            replica_factor: self.replica_factor,
+            voters: self.voters,
+            auto_join: true,
+            weight: self.weight,
+            workers: self.workers,
+            zone: self.zone,
+            dashboard: dashboard.map(|d| d.to_string()),
+            secret,
+            mdns: self.mdns,
+            membership: Default::default(),
+            raft: Default::default(),
+            shard_manager: Default::default(),
+        };
+        Ok(ClusterConfig { node, dashboard })
+    }
+}
+
+fn resolve(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let err = |reason: String| ConfigError::Address { field, value: value.to_string(), reason };
+    value.to_socket_addrs().map_err(|e| err(e.to_string()))?.next().ok_or_else(|| err("resolves to no address".into()))
+}
+
+fn parse_secret(hex: &str) -> Result<[u8; 32], ConfigError> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return Err(ConfigError::Secret);
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| ConfigError::Secret)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_field() {
+        let b = Builder::default;
+        assert_eq!(b().shards(0).build().unwrap_err(), ConfigError::Shards(0));
+        assert_eq!(b().weight(0).build().unwrap_err(), ConfigError::Weight);
+        assert_eq!(b().voters(2).build().unwrap_err(), ConfigError::Voters(2));
+        assert!(b().name("a/b").build().unwrap_err().to_string().starts_with("name:"));
+        assert!(b().env("").build().unwrap_err().to_string().starts_with("env:"));
+        assert!(b().listen("nope").build().unwrap_err().to_string().starts_with("listen:"));
+        assert!(b().join("127.0.0.1").build().unwrap_err().to_string().starts_with("join:"));
+        assert_eq!(b().secret("abc").build().unwrap_err(), ConfigError::Secret);
+    }
+
+    #[test]
+    fn defaults_build() {
+        let c = Builder::default().name("shop").env("dev").secret("00".repeat(32)).build().unwrap();
+        assert_eq!(c.node.shards, 1024);
+        assert_eq!(c.node.data_dir, PathBuf::from("clusterfunk-data/shop-dev"));
+        assert_eq!(c.node.secret, Some([0u8; 32]));
+    }
+}

@@ -1,0 +1,183 @@
+//! The cluster status as the dashboard's `GET /api/cluster` serves it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use clusterfunk_actors::membership::MemberState;
+use clusterfunk_actors::multiaddr::Protocol;
+use clusterfunk_actors::node::Node;
+use clusterfunk_actors::types::{ClusterName, NodeId, NodeMeta};
+use clusterfunk_actors::Multiaddr;
+use serde::Serialize;
+
+/// A node's view of the cluster. Node ids are 16-hex-digit strings (JSON numbers lose precision
+/// past 2^53).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node_id: String,
+    /// The cluster's name.
+    pub cluster: ClusterInfo,
+    /// The Raft leader, if known.
+    pub leader: Option<String>,
+    /// The Raft term.
+    pub term: u64,
+    /// This node's Raft state.
+    pub raft: RaftInfo,
+    /// Members of the Raft group (voters and learners), with liveness as this node sees it.
+    pub members: Vec<MemberStatus>,
+    /// The committed shard map.
+    pub shard_map: ShardMapStatus,
+    /// Transport counters.
+    pub transport: TransportStatus,
+}
+
+/// The cluster's name.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterInfo {
+    /// The cluster key.
+    pub name: String,
+    /// The environment.
+    pub env: String,
+}
+
+/// Raft details of this node.
+#[derive(Clone, Debug, Serialize)]
+pub struct RaftInfo {
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: String,
+    /// The last log index on this node.
+    pub last_log_index: Option<u64>,
+    /// The last applied index on this node.
+    pub last_applied: Option<u64>,
+}
+
+/// One member.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: String,
+    /// `host:port` it listens on for other nodes.
+    pub addr: Option<String>,
+    /// `voter` or `learner`.
+    pub role: &'static str,
+    /// `up`, `suspect` or `down`, as this node sees it.
+    pub state: MemberState,
+    /// Weight.
+    pub weight: u32,
+    /// Worker count.
+    pub workers: u32,
+    /// Zone, if set.
+    pub zone: Option<String>,
+    /// Dashboard `host:port`, if it serves one.
+    pub dashboard: Option<String>,
+}
+
+/// A summary of the shard map.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardMapStatus {
+    /// The map epoch (log index of the last change).
+    pub epoch: u64,
+    /// Number of shards.
+    pub shards: u32,
+    /// Copies per shard.
+    pub replica_factor: u32,
+    /// Shards owned per node id.
+    pub owners: BTreeMap<String, u32>,
+    /// Shards with no owner.
+    pub unassigned: u32,
+}
+
+/// Transport counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransportStatus {
+    /// Peers connected now.
+    pub connected_peers: u64,
+    /// Malformed or oversized frames refused (each closed its connection).
+    pub malformed_frames: u64,
+    /// Peers of other clusters refused.
+    pub foreign_peers: u64,
+    /// Events dropped on a full mailbox.
+    pub events_dropped: u64,
+}
+
+pub(crate) fn collect(node: &Node, cluster: &ClusterName) -> ClusterStatus {
+    let m = node.metrics();
+    let applied = node.applied.borrow().clone();
+    let view = node.view.borrow().clone();
+    let map = node.map.borrow().clone();
+    let membership = applied.membership.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, raft_node)| {
+            let seen = view.members.get(id);
+            let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(id));
+            let addrs = meta.map(|m| m.addrs.as_slice()).filter(|a| !a.is_empty()).unwrap_or(&raft_node.addrs);
+            MemberStatus {
+                id: id.to_string(),
+                addr: host_port(addrs),
+                role: if voters.contains(id) { "voter" } else { "learner" },
+                state: seen.map_or(MemberState::Down, |v| v.state),
+                weight: meta.map_or(1, |m| m.weight),
+                workers: meta.map_or(1, |m| m.workers),
+                zone: meta.and_then(|m| m.zone.clone()),
+                dashboard: meta.and_then(|m| m.dashboard.clone()),
+            }
+        })
+        .collect();
+    let owners = map.owner_counts().iter().map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>();
+    let assigned: u32 = map.owner_counts().values().sum();
+    let stats = node.transport.stats();
+    ClusterStatus {
+        node_id: node.id.to_string(),
+        cluster: ClusterInfo { name: cluster.key.clone(), env: cluster.env.clone() },
+        leader: m.current_leader.map(|l| l.to_string()),
+        term: m.current_term,
+        raft: RaftInfo {
+            state: format!("{:?}", m.state),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+        },
+        members,
+        shard_map: ShardMapStatus {
+            epoch: map.epoch().0,
+            shards: map.shard_count(),
+            replica_factor: map.replica_factor(),
+            owners,
+            unassigned: map.shard_count() - assigned,
+        },
+        transport: TransportStatus {
+            connected_peers: stats.connected_peers.load(Ordering::Relaxed),
+            malformed_frames: stats.malformed_frames.load(Ordering::Relaxed),
+            foreign_peers: stats.foreign_peers.load(Ordering::Relaxed),
+            events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+        },
+    }
+}
+
+/// The first routable `ip:port` among multiaddresses (non-loopback preferred).
+fn host_port(addrs: &[String]) -> Option<String> {
+    let parsed: Vec<(std::net::IpAddr, u16)> = addrs
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter_map(|ma| {
+            let mut it = ma.iter();
+            let ip = match it.next()? {
+                Protocol::Ip4(ip) => std::net::IpAddr::V4(ip),
+                Protocol::Ip6(ip) => std::net::IpAddr::V6(ip),
+                _ => return None,
+            };
+            match it.next()? {
+                Protocol::Tcp(port) => Some((ip, port)),
+                _ => None,
+            }
+        })
+        .filter(|(ip, _)| !ip.is_unspecified())
+        .collect();
+    parsed
+        .iter()
+        .find(|(ip, _)| !ip.is_loopback())
+        .or(parsed.first())
+        .map(|(ip, port)| std::net::SocketAddr::new(*ip, *port).to_string())
+}
