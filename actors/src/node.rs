@@ -83,7 +83,7 @@ pub enum StartError {
     Transport(#[from] transport::StartError),
     /// The Raft configuration was refused.
     #[error("raft config: {0}")]
-    RaftConfig(#[from] openraft::ConfigError),
+    RaftConfig(#[from] Box<openraft::ConfigError>),
     /// Raft could not start or initialize.
     #[error("raft: {0}")]
     Raft(String),
@@ -113,11 +113,14 @@ impl Node {
         let peer = keypair.public().to_peer_id();
         let id = NodeId::from_peer_bytes(&peer.to_bytes());
         let store = Store::open(&cfg.data_dir, &cfg.cluster)?;
-        let has_state = store.has_raft_state().map_err(|e| StartError::DataDir { path: cfg.data_dir.clone(), reason: e.to_string() })?;
+        let has_state = store
+            .has_raft_state()
+            .map_err(|e| StartError::DataDir { path: cfg.data_dir.clone(), reason: e.to_string() })?;
         if cfg.bootstrap && has_state {
             return Err(StartError::AlreadyBootstrapped(cfg.data_dir.clone()));
         }
-        let (sm, applied) = StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e.to_string())))?;
+        let (sm, applied) =
+            StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e.to_string())))?;
         info!(node = %id, %peer, cluster = %cfg.cluster, data_dir = %cfg.data_dir.display(), restarted = has_state, "starting node");
 
         let mut membership_ctx = Context::<Membership>::new();
@@ -165,8 +168,15 @@ impl Node {
             voters: cfg.voters,
             auto_join: cfg.auto_join,
         };
-        let consensus = consensus_ctx.run(Consensus::new(raft.clone(), transport.clone(), applied.clone(), view.clone(), settings));
-        let (sm_actor, map) = ShardManager::new(shard_manager::Core::new(cfg.shard_manager.clone()), raft.clone(), consensus, applied.clone(), view.clone());
+        let consensus =
+            consensus_ctx.run(Consensus::new(raft.clone(), transport.clone(), applied.clone(), view.clone(), settings));
+        let (sm_actor, map) = ShardManager::new(
+            shard_manager::Core::new(cfg.shard_manager.clone()),
+            raft.clone(),
+            consensus,
+            applied.clone(),
+            view.clone(),
+        );
         sm_actor.start();
         Ok(Node { id, transport, raft, applied, view, map, arbiters: vec![transport_arbiter, raft_arbiter] })
     }
@@ -191,7 +201,8 @@ fn load_or_create_key(dir: &Path) -> Result<Keypair, StartError> {
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
     let path = dir.join("node.key");
     match std::fs::read(&path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(format!("{} is not a node key: {e}", path.display()))),
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| err(format!("{} is not a node key: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Derived from the node's libp2p key (xxh3 of the peer id bytes), so the transport identity and the
 /// Raft identity can never disagree. A wiped data directory makes a new key and so a new id, which
 /// is what openraft requires (a node must never rejoin under an id whose log it lost).
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeId(pub u64);
 
@@ -42,9 +40,7 @@ impl std::str::FromStr for NodeId {
 }
 
 /// A shard number, `0..shard_count`.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ShardId(pub u32);
 
@@ -57,9 +53,7 @@ impl fmt::Display for ShardId {
 /// A fencing epoch: the Raft log index of the entry that assigned a shard (DESIGN §3).
 ///
 /// Durable and monotonic: log indexes are never reused, even across restarts.
-#[derive(
-    Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Epoch(pub u64);
 

@@ -105,7 +105,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Res
 
 /// Writes one length-prefixed frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, bytes: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(bytes.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(bytes).await?;
     io.flush().await
@@ -123,7 +124,15 @@ mod tests {
     fn heartbeat() -> Gossip {
         Gossip::Heartbeat(Heartbeat {
             cluster: ClusterName::new("shop", "dev"),
-            meta: NodeMeta { id: NodeId(1), peer_id: "p".into(), addrs: vec![], weight: 1, workers: 2, zone: None, dashboard: None },
+            meta: NodeMeta {
+                id: NodeId(1),
+                peer_id: "p".into(),
+                addrs: vec![],
+                weight: 1,
+                workers: 2,
+                zone: None,
+                dashboard: None,
+            },
             seq: 3,
             incarnation: 4,
         })
@@ -140,7 +149,10 @@ mod tests {
     fn raft_request_round_trip_and_golden() {
         let req = RaftRequest::ClientWrite(Command::RemoveMember { id: NodeId(9) });
         let bytes = encode(&req);
-        assert!(matches!(decode::<RaftRequest>(&bytes).unwrap(), RaftRequest::ClientWrite(Command::RemoveMember { id: NodeId(9) })));
+        assert!(matches!(
+            decode::<RaftRequest>(&bytes).unwrap(),
+            RaftRequest::ClientWrite(Command::RemoveMember { id: NodeId(9) })
+        ));
         assert_eq!(hex(&bytes), "81ab436c69656e74577269746581ac52656d6f76654d656d6265729109");
         let vote = RaftRequest::Vote(VoteRequest { vote: openraft::Vote::new(2, NodeId(1)), last_log_id: None });
         let back: RaftRequest = decode(&encode(&vote)).unwrap();

@@ -151,7 +151,8 @@ impl ClusterConfig {
         let inner = Arc::new(Inner { node, cluster: self.node.cluster.clone() });
         let mut dashboard = None;
         if let Some(addr) = self.dashboard {
-            let (server, bound) = crate::dashboard::serve(addr, inner.clone()).map_err(|source| Error::Dashboard { addr, source })?;
+            let (server, bound) =
+                crate::dashboard::serve(addr, inner.clone()).map_err(|source| Error::Dashboard { addr, source })?;
             actix_rt::spawn(server);
             info!(url = %format!("http://{bound}/"), "dashboard");
             dashboard = Some(bound);

@@ -227,7 +227,9 @@ impl Builder {
         }
         let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
         let secret = self.secret.as_deref().map(parse_secret).transpose()?;
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("clusterfunk-data").join(format!("{}-{}", self.name, self.env)));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("clusterfunk-data").join(format!("{}-{}", self.name, self.env)));
         let node = clusterfunk_actors::node::Config {
             cluster,
             data_dir,

@@ -26,7 +26,9 @@ async fn ready(inner: web::Data<Arc<Inner>>) -> impl Responder {
         return HttpResponse::ServiceUnavailable().content_type("text/plain").body("not ready: no raft leader known\n");
     }
     if s.shard_map.shards == 0 || s.shard_map.unassigned > 0 {
-        return HttpResponse::ServiceUnavailable().content_type("text/plain").body("not ready: shards without an owner\n");
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("not ready: shards without an owner\n");
     }
     HttpResponse::Ok().content_type("text/plain").body("ready\n")
 }

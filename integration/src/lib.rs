@@ -1,1 +1,199 @@
+//! Test harness for multi-node tests: node processes, a small HTTP client for their API, and
+//! waiting on observable state with a timeout.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// `n` distinct free TCP ports on loopback: all bound at once, then released (the race with
+/// other processes is accepted in tests).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
+}
+
+/// One free TCP port on loopback.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// `GET path` on `addr`; returns the status code and body.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let code = head.split_whitespace().nth(1).context("no status code")?.parse()?;
+    Ok((code, body.to_string()))
+}
+
+/// A node's `/api/cluster`.
+pub fn cluster_status(addr: &str) -> anyhow::Result<Value> {
+    let (code, body) = http_get(addr, "/api/cluster")?;
+    if code != 200 {
+        bail!("/api/cluster answered {code}");
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One node process of the demo binary.
+pub struct NodeProc {
+    /// The binary.
+    pub exe: PathBuf,
+    /// The arguments it was started with.
+    pub args: Vec<String>,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its dashboard `host:port`.
+    pub dashboard: String,
+    /// Its p2p `host:port`.
+    pub listen: String,
+    child: Option<Child>,
+    /// An optional wrapper (`ip netns exec NAME`).
+    pub prefix: Vec<String>,
+}
+
+impl NodeProc {
+    /// A node to be started with `extra` flags besides `--data-dir`, `--listen`, `--dashboard`.
+    pub fn new(exe: &Path, data_dir: PathBuf, listen: String, dashboard: String, extra: &[&str]) -> NodeProc {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(["--listen".into(), listen.clone(), "--dashboard".into(), dashboard.clone()]);
+        NodeProc { exe: exe.to_path_buf(), args, data_dir, dashboard, listen, child: None, prefix: Vec::new() }
+    }
+
+    /// Starts (or restarts) the process; its output goes to `<data_dir>.log`.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.start_with(&[])
+    }
+
+    /// Starts with `more` flags this time only.
+    pub fn start_with(&mut self, more: &[&str]) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let (program, pre): (&Path, &[String]) = match self.prefix.split_first() {
+            Some((p, rest)) => (Path::new(p), rest),
+            None => (self.exe.as_path(), &[]),
+        };
+        let mut cmd = Command::new(program);
+        if !self.prefix.is_empty() {
+            cmd.args(pre).arg(&self.exe);
+        }
+        cmd.args(&self.args).args(more).arg("--data-dir").arg(&self.data_dir);
+        cmd.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
+        self.child = Some(cmd.spawn().with_context(|| format!("starting {}", self.exe.display()))?);
+        Ok(())
+    }
+
+    /// Where the node's output goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+
+    /// The tail of the node's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process has exited; its exit code if so.
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|s| s.code())
+    }
+
+    /// This node's `/api/cluster`.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        cluster_status(&self.dashboard)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the binary to completion (for refusal tests) and returns its exit code and output.
+pub fn run_to_exit(exe: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<(Option<i32>, String)> {
+    let mut child =
+        Command::new(exe).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).spawn()?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut out = String::new();
+            child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+            child.stderr.take().map(|mut s| s.read_to_string(&mut out));
+            return Ok((status.code(), out));
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            bail!("{} did not exit within {timeout:?}", exe.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Field helpers over `/api/cluster` JSON.
+pub mod view {
+    use serde_json::Value;
+
+    /// The leader id, if any.
+    pub fn leader(s: &Value) -> Option<String> {
+        s["leader"].as_str().map(str::to_string)
+    }
+
+    /// Ids of members in `state` (`up`, `suspect`, `down`).
+    pub fn members_in(s: &Value, state: &str) -> Vec<String> {
+        let mut v: Vec<String> = s["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["state"] == state)
+            .filter_map(|m| m["id"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The shard map's `(epoch, owners)`.
+    pub fn map(s: &Value) -> (u64, Value) {
+        (s["shard_map"]["epoch"].as_u64().unwrap_or(0), s["shard_map"]["owners"].clone())
+    }
+
+    /// Owner ids in the shard map and the sum of their shard counts.
+    pub fn owners(s: &Value) -> (Vec<String>, u64) {
+        let o = s["shard_map"]["owners"].as_object().cloned().unwrap_or_default();
+        let mut ids: Vec<String> = o.keys().cloned().collect();
+        ids.sort();
+        (ids, o.values().filter_map(Value::as_u64).sum())
+    }
+}

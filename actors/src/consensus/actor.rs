@@ -113,7 +113,9 @@ impl Consensus {
             match action {
                 Action::Write(cmd) => raft.client_write(cmd).await.map(|_| ()),
                 Action::AddLearner(id, node) => raft.add_learner(id, node, true).await.map(|_| ()),
-                Action::SetVoters(ids) => raft.change_membership(ChangeMembers::ReplaceAllVoters(ids), true).await.map(|_| ()),
+                Action::SetVoters(ids) => {
+                    raft.change_membership(ChangeMembers::ReplaceAllVoters(ids), true).await.map(|_| ())
+                }
             }
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, _| {
@@ -144,7 +146,9 @@ impl Handler<InboundRaft> for Consensus {
                 RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
                 RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
                 RaftRequest::InstallSnapshot(r) => RaftResponse::InstallSnapshot(raft.install_snapshot(r).await),
-                RaftRequest::ClientWrite(cmd) => RaftResponse::ClientWrite(raft.client_write(cmd).await.map(|r| r.data)),
+                RaftRequest::ClientWrite(cmd) => {
+                    RaftResponse::ClientWrite(raft.client_write(cmd).await.map(|r| r.data))
+                }
             };
             let _ = msg.reply.send(resp);
         });
@@ -175,6 +179,10 @@ impl Handler<Propose> for Consensus {
 }
 
 /// Initializes a new single-node cluster with this node as its only voter.
-pub(crate) async fn bootstrap(raft: &Raft, id: NodeId, node: RaftNode) -> Result<(), RaftError<openraft::error::InitializeError<NodeId, RaftNode>>> {
+pub(crate) async fn bootstrap(
+    raft: &Raft,
+    id: NodeId,
+    node: RaftNode,
+) -> Result<(), RaftError<openraft::error::InitializeError<NodeId, RaftNode>>> {
     raft.initialize(BTreeMap::from([(id, node)])).await
 }

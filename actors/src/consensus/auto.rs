@@ -42,7 +42,11 @@ pub enum Action {
 pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<Action> {
     let st = &applied.state;
     if st.name.is_none() {
-        return Some(Action::Write(Command::Init { name: s.cluster.clone(), shards: s.shards, replica_factor: s.replica_factor }));
+        return Some(Action::Write(Command::Init {
+            name: s.cluster.clone(),
+            shards: s.shards,
+            replica_factor: s.replica_factor,
+        }));
     }
     let local = view.members.get(&view.local)?;
     let registered = |m: &NodeMeta| st.members.get(&m.id) == Some(m);
@@ -66,7 +70,8 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     if voters.len() < s.voters && s.auto_join {
-        let learners: Vec<NodeId> = up.iter().map(|m| m.id).filter(|id| in_raft.contains(id) && !voters.contains(id)).collect();
+        let learners: Vec<NodeId> =
+            up.iter().map(|m| m.id).filter(|id| in_raft.contains(id) && !voters.contains(id)).collect();
         if !learners.is_empty() {
             let mut next = voters.clone();
             next.extend(learners.into_iter().take(s.voters - voters.len()));
@@ -87,7 +92,15 @@ mod tests {
     use crate::state::ClusterState;
 
     fn meta(id: u64) -> NodeMeta {
-        NodeMeta { id: NodeId(id), peer_id: format!("p{id}"), addrs: vec![], weight: 1, workers: 1, zone: None, dashboard: None }
+        NodeMeta {
+            id: NodeId(id),
+            peer_id: format!("p{id}"),
+            addrs: vec![],
+            weight: 1,
+            workers: 1,
+            zone: None,
+            dashboard: None,
+        }
     }
 
     fn settings() -> Settings {
@@ -116,11 +129,23 @@ mod tests {
     #[test]
     fn steps_in_order() {
         let s = settings();
-        assert!(matches!(next_action(&AppliedState::default(), &view(&[1]), &s), Some(Action::Write(Command::Init { .. }))));
+        assert!(matches!(
+            next_action(&AppliedState::default(), &view(&[1]), &s),
+            Some(Action::Write(Command::Init { .. }))
+        ));
         let v = view(&[1, 2, 3, 4]);
-        assert_eq!(next_action(&applied(&[], &[1], &[]), &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(1) })));
-        assert_eq!(next_action(&applied(&[1], &[1], &[]), &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(2) })));
-        assert!(matches!(next_action(&applied(&[1, 2, 3, 4], &[1], &[]), &v, &s), Some(Action::AddLearner(NodeId(2), _))));
+        assert_eq!(
+            next_action(&applied(&[], &[1], &[]), &v, &s),
+            Some(Action::Write(Command::RegisterMember { meta: meta(1) }))
+        );
+        assert_eq!(
+            next_action(&applied(&[1], &[1], &[]), &v, &s),
+            Some(Action::Write(Command::RegisterMember { meta: meta(2) }))
+        );
+        assert!(matches!(
+            next_action(&applied(&[1, 2, 3, 4], &[1], &[]), &v, &s),
+            Some(Action::AddLearner(NodeId(2), _))
+        ));
         assert_eq!(
             next_action(&applied(&[1, 2, 3, 4], &[1], &[2, 3, 4]), &v, &s),
             Some(Action::SetVoters([1, 2, 3].map(NodeId).into()))
@@ -136,6 +161,10 @@ mod tests {
         assert_eq!(next_action(&applied(&[1, 2, 3], &[1, 2, 3], &[]), &v, &s), None);
         s.auto_join = false;
         let v = view(&[1, 9]);
-        assert_eq!(next_action(&applied(&[1], &[1], &[]), &v, &s), None, "an unknown node does not join in manual mode");
+        assert_eq!(
+            next_action(&applied(&[1], &[1], &[]), &v, &s),
+            None,
+            "an unknown node does not join in manual mode"
+        );
     }
 }

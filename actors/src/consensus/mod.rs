@@ -14,8 +14,8 @@ pub mod types;
 
 use std::time::Duration;
 
-pub use actor::{Consensus, Propose, ProposeError};
 pub(crate) use actor::bootstrap as actor_bootstrap;
+pub use actor::{Consensus, Propose, ProposeError};
 pub use state_machine::{AppliedState, StateMachine};
 
 /// Raft timings.
@@ -41,7 +41,7 @@ impl Default for Config {
 }
 
 impl Config {
-    pub(crate) fn to_openraft(&self, cluster: &str) -> Result<openraft::Config, openraft::ConfigError> {
+    pub(crate) fn to_openraft(&self, cluster: &str) -> Result<openraft::Config, Box<openraft::ConfigError>> {
         openraft::Config {
             cluster_name: cluster.to_string(),
             heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
@@ -52,5 +52,6 @@ impl Config {
             ..openraft::Config::default()
         }
         .validate()
+        .map_err(Box::new)
     }
 }

@@ -37,9 +37,16 @@ pub(crate) struct Conn {
 #[error("peer answered a raft request with another kind of response")]
 struct Mismatch;
 
+// The error types are openraft's, fixed by the `RaftNetwork` trait.
+#[allow(clippy::result_large_err)]
 impl Conn {
-    async fn call<E: std::error::Error>(&self, req: RaftRequest, option: &RPCOption) -> Result<RaftResponse, RpcError<E>> {
-        let (peer, addrs) = parse_peer(&self.node.peer_id, &self.node.addrs).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+    async fn call<E: std::error::Error>(
+        &self,
+        req: RaftRequest,
+        option: &RPCOption,
+    ) -> Result<RaftResponse, RpcError<E>> {
+        let (peer, addrs) = parse_peer(&self.node.peer_id, &self.node.addrs)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         match tokio::time::timeout(option.hard_ttl(), self.transport.raft(peer, addrs, req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e @ transport::Error::Request { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),

@@ -91,7 +91,9 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => false,
             Err(e) => return Err(e.into()),
         };
-        Ok(has_vote || has_log || self.get_meta::<Vec<u8>>(SNAPSHOT).map_err(|e| redb::Error::Corrupted(e.to_string()))?.is_some())
+        Ok(has_vote
+            || has_log
+            || self.get_meta::<Vec<u8>>(SNAPSHOT).map_err(|e| redb::Error::Corrupted(e.to_string()))?.is_some())
     }
 
     /// Reads a metadata value.

@@ -269,7 +269,7 @@ impl Core {
         if r.last_dial.is_some_and(|t| now.duration_since(t) < self.cfg.redial_interval) {
             return;
         }
-        let waited = r.disconnected_since.map_or(true, |t| now.duration_since(t) >= self.cfg.fallback_dial_after);
+        let waited = r.disconnected_since.is_none_or(|t| now.duration_since(t) >= self.cfg.fallback_dial_after);
         if local < id || waited {
             r.last_dial = Some(now);
             self.effects.push(Effect::Dial(r.peer, r.addrs.clone()));
@@ -295,7 +295,15 @@ mod tests {
     }
 
     fn meta(p: &PeerId) -> NodeMeta {
-        NodeMeta { id: node_of(p), peer_id: p.to_string(), addrs: vec!["/ip4/127.0.0.1/tcp/1".into()], weight: 1, workers: 1, zone: None, dashboard: None }
+        NodeMeta {
+            id: node_of(p),
+            peer_id: p.to_string(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            weight: 1,
+            workers: 1,
+            zone: None,
+            dashboard: None,
+        }
     }
 
     fn core(p: &PeerId) -> Core {
@@ -364,7 +372,14 @@ mod tests {
         c.handle(Input::Tick, t0);
         c.handle(Input::Tick, t0 + Duration::from_millis(100));
         c.handle(Input::Tick, t0 + Duration::from_millis(250));
-        let seqs: Vec<u64> = c.take_effects().into_iter().filter_map(|e| match e { Effect::Publish(h) => Some(h.seq), _ => None }).collect();
+        let seqs: Vec<u64> = c
+            .take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Publish(h) => Some(h.seq),
+                _ => None,
+            })
+            .collect();
         assert_eq!(seqs, vec![1, 2]);
     }
 }

@@ -223,8 +223,7 @@ impl TryFrom<WireMap> for ShardMap {
         let shards = w.shards as usize;
         let slots = w.replica_slots as usize;
         let follower_len = shards.checked_mul(slots).ok_or(MapDecodeError::Lengths)?;
-        if w.owners.len() != shards * 2 || w.epochs.len() != shards * 8 || w.followers.len() != follower_len * 2
-        {
+        if w.owners.len() != shards * 2 || w.epochs.len() != shards * 8 || w.followers.len() != follower_len * 2 {
             return Err(MapDecodeError::Lengths);
         }
         let unpack = |bytes: &[u8]| -> Result<Vec<Option<NodeId>>, MapDecodeError> {
@@ -263,7 +262,8 @@ mod tests {
     fn sample() -> ShardMap {
         let mut m = ShardMap::new(8, 2);
         for s in 0..8u32 {
-            let a = Assignment { owner: Some(NodeId(u64::from(s % 3) + 1)), replicas: vec![NodeId(u64::from(s % 3) + 2)] };
+            let a =
+                Assignment { owner: Some(NodeId(u64::from(s % 3) + 1)), replicas: vec![NodeId(u64::from(s % 3) + 2)] };
             m.assign(ShardId(s), &a, Epoch(10 + u64::from(s)));
         }
         m
@@ -277,7 +277,10 @@ mod tests {
         assert_eq!(m.shard_epoch(ShardId(3)), Epoch(13));
         assert_eq!(m.epoch(), Epoch(17));
         assert!(m.assign(ShardId(3), &Assignment { owner: Some(NodeId(9)), replicas: vec![] }, Epoch(20)));
-        assert_eq!((m.owner(ShardId(3)), m.shard_epoch(ShardId(3)), m.epoch()), (Some(NodeId(9)), Epoch(20), Epoch(20)));
+        assert_eq!(
+            (m.owner(ShardId(3)), m.shard_epoch(ShardId(3)), m.epoch()),
+            (Some(NodeId(9)), Epoch(20), Epoch(20))
+        );
         assert_eq!(m.replicas(ShardId(3)), vec![]);
     }
 

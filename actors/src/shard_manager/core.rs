@@ -100,16 +100,25 @@ mod tests {
         let mut st = ClusterState::default();
         st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 16, replica_factor: 1 }, 1);
         for i in ids {
-            st.apply(&Command::RegisterMember { meta: NodeMeta { id: NodeId(*i), weight: 1, ..NodeMeta::default() } }, 2);
+            st.apply(
+                &Command::RegisterMember { meta: NodeMeta { id: NodeId(*i), weight: 1, ..NodeMeta::default() } },
+                2,
+            );
         }
         st
     }
 
     fn view(up: &[u64], down: &[u64]) -> View {
-        let mv = |i: &u64, s| (NodeId(*i), MemberView { meta: NodeMeta { id: NodeId(*i), ..NodeMeta::default() }, state: s });
+        let mv = |i: &u64, s| {
+            (NodeId(*i), MemberView { meta: NodeMeta { id: NodeId(*i), ..NodeMeta::default() }, state: s })
+        };
         View {
             local: NodeId(up[0]),
-            members: up.iter().map(|i| mv(i, MemberState::Up)).chain(down.iter().map(|i| mv(i, MemberState::Down))).collect(),
+            members: up
+                .iter()
+                .map(|i| mv(i, MemberState::Up))
+                .chain(down.iter().map(|i| mv(i, MemberState::Down)))
+                .collect(),
         }
     }
 
@@ -120,7 +129,9 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(c.tick(t0, true, &st, &v), Decision::Wait, "new leader waits");
         assert_eq!(c.tick(t0 + Duration::from_millis(500), true, &st, &v), Decision::Wait, "debounce starts");
-        let Decision::Commit(Command::SetAssignments { changes, .. }) = c.tick(t0 + Duration::from_millis(1000), true, &st, &v) else {
+        let Decision::Commit(Command::SetAssignments { changes, .. }) =
+            c.tick(t0 + Duration::from_millis(1000), true, &st, &v)
+        else {
             panic!("expected a commit")
         };
         assert_eq!(changes.len(), 16);

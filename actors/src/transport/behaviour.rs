@@ -54,8 +54,10 @@ fn transport(cfg: &Config) -> std::io::Result<Boxed<(PeerId, StreamMuxerBox)>> {
 pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let transport = transport(cfg)?;
     let local = cfg.keypair.public().to_peer_id();
-    let identify = identify::Behaviour::new(identify::Config::new(protocol_version(cfg), cfg.keypair.public())
-        .with_agent_version(format!("clusterfunk/{}", env!("CARGO_PKG_VERSION"))));
+    let identify = identify::Behaviour::new(
+        identify::Config::new(protocol_version(cfg), cfg.keypair.public())
+            .with_agent_version(format!("clusterfunk/{}", env!("CARGO_PKG_VERSION"))),
+    );
     let mdns = if cfg.mdns {
         let mdns_cfg = mdns::Config { query_interval: Duration::from_secs(5), ..mdns::Config::default() };
         Some(mdns::tokio::Behaviour::new(mdns_cfg, local)?)
@@ -70,8 +72,9 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(cfg.keypair.clone()), gossip_cfg)
         .map_err(std::io::Error::other)?;
-    let protocol = StreamProtocol::try_from_owned(format!("/clusterfunk/{}/{}/raft/1", cfg.cluster.key, cfg.cluster.env))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let protocol =
+        StreamProtocol::try_from_owned(format!("/clusterfunk/{}/{}/raft/1", cfg.cluster.key, cfg.cluster.env))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
     let raft = request_response::Behaviour::with_codec(
         RaftCodec { max_frame: cfg.max_frame },
         [(protocol, ProtocolSupport::Full)],

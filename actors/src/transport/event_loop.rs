@@ -133,7 +133,7 @@ impl Transport {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Raft { peer, addrs, request, reply } => self.send_raft(peer, addrs, request, reply),
+            Command::Raft { peer, addrs, request, reply } => self.send_raft(peer, addrs, *request, reply),
             Command::Publish(bytes) => {
                 let topic = self.topic.clone();
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -145,7 +145,13 @@ impl Transport {
         }
     }
 
-    fn send_raft(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest, reply: oneshot::Sender<Result<RaftResponse, Error>>) {
+    fn send_raft(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: RaftRequest,
+        reply: oneshot::Sender<Result<RaftResponse, Error>>,
+    ) {
         if !self.swarm.is_connected(&peer) {
             self.dial_peer(peer, addrs);
         }
@@ -219,11 +225,9 @@ impl Transport {
                 self.listening.push(address.clone());
                 self.emit(Event::Listening(address));
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                if self.members.remove(&peer_id) {
-                    self.stats.connected_peers.store(self.members.len() as u64, Ordering::Relaxed);
-                    self.emit(Event::PeerDisconnected(peer_id));
-                }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if self.members.remove(&peer_id) => {
+                self.stats.connected_peers.store(self.members.len() as u64, Ordering::Relaxed);
+                self.emit(Event::PeerDisconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
@@ -294,7 +298,9 @@ impl Transport {
     fn on_raft(&mut self, e: request_response::Event<RaftRequest, RaftResponse>) {
         use request_response::{Event as E, Message as M};
         match e {
-            E::Message { peer, message: M::Request { request, channel, .. }, .. } => self.on_raft_request(peer, request, channel),
+            E::Message { peer, message: M::Request { request, channel, .. }, .. } => {
+                self.on_raft_request(peer, request, channel)
+            }
             E::Message { message: M::Response { request_id, response }, .. } => {
                 if let Some(reply) = self.pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
@@ -310,7 +316,9 @@ impl Transport {
                     let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
                 }
             }
-            E::InboundFailure { peer, error: request_response::InboundFailure::Io(io), .. } if io.kind() == io::ErrorKind::InvalidData => {
+            E::InboundFailure { peer, error: request_response::InboundFailure::Io(io), .. }
+                if io.kind() == io::ErrorKind::InvalidData =>
+            {
                 self.malformed(peer, &io);
             }
             _ => {}

@@ -101,9 +101,17 @@ pub struct InboundRaft {
 /// Commands to the transport.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Raft { peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest, reply: oneshot::Sender<Result<RaftResponse, Error>> },
+    Raft {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Box<RaftRequest>,
+        reply: oneshot::Sender<Result<RaftResponse, Error>>,
+    },
     Publish(Vec<u8>),
-    Dial { peer: PeerId, addrs: Vec<Multiaddr> },
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     Shutdown,
 }
 
@@ -187,7 +195,7 @@ impl Handle {
     /// Sends a Raft RPC to `peer` (dialing `addrs` if not connected) and waits for its response.
     pub async fn raft(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest) -> Result<RaftResponse, Error> {
         let (reply, rx) = oneshot::channel();
-        self.try_command(Command::Raft { peer, addrs, request, reply })?;
+        self.try_command(Command::Raft { peer, addrs, request: Box::new(request), reply })?;
         rx.await.map_err(|_| Error::Closed)?
     }
 

@@ -1,0 +1,61 @@
+//! A config that cannot work is refused at start with a message naming the field and the reason.
+
+use std::time::Duration;
+
+use clusterfunk_integration::{free_port, run_to_exit, wait_until, NodeProc};
+
+fn exe() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"))
+}
+
+fn refused(args: &[&str], field: &str) {
+    let (code, out) = run_to_exit(exe(), args, Duration::from_secs(20)).expect("runs");
+    assert_eq!(code, Some(2), "exit code for {args:?}; output:\n{out}");
+    assert!(out.contains(field), "message for {args:?} names {field:?}:\n{out}");
+}
+
+#[test]
+fn invalid_fields_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let d = d.to_str().unwrap();
+    refused(&["--shards", "0", "--data-dir", d, "--no-mdns"], "shards: 0");
+    refused(&["--weight", "0", "--data-dir", d, "--no-mdns"], "weight: 0");
+    refused(&["--voters", "4", "--data-dir", d, "--no-mdns"], "voters: 4");
+    refused(&["--listen", "not-an-address", "--data-dir", d, "--no-mdns"], "listen:");
+    refused(&["--name", "bad/name", "--data-dir", d, "--no-mdns"], "name:");
+}
+
+#[test]
+fn unusable_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    refused(&["--data-dir", file.to_str().unwrap(), "--no-mdns", "--listen", "127.0.0.1:0"], "data_dir");
+}
+
+#[test]
+fn bootstrap_twice_and_other_cluster_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let dash = format!("127.0.0.1:{}", free_port());
+    let mut node = NodeProc::new(
+        exe(),
+        data.clone(),
+        "127.0.0.1:0".into(),
+        dash,
+        &["--name", "first", "--no-mdns", "--shards", "8"],
+    );
+    node.start_with(&["--bootstrap"]).unwrap();
+    wait_until(Duration::from_secs(30), "the node to take a shard map", || {
+        node.status().ok().filter(|s| s["shard_map"]["epoch"].as_u64() > Some(0))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", node.log_tail(30)));
+    node.kill();
+    let d = data.to_str().unwrap();
+    refused(&["--name", "first", "--bootstrap", "--data-dir", d, "--no-mdns", "--listen", "127.0.0.1:0"], "bootstrap:");
+    refused(
+        &["--name", "second", "--data-dir", d, "--no-mdns", "--listen", "127.0.0.1:0"],
+        "belongs to cluster first/dev",
+    );
+}
