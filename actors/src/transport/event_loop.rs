@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent};
+use super::codec::Inbound;
 use super::{Command, Config, Error, Event, Handle, InboundRaft, Outputs, Stats};
 use crate::wire::{self, Gossip, RaftRequest, RaftResponse};
 
@@ -155,7 +156,7 @@ impl Transport {
         if !self.swarm.is_connected(&peer) {
             self.dial_peer(peer, addrs);
         }
-        let id = self.swarm.behaviour_mut().raft.send_request(&peer, request);
+        let id = self.swarm.behaviour_mut().raft.send_request(&peer, Inbound::Request(request));
         self.pending.insert(id, reply);
     }
 
@@ -295,11 +296,14 @@ impl Transport {
         }
     }
 
-    fn on_raft(&mut self, e: request_response::Event<RaftRequest, RaftResponse>) {
+    fn on_raft(&mut self, e: request_response::Event<Inbound, RaftResponse>) {
         use request_response::{Event as E, Message as M};
         match e {
-            E::Message { peer, message: M::Request { request, channel, .. }, .. } => {
+            E::Message { peer, message: M::Request { request: Inbound::Request(request), channel, .. }, .. } => {
                 self.on_raft_request(peer, request, channel)
+            }
+            E::Message { peer, message: M::Request { request: Inbound::Malformed(e), .. }, .. } => {
+                self.malformed(peer, &e)
             }
             E::Message { message: M::Response { request_id, response }, .. } => {
                 if let Some(reply) = self.pending.remove(&request_id) {
