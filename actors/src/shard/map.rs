@@ -141,7 +141,10 @@ impl ShardMap {
 
     /// Encodes the map with rmp-serde in its compact wire form.
     pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec(&WireMap::from(self)).expect("encoding into a Vec cannot fail")
+        let wire = WireMap::from(self);
+        let mut out = Vec::with_capacity(64 + wire.owners.len() + wire.epochs.len() + wire.followers.len() + 9 * wire.nodes.len());
+        rmp_serde::encode::write(&mut out, &wire).expect("encoding into a Vec cannot fail");
+        out
     }
 
     /// Decodes a map encoded by [`ShardMap::encode`], checking every length and index.
@@ -171,8 +174,9 @@ pub enum MapDecodeError {
 
 const NO_NODE: u16 = u16::MAX;
 
-/// The wire form: a node table and packed little-endian arrays, so encoding 10k shards is a few
-/// memcpys rather than 10k tagged values (DEPENDENCIES.md: ≈53 µs that way).
+/// The wire form: a node table, owner indexes as packed little-endian u16s and epochs as runs, so
+/// encoding 10k shards is a few memcpys rather than 10k tagged values (DEPENDENCIES.md: ≈53 µs
+/// that way).
 #[derive(Serialize, Deserialize)]
 struct WireMap {
     version: u8,
@@ -190,27 +194,99 @@ struct WireMap {
 
 impl From<&ShardMap> for WireMap {
     fn from(map: &ShardMap) -> WireMap {
-        let mut nodes: Vec<NodeId> = map.owners.iter().chain(&map.followers).flatten().copied().collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        let index = |n: &Option<NodeId>| -> u16 {
-            match n {
-                None => NO_NODE,
-                Some(n) => nodes.binary_search(n).expect("node table holds every node") as u16,
+        // The owners are exactly the keys of `counts`; followers are rare (R > 1) and few.
+        let mut nodes: Vec<NodeId> = map.counts.keys().copied().collect();
+        for f in map.followers.iter().flatten() {
+            if let Err(at) = nodes.binary_search(f) {
+                nodes.insert(at, *f);
             }
-        };
-        let pack = |v: &[Option<NodeId>]| -> Vec<u8> { v.iter().flat_map(|n| index(n).to_le_bytes()).collect() };
+        }
         WireMap {
             version: 1,
             epoch: map.epoch.0,
             shards: map.owners.len() as u32,
             replica_slots: map.replica_slots as u32,
-            owners: pack(&map.owners),
-            followers: pack(&map.followers),
-            epochs: map.epochs.iter().flat_map(|e| e.0.to_le_bytes()).collect(),
+            owners: pack(&map.owners, &nodes),
+            followers: pack(&map.followers, &nodes),
+            epochs: pack_epochs(&map.epochs),
             nodes: nodes.iter().map(|n| n.0).collect(),
         }
     }
+}
+
+/// Epochs as runs of `(count: u32, epoch: u64)`, little-endian: the shards assigned by one entry
+/// share its index, so a map has few runs (one when fresh; 12 bytes per shard at worst).
+fn pack_epochs(epochs: &[Epoch]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < epochs.len() {
+        let e = epochs[i];
+        let run = epochs[i..].iter().take_while(|x| **x == e).count();
+        out.extend_from_slice(&(run as u32).to_le_bytes());
+        out.extend_from_slice(&e.0.to_le_bytes());
+        i += run;
+    }
+    out
+}
+
+fn unpack_epochs(bytes: &[u8], shards: usize) -> Result<Vec<Epoch>, MapDecodeError> {
+    if bytes.len() % 12 != 0 {
+        return Err(MapDecodeError::Lengths);
+    }
+    let mut out = Vec::with_capacity(shards);
+    for c in bytes.chunks_exact(12) {
+        let run = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
+        let e = Epoch(u64::from_le_bytes(c[4..12].try_into().expect("8 bytes")));
+        if run > shards - out.len() {
+            return Err(MapDecodeError::Lengths);
+        }
+        out.resize(out.len() + run, e);
+    }
+    if out.len() != shards {
+        return Err(MapDecodeError::Lengths);
+    }
+    Ok(out)
+}
+
+/// Node-table indexes as little-endian u16s. Owners come in contiguous runs, so the last lookup
+/// is cached.
+fn pack(ids: &[Option<NodeId>], nodes: &[NodeId]) -> Vec<u8> {
+    let mut out = vec![0u8; ids.len() * 2];
+    let mut last: Option<(NodeId, u16)> = None;
+    for (id, slot) in ids.iter().zip(out.chunks_exact_mut(2)) {
+        let i = match (id, last) {
+            (None, _) => NO_NODE,
+            (Some(id), Some((l, i))) if l == *id => i,
+            (Some(id), _) => {
+                let i = nodes.binary_search(id).expect("node table holds every node") as u16;
+                last = Some((*id, i));
+                i
+            }
+        };
+        slot.copy_from_slice(&i.to_le_bytes());
+    }
+    out
+}
+
+/// The inverse of [`pack`], a run of equal indexes at a time; also counts each node index.
+fn unpack(bytes: &[u8], nodes: &[NodeId], counts: &mut [u32]) -> Result<Vec<Option<NodeId>>, MapDecodeError> {
+    let idx: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let mut out = Vec::with_capacity(idx.len());
+    let mut rest = idx.as_slice();
+    while let Some(&i) = rest.first() {
+        let run = rest.iter().position(|x| *x != i).unwrap_or(rest.len());
+        let node = match i {
+            NO_NODE => None,
+            i => {
+                let node = *nodes.get(i as usize).ok_or(MapDecodeError::NodeIndex(i))?;
+                counts[i as usize] += run as u32; // counts.len() == nodes.len()
+                Some(node)
+            }
+        };
+        out.resize(out.len() + run, node);
+        rest = &rest[run..];
+    }
+    Ok(out)
 }
 
 impl TryFrom<WireMap> for ShardMap {
@@ -223,33 +299,20 @@ impl TryFrom<WireMap> for ShardMap {
         let shards = w.shards as usize;
         let slots = w.replica_slots as usize;
         let follower_len = shards.checked_mul(slots).ok_or(MapDecodeError::Lengths)?;
-        if w.owners.len() != shards * 2 || w.epochs.len() != shards * 8 || w.followers.len() != follower_len * 2 {
+        if w.owners.len() != shards * 2 || w.followers.len() != follower_len * 2 {
             return Err(MapDecodeError::Lengths);
         }
-        let unpack = |bytes: &[u8]| -> Result<Vec<Option<NodeId>>, MapDecodeError> {
-            bytes
-                .chunks_exact(2)
-                .map(|c| match u16::from_le_bytes([c[0], c[1]]) {
-                    NO_NODE => Ok(None),
-                    i => w.nodes.get(i as usize).map(|n| Some(NodeId(*n))).ok_or(MapDecodeError::NodeIndex(i)),
-                })
-                .collect()
-        };
-        let owners = unpack(&w.owners)?;
-        let mut counts = BTreeMap::new();
-        for owner in owners.iter().flatten() {
-            *counts.entry(*owner).or_insert(0) += 1;
-        }
+        let nodes: Vec<NodeId> = w.nodes.iter().map(|n| NodeId(*n)).collect();
+        let mut owner_counts = vec![0u32; nodes.len()];
+        let owners = unpack(&w.owners, &nodes, &mut owner_counts)?;
+        let followers = unpack(&w.followers, &nodes, &mut vec![0u32; nodes.len()])?;
+        let counts = nodes.iter().zip(owner_counts).filter(|(_, c)| *c > 0).map(|(n, c)| (*n, c)).collect();
         Ok(ShardMap {
             epoch: Epoch(w.epoch),
             counts,
             owners,
-            followers: unpack(&w.followers)?,
-            epochs: w
-                .epochs
-                .chunks_exact(8)
-                .map(|c| Epoch(u64::from_le_bytes(c.try_into().expect("chunks_exact(8)"))))
-                .collect(),
+            followers,
+            epochs: unpack_epochs(&w.epochs, shards)?,
             replica_slots: slots,
         })
     }
@@ -292,12 +355,31 @@ mod tests {
         assert_eq!(ShardMap::decode(&empty.encode()).unwrap(), empty);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn fragmented_maps_round_trip(
+            shards in 0u32..300,
+            r in 1u32..4,
+            picks in proptest::collection::vec((0u32..300, 0u64..6, 1u64..50, proptest::collection::vec(0u64..6, 0..3)), 0..400),
+        ) {
+            let mut m = ShardMap::new(shards, r);
+            for (s, owner, epoch, reps) in picks {
+                let a = Assignment {
+                    owner: (owner > 0).then_some(NodeId(owner)),
+                    replicas: reps.into_iter().filter(|x| *x > 0).map(NodeId).take(r as usize - 1).collect(),
+                };
+                m.assign(ShardId(s % shards.max(1)), &a, Epoch(epoch));
+            }
+            proptest::prop_assert_eq!(ShardMap::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
     #[test]
     fn golden_bytes() {
         let mut m = ShardMap::new(2, 1);
         m.assign(ShardId(1), &Assignment { owner: Some(NodeId(7)), replicas: vec![] }, Epoch(5));
         let hex: String = m.encode().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "98010502009107c404ffff0000c41000000000000000000500000000000000c400");
+        assert_eq!(hex, "98010502009107c404ffff0000c418010000000000000000000000010000000500000000000000c400");
     }
 
     #[test]
@@ -305,6 +387,14 @@ mod tests {
         assert!(matches!(ShardMap::decode(b"\xc1"), Err(MapDecodeError::Malformed(_))));
         let mut w = WireMap::from(&sample());
         w.owners.pop();
+        let bytes = rmp_serde::to_vec(&w).unwrap();
+        assert!(matches!(ShardMap::decode(&bytes), Err(MapDecodeError::Lengths)));
+        let mut w = WireMap::from(&sample());
+        w.epochs[0] += 1; // runs cover one shard more than the map has
+        let bytes = rmp_serde::to_vec(&w).unwrap();
+        assert!(matches!(ShardMap::decode(&bytes), Err(MapDecodeError::Lengths)));
+        let mut w = WireMap::from(&sample());
+        w.epochs.pop();
         let bytes = rmp_serde::to_vec(&w).unwrap();
         assert!(matches!(ShardMap::decode(&bytes), Err(MapDecodeError::Lengths)));
         let mut w = WireMap::from(&sample());
