@@ -142,7 +142,9 @@ impl ShardMap {
     /// Encodes the map with rmp-serde in its compact wire form.
     pub fn encode(&self) -> Vec<u8> {
         let wire = WireMap::from(self);
-        let mut out = Vec::with_capacity(64 + wire.owners.len() + wire.epochs.len() + wire.followers.len() + 9 * wire.nodes.len());
+        let mut out = Vec::with_capacity(
+            64 + wire.owners.len() + wire.epochs.len() + wire.followers.len() + 9 * wire.nodes.len(),
+        );
         rmp_serde::encode::write(&mut out, &wire).expect("encoding into a Vec cannot fail");
         out
     }

@@ -64,6 +64,18 @@ pub enum StartError {
     Stopped,
 }
 
+/// An error and all its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
 impl Transport {
     /// Builds the swarm on `arbiter`, starts listening, and runs it there until shutdown.
     pub async fn spawn(cfg: Config, out: Outputs, arbiter: &actix::ArbiterHandle) -> Result<Handle, StartError> {
@@ -231,10 +243,11 @@ impl Transport {
                 self.emit(Event::PeerDisconnected(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.explain_handshake_failure("dial", &error_chain(&error));
                 debug!(peer = ?peer_id, %error, "dial failed");
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
-                self.explain_handshake_failure(&error.to_string());
+                self.explain_handshake_failure("incoming connection", &error_chain(&error));
             }
             _ => {}
         }
@@ -242,11 +255,11 @@ impl Transport {
 
     /// A wrong pre-shared key shows up as a failed protocol negotiation, not as an
     /// authentication error (DEPENDENCIES.md): say what it most likely means.
-    fn explain_handshake_failure(&self, error: &str) {
-        if self.cfg.secret.is_some() && error.contains("ultistream") {
-            warn!(%error, "incoming handshake failed: the peer most likely has a different cluster secret");
+    fn explain_handshake_failure(&self, side: &str, error: &str) {
+        if self.cfg.secret.is_some() && (error.contains("ultistream") || error.contains("negotiate transport")) {
+            warn!(%error, "{side} handshake failed: the peer most likely has a different cluster secret");
         } else {
-            debug!(%error, "incoming connection failed");
+            debug!(%error, "{side} failed");
         }
     }
 
