@@ -232,7 +232,7 @@ fn pack_epochs(epochs: &[Epoch]) -> Vec<u8> {
 }
 
 fn unpack_epochs(bytes: &[u8], shards: usize) -> Result<Vec<Epoch>, MapDecodeError> {
-    if bytes.len() % 12 != 0 {
+    if !bytes.len().is_multiple_of(12) {
         return Err(MapDecodeError::Lengths);
     }
     let mut out = Vec::with_capacity(shards);
