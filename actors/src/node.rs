@@ -11,7 +11,7 @@ use tracing::info;
 
 use crate::consensus::auto::Settings;
 use crate::consensus::store::{OpenError, Store};
-use crate::consensus::types::{Raft, RaftMetrics, RaftNode};
+use crate::consensus::types::{Raft, RaftError, RaftMetrics, RaftNode};
 use crate::consensus::{self, AppliedState, Consensus, StateMachine};
 use crate::membership::{self, Membership, View};
 use crate::shard::ShardMap;
@@ -84,9 +84,12 @@ pub enum StartError {
     /// The Raft configuration was refused.
     #[error("raft config: {0}")]
     RaftConfig(#[from] Box<openraft::ConfigError>),
-    /// Raft could not start or initialize.
+    /// Raft could not start.
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] Box<openraft::error::Fatal<NodeId>>),
+    /// The new cluster could not be initialized.
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] Box<RaftError<openraft::error::InitializeError<NodeId, RaftNode>>>),
 }
 
 /// A running node.
@@ -119,8 +122,7 @@ impl Node {
         if cfg.bootstrap && has_state {
             return Err(StartError::AlreadyBootstrapped(cfg.data_dir.clone()));
         }
-        let (sm, applied) =
-            StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e.to_string())))?;
+        let (sm, applied) = StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e)))?;
         info!(node = %id, %peer, cluster = %cfg.cluster, data_dir = %cfg.data_dir.display(), restarted = has_state, "starting node");
 
         let mut membership_ctx = Context::<Membership>::new();
@@ -142,10 +144,10 @@ impl Node {
         let raft_cfg = cfg.raft.to_openraft(&cfg.cluster.to_string())?;
         let raft = Consensus::start_raft(id, raft_cfg, store, sm, transport.clone(), &raft_arbiter.handle())
             .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+            .map_err(Box::new)?;
         if cfg.bootstrap {
             let node = RaftNode { peer_id: peer.to_string(), addrs: vec![cfg.listen.to_string()] };
-            consensus::actor_bootstrap(&raft, id, node).await.map_err(|e| StartError::Raft(e.to_string()))?;
+            consensus::actor_bootstrap(&raft, id, node).await.map_err(Box::new)?;
             info!(node = %id, "bootstrapped a new cluster");
         }
 

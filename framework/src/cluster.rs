@@ -60,8 +60,9 @@ impl Inner {
 ///     .build()?
 ///     .start()
 ///     .await?;
-/// let shard = cluster.shard_for("user-42");
-/// println!("user-42 lives in shard {shard}, owned by {:?}", cluster.owner(shard));
+/// if let Some(shard) = cluster.shard_for("user-42") {
+///     println!("user-42 lives in shard {shard}, owned by {:?}", cluster.owner(shard));
+/// }
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -86,14 +87,11 @@ impl Cluster {
         self.inner.node.map.borrow().clone()
     }
 
-    /// The shard `key` maps to (xxh3 of its bytes modulo the shard count). Before the cluster
-    /// state is known (no map yet) it returns shard 0.
-    pub fn shard_for<K: ShardKey + ?Sized>(&self, key: &K) -> ShardId {
+    /// The shard `key` maps to (xxh3 of its bytes modulo the shard count), or `None` until this
+    /// node has the cluster's state (the shard count is the cluster's, fixed at its creation).
+    pub fn shard_for<K: ShardKey + ?Sized>(&self, key: &K) -> Option<ShardId> {
         let n = self.inner.node.map.borrow().shard_count();
-        if n == 0 {
-            return ShardId(0);
-        }
-        shard_for(key, n)
+        (n > 0).then(|| shard_for(key, n))
     }
 
     /// The node owning `shard`, if it has one.

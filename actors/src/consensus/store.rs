@@ -51,7 +51,7 @@ pub enum OpenError {
     },
     /// The store's contents do not decode.
     #[error("the Raft store is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[from] StoreError),
 }
 
 /// The shared redb database behind the log store and the state machine.
@@ -68,7 +68,7 @@ impl Store {
         let open_err = |e: redb::Error| OpenError::Open { path: path.display().to_string(), source: e };
         let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
         let store = Store { db: Arc::new(db) };
-        match store.get_meta::<ClusterName>(CLUSTER).map_err(|e| OpenError::Corrupt(e.to_string()))? {
+        match store.get_meta::<ClusterName>(CLUSTER)? {
             Some(found) if &found != cluster => {
                 return Err(OpenError::OtherCluster { found, expected: cluster.clone() })
             }
@@ -78,11 +78,11 @@ impl Store {
         Ok(store)
     }
 
-    /// Whether this store already holds Raft state (a vote or any log entry).
+    /// Whether this store already holds Raft state (a vote, a snapshot or any log entry).
     pub fn has_raft_state(&self) -> Result<bool, redb::Error> {
         let tx = self.db.begin_read()?;
-        let has_vote = match tx.open_table(META) {
-            Ok(t) => t.get(VOTE)?.is_some(),
+        let has_meta = match tx.open_table(META) {
+            Ok(t) => t.get(VOTE)?.is_some() || t.get(SNAPSHOT)?.is_some(),
             Err(redb::TableError::TableDoesNotExist(_)) => false,
             Err(e) => return Err(e.into()),
         };
@@ -91,9 +91,7 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => false,
             Err(e) => return Err(e.into()),
         };
-        Ok(has_vote
-            || has_log
-            || self.get_meta::<Vec<u8>>(SNAPSHOT).map_err(|e| redb::Error::Corrupted(e.to_string()))?.is_some())
+        Ok(has_meta || has_log)
     }
 
     /// Reads a metadata value.

@@ -50,14 +50,15 @@ pub struct Transport {
 pub enum StartError {
     /// The swarm could not be built.
     #[error("cannot build the libp2p swarm: {0}")]
-    Build(String),
+    Build(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {reason}")]
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// The address.
         addr: Multiaddr,
         /// Why.
-        reason: String,
+        #[source]
+        source: libp2p::TransportError<io::Error>,
     },
     /// The arbiter stopped before the swarm started.
     #[error("the transport arbiter stopped")]
@@ -88,17 +89,17 @@ impl Transport {
             let mut swarm = match behaviour::build(&cfg) {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = started_tx.send(Err(StartError::Build(e.to_string())));
+                    let _ = started_tx.send(Err(StartError::Build(e)));
                     return;
                 }
             };
             if let Err(e) = swarm.listen_on(cfg.listen.clone()) {
-                let _ = started_tx.send(Err(StartError::Listen { addr: cfg.listen.clone(), reason: e.to_string() }));
+                let _ = started_tx.send(Err(StartError::Listen { addr: cfg.listen.clone(), source: e }));
                 return;
             }
             let topic = behaviour::topic(&cfg);
             if let Err(e) = swarm.behaviour_mut().gossipsub.subscribe(&topic) {
-                let _ = started_tx.send(Err(StartError::Build(e.to_string())));
+                let _ = started_tx.send(Err(StartError::Build(Box::new(e))));
                 return;
             }
             let _ = started_tx.send(Ok(()));
@@ -330,7 +331,7 @@ impl Transport {
                     }
                 }
                 if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
+                    let _ = reply.send(Err(Error::Request { peer, source: Arc::new(error) }));
                 }
             }
             E::InboundFailure { peer, error: request_response::InboundFailure::Io(io), .. }

@@ -126,12 +126,13 @@ pub enum Error {
     #[error("transport has stopped")]
     Closed,
     /// The peer could not be reached or did not answer.
-    #[error("request to {peer} failed: {reason}")]
+    #[error("request to {peer} failed: {source}")]
     Request {
         /// The peer.
         peer: PeerId,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Arc<libp2p::request_response::OutboundFailure>,
     },
     /// A peer id or address does not parse.
     #[error("bad peer address: {0}")]
