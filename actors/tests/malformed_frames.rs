@@ -14,6 +14,12 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
 
+async fn read_all<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    io.read_to_end(&mut v).await?;
+    Ok(v)
+}
+
 /// Writes requests as raw bytes (no framing of its own) and reads the whole response.
 #[derive(Clone, Default)]
 struct RawCodec;

@@ -12,7 +12,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::store::{Store, META, SNAPSHOT};
+use super::store::{Store, SNAPSHOT};
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{ClusterState, CommandResult};
 
@@ -77,10 +77,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
         let bytes = rmp_serde::to_vec(&stored).expect("encoding into a Vec cannot fail");
         self.store
-            .write(move |tx| {
-                tx.open_table(META)?.insert(SNAPSHOT, bytes.as_slice())?;
-                Ok(())
-            })
+            .put_meta_durable(SNAPSHOT, bytes)
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -138,10 +135,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = rmp_serde::to_vec(&stored).expect("encoding into a Vec cannot fail");
         let sig = meta.signature();
         self.store
-            .write(move |tx| {
-                tx.open_table(META)?.insert(SNAPSHOT, bytes.as_slice())?;
-                Ok(())
-            })
+            .put_meta_durable(SNAPSHOT, bytes)
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(sig), &e))?;
         self.applied = applied;

@@ -153,6 +153,15 @@ impl Store {
         Ok(last)
     }
 
+    /// Writes one metadata value on a blocking thread and waits for its fsync.
+    pub(crate) async fn put_meta_durable(&self, key: &'static str, bytes: Vec<u8>) -> Result<(), redb::Error> {
+        self.write(move |tx| {
+            tx.open_table(META)?.insert(key, bytes.as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs a write transaction on a blocking thread and waits for its fsync.
     pub(crate) async fn write<F>(&self, f: F) -> Result<(), redb::Error>
     where
@@ -235,13 +244,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let bytes = rmp_serde::to_vec(vote).expect("encoding into a Vec cannot fail");
-        self.store
-            .write(move |tx| {
-                tx.open_table(META)?.insert(VOTE, bytes.as_slice())?;
-                Ok(())
-            })
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        self.store.put_meta_durable(VOTE, bytes).await.map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -250,13 +253,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes = rmp_serde::to_vec(&committed).expect("encoding into a Vec cannot fail");
-        self.store
-            .write(move |tx| {
-                tx.open_table(META)?.insert(COMMITTED, bytes.as_slice())?;
-                Ok(())
-            })
-            .await
-            .map_err(|e| StorageIOError::write(&e).into())
+        self.store.put_meta_durable(COMMITTED, bytes).await.map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
