@@ -34,18 +34,14 @@ impl request_response::Codec for RawCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.read_to_end(&mut v).await?;
-        Ok(v)
+        read_all(io).await
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.read_to_end(&mut v).await?;
-        Ok(v)
+        read_all(io).await
     }
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
