@@ -8,6 +8,7 @@
 pub mod consensus;
 pub mod membership;
 pub mod node;
+pub mod proxy;
 pub mod shard;
 pub mod shard_manager;
 pub mod state;

@@ -4,10 +4,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::{Arbiter, ArbiterHandle};
 use clusterfunk_actors::node::{Node, StartError};
+use clusterfunk_actors::proxy::Router;
 use clusterfunk_actors::shard::{shard_for, ShardKey, ShardMap};
 use clusterfunk_actors::types::{ClusterName, NodeId, ShardId};
 use tracing::info;
+
+use crate::entity::{HostEnv, Registry, Sharded, ShardedActor};
+use crate::status::MemberStatus;
 
 use crate::config::{Builder, ClusterConfig, ConfigError};
 use crate::status::{self, ClusterStatus};
@@ -39,11 +44,15 @@ pub enum Error {
 pub(crate) struct Inner {
     pub(crate) node: Node,
     pub(crate) cluster: ClusterName,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) router: Router,
+    arbiters: Vec<Arbiter>,
+    dashboard: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Inner {
     pub(crate) fn status(&self) -> ClusterStatus {
-        status::collect(&self.node, &self.cluster)
+        status::collect(self)
     }
 }
 
@@ -68,7 +77,6 @@ impl Inner {
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
-    dashboard: Option<SocketAddr>,
 }
 
 impl Cluster {
@@ -99,6 +107,41 @@ impl Cluster {
         self.inner.node.map.borrow().owner(shard)
     }
 
+    /// The followers of `shard` (replica factor > 1), not including the owner.
+    pub fn replicas(&self, shard: ShardId) -> Vec<NodeId> {
+        self.inner.node.map.borrow().replicas(shard)
+    }
+
+    /// Whether this node owns `shard` now.
+    pub fn is_owner(&self, shard: ShardId) -> bool {
+        self.owner(shard) == Some(self.node_id())
+    }
+
+    /// The members of the Raft group with their liveness as this node sees it.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        self.status().members
+    }
+
+    /// The handle for sending to entities of type `E`.
+    ///
+    /// # Panics
+    /// If `E` was not registered with [`Builder::entity`](crate::Builder::entity): a programming
+    /// error, found the first time the code runs.
+    pub fn sharded<E: ShardedActor>(&self) -> Sharded<E> {
+        let host = self.inner.registry.host::<E>().unwrap_or_else(|| {
+            panic!(
+                "{} is not registered: add .entity::<{0}>(|e| e.handles::<..>()) to the builder",
+                std::any::type_name::<E>()
+            )
+        });
+        Sharded {
+            host,
+            registry: self.inner.registry.clone(),
+            router: self.inner.router.clone(),
+            map: self.inner.node.map.clone(),
+        }
+    }
+
     /// This node's view of the cluster (what `GET /api/cluster` serves).
     pub fn status(&self) -> ClusterStatus {
         self.inner.status()
@@ -106,7 +149,7 @@ impl Cluster {
 
     /// The address the dashboard is bound to, if it runs.
     pub fn dashboard_addr(&self) -> Option<SocketAddr> {
-        self.dashboard
+        self.inner.dashboard.get().copied()
     }
 
     /// Waits until `ready(&status)` holds, checking whenever the shard map, membership view or
@@ -135,9 +178,18 @@ impl Cluster {
         tokio::time::timeout(timeout, wait).await.map_err(|_| Error::Timeout(timeout, what))
     }
 
-    /// Stops this node: Raft, the transport and the dashboard.
+    /// Stops this node: Raft, the transport and the entity arbiters. Its shards move to the
+    /// others once the failure detector marks it down (about 2.5 s with the defaults).
     pub async fn shutdown(&self) {
         self.inner.node.shutdown().await;
+        for a in &self.inner.arbiters {
+            a.stop();
+        }
+    }
+
+    /// Leaves the cluster: stops this node (see [`shutdown`](Cluster::shutdown)).
+    pub async fn leave(self) {
+        self.shutdown().await;
     }
 }
 
@@ -145,16 +197,75 @@ impl ClusterConfig {
     /// Starts the node (and its dashboard, if configured). Must run inside an actix `System`
     /// (`#[actix::main]` or `actix_rt::System::new().block_on(..)`).
     pub async fn start(self) -> Result<Cluster, Error> {
+        self.start_with_routes(|_| {}).await
+    }
+
+    /// Starts the node and serves `routes` beside the dashboard on its address. Handlers get
+    /// the cluster as `web::Data<Cluster>`.
+    pub async fn start_with_routes(self, routes: fn(&mut actix_web::web::ServiceConfig)) -> Result<Cluster, Error> {
         let node = Node::start(self.node.clone()).await?;
-        let inner = Arc::new(Inner { node, cluster: self.node.cluster.clone() });
-        let mut dashboard = None;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let mut arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+        let handles: Arc<[ArbiterHandle]> = arbiters.iter().map(|a| a.handle()).collect();
+        let env = HostEnv { arbiters: handles, node: node.id, idle: self.passivate_after };
+        let registry = Arc::new(Registry::build(&self.entities.0, &env));
+        let proxy_arbiter = Arbiter::new();
+        let router = Router::start(
+            node.id,
+            self.proxy.clone(),
+            &self.node.cluster,
+            node.map.clone(),
+            node.applied.clone(),
+            node.transport.clone(),
+            registry.clone(),
+            proxy_arbiter.handle(),
+        );
+        arbiters.push(proxy_arbiter);
+        actix_rt::spawn(maintain(registry.clone(), node.map.clone(), node.id, self.passivate_after));
+        let inner = Arc::new(Inner {
+            node,
+            cluster: self.node.cluster.clone(),
+            registry,
+            router,
+            arbiters,
+            dashboard: std::sync::OnceLock::new(),
+        });
+        let cluster = Cluster { inner };
         if let Some(addr) = self.dashboard {
-            let (server, bound) =
-                crate::dashboard::serve(addr, inner.clone()).map_err(|source| Error::Dashboard { addr, source })?;
+            let (server, bound) = crate::dashboard::serve(addr, cluster.clone(), routes)
+                .map_err(|source| Error::Dashboard { addr, source })?;
             actix_rt::spawn(server);
             info!(url = %format!("http://{bound}/"), "dashboard");
-            dashboard = Some(bound);
+            let _ = cluster.inner.dashboard.set(bound);
         }
-        Ok(Cluster { inner, dashboard })
+        Ok(cluster)
+    }
+}
+
+/// Stops entities of shards that left this node, and idle ones.
+async fn maintain(
+    registry: Arc<Registry>,
+    mut map: tokio::sync::watch::Receiver<Arc<ShardMap>>,
+    local: NodeId,
+    idle: Duration,
+) {
+    let mut tick = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    loop {
+        tokio::select! {
+            changed = map.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let m = map.borrow_and_update().clone();
+                for host in &registry.controls {
+                    host.on_map(&m, local);
+                }
+            }
+            _ = tick.tick() => {
+                for host in &registry.controls {
+                    host.passivate_idle();
+                }
+            }
+        }
     }
 }

@@ -3,9 +3,13 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clusterfunk_actors::types::ClusterName;
 use clusterfunk_actors::Multiaddr;
+
+use crate::entity::{EntityRegistration, EntitySpec, ShardedActor};
 
 /// Why a configuration cannot work. Each variant names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +53,30 @@ pub enum ConfigError {
     /// The cluster secret is not 64 hex characters.
     #[error("secret: a cluster secret is 64 hex characters (32 bytes)")]
     Secret,
+    /// An entity type was registered twice.
+    #[error("entity: {0} is registered twice")]
+    DuplicateEntity(&'static str),
+    /// Two registered types hash to the same wire id: rename one.
+    #[error("entity: {a} and {b} have the same wire id; rename one of them")]
+    WireIdCollision {
+        /// One type.
+        a: &'static str,
+        /// The other.
+        b: &'static str,
+    },
+    /// The passivation time is zero.
+    #[error("passivate_after: must be more than zero")]
+    PassivateAfter,
+}
+
+/// Registered entity types (shown by name in `Debug`).
+#[derive(Clone, Default)]
+pub(crate) struct Specs(pub(crate) Vec<Arc<dyn EntitySpec>>);
+
+impl std::fmt::Debug for Specs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|s| s.entity().1)).finish()
+    }
 }
 
 /// A validated configuration, ready to [`start`](ClusterConfig::start).
@@ -56,6 +84,9 @@ pub enum ConfigError {
 pub struct ClusterConfig {
     pub(crate) node: clusterfunk_actors::node::Config,
     pub(crate) dashboard: Option<SocketAddr>,
+    pub(crate) entities: Specs,
+    pub(crate) passivate_after: Duration,
+    pub(crate) proxy: clusterfunk_actors::proxy::Config,
 }
 
 /// Builds a [`ClusterConfig`]. Every setting has a default; see each method.
@@ -76,6 +107,8 @@ pub struct Builder {
     zone: Option<String>,
     secret: Option<String>,
     mdns: bool,
+    entities: Specs,
+    passivate_after: Duration,
 }
 
 impl Default for Builder {
@@ -96,6 +129,8 @@ impl Default for Builder {
             zone: None,
             secret: None,
             mdns: true,
+            entities: Specs::default(),
+            passivate_after: Duration::from_secs(120),
         }
     }
 }
@@ -198,6 +233,20 @@ impl Builder {
         self
     }
 
+    /// Registers an entity type and the messages it accepts from other nodes:
+    /// `.entity::<Counter>(|e| e.handles::<Add>().handles::<Get>())`.
+    pub fn entity<E: ShardedActor>(mut self, f: impl FnOnce(EntityRegistration<E>) -> EntityRegistration<E>) -> Self {
+        self.entities.0.push(Arc::new(f(EntityRegistration::new())));
+        self
+    }
+
+    /// How long an entity instance may receive nothing before it is stopped. Default 120 s:
+    /// memory for idle entities vs. re-creating them.
+    pub fn passivate_after(mut self, idle: Duration) -> Self {
+        self.passivate_after = idle;
+        self
+    }
+
     /// Checks every field and returns a configuration ready to start.
     pub fn build(self) -> Result<ClusterConfig, ConfigError> {
         let cluster = ClusterName::new(&self.name, &self.env);
@@ -227,6 +276,10 @@ impl Builder {
         }
         let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
         let secret = self.secret.as_deref().map(parse_secret).transpose()?;
+        crate::entity::check_ids(&self.entities.0)?;
+        if self.passivate_after.is_zero() {
+            return Err(ConfigError::PassivateAfter);
+        }
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("clusterfunk-data").join(format!("{}-{}", self.name, self.env)));
@@ -250,7 +303,13 @@ impl Builder {
             raft: Default::default(),
             shard_manager: Default::default(),
         };
-        Ok(ClusterConfig { node, dashboard })
+        Ok(ClusterConfig {
+            node,
+            dashboard,
+            entities: self.entities,
+            passivate_after: self.passivate_after,
+            proxy: Default::default(),
+        })
     }
 }
 

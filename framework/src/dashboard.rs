@@ -1,15 +1,14 @@
 //! The dashboard and HTTP API: `GET /api/cluster`, `/health`, `/ready`, and a status page at `/`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 
-use crate::cluster::Inner;
+use crate::cluster::Cluster;
 
 #[get("/api/cluster")]
-async fn api_cluster(inner: web::Data<Arc<Inner>>) -> impl Responder {
-    HttpResponse::Ok().json(inner.status())
+async fn api_cluster(cluster: web::Data<Cluster>) -> impl Responder {
+    HttpResponse::Ok().json(cluster.status())
 }
 
 /// Liveness: the process serves HTTP.
@@ -20,8 +19,8 @@ async fn health() -> impl Responder {
 
 /// Readiness: a leader is known and every shard has an owner.
 #[get("/ready")]
-async fn ready(inner: web::Data<Arc<Inner>>) -> impl Responder {
-    let s = inner.status();
+async fn ready(cluster: web::Data<Cluster>) -> impl Responder {
+    let s = cluster.status();
     if s.leader.is_none() {
         return HttpResponse::ServiceUnavailable().content_type("text/plain").body("not ready: no raft leader known\n");
     }
@@ -39,10 +38,20 @@ async fn index() -> impl Responder {
 }
 
 /// Binds the dashboard on `addr` (one worker thread: it serves operators, not traffic).
-pub(crate) fn serve(addr: SocketAddr, inner: Arc<Inner>) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
-    let data = web::Data::new(inner);
+pub(crate) fn serve(
+    addr: SocketAddr,
+    cluster: Cluster,
+    routes: fn(&mut web::ServiceConfig),
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let data = web::Data::new(cluster);
     let server = HttpServer::new(move || {
-        App::new().app_data(data.clone()).service(api_cluster).service(health).service(ready).service(index)
+        App::new()
+            .app_data(data.clone())
+            .service(api_cluster)
+            .service(health)
+            .service(ready)
+            .service(index)
+            .configure(routes)
     })
     .workers(1)
     .disable_signals()

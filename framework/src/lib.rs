@@ -20,15 +20,18 @@
 mod cluster;
 mod config;
 mod dashboard;
+mod entity;
 mod status;
 
 pub use cluster::{Cluster, Error};
+pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
 pub use config::{Builder, ClusterConfig, ConfigError};
-pub use status::{ClusterInfo, ClusterStatus, MemberStatus, RaftInfo, ShardMapStatus, TransportStatus};
+pub use entity::{EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
+pub use status::{ClusterInfo, ClusterStatus, MemberStatus, RaftInfo, ShardMapStatus, TrafficStatus, TransportStatus};
 
 /// What most users import.
 pub mod prelude {
-    pub use crate::{Cluster, ClusterStatus, NodeId, ShardId, ShardKey};
+    pub use crate::{Cluster, ClusterStatus, EntityInfo, NodeId, SendError, ShardId, ShardKey, Sharded, ShardedActor};
 }

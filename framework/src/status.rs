@@ -30,6 +30,27 @@ pub struct ClusterStatus {
     pub shard_map: ShardMapStatus,
     /// Transport counters.
     pub transport: TransportStatus,
+    /// Entity traffic counters (cumulative; rates are their differences over time).
+    pub traffic: TrafficStatus,
+}
+
+/// Entity traffic on this node.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrafficStatus {
+    /// Messages delivered here without leaving the node.
+    pub local: u64,
+    /// Messages forwarded to their owner on another node.
+    pub forwarded: u64,
+    /// Messages from other nodes served here.
+    pub served: u64,
+    /// Messages that failed (refused, timed out, no owner...).
+    pub failed: u64,
+    /// Malformed proxy frames refused.
+    pub malformed: u64,
+    /// Entity instances alive here now.
+    pub entities: u64,
+    /// Entity instances created here so far.
+    pub activations: u64,
 }
 
 /// The cluster's name.
@@ -101,7 +122,8 @@ pub struct TransportStatus {
     pub events_dropped: u64,
 }
 
-pub(crate) fn collect(node: &Node, cluster: &ClusterName) -> ClusterStatus {
+pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
+    let (node, cluster): (&Node, &ClusterName) = (&inner.node, &inner.cluster);
     let m = node.metrics();
     let applied = node.applied.borrow().clone();
     let view = node.view.borrow().clone();
@@ -152,6 +174,18 @@ pub(crate) fn collect(node: &Node, cluster: &ClusterName) -> ClusterStatus {
             malformed_frames: stats.malformed_frames.load(Ordering::Relaxed),
             foreign_peers: stats.foreign_peers.load(Ordering::Relaxed),
             events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+        },
+        traffic: {
+            let r = inner.router.stats();
+            TrafficStatus {
+                local: r.local.load(Ordering::Relaxed),
+                forwarded: r.forwarded.load(Ordering::Relaxed),
+                served: r.served.load(Ordering::Relaxed),
+                failed: r.failed.load(Ordering::Relaxed),
+                malformed: r.malformed.load(Ordering::Relaxed),
+                entities: inner.registry.controls.iter().map(|h| h.len() as u64).sum(),
+                activations: inner.registry.controls.iter().map(|h| h.activations()).sum(),
+            }
         },
     }
 }

@@ -27,9 +27,14 @@ pub fn free_port() -> u16 {
 
 /// `GET path` on `addr`; returns the status code and body.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    http(addr, "GET", path, "")
+}
+
+/// An HTTP/1.0 request with a body; returns the status code and body.
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;

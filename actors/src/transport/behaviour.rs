@@ -20,6 +20,8 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) raft: request_response::Behaviour<RaftCodec>,
+    /// Long-lived streams for the proxy path (one per peer, frames coalesced).
+    pub(crate) streams: libp2p_stream::Behaviour,
 }
 
 /// The identify protocol version: peers whose version differs are of another cluster.
@@ -80,7 +82,8 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error
         [(protocol, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(cfg.rpc_timeout),
     );
-    let behaviour = Behaviour { identify, mdns: mdns.into(), gossipsub, raft };
+    let behaviour =
+        Behaviour { identify, mdns: mdns.into(), gossipsub, raft, streams: libp2p_stream::Behaviour::new() };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_other_transport(|_| transport)?

@@ -102,7 +102,7 @@ impl Transport {
                 let _ = started_tx.send(Err(StartError::Build(Box::new(e))));
                 return;
             }
-            let _ = started_tx.send(Ok(()));
+            let _ = started_tx.send(Ok(swarm.behaviour().streams.new_control()));
             let t = Transport {
                 swarm,
                 cfg,
@@ -122,8 +122,8 @@ impl Transport {
         if !spawned {
             return Err(StartError::Stopped);
         }
-        started_rx.await.map_err(|_| StartError::Stopped)??;
-        Ok(Handle { tx, local, stats })
+        let streams = started_rx.await.map_err(|_| StartError::Stopped)??;
+        Ok(Handle { tx, local, stats, streams })
     }
 
     async fn run(mut self) {
@@ -155,6 +155,9 @@ impl Transport {
                 }
             }
             Command::Dial { peer, addrs } => self.dial_peer(peer, addrs),
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Shutdown => {}
         }
     }

@@ -112,6 +112,7 @@ pub(crate) enum Command {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
     },
+    Disconnect(PeerId),
     Shutdown,
 }
 
@@ -173,12 +174,19 @@ pub struct Handle {
     tx: mpsc::Sender<Command>,
     local: PeerId,
     stats: Arc<Stats>,
+    streams: libp2p_stream::Control,
 }
 
 impl Handle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// A control to open and accept long-lived streams (the proxy path). Each clone has one
+    /// guaranteed slot for opening a stream: clone it per user, not per stream.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// The transport's counters.
@@ -208,6 +216,11 @@ impl Handle {
     /// Asks the transport to connect to `peer`.
     pub fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), Error> {
         self.try_command(Command::Dial { peer, addrs })
+    }
+
+    /// Closes every connection to `peer` (after it sent something malformed).
+    pub fn disconnect(&self, peer: PeerId) {
+        let _ = self.try_command(Command::Disconnect(peer));
     }
 
     /// Stops the swarm.

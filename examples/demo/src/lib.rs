@@ -4,6 +4,8 @@
 //! cargo run -p clusterfunk-demo -- --local 3
 //! ```
 
+pub mod counter;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -60,6 +62,9 @@ pub struct Args {
     /// Start N nodes on this machine (child processes) and print their dashboards.
     #[arg(long)]
     pub local: Option<u32>,
+    /// Demo traffic: messages per second this node sends to random counters (0 = none).
+    #[arg(long, default_value_t = 50)]
+    pub traffic: u32,
 }
 
 /// Parses the process arguments and runs the demo; returns the process exit code.
@@ -93,7 +98,8 @@ pub async fn run_node(args: Args) -> anyhow::Result<()> {
         .weight(args.weight)
         .workers(args.workers)
         .voters(args.voters)
-        .mdns(!args.no_mdns);
+        .mdns(!args.no_mdns)
+        .entity::<counter::Counter>(|e| e.handles::<counter::Add>());
     if let Some(d) = &args.data_dir {
         b = b.data_dir(d);
     }
@@ -106,7 +112,10 @@ pub async fn run_node(args: Args) -> anyhow::Result<()> {
     for j in &args.join {
         b = b.join(j);
     }
-    let cluster = b.build()?.start().await?;
+    let cluster = b.build()?.start_with_routes(counter::routes).await?;
+    if args.traffic > 0 {
+        actix_rt::spawn(traffic(cluster.clone(), args.traffic));
+    }
     match cluster.dashboard_addr() {
         Some(addr) => info!(node = %cluster.node_id(), "node running; dashboard at http://{addr}/"),
         None => info!(node = %cluster.node_id(), "node running (no dashboard: pass --dashboard host:port)"),
@@ -115,6 +124,24 @@ pub async fn run_node(args: Args) -> anyhow::Result<()> {
     info!("shutting down");
     cluster.shutdown().await;
     Ok(())
+}
+
+/// Keeps messages flowing to random counters so the dashboard shows a live service.
+async fn traffic(cluster: Cluster, per_second: u32) {
+    let counters = cluster.sharded::<counter::Counter>();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut errors = 0u64;
+    loop {
+        tick.tick().await;
+        let key = format!("user-{}", rand::random::<u32>() % 1000);
+        if let Err(e) = counters.send(&key, counter::Add(1)).await {
+            errors += 1;
+            if errors.is_power_of_two() {
+                tracing::warn!(error = %e, errors, "demo traffic: a message failed");
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,106 @@
+//! Proxy frames: length-prefixed rmp-serde, append-only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Epoch, NodeId, ShardId};
+
+/// One message for an entity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The entity type's wire id.
+    pub entity: u64,
+    /// The message type's wire id.
+    pub message: u64,
+    /// The shard of the key, as the sender computed it.
+    pub shard: ShardId,
+    /// The encoded key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The encoded message.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// Why a node refused a message. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// This node does not own the shard; here is who does, as far as it knows.
+    #[error("not the owner of shard {shard} (owner {owner:?} at epoch {epoch})")]
+    NotOwner {
+        /// The shard.
+        shard: ShardId,
+        /// The epoch of the receiver's map entry for it.
+        epoch: Epoch,
+        /// The owner the receiver knows of.
+        owner: Option<NodeId>,
+    },
+    /// No entity type with this id is registered on the receiver.
+    #[error("unknown entity type {0:016x}")]
+    UnknownEntity(u64),
+    /// The entity type does not handle this message type.
+    #[error("unknown message type {0:016x}")]
+    UnknownMessage(u64),
+    /// The key or message did not decode on the receiver.
+    #[error("the message does not decode: {0}")]
+    Malformed(String),
+    /// The entity stopped (panicked, or stopped itself) while handling the message.
+    #[error("the entity failed while handling the message")]
+    EntityFailed,
+    /// The receiver has too many requests in flight.
+    #[error("the receiver is overloaded")]
+    Overloaded,
+}
+
+/// A frame on a proxy stream. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// A request; answered by a `Response` with the same id.
+    Request {
+        /// Request id, unique per stream direction.
+        id: u64,
+        /// The message.
+        env: Envelope,
+    },
+    /// The answer to a request.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The encoded result, or why it was refused.
+        result: Result<serde_bytes::ByteBuf, Refusal>,
+    },
+}
+
+impl Frame {
+    /// The frame with its 4-byte big-endian length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; 4];
+        rmp_serde::encode::write(&mut out, self).expect("encoding into a Vec cannot fail");
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_golden() {
+        let f = Frame::Request {
+            id: 7,
+            env: Envelope { entity: 1, message: 2, shard: ShardId(3), key: b"k".to_vec(), payload: vec![0x90] },
+        };
+        let bytes = f.encode();
+        assert_eq!(u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
+        assert_eq!(crate::wire::decode::<Frame>(&bytes[4..]).unwrap(), f);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "0000001581a752657175657374920795010203c4016bc40190");
+        let r = Frame::Response {
+            id: 7,
+            result: Err(Refusal::NotOwner { shard: ShardId(3), epoch: Epoch(9), owner: Some(NodeId(1)) }),
+        };
+        assert_eq!(crate::wire::decode::<Frame>(&r.encode()[4..]).unwrap(), r);
+    }
+}

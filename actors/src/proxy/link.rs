@@ -1,0 +1,138 @@
+//! One outbound stream to a peer: a bounded queue of encoded frames, a writer task that
+//! coalesces up to `batch` frames into one write, and a reader task that matches responses to
+//! requests by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::io::{ReadHalf, WriteHalf};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use super::frame::{Frame, Refusal};
+use super::Error;
+use crate::types::NodeId;
+use crate::wire;
+
+type Reply = oneshot::Sender<Result<Vec<u8>, Refusal>>;
+
+/// A live link; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Link {
+    node: NodeId,
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Arc<Mutex<HashMap<u64, Reply>>>,
+    next_id: Arc<AtomicU64>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// Starts the writer and reader tasks for `stream` on `arbiter`.
+    pub(crate) fn start(node: NodeId, stream: Stream, cfg: &super::Config, arbiter: &actix::ArbiterHandle) -> Link {
+        let (tx, rx) = mpsc::channel(cfg.queue_per_peer);
+        let link = Link {
+            node,
+            tx,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            next_id: Arc::new(AtomicU64::new(1)),
+            alive: Arc::new(AtomicBool::new(true)),
+        };
+        let (read, write) = stream.split();
+        arbiter.spawn(write_loop(write, rx, cfg.batch, link.alive.clone()));
+        let reader = link.clone();
+        let max = cfg.max_frame;
+        arbiter.spawn(async move { reader.read_loop(read, max).await });
+        link
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Queues a request; returns the receiver of its answer. A full queue is an error, never a
+    /// silent drop.
+    pub(crate) fn send(&self, env: super::Envelope) -> Result<oneshot::Receiver<Result<Vec<u8>, Refusal>>, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = Frame::Request { id, env }.encode();
+        let (reply, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock is never poisoned: no panics inside").insert(id, reply);
+        match self.tx.try_send(bytes) {
+            Ok(()) => Ok(rx),
+            Err(e) => {
+                self.forget(id);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => Error::QueueFull { node: self.node },
+                    mpsc::error::TrySendError::Closed(_) => {
+                        Error::Unreachable { node: self.node, reason: "link closed" }
+                    }
+                })
+            }
+        }
+    }
+
+    /// Drops a pending request (after a timeout).
+    pub(crate) fn forget(&self, id_or_all: u64) {
+        self.pending.lock().expect("pending lock is never poisoned").remove(&id_or_all);
+    }
+
+    async fn read_loop(self, mut read: ReadHalf<Stream>, max: usize) {
+        loop {
+            let frame = match wire::read_frame(&mut read, max).await.and_then(|b| wire::decode::<Frame>(&b)) {
+                Ok(f) => f,
+                Err(e) => {
+                    debug!(node = %self.node, error = %e, "proxy link closed");
+                    break;
+                }
+            };
+            match frame {
+                Frame::Response { id, result } => {
+                    let reply = self.pending.lock().expect("pending lock is never poisoned").remove(&id);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result.map(|b| b.into_vec()));
+                    }
+                }
+                Frame::Request { .. } => {
+                    debug!(node = %self.node, "request on an outbound link: closing it");
+                    break;
+                }
+            }
+        }
+        self.alive.store(false, Ordering::Release);
+        // Dropping the senders fails every waiting request with `Unreachable`.
+        self.pending.lock().expect("pending lock is never poisoned").clear();
+    }
+}
+
+/// Writes queued frames, coalescing whatever is queued (up to `batch`) into one write.
+pub(crate) async fn write_loop(
+    mut write: WriteHalf<Stream>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    batch: usize,
+    alive: Arc<AtomicBool>,
+) {
+    let mut buf = Vec::with_capacity(64 << 10);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        for _ in 1..batch {
+            match rx.try_recv() {
+                Ok(next) => buf.extend_from_slice(&next),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = async {
+            write.write_all(&buf).await?;
+            write.flush().await
+        }
+        .await
+        {
+            debug!(error = %e, "proxy stream write failed");
+            break;
+        }
+    }
+    alive.store(false, Ordering::Release);
+    let _ = write.close().await;
+}

@@ -1,0 +1,130 @@
+//! The proxy (shard router): every message for an entity key goes to the node owning the key's
+//! shard (DESIGN §2, §7).
+//!
+//! The hot path is not an actor: a hop through one mailbox per message would cost more than the
+//! whole local delivery. [`Router`] is a cloneable handle; remote traffic to each peer goes over
+//! one long-lived libp2p stream ([`link`]) whose writer task coalesces queued frames into one
+//! write, with request ids matched by its reader task. Inbound streams are served by
+//! [`inbound`]. Deciding where a message goes is a pure function ([`route`]).
+
+mod frame;
+pub mod inbound;
+mod link;
+mod router;
+
+use std::time::Duration;
+
+pub use frame::{Envelope, Frame, Refusal};
+use futures::future::BoxFuture;
+pub use router::{route, Route, Router, Stats};
+
+use crate::types::{NodeId, ShardId};
+
+/// The stream protocol of the proxy path.
+pub fn protocol(cluster: &crate::types::ClusterName) -> libp2p::StreamProtocol {
+    libp2p::StreamProtocol::try_from_owned(format!("/clusterfunk/{}/{}/proxy/1", cluster.key, cluster.env))
+        .expect("cluster names are validated to [A-Za-z0-9_-]")
+}
+
+/// Proxy settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Frames queued per peer before a send fails with [`Error::QueueFull`]. Default 4096.
+    pub queue_per_peer: usize,
+    /// Frames coalesced into one write. Default 64 (DEPENDENCIES.md: 64 per write ≈ 23× one per write).
+    pub batch: usize,
+    /// How long a remote request may take. Default 5 s.
+    pub request_timeout: Duration,
+    /// How long a message waits for its shard to get an owner (or a new one after `NotOwner`)
+    /// before failing. Default 5 s: longer than a failover.
+    pub route_wait: Duration,
+    /// How many messages may wait for a route at once; beyond it they fail with
+    /// [`Error::Overloaded`]. Default 10,000.
+    pub max_waiting: usize,
+    /// `NotOwner` answers retried before giving up. Default 3.
+    pub retries: u32,
+    /// Largest frame accepted, in bytes. Default 4 MiB.
+    pub max_frame: usize,
+    /// Requests served at once per inbound stream. Default 4096.
+    pub inbound_concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            queue_per_peer: 4096,
+            batch: 64,
+            request_timeout: Duration::from_secs(5),
+            route_wait: Duration::from_secs(5),
+            max_waiting: 10_000,
+            retries: 3,
+            max_frame: 4 << 20,
+            inbound_concurrency: 4096,
+        }
+    }
+}
+
+/// Why a message was not answered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The receiving node refused it (not the owner, unknown type, entity failed...).
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The queue towards the owner is full; the message was not sent.
+    #[error("the queue to node {node} is full")]
+    QueueFull {
+        /// The owner.
+        node: NodeId,
+    },
+    /// No answer within the request timeout; the message may or may not have been handled.
+    #[error("no answer from node {node} within {timeout:?}")]
+    Timeout {
+        /// The owner.
+        node: NodeId,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The owner could not be reached; the message was not sent.
+    #[error("node {node} unreachable: {reason}")]
+    Unreachable {
+        /// The owner.
+        node: NodeId,
+        /// What happened.
+        reason: &'static str,
+    },
+    /// The connection broke after the message was sent: it may or may not have been handled.
+    #[error("connection to node {node} lost before the answer")]
+    ConnectionLost {
+        /// The owner.
+        node: NodeId,
+    },
+    /// The shard had no owner within the route wait.
+    #[error("shard {shard} has no owner (waited {waited:?})")]
+    NoOwner {
+        /// The shard.
+        shard: ShardId,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Too many messages are waiting for a route.
+    #[error("too many messages are waiting for a shard owner")]
+    Overloaded,
+    /// The frame would exceed the size limit.
+    #[error("message of {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Encoded size.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The node is shutting down.
+    #[error("the proxy has stopped")]
+    Closed,
+}
+
+/// Local delivery of an encoded message: implemented by the framework's entity registry.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Delivers `env` to its entity on this node and returns the encoded result.
+    fn dispatch(&self, env: Envelope) -> BoxFuture<'static, Result<Vec<u8>, Refusal>>;
+}

@@ -1,0 +1,293 @@
+//! The router handle: where each message goes, and the remote path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::ArbiterHandle;
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::{watch, Semaphore};
+use tracing::warn;
+
+use super::frame::{Envelope, Refusal};
+use super::link::Link;
+use super::{Config, Dispatch, Error};
+use crate::consensus::AppliedState;
+use crate::shard::ShardMap;
+use crate::transport::{self, parse_peer};
+use crate::types::{NodeId, ShardId};
+
+/// Where a message for a shard goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// This node owns the shard.
+    Local,
+    /// Another node owns it.
+    Remote(NodeId),
+    /// Nobody owns it yet: wait for the map to change.
+    Wait,
+}
+
+/// The route for `shard` on node `local` under `map`. Pure.
+#[inline]
+pub fn route(map: &ShardMap, local: NodeId, shard: ShardId) -> Route {
+    match map.owner(shard) {
+        Some(o) if o == local => Route::Local,
+        Some(o) => Route::Remote(o),
+        None => Route::Wait,
+    }
+}
+
+/// Proxy counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages delivered to entities on this node without encoding.
+    pub local: AtomicU64,
+    /// Messages sent to other nodes.
+    pub forwarded: AtomicU64,
+    /// Messages from other nodes served here.
+    pub served: AtomicU64,
+    /// Messages refused or failed (any reason).
+    pub failed: AtomicU64,
+    /// Malformed frames from peers (each closed its stream and dropped the peer).
+    pub malformed: AtomicU64,
+}
+
+struct Inner {
+    local: NodeId,
+    cfg: Config,
+    protocol: StreamProtocol,
+    map: watch::Receiver<Arc<ShardMap>>,
+    applied: watch::Receiver<Arc<AppliedState>>,
+    transport: transport::Handle,
+    control: tokio::sync::Mutex<libp2p_stream::Control>,
+    links: Mutex<HashMap<NodeId, Link>>,
+    dispatch: Arc<dyn Dispatch>,
+    arbiter: ArbiterHandle,
+    waiting: Arc<Semaphore>,
+    stats: Stats,
+}
+
+/// The shard router. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl Router {
+    /// Starts the router: accepts inbound proxy streams on `arbiter` and serves them with
+    /// `dispatch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        local: NodeId,
+        cfg: Config,
+        cluster: &crate::types::ClusterName,
+        map: watch::Receiver<Arc<ShardMap>>,
+        applied: watch::Receiver<Arc<AppliedState>>,
+        transport: transport::Handle,
+        dispatch: Arc<dyn Dispatch>,
+        arbiter: ArbiterHandle,
+    ) -> Router {
+        let protocol = super::protocol(cluster);
+        let mut control = transport.streams();
+        let incoming = control.accept(protocol.clone());
+        let router = Router {
+            inner: Arc::new(Inner {
+                local,
+                waiting: Arc::new(Semaphore::new(cfg.max_waiting)),
+                cfg,
+                protocol,
+                map,
+                applied,
+                transport,
+                control: tokio::sync::Mutex::new(control),
+                links: Mutex::new(HashMap::new()),
+                dispatch,
+                arbiter: arbiter.clone(),
+                stats: Stats::default(),
+            }),
+        };
+        match incoming {
+            Ok(incoming) => {
+                arbiter.spawn(super::inbound::accept_loop(router.clone(), incoming));
+            }
+            Err(e) => warn!(error = %e, "proxy protocol already registered; inbound proxy streams are not served"),
+        }
+        router
+    }
+
+    /// This node.
+    pub fn local(&self) -> NodeId {
+        self.inner.local
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn arbiter(&self) -> &ArbiterHandle {
+        &self.inner.arbiter
+    }
+
+    /// The current route for `shard`.
+    #[inline]
+    pub fn route(&self, shard: ShardId) -> Route {
+        route(&self.inner.map.borrow(), self.inner.local, shard)
+    }
+
+    /// Sends an encoded message to its shard's owner (this node included) and returns the
+    /// encoded result. Waits (bounded) while the shard has no owner; on `NotOwner` or an
+    /// unreachable owner, waits for a newer map and retries within the budget.
+    pub async fn request(&self, env: Envelope) -> Result<Vec<u8>, Error> {
+        let start = Instant::now();
+        let mut map = self.inner.map.clone();
+        let mut refusals = 0;
+        let result = loop {
+            let r = route(&map.borrow_and_update(), self.inner.local, env.shard);
+            let attempt = match r {
+                Route::Local => self.inner.dispatch.dispatch(env.clone()).await.map_err(Error::Refused),
+                Route::Remote(node) => self.remote(node, env.clone()).await,
+                Route::Wait => {
+                    self.wait_for_map(&mut map, start, env.shard, None).await?;
+                    continue;
+                }
+            };
+            match attempt {
+                Err(Error::Refused(Refusal::NotOwner { .. })) if refusals < self.inner.cfg.retries => {
+                    refusals += 1;
+                    // The receiver may be ahead of us or behind: wait a little for our map.
+                    let nap = Duration::from_millis(20 << refusals);
+                    self.wait_for_map(&mut map, start, env.shard, Some(nap)).await?;
+                }
+                Err(Error::Unreachable { .. }) if start.elapsed() < self.inner.cfg.route_wait => {
+                    // Not sent: the owner may be down; a new map will move the shard.
+                    self.wait_for_map(&mut map, start, env.shard, Some(Duration::from_millis(200))).await?;
+                }
+                other => break other,
+            }
+        };
+        if result.is_err() {
+            self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Waits for the map to change, at most until the route wait runs out (then `NoOwner`), or
+    /// for `nap` if given (then returns normally).
+    async fn wait_for_map(
+        &self,
+        map: &mut watch::Receiver<Arc<ShardMap>>,
+        start: Instant,
+        shard: ShardId,
+        nap: Option<Duration>,
+    ) -> Result<(), Error> {
+        let Ok(_permit) = self.inner.waiting.clone().try_acquire_owned() else {
+            return Err(Error::Overloaded);
+        };
+        let left = self.inner.cfg.route_wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(Error::NoOwner { shard, waited: start.elapsed() });
+        }
+        match tokio::time::timeout(nap.map_or(left, |n| n.min(left)), map.changed()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) if nap.is_some() && start.elapsed() < self.inner.cfg.route_wait => Ok(()),
+            Err(_) => Err(Error::NoOwner { shard, waited: start.elapsed() }),
+        }
+    }
+
+    async fn remote(&self, node: NodeId, env: Envelope) -> Result<Vec<u8>, Error> {
+        let link = self.link(node).await?;
+        let rx = link.send(env)?;
+        self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let timeout = self.inner.cfg.request_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r.map_err(Error::Refused),
+            Ok(Err(_)) => Err(Error::ConnectionLost { node }),
+            Err(_) => Err(Error::Timeout { node, timeout }),
+        }
+    }
+
+    async fn link(&self, node: NodeId) -> Result<Link, Error> {
+        if let Some(l) = self.live_link(node) {
+            return Ok(l);
+        }
+        let (peer, addrs) = self.peer_of(node)?;
+        let mut control = self.inner.control.lock().await;
+        if let Some(l) = self.live_link(node) {
+            return Ok(l);
+        }
+        let _ = self.inner.transport.dial(peer, addrs);
+        let open = control.open_stream(peer, self.inner.protocol.clone());
+        let stream = match tokio::time::timeout(self.inner.cfg.request_timeout, open).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err(Error::Unreachable { node, reason: "cannot open a proxy stream" }),
+            Err(_) => return Err(Error::Unreachable { node, reason: "timed out opening a proxy stream" }),
+        };
+        let link = Link::start(node, stream, &self.inner.cfg, &self.inner.arbiter);
+        self.inner.links.lock().expect("links lock is never poisoned").insert(node, link.clone());
+        Ok(link)
+    }
+
+    fn live_link(&self, node: NodeId) -> Option<Link> {
+        self.inner.links.lock().expect("links lock is never poisoned").get(&node).filter(|l| l.is_alive()).cloned()
+    }
+
+    fn peer_of(&self, node: NodeId) -> Result<(PeerId, Vec<libp2p::Multiaddr>), Error> {
+        let applied = self.inner.applied.borrow();
+        let meta = applied.state.members.get(&node).ok_or(Error::Unreachable { node, reason: "not a member" })?;
+        parse_peer(&meta.peer_id, &meta.addrs).map_err(|_| Error::Unreachable { node, reason: "bad peer id" })
+    }
+
+    /// Serves a message that arrived from a peer: refuses it unless this node owns the shard.
+    pub(crate) async fn serve_local(&self, env: Envelope) -> Result<Vec<u8>, Refusal> {
+        let refusal = {
+            let map = self.inner.map.borrow();
+            match route(&map, self.inner.local, env.shard) {
+                Route::Local => None,
+                _ => Some(Refusal::NotOwner {
+                    shard: env.shard,
+                    epoch: map.shard_epoch(env.shard),
+                    owner: map.owner(env.shard),
+                }),
+            }
+        };
+        if let Some(r) = refusal {
+            self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(r);
+        }
+        self.inner.stats.served.fetch_add(1, Ordering::Relaxed);
+        self.inner.dispatch.dispatch(env).await
+    }
+
+    pub(crate) fn malformed(&self, peer: PeerId, error: &dyn std::fmt::Display) {
+        self.inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        warn!(%peer, %error, "malformed proxy frame: dropping the peer");
+        self.inner.transport.disconnect(peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Assignment;
+    use crate::types::Epoch;
+
+    #[test]
+    fn routes() {
+        let mut map = ShardMap::new(3, 1);
+        map.assign(ShardId(0), &Assignment { owner: Some(NodeId(1)), replicas: vec![] }, Epoch(1));
+        map.assign(ShardId(1), &Assignment { owner: Some(NodeId(2)), replicas: vec![] }, Epoch(1));
+        assert_eq!(route(&map, NodeId(1), ShardId(0)), Route::Local);
+        assert_eq!(route(&map, NodeId(1), ShardId(1)), Route::Remote(NodeId(2)));
+        assert_eq!(route(&map, NodeId(1), ShardId(2)), Route::Wait);
+        assert_eq!(route(&map, NodeId(1), ShardId(9)), Route::Wait);
+    }
+}

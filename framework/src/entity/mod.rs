@@ -1,0 +1,118 @@
+//! Sharded actors: entity types whose instances live on the node owning their key's shard.
+
+mod host;
+mod registry;
+mod sharded;
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use actix::{Actor, Context, Message};
+use clusterfunk_actors::shard::ShardKey;
+use clusterfunk_actors::types::{NodeId, ShardId};
+pub use registry::EntityRegistration;
+pub(crate) use registry::{check_ids, EntitySpec, HostEnv, Registry};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+pub use sharded::{SendError, Sharded};
+
+/// An entity type: one actix actor instance per key, living on the node that owns the key's
+/// shard.
+///
+/// # Contract
+///
+/// - **Creation.** [`from_key`](ShardedActor::from_key) runs on the owning node when the first
+///   message for a key arrives there (from this node or forwarded from another). The instance is
+///   started on one of the node's entity arbiters, chosen by shard, so all entities of one shard
+///   share a thread and never run on the caller's thread.
+/// - **Messages.** Ordinary actix handlers: `impl Handler<M> for YourEntity`. One instance handles
+///   its messages one at a time, in the order they reach it. Messages sent from other nodes must
+///   be registered (`.entity::<E>(|e| e.handles::<M>())`) and their type and result must be serde
+///   types.
+/// - **Passivation.** An instance that received nothing for the configured idle time is stopped
+///   (its `stopping`/`stopped` run); the next message creates a new one from `from_key`. An entity
+///   can passivate itself with `ctx.stop()`.
+/// - **Rebalance.** When its shard leaves this node, every instance of the shard is stopped
+///   (after the messages already in its mailbox), and the new owner creates fresh instances on
+///   demand. State in the actor is lost with it: keep what must survive in storage of your own,
+///   keyed by the entity key (the sharded KV example shows the trade-off).
+/// - **Panics.** A panic in a handler stops that instance; the caller of the failed message gets
+///   [`SendError::EntityFailed`], and the next message creates a new instance.
+///
+/// # Example
+///
+/// ```
+/// use actix::prelude::*;
+/// use clusterfunk::{EntityInfo, ShardedActor};
+/// use serde::{Deserialize, Serialize};
+///
+/// struct Counter {
+///     n: u64,
+/// }
+///
+/// impl Actor for Counter {
+///     type Context = Context<Self>;
+/// }
+///
+/// impl ShardedActor for Counter {
+///     type Key = String;
+///     fn from_key(_key: &String, _info: EntityInfo) -> Self {
+///         Counter { n: 0 }
+///     }
+/// }
+///
+/// #[derive(Message, Serialize, Deserialize)]
+/// #[rtype(result = "u64")]
+/// struct Add(u64);
+///
+/// impl Handler<Add> for Counter {
+///     type Result = u64;
+///     fn handle(&mut self, Add(k): Add, _: &mut Context<Self>) -> u64 {
+///         self.n += k;
+///         self.n
+///     }
+/// }
+///
+/// // In main: Cluster::builder().entity::<Counter>(|e| e.handles::<Add>())...
+/// ```
+pub trait ShardedActor: Actor<Context = Context<Self>> + Sized {
+    /// What identifies one instance; hashed with [`ShardKey`] to find its shard.
+    type Key: ShardKey + Serialize + DeserializeOwned + Clone + Eq + Hash + Debug + Send + Sync + 'static;
+
+    /// Creates the instance for `key`. Runs on the owning node, on the entity's arbiter.
+    fn from_key(key: &Self::Key, info: EntityInfo) -> Self;
+}
+
+/// Where a new entity instance lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntityInfo {
+    /// The key's shard.
+    pub shard: ShardId,
+    /// This node.
+    pub node: NodeId,
+}
+
+/// A message that can cross nodes: an actix message whose type and result are serde types.
+/// Implemented for every such type.
+pub trait RemoteMessage:
+    Message<Result = <Self as RemoteMessage>::Output> + Serialize + DeserializeOwned + Send + 'static
+{
+    /// The result type.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+}
+
+impl<M> RemoteMessage for M
+where
+    M: Message + Serialize + DeserializeOwned + Send + 'static,
+    M::Result: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Output = M::Result;
+}
+
+/// The wire id of a type: xxh3 of its type name. Derived here and nowhere else; every node
+/// runs the same binary, so the names agree, and collisions are refused when the cluster is built.
+pub(crate) fn wire_id<T: ?Sized>() -> (u64, &'static str) {
+    let name = std::any::type_name::<T>();
+    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()), name)
+}

@@ -1,0 +1,130 @@
+//! The handle for sending to the entities of one type.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::Handler;
+use clusterfunk_actors::proxy::{Envelope, Refusal, Route, Router};
+use clusterfunk_actors::shard::shard_for;
+use clusterfunk_actors::types::ShardId;
+use tokio::sync::watch;
+
+use super::host::EntityHost;
+use super::registry::Registry;
+use super::{wire_id, RemoteMessage, ShardedActor};
+use crate::RouteError;
+
+/// Why a message to an entity was not answered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Routing failed: no owner in time, owner unreachable, queue full, timeout, or a refusal by
+    /// the receiving node (see [`RouteError`]).
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The entity stopped or panicked while handling the message.
+    #[error("the entity failed while handling the message")]
+    EntityFailed,
+    /// The message type was not registered for this entity type.
+    #[error("{entity} does not accept {message} from other nodes: register it with .handles::<{message}>()")]
+    NotRegistered {
+        /// The entity type.
+        entity: &'static str,
+        /// The message type.
+        message: &'static str,
+    },
+    /// The message could not be encoded.
+    #[error("cannot encode the message: {0}")]
+    Encode(Arc<rmp_serde::encode::Error>),
+    /// The answer could not be decoded.
+    #[error("cannot decode the answer: {0}")]
+    Decode(Arc<rmp_serde::decode::Error>),
+}
+
+impl From<Refusal> for SendError {
+    fn from(r: Refusal) -> SendError {
+        match r {
+            Refusal::EntityFailed => SendError::EntityFailed,
+            r => SendError::Route(RouteError::Refused(r)),
+        }
+    }
+}
+
+/// Sends messages to the entities of type `E`, wherever they live. Cheap to clone.
+pub struct Sharded<E: ShardedActor> {
+    pub(crate) host: Arc<EntityHost<E>>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) router: Router,
+    pub(crate) map: watch::Receiver<Arc<clusterfunk_actors::shard::ShardMap>>,
+}
+
+impl<E: ShardedActor> Clone for Sharded<E> {
+    fn clone(&self) -> Self {
+        Sharded {
+            host: self.host.clone(),
+            registry: self.registry.clone(),
+            router: self.router.clone(),
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<E: ShardedActor> Sharded<E> {
+    /// Sends `msg` to the instance for `key` and waits for its answer.
+    ///
+    /// On the owning node it is delivered directly (no encoding); elsewhere it is forwarded to
+    /// the owner. While the shard has no owner the message waits (bounded by the route wait);
+    /// if the owner answers `NotOwner`, the map is refreshed and the message retried.
+    pub async fn send<M>(&self, key: &E::Key, msg: M) -> Result<M::Output, SendError>
+    where
+        M: RemoteMessage,
+        E: Handler<M>,
+        E::Context: actix::dev::ToEnvelope<E, M>,
+    {
+        let (eid, ename) = wire_id::<E>();
+        let (mid, mname) = wire_id::<M>();
+        if !self.registry.handles(eid, mid) {
+            return Err(SendError::NotRegistered { entity: ename, message: mname });
+        }
+        let shard = {
+            let map = self.map.borrow();
+            (map.shard_count() > 0).then(|| shard_for(key, map.shard_count()))
+        };
+        if let Some(shard) = shard {
+            if self.router.route(shard) == Route::Local {
+                self.router.stats().local.fetch_add(1, Ordering::Relaxed);
+                return self.host.deliver(key, shard, msg).await.map_err(|_| SendError::EntityFailed);
+            }
+        }
+        let env = Envelope {
+            entity: eid,
+            message: mid,
+            shard: shard.unwrap_or(ShardId(0)),
+            key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(Arc::new(e)))?,
+            payload: rmp_serde::to_vec(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
+        };
+        let env = match shard {
+            Some(_) => env,
+            None => self.wait_for_shard(key, env).await?,
+        };
+        let bytes = self.router.request(env).await.map_err(|e| match e {
+            RouteError::Refused(r) => SendError::from(r),
+            e => SendError::Route(e),
+        })?;
+        rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e)))
+    }
+
+    /// Before this node has the cluster's state there is no shard count: wait for the first map.
+    async fn wait_for_shard(&self, key: &E::Key, mut env: Envelope) -> Result<Envelope, SendError> {
+        let mut map = self.map.clone();
+        let wait = self.router.config().route_wait;
+        let got = tokio::time::timeout(wait, map.wait_for(|m| m.shard_count() > 0)).await;
+        match got {
+            Ok(Ok(m)) => {
+                env.shard = shard_for(key, m.shard_count());
+                Ok(env)
+            }
+            _ => Err(SendError::Route(RouteError::NoOwner { shard: ShardId(0), waited: wait })),
+        }
+    }
+}

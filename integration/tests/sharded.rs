@@ -1,0 +1,70 @@
+//! Sharded actors across real processes: a key's messages from every node reach one instance;
+//! after its owner is killed the key is served again (by a fresh instance) within the failover.
+
+use std::time::{Duration, Instant};
+
+use clusterfunk_integration::{free_ports, http, view, wait_until, NodeProc};
+use serde_json::Value;
+
+fn add(node: &NodeProc, key: &str) -> Option<Value> {
+    let (code, body) = http(&node.dashboard, "POST", &format!("/counter/{key}"), "").ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+#[test]
+fn one_instance_per_key_and_failover() -> anyhow::Result<()> {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let dir = tempfile::tempdir()?;
+    let p = free_ports(6);
+    let seed = format!("127.0.0.1:{}", p[0]);
+    let mut nodes: Vec<NodeProc> = (0..3)
+        .map(|i| {
+            let mut args = vec!["--name", "sharded", "--no-mdns", "--shards", "64", "--traffic", "0"];
+            if i > 0 {
+                args.extend(["--join", seed.as_str()]);
+            }
+            NodeProc::new(
+                exe,
+                dir.path().join(format!("n{i}")),
+                format!("127.0.0.1:{}", p[i]),
+                format!("127.0.0.1:{}", p[3 + i]),
+                &args,
+            )
+        })
+        .collect();
+    nodes[0].start_with(&["--bootstrap"])?;
+    for n in &mut nodes[1..] {
+        n.start()?;
+    }
+    let logs = |nodes: &[NodeProc]| nodes.iter().map(|n| n.log_tail(25)).collect::<Vec<_>>().join("\n-----\n");
+    let ids: Vec<String> = wait_until(Duration::from_secs(30), "3 nodes sharing one map", || {
+        let ss: Vec<Value> = nodes.iter().map(|n| n.status().ok()).collect::<Option<_>>()?;
+        let ids: Vec<String> = ss.iter().map(|s| s["node_id"].as_str().map(str::to_string)).collect::<Option<_>>()?;
+        let mut sorted = ids.clone();
+        sorted.sort();
+        ss.iter().all(|s| view::owners(s) == (sorted.clone(), 64) && view::map(s) == view::map(&ss[0])).then_some(ids)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
+
+    eprintln!("--- a message for k from each node reaches the same instance");
+    let mut answers = Vec::new();
+    for n in &nodes {
+        answers.push(add(n, "k").ok_or_else(|| anyhow::anyhow!("add failed\n{}", logs(&nodes)))?);
+    }
+    let values: Vec<u64> = answers.iter().map(|a| a["value"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(values, vec![1, 2, 3], "one instance counted all three: {answers:?}");
+    let owner = answers[0]["node"].as_str().unwrap_or_default().to_string();
+    assert!(answers.iter().all(|a| a["node"] == owner.as_str()), "{answers:?}");
+
+    eprintln!("--- kill the owner {owner}; k is served again");
+    let oi = ids.iter().position(|id| *id == owner).expect("the owner is one of ours");
+    nodes[oi].kill();
+    let killed = Instant::now();
+    let survivor = &nodes[(oi + 1) % 3];
+    let again = wait_until(Duration::from_secs(20), "k served again", || add(survivor, "k"))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
+    eprintln!("k served again after {:?} by {}", killed.elapsed(), again["node"]);
+    assert_ne!(again["node"], owner.as_str());
+    assert_eq!(again["value"], 1, "a fresh instance (the demo does not persist counters)");
+    Ok(())
+}
