@@ -67,15 +67,38 @@ pub struct Args {
     pub traffic: u32,
 }
 
+/// What a service built on the demo node adds: its entity types and its HTTP routes.
+#[derive(Clone, Copy)]
+pub struct App {
+    /// Registers the service's entity types on the builder.
+    pub register: fn(clusterfunk::Builder) -> clusterfunk::Builder,
+    /// The service's HTTP routes, served beside the dashboard.
+    pub routes: fn(&mut actix_web::web::ServiceConfig),
+    /// Background load for `--traffic`, if the service has one.
+    pub traffic: Option<fn(Cluster, u32) -> futures::future::LocalBoxFuture<'static, ()>>,
+}
+
+/// The demo: a counter per key.
+pub const DEMO: App = App {
+    register: |b| b.entity::<counter::Counter>(|e| e.handles::<counter::Add>()),
+    routes: counter::routes,
+    traffic: Some(|c, rate| Box::pin(traffic(c, rate))),
+};
+
 /// Parses the process arguments and runs the demo; returns the process exit code.
 pub fn main() -> i32 {
+    main_with(DEMO)
+}
+
+/// Parses the process arguments and runs `app` (one node, or `--local N`); returns the exit code.
+pub fn main_with(app: App) -> i32 {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
     let result = match args.local {
         Some(n) => run_local(&args, n),
-        None => actix_rt::System::new().block_on(run_node(args)),
+        None => actix_rt::System::new().block_on(run_node(args, app)),
     };
     match result {
         Ok(()) => 0,
@@ -87,8 +110,8 @@ pub fn main() -> i32 {
     }
 }
 
-/// Runs one node until Ctrl-C or SIGTERM.
-pub async fn run_node(args: Args) -> anyhow::Result<()> {
+/// Runs one node of `app` until Ctrl-C or SIGTERM.
+pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     let mut b = Cluster::builder()
         .name(&args.name)
         .env(&args.env)
@@ -98,8 +121,8 @@ pub async fn run_node(args: Args) -> anyhow::Result<()> {
         .weight(args.weight)
         .workers(args.workers)
         .voters(args.voters)
-        .mdns(!args.no_mdns)
-        .entity::<counter::Counter>(|e| e.handles::<counter::Add>());
+        .mdns(!args.no_mdns);
+    b = (app.register)(b);
     if let Some(d) = &args.data_dir {
         b = b.data_dir(d);
     }
@@ -112,9 +135,9 @@ pub async fn run_node(args: Args) -> anyhow::Result<()> {
     for j in &args.join {
         b = b.join(j);
     }
-    let cluster = b.build()?.start_with_routes(counter::routes).await?;
-    if args.traffic > 0 {
-        actix_rt::spawn(traffic(cluster.clone(), args.traffic));
+    let cluster = b.build()?.start_with_routes(app.routes).await?;
+    if let (Some(load), true) = (app.traffic, args.traffic > 0) {
+        actix_rt::spawn(load(cluster.clone(), args.traffic));
     }
     match cluster.dashboard_addr() {
         Some(addr) => info!(node = %cluster.node_id(), "node running; dashboard at http://{addr}/"),

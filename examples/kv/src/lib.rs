@@ -1,0 +1,199 @@
+//! A sharded key-value store: one entity per key, on the node owning the key's shard.
+//!
+//! Every node serves the same HTTP API on its dashboard address; whichever node receives a
+//! request, the entity owning the key answers:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `PUT /kv/{key}` (body: the value) | `{"key", "value", "write_id", "node", "shard"}` |
+//! | `GET /kv/{key}` | the same, or 404 `{"error": "not found", ...}` |
+//! | `DELETE /kv/{key}` | `{"key", "deleted", "write_id", "node", "shard"}` |
+//! | `POST /kv/{key}/cas` `{"expect": value or null, "value": value}` | 200 as `PUT`, or 409 with the current value |
+//!
+//! Values live in the entity's memory: they survive moves of nothing. When a shard moves (its
+//! owner dies, or a rebalance), its keys start empty on the new owner. Durability comes with
+//! replicas (a later issue); until then this is the workload for the routing and safety tests,
+//! not a database.
+
+use actix::prelude::*;
+use actix_web::{delete, get, post, put, web, HttpResponse};
+use clusterfunk::{Cluster, EntityInfo, SendError, ShardedActor};
+use serde::{Deserialize, Serialize};
+
+/// The node app: the KV entity and its routes.
+pub const APP: clusterfunk_demo::App = clusterfunk_demo::App {
+    register: |b| b.entity::<Kv>(|e| e.handles::<Get>().handles::<Put>().handles::<Delete>().handles::<Cas>()),
+    routes,
+    traffic: None,
+};
+
+/// One key's value.
+pub struct Kv {
+    key: String,
+    value: Option<String>,
+    write_id: Option<String>,
+    info: EntityInfo,
+}
+
+impl Actor for Kv {
+    type Context = Context<Self>;
+}
+
+impl ShardedActor for Kv {
+    type Key = String;
+    fn from_key(key: &String, info: EntityInfo) -> Self {
+        Kv { key: key.clone(), value: None, write_id: None, info }
+    }
+}
+
+/// What every answer carries.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The key.
+    pub key: String,
+    /// The value after the operation (`None`: absent).
+    pub value: Option<String>,
+    /// The id of the write that produced `value` (unique per write).
+    pub write_id: Option<String>,
+    /// Whether the operation did what it asked (CAS matched, DELETE found the key).
+    pub ok: bool,
+    /// The node that answered.
+    pub node: String,
+    /// The key's shard.
+    pub shard: u32,
+}
+
+impl Kv {
+    fn reply(&self, ok: bool) -> Reply {
+        Reply {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            write_id: self.write_id.clone(),
+            ok,
+            node: self.info.node.to_string(),
+            shard: self.info.shard.0,
+        }
+    }
+
+    fn write(&mut self, value: Option<String>) {
+        self.value = value;
+        self.write_id = Some(format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()));
+    }
+}
+
+/// Reads the value.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Reply")]
+pub struct Get;
+
+/// Sets the value.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Reply")]
+pub struct Put(pub String);
+
+/// Removes the value.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Reply")]
+pub struct Delete;
+
+/// Sets the value if the current one is `expect`.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Reply")]
+pub struct Cas {
+    /// The value expected now (`None`: absent).
+    pub expect: Option<String>,
+    /// The value to set.
+    pub value: String,
+}
+
+impl Handler<Get> for Kv {
+    type Result = MessageResult<Get>;
+    fn handle(&mut self, _: Get, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.reply(self.value.is_some()))
+    }
+}
+
+impl Handler<Put> for Kv {
+    type Result = MessageResult<Put>;
+    fn handle(&mut self, Put(v): Put, _: &mut Context<Self>) -> Self::Result {
+        self.write(Some(v));
+        MessageResult(self.reply(true))
+    }
+}
+
+impl Handler<Delete> for Kv {
+    type Result = MessageResult<Delete>;
+    fn handle(&mut self, _: Delete, _: &mut Context<Self>) -> Self::Result {
+        let existed = self.value.is_some();
+        if existed {
+            self.write(None);
+        }
+        MessageResult(self.reply(existed))
+    }
+}
+
+impl Handler<Cas> for Kv {
+    type Result = MessageResult<Cas>;
+    fn handle(&mut self, cas: Cas, _: &mut Context<Self>) -> Self::Result {
+        let ok = self.value == cas.expect;
+        if ok {
+            self.write(Some(cas.value));
+        }
+        MessageResult(self.reply(ok))
+    }
+}
+
+fn answer(r: Result<Reply, SendError>, missing: u16) -> HttpResponse {
+    match r {
+        Ok(reply) if reply.ok => HttpResponse::Ok().json(reply),
+        Ok(reply) if missing == 404 => HttpResponse::NotFound().json(serde_json::json!({
+            "error": "not found", "key": reply.key, "node": reply.node, "shard": reply.shard
+        })),
+        Ok(reply) => HttpResponse::Conflict().json(serde_json::json!({
+            "error": "compare-and-set failed", "key": reply.key, "value": reply.value,
+            "write_id": reply.write_id, "node": reply.node, "shard": reply.shard
+        })),
+        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() })),
+    }
+}
+
+#[get("/kv/{key}")]
+async fn get_key(cluster: web::Data<Cluster>, key: web::Path<String>) -> HttpResponse {
+    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Get).await, 404)
+}
+
+#[put("/kv/{key}")]
+async fn put_key(cluster: web::Data<Cluster>, key: web::Path<String>, body: String) -> HttpResponse {
+    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Put(body)).await, 409)
+}
+
+#[delete("/kv/{key}")]
+async fn delete_key(cluster: web::Data<Cluster>, key: web::Path<String>) -> HttpResponse {
+    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Delete).await, 404)
+}
+
+/// The body of `POST /kv/{key}/cas`.
+#[derive(Deserialize)]
+struct CasBody {
+    expect: Option<String>,
+    value: String,
+}
+
+/// The body is JSON whatever its content type, so `curl -d '{...}'` works as is.
+#[post("/kv/{key}/cas")]
+async fn cas_key(cluster: web::Data<Cluster>, key: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    let CasBody { expect, value } = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return HttpResponse::BadRequest().json(serde_json::json!({
+                "error": format!("the body must be {{\"expect\": value or null, \"value\": value}}: {e}")
+            }))
+        }
+    };
+    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Cas { expect, value }).await, 409)
+}
+
+/// The KV routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(get_key).service(put_key).service(delete_key).service(cas_key);
+}

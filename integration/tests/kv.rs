@@ -1,0 +1,67 @@
+//! The sharded KV example as a user tries it: three nodes, PUT on one, GET/CAS/DELETE on the
+//! others; every answer names the node and shard that served it.
+
+use std::time::Duration;
+
+use clusterfunk_integration::{free_ports, http, view, wait_until, NodeProc};
+use serde_json::Value;
+
+fn call(n: &NodeProc, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (code, text) = http(&n.dashboard, method, path, body).expect("http");
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[test]
+fn put_on_one_node_read_on_the_others() -> anyhow::Result<()> {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-kv"));
+    let dir = tempfile::tempdir()?;
+    let p = free_ports(6);
+    let seed = format!("127.0.0.1:{}", p[0]);
+    let mut nodes: Vec<NodeProc> = (0..3)
+        .map(|i| {
+            let mut args = vec!["--name", "kvtest", "--no-mdns", "--shards", "64"];
+            if i > 0 {
+                args.extend(["--join", seed.as_str()]);
+            }
+            NodeProc::new(
+                exe,
+                dir.path().join(format!("n{i}")),
+                format!("127.0.0.1:{}", p[i]),
+                format!("127.0.0.1:{}", p[3 + i]),
+                &args,
+            )
+        })
+        .collect();
+    nodes[0].start_with(&["--bootstrap"])?;
+    for n in &mut nodes[1..] {
+        n.start()?;
+    }
+    wait_until(Duration::from_secs(30), "3 nodes sharing one map", || {
+        let ss: Vec<Value> = nodes.iter().map(|n| n.status().ok()).collect::<Option<_>>()?;
+        ss.iter().all(|s| view::owners(s).0.len() == 3 && view::map(s) == view::map(&ss[0])).then_some(())
+    })?;
+
+    let (code, put) = call(&nodes[0], "PUT", "/kv/greeting", "hello");
+    assert_eq!(code, 200, "{put}");
+    assert_eq!(put["value"], "hello");
+    let write_id = put["write_id"].clone();
+    assert!(write_id.is_string());
+    for n in &nodes[1..] {
+        let (code, got) = call(n, "GET", "/kv/greeting", "");
+        assert_eq!((code, &got["value"], &got["write_id"]), (200, &Value::from("hello"), &write_id), "{got}");
+        assert_eq!((&got["node"], &got["shard"]), (&put["node"], &put["shard"]), "the same entity answers");
+    }
+    let (code, failed) = call(&nodes[1], "POST", "/kv/greeting/cas", r#"{"expect": "nope", "value": "x"}"#);
+    assert_eq!((code, &failed["value"]), (409, &Value::from("hello")), "{failed}");
+    let (code, swapped) = call(&nodes[2], "POST", "/kv/greeting/cas", r#"{"expect": "hello", "value": "world"}"#);
+    assert_eq!((code, &swapped["value"]), (200, &Value::from("world")), "{swapped}");
+    assert_ne!(swapped["write_id"], write_id, "each write has its own id");
+    let (code, _) = call(&nodes[0], "DELETE", "/kv/greeting", "");
+    assert_eq!(code, 200);
+    let (code, gone) = call(&nodes[1], "GET", "/kv/greeting", "");
+    assert_eq!(code, 404, "{gone}");
+    assert!(gone["node"].is_string() && gone["shard"].is_u64(), "a 404 still says who answered: {gone}");
+    let (code, _) = call(&nodes[2], "POST", "/kv/fresh/cas", r#"{"expect": null, "value": "first"}"#);
+    assert_eq!(code, 200, "CAS from absent");
+    Ok(())
+}
