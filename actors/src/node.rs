@@ -183,6 +183,12 @@ impl Node {
         Ok(Node { id, transport, raft, applied, view, map, arbiters: vec![transport_arbiter, raft_arbiter] })
     }
 
+    /// The arbiter running the swarm (and its connection tasks): stream work placed here avoids
+    /// a thread hop per frame.
+    pub fn transport_arbiter(&self) -> actix::ArbiterHandle {
+        self.arbiters[0].handle()
+    }
+
     /// The latest Raft metrics.
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()

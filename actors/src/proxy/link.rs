@@ -27,6 +27,7 @@ pub(crate) struct Link {
     pending: Arc<Mutex<HashMap<u64, Reply>>>,
     next_id: Arc<AtomicU64>,
     alive: Arc<AtomicBool>,
+    max_frame: usize,
 }
 
 impl Link {
@@ -39,6 +40,7 @@ impl Link {
             pending: Arc::new(Mutex::new(HashMap::new())),
             next_id: Arc::new(AtomicU64::new(1)),
             alive: Arc::new(AtomicBool::new(true)),
+            max_frame: cfg.max_frame,
         };
         let (read, write) = stream.split();
         arbiter.spawn(write_loop(write, rx, cfg.batch, link.alive.clone()));
@@ -57,6 +59,10 @@ impl Link {
     pub(crate) fn send(&self, env: super::Envelope) -> Result<oneshot::Receiver<Result<Vec<u8>, Refusal>>, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = Frame::Request { id, env }.encode();
+        if bytes.len() - 4 > self.max_frame {
+            // The receiver would refuse it and drop us: refuse it here instead.
+            return Err(Error::TooLarge { len: bytes.len() - 4, max: self.max_frame });
+        }
         let (reply, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock is never poisoned: no panics inside").insert(id, reply);
         match self.tx.try_send(bytes) {

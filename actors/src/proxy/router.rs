@@ -263,8 +263,10 @@ impl Router {
             self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(r);
         }
-        self.inner.stats.served.fetch_add(1, Ordering::Relaxed);
-        self.inner.dispatch.dispatch(env).await
+        let result = self.inner.dispatch.dispatch(env).await;
+        let counter = if result.is_ok() { &self.inner.stats.served } else { &self.inner.stats.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
     }
 
     pub(crate) fn malformed(&self, peer: PeerId, error: &dyn std::fmt::Display) {
