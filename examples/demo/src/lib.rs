@@ -208,6 +208,7 @@ fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
         cmd.args(["--name", &args.name, "--env", &args.env, "--no-mdns"])
             .args(["--listen", &format!("127.0.0.1:{p2p}"), "--dashboard", &format!("127.0.0.1:{http}")])
             .args(["--shards", &args.shards.to_string(), "--voters", &args.voters.to_string()])
+            .args(["--traffic", &args.traffic.to_string()])
             .arg("--data-dir")
             .arg(&dir);
         if i == 0 && !dir.join("raft.redb").exists() {

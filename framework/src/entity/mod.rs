@@ -31,7 +31,8 @@ pub use sharded::{SendError, Sharded};
 ///   types.
 /// - **Passivation.** An instance that received nothing for the configured idle time is stopped
 ///   (its `stopping`/`stopped` run); the next message creates a new one from `from_key`. An entity
-///   can passivate itself with `ctx.stop()`.
+///   can passivate itself with `ctx.stop()`; a message that reaches it while it is stopping fails
+///   with [`SendError::EntityFailed`] without being handled.
 /// - **Rebalance.** When its shard leaves this node, every instance of the shard is stopped
 ///   (after the messages already in its mailbox), and the new owner creates fresh instances on
 ///   demand. State in the actor is lost with it: keep what must survive in storage of your own,

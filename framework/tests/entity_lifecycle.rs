@@ -1,0 +1,113 @@
+//! Entity lifecycle on one node: a panic fails only that call and the next message gets a fresh
+//! instance; an entity that stops itself is re-created; registering a type twice is refused.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use clusterfunk::{Cluster, ConfigError, EntityInfo, SendError, ShardedActor};
+use serde::{Deserialize, Serialize};
+
+struct Fragile(u64);
+
+impl Actor for Fragile {
+    type Context = Context<Self>;
+}
+
+impl ShardedActor for Fragile {
+    type Key = String;
+    fn from_key(_: &String, _: EntityInfo) -> Self {
+        Fragile(0)
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "u64")]
+struct Inc;
+
+impl Handler<Inc> for Fragile {
+    type Result = u64;
+    fn handle(&mut self, _: Inc, _: &mut Context<Self>) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+struct Boom;
+
+impl Handler<Boom> for Fragile {
+    type Result = ();
+    fn handle(&mut self, _: Boom, _: &mut Context<Self>) {
+        panic!("entity panics on purpose (test)");
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+struct Passivate;
+
+impl Handler<Passivate> for Fragile {
+    type Result = ();
+    fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+fn builder(dir: &std::path::Path) -> clusterfunk::Builder {
+    Cluster::builder()
+        .name("lifecycle")
+        .env("test")
+        .data_dir(dir)
+        .listen("127.0.0.1:0")
+        .shards(8)
+        .voters(1)
+        .mdns(false)
+        .bootstrap(true)
+}
+
+#[actix_rt::test]
+async fn panic_fails_one_call_and_the_next_gets_a_fresh_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = builder(dir.path())
+        .entity::<Fragile>(|e| e.handles::<Inc>().handles::<Boom>().handles::<Passivate>())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    c.wait_until(Duration::from_secs(30), "a complete map", |s| s.shard_map.epoch > 0 && s.shard_map.unassigned == 0)
+        .await
+        .unwrap();
+    let f = c.sharded::<Fragile>();
+    let k = "k".to_string();
+    assert_eq!(f.send(&k, Inc).await.unwrap(), 1);
+    assert_eq!(f.send(&k, Inc).await.unwrap(), 2);
+    assert!(matches!(f.send(&k, Boom).await, Err(SendError::EntityFailed)));
+    assert_eq!(f.send(&k, Inc).await.unwrap(), 1, "a fresh instance after the panic");
+    f.send(&k, Passivate).await.unwrap();
+    // A message reaching the old mailbox while the instance finishes stopping fails with
+    // EntityFailed (documented); a few at most, then a fresh instance answers.
+    let mut failed = 0;
+    let after = loop {
+        match f.send(&k, Inc).await {
+            Ok(v) => break v,
+            Err(SendError::EntityFailed) if failed < 3 => failed += 1,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(after, 1, "re-created after stopping itself");
+    assert!(c.status().traffic.activations >= 3);
+    c.shutdown().await;
+}
+
+#[test]
+fn registering_a_type_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = builder(dir.path())
+        .entity::<Fragile>(|e| e.handles::<Inc>())
+        .entity::<Fragile>(|e| e.handles::<Boom>())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::DuplicateEntity(name) if name.ends_with("Fragile")), "{err}");
+}

@@ -1,0 +1,72 @@
+//! The status page in a real headless browser (Debian's `chromium`): it renders the members,
+//! the leader and live message rates from `/api/cluster`. Skips, saying why, without chromium.
+
+use std::process::Command;
+use std::time::Duration;
+
+use clusterfunk_integration::{free_ports, view, wait_until, NodeProc};
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// The page's DOM after its scripts ran for `budget_ms` of virtual time.
+fn dump_dom(browser: &str, url: &str, profile: &std::path::Path, budget_ms: u32) -> anyhow::Result<String> {
+    let out = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .args(["--dump-dom", url])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn status_page_renders_members_leader_and_rates() -> anyhow::Result<()> {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED status_page_renders_members_leader_and_rates: chromium is not installed (apt-get install chromium)");
+        return Ok(());
+    };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let dir = tempfile::tempdir()?;
+    let p = free_ports(6);
+    let seed = format!("127.0.0.1:{}", p[0]);
+    let mut nodes: Vec<NodeProc> = (0..3)
+        .map(|i| {
+            let mut args = vec!["--name", "page", "--no-mdns", "--shards", "64", "--traffic", "200"];
+            if i > 0 {
+                args.extend(["--join", seed.as_str()]);
+            }
+            NodeProc::new(
+                exe,
+                dir.path().join(format!("n{i}")),
+                format!("127.0.0.1:{}", p[i]),
+                format!("127.0.0.1:{}", p[3 + i]),
+                &args,
+            )
+        })
+        .collect();
+    nodes[0].start_with(&["--bootstrap"])?;
+    for n in &mut nodes[1..] {
+        n.start()?;
+    }
+    let leader = wait_until(Duration::from_secs(30), "3 members up with traffic", || {
+        let s = nodes[0].status().ok()?;
+        (view::members_in(&s, "up").len() == 3 && s["traffic"]["local"].as_u64()? > 0)
+            .then(|| view::leader(&s))
+            .flatten()
+    })?;
+    let url = format!("http://{}/", nodes[0].dashboard);
+    let dom = wait_until(Duration::from_secs(60), "the page to show 3 members and a rate", || {
+        let dom = dump_dom(browser, &url, &dir.path().join("profile"), 3000).ok()?;
+        let rows = dom.matches("<td class=\"up\">up</td>").count();
+        (rows == 3 && dom.contains(&leader) && !dom.contains("id=\"sent\">0<")).then_some(dom)
+    })?;
+    assert!(dom.contains("page/dev"), "cluster name shown");
+    assert_eq!(dom.matches(">voter<").count(), 3, "three voters listed");
+    assert!(dom.contains("<div id=\"error\" class=\"down\"></div>"), "no error shown");
+    Ok(())
+}
