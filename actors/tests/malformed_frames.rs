@@ -5,10 +5,11 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clusterfunk_actors::node::{Config, Node};
-use clusterfunk_actors::types::{ClusterName, NodeId};
+mod common;
+
+use clusterfunk_actors::node::Node;
+use clusterfunk_actors::types::NodeId;
 use clusterfunk_actors::wire::{self, RaftRequest, RaftResponse};
-use clusterfunk_actors::Multiaddr;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
@@ -62,29 +63,6 @@ impl request_response::Codec for RawCodec {
     }
 }
 
-fn node_config(dir: &std::path::Path) -> Config {
-    Config {
-        cluster: ClusterName::new("frames", "test"),
-        data_dir: dir.to_path_buf(),
-        listen: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-        seeds: vec![],
-        bootstrap: true,
-        shards: 8,
-        replica_factor: 1,
-        voters: 1,
-        auto_join: true,
-        weight: 1,
-        workers: 1,
-        zone: None,
-        dashboard: None,
-        secret: None,
-        mdns: false,
-        membership: Default::default(),
-        raft: Default::default(),
-        shard_manager: Default::default(),
-    }
-}
-
 async fn request(
     client: &mut Swarm<request_response::Behaviour<RawCodec>>,
     peer: PeerId,
@@ -126,18 +104,8 @@ fn framed(bytes: &[u8]) -> Vec<u8> {
 #[actix_rt::test]
 async fn malformed_frames_drop_the_peer_not_the_node() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(node_config(dir.path())).await.expect("node starts");
-    let mut view = node.view.clone();
-    let addr: Multiaddr = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(a) = view.borrow().members[&node.id].meta.addrs.first() {
-                return a.parse().unwrap();
-            }
-            view.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("node listens");
+    let node = Node::start(common::node_config(dir.path(), "frames")).await.expect("node starts");
+    let addr = common::listen_addr(&node).await;
     let server = node.transport.local_peer_id();
 
     let protocol = StreamProtocol::new("/clusterfunk/frames/test/raft/1");

@@ -4,10 +4,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterfunk_actors::node::{Config, Node};
+mod common;
+
+use clusterfunk_actors::node::Node;
 use clusterfunk_actors::proxy::{self, Dispatch, Envelope, Refusal, Router};
-use clusterfunk_actors::types::ClusterName;
-use clusterfunk_actors::Multiaddr;
 use futures::future::BoxFuture;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{noise, tcp, yamux};
@@ -20,33 +20,10 @@ impl Dispatch for Nobody {
     }
 }
 
-fn node_config(dir: &std::path::Path) -> Config {
-    Config {
-        cluster: ClusterName::new("pframes", "test"),
-        data_dir: dir.to_path_buf(),
-        listen: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-        seeds: vec![],
-        bootstrap: true,
-        shards: 8,
-        replica_factor: 1,
-        voters: 1,
-        auto_join: true,
-        weight: 1,
-        workers: 1,
-        zone: None,
-        dashboard: None,
-        secret: None,
-        mdns: false,
-        membership: Default::default(),
-        raft: Default::default(),
-        shard_manager: Default::default(),
-    }
-}
-
 #[actix_rt::test]
 async fn malformed_proxy_frame_drops_the_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = node_config(dir.path());
+    let cfg = common::node_config(dir.path(), "pframes");
     let cluster = cfg.cluster.clone();
     let node = Node::start(cfg).await.expect("node starts");
     let router = Router::start(
@@ -59,17 +36,7 @@ async fn malformed_proxy_frame_drops_the_peer() {
         Arc::new(Nobody),
         node.transport_arbiter(),
     );
-    let mut view = node.view.clone();
-    let addr: Multiaddr = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(a) = view.borrow().members[&node.id].meta.addrs.first() {
-                return a.parse().unwrap();
-            }
-            view.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("node listens");
+    let addr = common::listen_addr(&node).await;
     let server = node.transport.local_peer_id();
 
     let mut client = libp2p::SwarmBuilder::with_new_identity()

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod inproc;
 pub mod netns;
 
 use anyhow::{bail, Context};
@@ -203,4 +204,46 @@ pub mod view {
         ids.sort();
         (ids, o.values().filter_map(Value::as_u64).sum())
     }
+}
+
+/// Starts `n` node processes of `exe` on loopback with static seeds: node 0 bootstraps, the
+/// others join it. `args` go to every node (besides listen, dashboard, data dir and join).
+pub fn start_cluster(exe: &Path, dir: &Path, n: usize, args: &[&str]) -> anyhow::Result<Vec<NodeProc>> {
+    let ports = free_ports(2 * n);
+    let seed = format!("127.0.0.1:{}", ports[0]);
+    let mut nodes: Vec<NodeProc> = (0..n)
+        .map(|i| {
+            let mut all = args.to_vec();
+            if i > 0 {
+                all.extend(["--join", seed.as_str()]);
+            }
+            let (listen, dash) = (format!("127.0.0.1:{}", ports[i]), format!("127.0.0.1:{}", ports[n + i]));
+            NodeProc::new(exe, dir.join(format!("n{i}")), listen, dash, &all)
+        })
+        .collect();
+    nodes[0].start_with(&["--bootstrap"])?;
+    for node in &mut nodes[1..] {
+        node.start()?;
+    }
+    Ok(nodes)
+}
+
+/// The tails of every node's log, for failure messages.
+pub fn logs(nodes: &[NodeProc]) -> String {
+    nodes.iter().map(|n| n.log_tail(25)).collect::<Vec<_>>().join("\n-----\n")
+}
+
+/// Waits until every node sees the same complete map over `n` owners; returns the nodes' ids in
+/// node order.
+pub fn wait_formed(nodes: &[NodeProc], shards: u64, timeout: Duration) -> anyhow::Result<Vec<String>> {
+    wait_until(timeout, "all nodes sharing one complete map", || {
+        let ss: Vec<Value> = nodes.iter().map(|n| n.status().ok()).collect::<Option<_>>()?;
+        let ids: Vec<String> = ss.iter().map(|s| s["node_id"].as_str().map(str::to_string)).collect::<Option<_>>()?;
+        let mut sorted = ids.clone();
+        sorted.sort();
+        ss.iter()
+            .all(|s| view::owners(s) == (sorted.clone(), shards) && view::map(s) == view::map(&ss[0]))
+            .then_some(ids)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(nodes)))
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use clusterfunk_integration::{free_ports, view, NodeProc};
+use clusterfunk_integration::{logs, start_cluster, view, NodeProc};
 use serde_json::Value;
 
 const SHARDS: u64 = 256;
@@ -36,24 +36,9 @@ fn agreed(nodes: &[&NodeProc], up: &[String], owners: &[String]) -> Option<(Stri
 fn three_nodes_form_fail_over_and_rejoin() -> anyhow::Result<()> {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let dir = tempfile::tempdir()?;
-    let ports = free_ports(6);
-    let seed = format!("127.0.0.1:{}", ports[0]);
-    let common = ["--name", "itest", "--env", "cluster", "--no-mdns", "--shards", "256"];
-    let mut nodes: Vec<NodeProc> = (0..3)
-        .map(|i| {
-            let listen = format!("127.0.0.1:{}", ports[i]);
-            let mut args = common.to_vec();
-            if i > 0 {
-                args.extend(["--join", seed.as_str()]);
-            }
-            NodeProc::new(exe, dir.path().join(format!("n{i}")), listen, format!("127.0.0.1:{}", ports[3 + i]), &args)
-        })
-        .collect();
-    nodes[0].start_with(&["--bootstrap"])?;
-    for n in &mut nodes[1..] {
-        n.start()?;
-    }
-    let logs = |nodes: &[NodeProc]| nodes.iter().map(|n| n.log_tail(30)).collect::<Vec<_>>().join("\n-----\n");
+    let mut nodes =
+        start_cluster(exe, dir.path(), 3, &["--name", "itest", "--env", "cluster", "--no-mdns", "--shards", "256"])?;
+
     eprintln!("--- phase 1: three nodes form one cluster");
     let ids: Vec<String> = clusterfunk_integration::wait_until(T, "node ids", || {
         nodes.iter().map(|n| n.status().ok().and_then(|s| s["node_id"].as_str().map(str::to_string))).collect()

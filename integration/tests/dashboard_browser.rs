@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use clusterfunk_integration::{free_ports, view, wait_until, NodeProc};
+use clusterfunk_integration::{start_cluster, view, wait_until};
 
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser"]
@@ -32,27 +32,8 @@ fn status_page_renders_members_leader_and_rates() -> anyhow::Result<()> {
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let dir = tempfile::tempdir()?;
-    let p = free_ports(6);
-    let seed = format!("127.0.0.1:{}", p[0]);
-    let mut nodes: Vec<NodeProc> = (0..3)
-        .map(|i| {
-            let mut args = vec!["--name", "page", "--no-mdns", "--shards", "64", "--traffic", "200"];
-            if i > 0 {
-                args.extend(["--join", seed.as_str()]);
-            }
-            NodeProc::new(
-                exe,
-                dir.path().join(format!("n{i}")),
-                format!("127.0.0.1:{}", p[i]),
-                format!("127.0.0.1:{}", p[3 + i]),
-                &args,
-            )
-        })
-        .collect();
-    nodes[0].start_with(&["--bootstrap"])?;
-    for n in &mut nodes[1..] {
-        n.start()?;
-    }
+    let nodes =
+        start_cluster(exe, dir.path(), 3, &["--name", "page", "--no-mdns", "--shards", "64", "--traffic", "200"])?;
     let leader = wait_until(Duration::from_secs(30), "3 members up with traffic", || {
         let s = nodes[0].status().ok()?;
         (view::members_in(&s, "up").len() == 3 && s["traffic"]["local"].as_u64()? > 0)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clusterfunk_integration::{free_ports, http, view, wait_until, NodeProc};
+use clusterfunk_integration::{http, start_cluster, wait_formed, NodeProc};
 use serde_json::Value;
 
 fn call(n: &NodeProc, method: &str, path: &str, body: &str) -> (u16, Value) {
@@ -15,31 +15,8 @@ fn call(n: &NodeProc, method: &str, path: &str, body: &str) -> (u16, Value) {
 fn put_on_one_node_read_on_the_others() -> anyhow::Result<()> {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-kv"));
     let dir = tempfile::tempdir()?;
-    let p = free_ports(6);
-    let seed = format!("127.0.0.1:{}", p[0]);
-    let mut nodes: Vec<NodeProc> = (0..3)
-        .map(|i| {
-            let mut args = vec!["--name", "kvtest", "--no-mdns", "--shards", "64"];
-            if i > 0 {
-                args.extend(["--join", seed.as_str()]);
-            }
-            NodeProc::new(
-                exe,
-                dir.path().join(format!("n{i}")),
-                format!("127.0.0.1:{}", p[i]),
-                format!("127.0.0.1:{}", p[3 + i]),
-                &args,
-            )
-        })
-        .collect();
-    nodes[0].start_with(&["--bootstrap"])?;
-    for n in &mut nodes[1..] {
-        n.start()?;
-    }
-    wait_until(Duration::from_secs(30), "3 nodes sharing one map", || {
-        let ss: Vec<Value> = nodes.iter().map(|n| n.status().ok()).collect::<Option<_>>()?;
-        ss.iter().all(|s| view::owners(s).0.len() == 3 && view::map(s) == view::map(&ss[0])).then_some(())
-    })?;
+    let nodes = start_cluster(exe, dir.path(), 3, &["--name", "kvtest", "--no-mdns", "--shards", "64"])?;
+    wait_formed(&nodes, 64, Duration::from_secs(30))?;
 
     let (code, put) = call(&nodes[0], "PUT", "/kv/greeting", "hello");
     assert_eq!(code, 200, "{put}");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clusterfunk_integration::netns::{self, Lab};
-use clusterfunk_integration::{view, wait_until, NodeProc};
+use clusterfunk_integration::{logs, view, wait_until, NodeProc};
 
 #[test]
 fn two_namespaces_discover_each_other_by_mdns() -> anyhow::Result<()> {
@@ -31,7 +31,6 @@ fn two_namespaces_discover_each_other_by_mdns() -> anyhow::Result<()> {
         .collect();
     nodes[0].start_with(&["--bootstrap"])?;
     nodes[1].start()?;
-    let logs = |nodes: &[NodeProc]| nodes.iter().map(|n| n.log_tail(30)).collect::<Vec<_>>().join("\n-----\n");
     let agreed = wait_until(Duration::from_secs(30), "both nodes up in one cluster with one map", || {
         let (a, b) = (nodes[0].status().ok()?, nodes[1].status().ok()?);
         let up = view::members_in(&a, "up");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use clusterfunk_integration::{free_ports, http, view, wait_until, NodeProc};
+use clusterfunk_integration::{http, logs, start_cluster, wait_formed, wait_until, NodeProc};
 use serde_json::Value;
 
 fn add(node: &NodeProc, key: &str) -> Option<Value> {
@@ -15,36 +15,9 @@ fn add(node: &NodeProc, key: &str) -> Option<Value> {
 fn one_instance_per_key_and_failover() -> anyhow::Result<()> {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let dir = tempfile::tempdir()?;
-    let p = free_ports(6);
-    let seed = format!("127.0.0.1:{}", p[0]);
-    let mut nodes: Vec<NodeProc> = (0..3)
-        .map(|i| {
-            let mut args = vec!["--name", "sharded", "--no-mdns", "--shards", "64", "--traffic", "0"];
-            if i > 0 {
-                args.extend(["--join", seed.as_str()]);
-            }
-            NodeProc::new(
-                exe,
-                dir.path().join(format!("n{i}")),
-                format!("127.0.0.1:{}", p[i]),
-                format!("127.0.0.1:{}", p[3 + i]),
-                &args,
-            )
-        })
-        .collect();
-    nodes[0].start_with(&["--bootstrap"])?;
-    for n in &mut nodes[1..] {
-        n.start()?;
-    }
-    let logs = |nodes: &[NodeProc]| nodes.iter().map(|n| n.log_tail(25)).collect::<Vec<_>>().join("\n-----\n");
-    let ids: Vec<String> = wait_until(Duration::from_secs(30), "3 nodes sharing one map", || {
-        let ss: Vec<Value> = nodes.iter().map(|n| n.status().ok()).collect::<Option<_>>()?;
-        let ids: Vec<String> = ss.iter().map(|s| s["node_id"].as_str().map(str::to_string)).collect::<Option<_>>()?;
-        let mut sorted = ids.clone();
-        sorted.sort();
-        ss.iter().all(|s| view::owners(s) == (sorted.clone(), 64) && view::map(s) == view::map(&ss[0])).then_some(ids)
-    })
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
+    let mut nodes =
+        start_cluster(exe, dir.path(), 3, &["--name", "sharded", "--no-mdns", "--shards", "64", "--traffic", "0"])?;
+    let ids = wait_formed(&nodes, 64, Duration::from_secs(30))?;
 
     eprintln!("--- a message for k from each node reaches the same instance");
     let mut answers = Vec::new();

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clusterfunk_integration::{free_ports, view, wait_until, NodeProc};
+use clusterfunk_integration::{start_cluster, view, wait_until, NodeProc};
 
 const SHARDS: u64 = 1024;
 
@@ -18,22 +18,7 @@ fn main() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?.with_file_name("cf-node");
     anyhow::ensure!(exe.exists(), "{} not found: build the package first", exe.display());
     let dir = tempfile::tempdir()?;
-    let ports = free_ports(6);
-    let seed = format!("127.0.0.1:{}", ports[0]);
-    let mut nodes: Vec<NodeProc> = (0..3)
-        .map(|i| {
-            let mut args = vec!["--name", "failover", "--no-mdns"];
-            if i > 0 {
-                args.extend(["--join", seed.as_str()]);
-            }
-            let (listen, dash) = (format!("127.0.0.1:{}", ports[i]), format!("127.0.0.1:{}", ports[3 + i]));
-            NodeProc::new(&exe, dir.path().join(format!("n{i}")), listen, dash, &args)
-        })
-        .collect();
-    nodes[0].start_with(&["--bootstrap"])?;
-    for n in &mut nodes[1..] {
-        n.start()?;
-    }
+    let mut nodes = start_cluster(&exe, dir.path(), 3, &["--name", "failover", "--no-mdns"])?;
     let mut results: Vec<(&str, Vec<f64>)> = vec![("leader_kill", vec![]), ("owner_kill", vec![])];
     let mut elections = Vec::new();
     for trial in 0..trials * 2 {

@@ -7,48 +7,11 @@
 //! Two nodes run in this process on loopback (real libp2p connections between them).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
-use clusterfunk::{Cluster, EntityInfo, ShardedActor};
+use clusterfunk_integration::inproc::{keys_on, pair, Inc, Read, Tally};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-
-struct Tally(u64);
-
-impl Actor for Tally {
-    type Context = Context<Self>;
-}
-
-impl ShardedActor for Tally {
-    type Key = u64;
-    fn from_key(_: &u64, _: EntityInfo) -> Self {
-        Tally(0)
-    }
-}
-
-#[derive(Message, Serialize, Deserialize)]
-#[rtype(result = "u64")]
-struct Inc;
-
-impl Handler<Inc> for Tally {
-    type Result = u64;
-    fn handle(&mut self, _: Inc, _: &mut Context<Self>) -> u64 {
-        self.0 += 1;
-        self.0
-    }
-}
-
-#[derive(Message, Serialize, Deserialize)]
-#[rtype(result = "u64")]
-struct Read;
-
-impl Handler<Read> for Tally {
-    type Result = u64;
-    fn handle(&mut self, _: Read, _: &mut Context<Self>) -> u64 {
-        self.0
-    }
-}
 
 /// The plain-actix baseline: the same counter, no framework.
 struct Plain(u64);
@@ -65,35 +28,9 @@ impl Handler<Inc> for Plain {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-async fn node(dir: &std::path::Path, listen: String, join: Option<String>) -> anyhow::Result<Cluster> {
-    let b = Cluster::builder()
-        .name("bench")
-        .env("proxy")
-        .data_dir(dir)
-        .listen(listen)
-        .shards(1024)
-        .voters(1)
-        .mdns(false)
-        .passivate_after(Duration::from_secs(3600))
-        .entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>());
-    let b = match join {
-        Some(j) => b.join(j),
-        None => b.bootstrap(true),
-    };
-    Ok(b.build()?.start().await?)
-}
-
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
-}
-
-fn keys_on(c: &Cluster, owner: clusterfunk::NodeId, n: usize) -> Vec<u64> {
-    (0u64..).filter(|k| c.shard_for(k).and_then(|s| c.owner(s)) == Some(owner)).take(n).collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,20 +39,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let seed = format!("127.0.0.1:{}", free_port());
-    let a = node(&dir.path().join("a"), seed.clone(), None).await?;
-    let b = node(&dir.path().join("b"), format!("127.0.0.1:{}", free_port()), Some(seed)).await?;
-    let both = |s: &clusterfunk::ClusterStatus| s.shard_map.owners.len() == 2 && s.shard_map.unassigned == 0;
-    a.wait_until(Duration::from_secs(30), "both nodes own shards", both).await?;
-    b.wait_until(Duration::from_secs(30), "b has the map", |s| {
-        both(s) && s.shard_map.epoch == a.status().shard_map.epoch
-    })
-    .await?;
+    let (a, b) = pair(dir.path(), "bench").await?;
     let tallies = a.sharded::<Tally>();
 
     // Local delivery vs plain actix, both to an actor on another arbiter.
     const LOCAL: u64 = 200_000;
-    let local_key = keys_on(&a, a.node_id(), 1)[0];
+    let local_key = keys_on(&a, a.node_id(), 0, 1)[0];
     tallies.send(&local_key, Inc).await?;
     let t = Instant::now();
     for _ in 0..LOCAL {
@@ -134,7 +63,7 @@ async fn run() -> anyhow::Result<()> {
     println!("local_vs_actix_ratio={:.2}", framework_rate / actix_rate);
 
     // Remote asks: sequential latency, then 64 in flight.
-    let remote = keys_on(&a, b.node_id(), 256);
+    let remote = keys_on(&a, b.node_id(), 0, 256);
     for k in &remote {
         tallies.send(k, Inc).await?;
     }

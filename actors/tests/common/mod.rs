@@ -1,0 +1,43 @@
+//! Shared by the actors crate's integration tests.
+
+use clusterfunk_actors::node::Config;
+use clusterfunk_actors::types::ClusterName;
+
+/// A single-node bootstrap config on loopback, mDNS off.
+pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
+    Config {
+        cluster: ClusterName::new(key, "test"),
+        data_dir: dir.to_path_buf(),
+        listen: "/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr"),
+        seeds: vec![],
+        bootstrap: true,
+        shards: 8,
+        replica_factor: 1,
+        voters: 1,
+        auto_join: true,
+        weight: 1,
+        workers: 1,
+        zone: None,
+        dashboard: None,
+        secret: None,
+        mdns: false,
+        membership: Default::default(),
+        raft: Default::default(),
+        shard_manager: Default::default(),
+    }
+}
+
+/// The node's first listen address, once it has one.
+pub async fn listen_addr(node: &clusterfunk_actors::node::Node) -> clusterfunk_actors::Multiaddr {
+    let mut view = node.view.clone();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Some(a) = view.borrow().members[&node.id].meta.addrs.first() {
+                return a.parse().expect("own address parses");
+            }
+            view.changed().await.expect("membership runs");
+        }
+    })
+    .await
+    .expect("node listens")
+}

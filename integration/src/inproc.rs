@@ -1,0 +1,86 @@
+//! Nodes inside the test process (the framework keeps no process-global state), with a counting
+//! entity, for the burst test and the proxy benchmark.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use clusterfunk::{Cluster, ClusterStatus, EntityInfo, ShardedActor};
+use serde::{Deserialize, Serialize};
+
+/// Counts the [`Inc`]s it received.
+pub struct Tally(u64);
+
+impl Actor for Tally {
+    type Context = Context<Self>;
+}
+
+impl ShardedActor for Tally {
+    type Key = u64;
+    fn from_key(_: &u64, _: EntityInfo) -> Self {
+        Tally(0)
+    }
+}
+
+/// Adds one; answers the new count.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "u64")]
+pub struct Inc;
+
+impl Handler<Inc> for Tally {
+    type Result = u64;
+    fn handle(&mut self, _: Inc, _: &mut Context<Self>) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// Answers the count.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "u64")]
+pub struct Read;
+
+impl Handler<Read> for Tally {
+    type Result = u64;
+    fn handle(&mut self, _: Read, _: &mut Context<Self>) -> u64 {
+        self.0
+    }
+}
+
+/// Starts a node of cluster `name` listening on `listen`: it bootstraps when `join` is `None`.
+pub async fn node(dir: &std::path::Path, name: &str, listen: String, join: Option<String>) -> anyhow::Result<Cluster> {
+    let b = Cluster::builder()
+        .name(name)
+        .env("test")
+        .data_dir(dir)
+        .listen(listen)
+        .shards(1024)
+        .voters(1)
+        .mdns(false)
+        .passivate_after(Duration::from_secs(3600))
+        .entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>());
+    let b = match join {
+        Some(j) => b.join(j),
+        None => b.bootstrap(true),
+    };
+    Ok(b.build()?.start().await?)
+}
+
+/// Two nodes of cluster `name` sharing one complete map.
+pub async fn pair(dir: &std::path::Path, name: &str) -> anyhow::Result<(Cluster, Cluster)> {
+    let ports = crate::free_ports(2);
+    let seed = format!("127.0.0.1:{}", ports[0]);
+    let a = node(&dir.join("a"), name, seed.clone(), None).await?;
+    let b = node(&dir.join("b"), name, format!("127.0.0.1:{}", ports[1]), Some(seed)).await?;
+    let both = |s: &ClusterStatus| s.shard_map.owners.len() == 2 && s.shard_map.unassigned == 0;
+    a.wait_until(Duration::from_secs(30), "both nodes own shards", both).await?;
+    b.wait_until(Duration::from_secs(30), "b has a's map", |s| {
+        both(s) && s.shard_map.epoch == a.status().shard_map.epoch
+    })
+    .await?;
+    Ok((a, b))
+}
+
+/// The first `n` keys (counting from `from`) whose shard `owner` owns in `c`'s map.
+pub fn keys_on(c: &Cluster, owner: clusterfunk::NodeId, from: u64, n: usize) -> Vec<u64> {
+    (from..).filter(|k| c.shard_for(k).and_then(|s| c.owner(s)) == Some(owner)).take(n).collect()
+}
