@@ -71,20 +71,39 @@ pub enum Frame {
     },
 }
 
+/// `Frame::Request` over a borrowed envelope: the same bytes, without copying key and payload
+/// (the sender keeps the envelope for a retry).
+#[derive(Serialize)]
+pub(crate) enum RequestRef<'a> {
+    Request { id: u64, env: &'a Envelope },
+}
+
 impl Frame {
     /// The frame with its 4-byte big-endian length prefix.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![0u8; 4];
-        rmp_serde::encode::write(&mut out, self).expect("encoding into a Vec cannot fail");
-        let len = (out.len() - 4) as u32;
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        out
+        length_prefixed(self)
     }
+}
+
+/// `msg` encoded with a 4-byte big-endian length prefix.
+pub(crate) fn length_prefixed<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    rmp_serde::encode::write(&mut out, msg).expect("encoding into a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env_of(f: &Frame) -> Envelope {
+        match f {
+            Frame::Request { env, .. } => env.clone(),
+            Frame::Response { .. } => unreachable!("a request"),
+        }
+    }
 
     #[test]
     fn round_trip_and_golden() {
@@ -97,6 +116,7 @@ mod tests {
         assert_eq!(crate::wire::decode::<Frame>(&bytes[4..]).unwrap(), f);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "0000001581a752657175657374920795010203c4016bc40190");
+        assert_eq!(length_prefixed(&RequestRef::Request { id: 7, env: &env_of(&f) }), bytes, "same bytes borrowed");
         let r = Frame::Response {
             id: 7,
             result: Err(Refusal::NotOwner { shard: ShardId(3), epoch: Epoch(9), owner: Some(NodeId(1)) }),

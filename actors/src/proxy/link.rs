@@ -56,9 +56,9 @@ impl Link {
 
     /// Queues a request; returns the receiver of its answer. A full queue is an error, never a
     /// silent drop.
-    pub(crate) fn send(&self, env: super::Envelope) -> Result<oneshot::Receiver<Result<Vec<u8>, Refusal>>, Error> {
+    pub(crate) fn send(&self, env: &super::Envelope) -> Result<oneshot::Receiver<Result<Vec<u8>, Refusal>>, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = Frame::Request { id, env }.encode();
+        let bytes = super::frame::length_prefixed(&super::frame::RequestRef::Request { id, env });
         if bytes.len() - 4 > self.max_frame {
             // The receiver would refuse it and drop us: refuse it here instead.
             return Err(Error::TooLarge { len: bytes.len() - 4, max: self.max_frame });

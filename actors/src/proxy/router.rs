@@ -153,7 +153,7 @@ impl Router {
             let r = route(&map.borrow_and_update(), self.inner.local, env.shard);
             let attempt = match r {
                 Route::Local => self.inner.dispatch.dispatch(env.clone()).await.map_err(Error::Refused),
-                Route::Remote(node) => self.remote(node, env.clone()).await,
+                Route::Remote(node) => self.remote(node, &env).await,
                 Route::Wait => {
                     self.wait_for_map(&mut map, start, env.shard, None).await?;
                     continue;
@@ -203,7 +203,7 @@ impl Router {
         }
     }
 
-    async fn remote(&self, node: NodeId, env: Envelope) -> Result<Vec<u8>, Error> {
+    async fn remote(&self, node: NodeId, env: &Envelope) -> Result<Vec<u8>, Error> {
         let link = self.link(node).await?;
         let rx = link.send(env)?;
         self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
