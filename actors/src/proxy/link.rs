@@ -18,6 +18,8 @@ use crate::types::NodeId;
 use crate::wire;
 
 type Reply = oneshot::Sender<Result<Vec<u8>, Refusal>>;
+/// Where a request's answer arrives.
+pub(crate) type Answer = oneshot::Receiver<Result<Vec<u8>, Refusal>>;
 
 /// A live link; cheap to clone.
 #[derive(Clone)]
@@ -54,9 +56,9 @@ impl Link {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Queues a request; returns the receiver of its answer. A full queue is an error, never a
-    /// silent drop.
-    pub(crate) fn send(&self, env: &super::Envelope) -> Result<oneshot::Receiver<Result<Vec<u8>, Refusal>>, Error> {
+    /// Queues a request; returns its id and the receiver of its answer. A full queue is an error,
+    /// never a silent drop.
+    pub(crate) fn send(&self, env: &super::Envelope) -> Result<(u64, Answer), Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = super::frame::length_prefixed(&super::frame::RequestRef::Request { id, env });
         if bytes.len() - 4 > self.max_frame {
@@ -66,7 +68,7 @@ impl Link {
         let (reply, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock is never poisoned: no panics inside").insert(id, reply);
         match self.tx.try_send(bytes) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok((id, rx)),
             Err(e) => {
                 self.forget(id);
                 Err(match e {
@@ -79,9 +81,9 @@ impl Link {
         }
     }
 
-    /// Drops a pending request (after a timeout).
-    pub(crate) fn forget(&self, id_or_all: u64) {
-        self.pending.lock().expect("pending lock is never poisoned").remove(&id_or_all);
+    /// Drops a pending request (not sent, or timed out), so its slot does not outlive it.
+    pub(crate) fn forget(&self, id: u64) {
+        self.pending.lock().expect("pending lock is never poisoned").remove(&id);
     }
 
     async fn read_loop(self, mut read: ReadHalf<Stream>, max: usize) {

@@ -205,13 +205,16 @@ impl Router {
 
     async fn remote(&self, node: NodeId, env: &Envelope) -> Result<Vec<u8>, Error> {
         let link = self.link(node).await?;
-        let rx = link.send(env)?;
+        let (id, rx) = link.send(env)?;
         self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.cfg.request_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r.map_err(Error::Refused),
             Ok(Err(_)) => Err(Error::ConnectionLost { node }),
-            Err(_) => Err(Error::Timeout { node, timeout }),
+            Err(_) => {
+                link.forget(id);
+                Err(Error::Timeout { node, timeout })
+            }
         }
     }
 
