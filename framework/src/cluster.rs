@@ -135,6 +135,7 @@ impl Cluster {
             )
         });
         Sharded {
+            entity: crate::entity::wire_id::<E>(),
             host,
             registry: self.inner.registry.clone(),
             router: self.inner.router.clone(),

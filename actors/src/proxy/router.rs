@@ -136,12 +136,6 @@ impl Router {
         &self.inner.arbiter
     }
 
-    /// The current route for `shard`.
-    #[inline]
-    pub fn route(&self, shard: ShardId) -> Route {
-        route(&self.inner.map.borrow(), self.inner.local, shard)
-    }
-
     /// Sends an encoded message to its shard's owner (this node included) and returns the
     /// encoded result. Waits (bounded) while the shard has no owner; on `NotOwner` or an
     /// unreachable owner, waits for a newer map and retries within the budget.

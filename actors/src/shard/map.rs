@@ -86,11 +86,6 @@ impl ShardMap {
         Assignment { owner: self.owner(shard), replicas: self.replicas(shard) }
     }
 
-    /// Every shard's assignment, in shard order.
-    pub fn assignments(&self) -> Vec<Assignment> {
-        (0..self.shard_count()).map(|s| self.assignment(ShardId(s))).collect()
-    }
-
     /// The number of shards each node owns.
     pub fn owner_counts(&self) -> &BTreeMap<NodeId, u32> {
         &self.counts

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::Handler;
-use clusterfunk_actors::proxy::{Envelope, Refusal, Route, Router};
+use clusterfunk_actors::proxy::{route, Envelope, Refusal, Route, Router};
 use clusterfunk_actors::shard::shard_for;
 use clusterfunk_actors::types::ShardId;
 use tokio::sync::watch;
@@ -52,6 +52,8 @@ impl From<Refusal> for SendError {
 
 /// Sends messages to the entities of type `E`, wherever they live. Cheap to clone.
 pub struct Sharded<E: ShardedActor> {
+    /// The entity type's wire id and name, computed once.
+    pub(crate) entity: (u64, &'static str),
     pub(crate) host: Arc<EntityHost<E>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) router: Router,
@@ -61,6 +63,7 @@ pub struct Sharded<E: ShardedActor> {
 impl<E: ShardedActor> Clone for Sharded<E> {
     fn clone(&self) -> Self {
         Sharded {
+            entity: self.entity,
             host: self.host.clone(),
             registry: self.registry.clone(),
             router: self.router.clone(),
@@ -81,21 +84,24 @@ impl<E: ShardedActor> Sharded<E> {
         E: Handler<M>,
         E::Context: actix::dev::ToEnvelope<E, M>,
     {
-        let (eid, ename) = wire_id::<E>();
+        let (eid, ename) = self.entity;
         let (mid, mname) = wire_id::<M>();
         if !self.registry.handles(eid, mid) {
             return Err(SendError::NotRegistered { entity: ename, message: mname });
         }
-        let shard = {
+        // One read of the map gives both the shard and its route.
+        let target = {
             let map = self.map.borrow();
-            (map.shard_count() > 0).then(|| shard_for(key, map.shard_count()))
+            (map.shard_count() > 0).then(|| {
+                let shard = shard_for(key, map.shard_count());
+                (shard, route(&map, self.router.local(), shard))
+            })
         };
-        if let Some(shard) = shard {
-            if self.router.route(shard) == Route::Local {
-                self.router.stats().local.fetch_add(1, Ordering::Relaxed);
-                return self.host.deliver(key, shard, msg).await.map_err(|_| SendError::EntityFailed);
-            }
+        if let Some((shard, Route::Local)) = target {
+            self.router.stats().local.fetch_add(1, Ordering::Relaxed);
+            return self.host.deliver(key, shard, msg).await.map_err(|_| SendError::EntityFailed);
         }
+        let shard = target.map(|t| t.0);
         let env = Envelope {
             entity: eid,
             message: mid,
