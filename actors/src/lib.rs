@@ -6,8 +6,10 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod consensus;
+pub mod lease;
 pub mod membership;
 pub mod node;
+pub mod ownership;
 pub mod proxy;
 pub mod shard;
 pub mod shard_manager;

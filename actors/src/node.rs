@@ -6,16 +6,20 @@ use std::sync::Arc;
 use actix::prelude::*;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::info;
 
 use crate::consensus::auto::Settings;
 use crate::consensus::store::{OpenError, Store};
 use crate::consensus::types::{Raft, RaftError, RaftMetrics, RaftNode};
-use crate::consensus::{self, AppliedState, Consensus, StateMachine};
+use crate::consensus::{self, AppliedState, Consensus, Propose, StateMachine};
+use crate::lease::{self, Clock, LeaseService, SystemClock};
 use crate::membership::{self, Membership, View};
+use crate::ownership::Ownership;
 use crate::shard::ShardMap;
 use crate::shard_manager::{self, ShardManager};
+use crate::shard_manager::{Activator, NodeEvent, ShardHooks};
+use crate::state::{Command, CommandResult};
 use crate::transport::{self, Transport};
 use crate::types::{ClusterName, NodeId, NodeMeta};
 
@@ -58,6 +62,12 @@ pub struct Config {
     pub raft: consensus::Config,
     /// Shard manager timings.
     pub shard_manager: shard_manager::Config,
+    /// Lease timings.
+    pub lease: lease::Config,
+    /// Where to append the ownership journal (JSON lines), if anywhere.
+    pub journal: Option<PathBuf>,
+    /// How long each shard hook may run before the shard proceeds without it.
+    pub hook_budget: std::time::Duration,
 }
 
 /// Why a node could not start.
@@ -87,6 +97,12 @@ pub enum StartError {
     /// Raft could not start.
     #[error("raft: {0}")]
     Raft(#[from] Box<openraft::error::Fatal<NodeId>>),
+    /// The lease settings do not fit the Raft timings.
+    #[error("{0}")]
+    Lease(String),
+    /// The ownership journal cannot be opened.
+    #[error("journal: {0}")]
+    Journal(std::io::Error),
     /// The new cluster could not be initialized.
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] Box<RaftError<openraft::error::InitializeError<NodeId, RaftNode>>>),
@@ -106,12 +122,31 @@ pub struct Node {
     pub view: watch::Receiver<Arc<View>>,
     /// The committed shard map.
     pub map: watch::Receiver<Arc<ShardMap>>,
+    /// What this node serves now (lease, active shards with their epochs).
+    pub ownership: Arc<Ownership>,
+    /// The lease service (leader side) and timings.
+    pub lease: Arc<LeaseService>,
+    /// Until when this node's lease lets it serve.
+    pub lease_until: watch::Receiver<Option<std::time::Instant>>,
+    /// Activation counters.
+    pub activator: Arc<Activator>,
+    /// Cluster-level events as this node sees them.
+    pub events: broadcast::Sender<NodeEvent>,
+    hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
+    consensus: Addr<Consensus>,
     arbiters: Vec<Arbiter>,
 }
 
 impl Node {
     /// Starts a node. Must run inside an actix `System`.
     pub async fn start(cfg: Config) -> Result<Node, StartError> {
+        Node::start_with_clock(cfg, Arc::new(SystemClock)).await
+    }
+
+    /// Starts a node measuring leases on `clock` (tests skew it).
+    pub async fn start_with_clock(mut cfg: Config, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
+        cfg.lease.validate(cfg.raft.heartbeat_interval).map_err(StartError::Lease)?;
+        cfg.shard_manager.handoff_timeout = cfg.lease.takeover_after();
         let keypair = load_or_create_key(&cfg.data_dir)?;
         let peer = keypair.public().to_peer_id();
         let id = NodeId::from_peer_bytes(&peer.to_bytes());
@@ -170,17 +205,73 @@ impl Node {
             voters: cfg.voters,
             auto_join: cfg.auto_join,
         };
-        let consensus =
-            consensus_ctx.run(Consensus::new(raft.clone(), transport.clone(), applied.clone(), view.clone(), settings));
+        let lease =
+            Arc::new(LeaseService::new(cfg.lease.clone(), raft.clone(), clock.clone(), cfg.raft.election_timeout.1));
+        let consensus = consensus_ctx.run(Consensus::new(
+            raft.clone(),
+            transport.clone(),
+            applied.clone(),
+            view.clone(),
+            settings,
+            lease.clone(),
+        ));
+        let (events, _) = broadcast::channel(1024);
         let (sm_actor, map) = ShardManager::new(
             shard_manager::Core::new(cfg.shard_manager.clone()),
             raft.clone(),
-            consensus,
+            consensus.clone(),
+            lease.clone(),
             applied.clone(),
             view.clone(),
+            events.clone(),
         );
         sm_actor.start();
-        Ok(Node { id, transport, raft, applied, view, map, arbiters: vec![transport_arbiter, raft_arbiter] })
+        let ownership = Arc::new(Ownership::new(id, clock, cfg.journal.as_deref()).map_err(StartError::Journal)?);
+        let lease_until = lease::spawn_keeper(
+            lease.clone(),
+            id,
+            ownership.clone(),
+            transport.clone(),
+            applied.clone(),
+            &raft_arbiter.handle(),
+        );
+        let (hooks, hooks_rx) = watch::channel(None);
+        let activator = Arc::new(Activator::default());
+        actix::spawn(activator.clone().run(shard_manager::activator::Inputs {
+            ownership: ownership.clone(),
+            map: map.clone(),
+            applied: applied.clone(),
+            lease: lease_until.clone(),
+            consensus: consensus.clone(),
+            hooks: hooks_rx,
+            budget: cfg.hook_budget,
+        }));
+        Ok(Node {
+            id,
+            transport,
+            raft,
+            applied,
+            view,
+            map,
+            ownership,
+            lease,
+            lease_until,
+            activator,
+            events,
+            hooks,
+            consensus,
+            arbiters: vec![transport_arbiter, raft_arbiter],
+        })
+    }
+
+    /// Installs what runs when this node's shards change. No shard is activated before it is set.
+    pub fn set_hooks(&self, hooks: Arc<dyn ShardHooks>) {
+        self.hooks.send_replace(Some(hooks));
+    }
+
+    /// Proposes a command through Raft (forwarded to the leader).
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, consensus::ProposeError> {
+        self.consensus.send(Propose(cmd)).await.unwrap_or(Err(consensus::ProposeError::NoLeader))
     }
 
     /// The arbiter running the swarm (and its connection tasks): stream work placed here avoids

@@ -38,6 +38,37 @@ pub enum Command {
         /// The node.
         id: NodeId,
     },
+    /// Starts planned moves (graceful handoff, DESIGN §4): each shard loses its owner (messages
+    /// wait) until the old owner confirms it stopped ([`Command::Released`]), then goes to `to`.
+    BeginHandoff {
+        /// The map epoch the plan was computed from; a stale plan is refused.
+        based_on: Epoch,
+        /// `(shard, from, to)`; `to` keeps the shard's followers.
+        moves: Vec<(ShardId, NodeId, Assignment)>,
+    },
+    /// The old owner stopped these shards (each at the epoch its handoff began): hand them over.
+    Released {
+        /// The old owner.
+        node: NodeId,
+        /// The shards, with the epoch of their handoff.
+        shards: Vec<(ShardId, Epoch)>,
+    },
+    /// Marks a member as leaving (it gets no shards and hands off the ones it has) or not.
+    SetDraining {
+        /// The node.
+        id: NodeId,
+        /// Leaving or not.
+        draining: bool,
+    },
+}
+
+/// A planned move in progress: the shard is unowned until `from` confirms it stopped.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The old owner.
+    pub from: NodeId,
+    /// The assignment after the handoff.
+    pub to: Assignment,
 }
 
 /// What applying a [`Command`] did.
@@ -69,6 +100,12 @@ pub struct ClusterState {
     /// The shard map.
     #[serde(with = "map_bytes")]
     pub shard_map: ShardMap,
+    /// Planned moves waiting for their old owner to confirm.
+    #[serde(default)]
+    pub handoffs: BTreeMap<ShardId, Handoff>,
+    /// Members leaving the cluster.
+    #[serde(default)]
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -93,6 +130,43 @@ impl ClusterState {
             }
             Command::RemoveMember { id } => {
                 self.members.remove(id);
+                self.draining.remove(id);
+            }
+            Command::BeginHandoff { based_on, moves } => {
+                if *based_on != self.shard_map.epoch() {
+                    return CommandResult::StaleMap { based_on: *based_on, current: self.shard_map.epoch() };
+                }
+                let mut changes = Vec::with_capacity(moves.len());
+                for (shard, from, to) in moves {
+                    if self.shard_map.owner(*shard) != Some(*from) || self.handoffs.contains_key(shard) {
+                        continue;
+                    }
+                    let replicas = self.shard_map.replicas(*shard);
+                    changes.push((*shard, Assignment { owner: None, replicas }));
+                    self.handoffs.insert(*shard, Handoff { from: *from, to: to.clone() });
+                }
+                self.shard_map.apply(&changes, Epoch(index));
+            }
+            Command::Released { node, shards } => {
+                let mut changes = Vec::with_capacity(shards.len());
+                for (shard, epoch) in shards {
+                    let ok = self.handoffs.get(shard).is_some_and(|h| h.from == *node)
+                        && self.shard_map.shard_epoch(*shard) == *epoch
+                        && self.shard_map.owner(*shard).is_none();
+                    if ok {
+                        if let Some(h) = self.handoffs.remove(shard) {
+                            changes.push((*shard, h.to));
+                        }
+                    }
+                }
+                self.shard_map.apply(&changes, Epoch(index));
+            }
+            Command::SetDraining { id, draining } => {
+                if *draining {
+                    self.draining.insert(*id);
+                } else {
+                    self.draining.remove(id);
+                }
             }
         }
         CommandResult::Applied { index }

@@ -29,6 +29,8 @@ pub enum RaftRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A command forwarded from a follower to the leader.
     ClientWrite(Command),
+    /// A lease renewal, to the leader.
+    Lease(crate::lease::LeaseRequest),
 }
 
 /// The response to a [`RaftRequest`], same variant.
@@ -42,6 +44,8 @@ pub enum RaftResponse {
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<InstallSnapshotError>>),
     /// ClientWrite result.
     ClientWrite(Result<CommandResult, RaftError<ClientWriteError>>),
+    /// Lease renewal answer.
+    Lease(crate::lease::LeaseReply),
 }
 
 /// A gossip message (topic `clusterfunk/<key>/<env>/members`).

@@ -34,6 +34,7 @@ async fn malformed_proxy_frame_drops_the_peer() {
         node.applied.clone(),
         node.transport.clone(),
         Arc::new(Nobody),
+        node.ownership.clone(),
         node.transport_arbiter(),
     );
     let addr = common::listen_addr(&node).await;

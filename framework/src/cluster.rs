@@ -8,8 +8,12 @@ use actix::{Arbiter, ArbiterHandle};
 use clusterfunk_actors::node::{Node, StartError};
 use clusterfunk_actors::proxy::Router;
 use clusterfunk_actors::shard::{shard_for, ShardKey, ShardMap};
+use clusterfunk_actors::shard_manager::NodeEvent;
 use clusterfunk_actors::types::{ClusterName, NodeId, ShardId};
-use tracing::info;
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::hooks::{Hooks, NodeHooks};
 
 use crate::entity::{HostEnv, Registry, Sharded, ShardedActor};
 use crate::status::MemberStatus;
@@ -179,8 +183,9 @@ impl Cluster {
         tokio::time::timeout(timeout, wait).await.map_err(|_| Error::Timeout(timeout, what))
     }
 
-    /// Stops this node: Raft, the transport and the entity arbiters. Its shards move to the
-    /// others once the failure detector marks it down (about 2.5 s with the defaults).
+    /// Stops this node at once: Raft, the transport and the entity arbiters. Its shards move to
+    /// the others once its lease has surely run out (`L·(1+ρ)/(1−ρ) + G`, about 0.6 s with the
+    /// defaults). Prefer [`leave`](Cluster::leave), which hands them off first.
     pub async fn shutdown(&self) {
         self.inner.node.shutdown().await;
         for a in &self.inner.arbiters {
@@ -188,9 +193,50 @@ impl Cluster {
         }
     }
 
-    /// Leaves the cluster: stops this node (see [`shutdown`](Cluster::shutdown)).
-    pub async fn leave(self) {
+    /// Leaves the cluster gracefully (what a node does on SIGTERM): marks itself as leaving
+    /// through Raft, hands off every shard it owns (each stops here, its hooks run, the move is
+    /// confirmed, then it starts on its new owner; messages meanwhile wait in the senders'
+    /// proxies), then stops. If the handoff does not finish within `timeout` (no quorum, say) it
+    /// stops anyway and the shards move once its lease has run out.
+    pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
+        let node = &self.inner.node;
+        let id = node.id;
+        info!(node = %id, "leaving: handing off shards");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut result = Ok(());
+        loop {
+            let cmd = clusterfunk_actors::state::Command::SetDraining { id, draining: true };
+            match tokio::time::timeout_at(deadline, node.propose(cmd)).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %e, "leave: cannot mark this node as leaving yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => {
+                    result = Err(Error::Timeout(timeout, "the cluster to accept the leave"));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let mut applied = node.applied.clone();
+            let done = applied.wait_for(|a| {
+                a.state.shard_map.owner_counts().get(&id).is_none() && a.state.handoffs.values().all(|h| h.from != id)
+            });
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                result = Err(Error::Timeout(timeout, "this node's shards to be handed off"));
+            } else {
+                info!(node = %id, "leaving: every shard handed off");
+            }
+        }
         self.shutdown().await;
+        result
+    }
+
+    /// The epoch `shard` is served at on this node, if this node serves it now: the fencing
+    /// token for the service's own storage.
+    pub fn shard_epoch(&self, shard: ShardId) -> Option<clusterfunk_actors::types::Epoch> {
+        self.inner.node.ownership.active_epoch(shard).filter(|_| self.inner.node.ownership.lease_valid())
     }
 }
 
@@ -208,8 +254,11 @@ impl ClusterConfig {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let handles: Arc<[ArbiterHandle]> = arbiters.iter().map(|a| a.handle()).collect();
-        let env = HostEnv { arbiters: handles, node: node.id, idle: self.passivate_after };
+        let env =
+            HostEnv { arbiters: handles, node: node.id, ownership: node.ownership.clone(), idle: self.passivate_after };
         let registry = Arc::new(Registry::build(&self.entities.0, &env));
+        node.set_hooks(Arc::new(NodeHooks { registry: registry.clone(), user: self.hooks.clone() }));
+        actix_rt::spawn(forward_events(node.events.subscribe(), self.hooks.clone(), self.node.hook_budget));
         // The proxy's stream tasks run beside the swarm's connection tasks: on a loaded 2-core
         // machine every cross-thread wake-up costs ~25 µs, and a remote ask would otherwise
         // cross threads four more times.
@@ -221,9 +270,10 @@ impl ClusterConfig {
             node.applied.clone(),
             node.transport.clone(),
             registry.clone(),
+            node.ownership.clone(),
             node.transport_arbiter(),
         );
-        actix_rt::spawn(maintain(registry.clone(), node.map.clone(), node.id, self.passivate_after));
+        actix_rt::spawn(passivate(registry.clone(), self.passivate_after));
         let inner = Arc::new(Inner {
             node,
             cluster: self.node.cluster.clone(),
@@ -244,30 +294,34 @@ impl ClusterConfig {
     }
 }
 
-/// Stops entities of shards that left this node, and idle ones.
-async fn maintain(
-    registry: Arc<Registry>,
-    mut map: tokio::sync::watch::Receiver<Arc<ShardMap>>,
-    local: NodeId,
-    idle: Duration,
-) {
+/// Stops idle entities.
+async fn passivate(registry: Arc<Registry>, idle: Duration) {
     let mut tick = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
     loop {
-        tokio::select! {
-            changed = map.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let m = map.borrow_and_update().clone();
-                for host in &registry.controls {
-                    host.on_map(&m, local);
+        tick.tick().await;
+        for host in &registry.controls {
+            host.passivate_idle();
+        }
+    }
+}
+
+/// Hands cluster-level events to the user's hooks, in order, each within the budget.
+async fn forward_events(mut events: broadcast::Receiver<NodeEvent>, hooks: Hooks, budget: Duration) {
+    if hooks.0.is_empty() {
+        return;
+    }
+    loop {
+        match events.recv().await {
+            Ok(ev) => {
+                let Some(ev) = Hooks::node_event(ev) else { continue };
+                if tokio::time::timeout(budget, hooks.fire(vec![ev.clone()])).await.is_err() {
+                    warn!(event = ?ev, ?budget, "hook overran its budget; going on");
                 }
             }
-            _ = tick.tick() => {
-                for host in &registry.controls {
-                    host.passivate_idle();
-                }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "hooks are too slow: cluster events were skipped");
             }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }

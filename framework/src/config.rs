@@ -10,6 +10,7 @@ use clusterfunk_actors::types::ClusterName;
 use clusterfunk_actors::Multiaddr;
 
 use crate::entity::{EntityRegistration, EntitySpec, ShardedActor};
+use crate::hooks::{ClusterEvent, Hook, Hooks};
 
 /// Why a configuration cannot work. Each variant names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +68,12 @@ pub enum ConfigError {
     /// The passivation time is zero.
     #[error("passivate_after: must be more than zero")]
     PassivateAfter,
+    /// The lease settings do not fit (`lease`, `lease_drift` or `lease_grace`), with the reason.
+    #[error("{0}")]
+    Lease(String),
+    /// The hook budget is zero.
+    #[error("hook_budget: must be more than zero")]
+    HookBudget,
 }
 
 /// Registered entity types (shown by name in `Debug`).
@@ -87,6 +94,7 @@ pub struct ClusterConfig {
     pub(crate) entities: Specs,
     pub(crate) passivate_after: Duration,
     pub(crate) proxy: clusterfunk_actors::proxy::Config,
+    pub(crate) hooks: Hooks,
 }
 
 /// Builds a [`ClusterConfig`]. Every setting has a default; see each method.
@@ -109,6 +117,10 @@ pub struct Builder {
     mdns: bool,
     entities: Specs,
     passivate_after: Duration,
+    lease: clusterfunk_actors::lease::Config,
+    journal: Option<PathBuf>,
+    hook_budget: Duration,
+    hooks: Hooks,
 }
 
 impl Default for Builder {
@@ -131,6 +143,10 @@ impl Default for Builder {
             mdns: true,
             entities: Specs::default(),
             passivate_after: Duration::from_secs(120),
+            lease: Default::default(),
+            journal: None,
+            hook_budget: Duration::from_secs(2),
+            hooks: Hooks::default(),
         }
     }
 }
@@ -247,6 +263,67 @@ impl Builder {
         self
     }
 
+    /// L, the node lease (DESIGN §4): a node serves its shards only while a lease granted by
+    /// the Raft leader is valid, renewed every L/3. Shards of a node that stops renewing move
+    /// after `L·(1+ρ)/(1−ρ) + G`. Default 500 ms; at least three Raft heartbeats (150 ms).
+    pub fn lease(mut self, l: Duration) -> Self {
+        self.lease.duration = l;
+        self
+    }
+
+    /// ρ, the largest relative drift between two nodes' clocks. Default 0.01.
+    pub fn lease_drift(mut self, rho: f64) -> Self {
+        self.lease.drift = rho;
+        self
+    }
+
+    /// G, extra time before a silent node's shards move. Default 100 ms.
+    pub fn lease_grace(mut self, g: Duration) -> Self {
+        self.lease.grace = g;
+        self
+    }
+
+    /// Appends this node's ownership journal (JSON lines: `activate`, `deactivate`,
+    /// `reject_stale`, with shard, epoch and `CLOCK_MONOTONIC` nanoseconds) to `path`, for the
+    /// history checkers. Default: no journal.
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
+        self
+    }
+
+    /// How long each lifecycle hook may run before the shard proceeds without it (logged and
+    /// counted). Default 2 s.
+    pub fn hook_budget(mut self, budget: Duration) -> Self {
+        self.hook_budget = budget;
+        self
+    }
+
+    /// Calls `f` for every [`ClusterEvent`] on this node (see [`crate::hooks`] for the order).
+    /// Shard hooks are awaited: a shard serves only after its `ShardAssigned` hooks returned.
+    ///
+    /// ```
+    /// use clusterfunk::{Cluster, ClusterEvent};
+    /// let builder = Cluster::builder().on_event(|ev| async move {
+    ///     if let ClusterEvent::ShardAssigned { shard, epoch, .. } = ev {
+    ///         println!("serving shard {shard} at epoch {epoch}: load its data here");
+    ///     }
+    /// });
+    /// ```
+    pub fn on_event<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(ClusterEvent) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.0.push(Hook::closure(f));
+        self
+    }
+
+    /// Sends every [`ClusterEvent`] on this node to an actor, waiting for its handler.
+    pub fn hooks(mut self, actor: actix::Recipient<ClusterEvent>) -> Self {
+        self.hooks.0.push(Hook::Actor(actor));
+        self
+    }
+
     /// Checks every field and returns a configuration ready to start.
     pub fn build(self) -> Result<ClusterConfig, ConfigError> {
         let cluster = ClusterName::new(&self.name, &self.env);
@@ -280,6 +357,11 @@ impl Builder {
         if self.passivate_after.is_zero() {
             return Err(ConfigError::PassivateAfter);
         }
+        if self.hook_budget.is_zero() {
+            return Err(ConfigError::HookBudget);
+        }
+        let raft: clusterfunk_actors::consensus::Config = Default::default();
+        self.lease.validate(raft.heartbeat_interval).map_err(ConfigError::Lease)?;
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("clusterfunk-data").join(format!("{}-{}", self.name, self.env)));
@@ -302,6 +384,9 @@ impl Builder {
             membership: Default::default(),
             raft: Default::default(),
             shard_manager: Default::default(),
+            lease: self.lease,
+            journal: self.journal,
+            hook_budget: self.hook_budget,
         };
         Ok(ClusterConfig {
             node,
@@ -309,6 +394,7 @@ impl Builder {
             entities: self.entities,
             passivate_after: self.passivate_after,
             proxy: Default::default(),
+            hooks: self.hooks,
         })
     }
 }

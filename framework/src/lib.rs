@@ -21,6 +21,7 @@ mod cluster;
 mod config;
 mod dashboard;
 mod entity;
+pub mod hooks;
 mod status;
 
 pub use cluster::{Cluster, Error};
@@ -29,7 +30,10 @@ pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
 pub use config::{Builder, ClusterConfig, ConfigError};
 pub use entity::{EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
-pub use status::{ClusterInfo, ClusterStatus, MemberStatus, RaftInfo, ShardMapStatus, TrafficStatus, TransportStatus};
+pub use hooks::ClusterEvent;
+pub use status::{
+    ClusterInfo, ClusterStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus, TransportStatus,
+};
 
 /// What most users import.
 pub mod prelude {

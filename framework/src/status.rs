@@ -32,6 +32,27 @@ pub struct ClusterStatus {
     pub transport: TransportStatus,
     /// Entity traffic counters (cumulative; rates are their differences over time).
     pub traffic: TrafficStatus,
+    /// What this node serves: its lease and active shards (DESIGN §4).
+    pub ownership: OwnershipStatus,
+}
+
+/// This node's lease and serving state.
+#[derive(Clone, Debug, Serialize)]
+pub struct OwnershipStatus {
+    /// Whether this node holds a valid lease (without one it serves nothing).
+    pub lease_valid: bool,
+    /// Milliseconds the lease is still valid for.
+    pub lease_left_ms: Option<u64>,
+    /// Shards this node serves now.
+    pub serving: u64,
+    /// Messages refused for a stale epoch.
+    pub rejected_stale: u64,
+    /// Shard hooks that overran their budget.
+    pub hooks_overrun: u64,
+    /// Planned moves waiting for their old owner to confirm.
+    pub handoffs_pending: usize,
+    /// Whether this node is leaving the cluster.
+    pub draining: bool,
 }
 
 /// Entity traffic on this node.
@@ -185,6 +206,20 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 malformed: r.malformed.load(Ordering::Relaxed),
                 entities: inner.registry.controls.iter().map(|h| h.len() as u64).sum(),
                 activations: inner.registry.controls.iter().map(|h| h.activations()).sum(),
+            }
+        },
+        ownership: {
+            let o = node.ownership.stats();
+            let now = node.ownership.clock().now();
+            let until = node.ownership.lease_until().filter(|u| *u > now);
+            OwnershipStatus {
+                lease_valid: until.is_some(),
+                lease_left_ms: until.map(|u| u.duration_since(now).as_millis() as u64),
+                serving: o.active,
+                rejected_stale: o.rejected_stale,
+                hooks_overrun: node.activator.hooks_overrun.load(Ordering::Relaxed),
+                handoffs_pending: applied.state.handoffs.len(),
+                draining: applied.state.draining.contains(&node.id),
             }
         },
     }

@@ -54,6 +54,7 @@ pub struct Consensus {
     applied: watch::Receiver<Arc<AppliedState>>,
     view: watch::Receiver<Arc<View>>,
     settings: Settings,
+    lease: Arc<crate::lease::LeaseService>,
     membership_busy: bool,
 }
 
@@ -84,8 +85,9 @@ impl Consensus {
         applied: watch::Receiver<Arc<AppliedState>>,
         view: watch::Receiver<Arc<View>>,
         settings: Settings,
+        lease: Arc<crate::lease::LeaseService>,
     ) -> Consensus {
-        Consensus { raft, transport, applied, view, settings, membership_busy: false }
+        Consensus { raft, transport, applied, view, settings, lease, membership_busy: false }
     }
 
     fn metrics(&self) -> RaftMetrics {
@@ -140,9 +142,14 @@ impl Handler<InboundRaft> for Consensus {
     type Result = ();
 
     fn handle(&mut self, msg: InboundRaft, _: &mut Context<Self>) {
+        if let RaftRequest::Lease(req) = &msg.request {
+            let _ = msg.reply.send(RaftResponse::Lease(self.lease.grant(req)));
+            return;
+        }
         let raft = self.raft.clone();
         actix::spawn(async move {
             let resp = match msg.request {
+                RaftRequest::Lease(_) => unreachable!("answered above"),
                 RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
                 RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
                 RaftRequest::InstallSnapshot(r) => RaftResponse::InstallSnapshot(raft.install_snapshot(r).await),

@@ -19,6 +19,10 @@ pub struct Envelope {
     /// The encoded message.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// The shard's epoch in the sender's map (the fencing token): a receiver refuses a message
+    /// stamped with an epoch older than the one it serves the shard at. `Epoch(0)`: not stamped.
+    #[serde(default)]
+    pub epoch: Epoch,
 }
 
 /// Why a node refused a message. ONLY APPEND.
@@ -109,13 +113,27 @@ mod tests {
     fn round_trip_and_golden() {
         let f = Frame::Request {
             id: 7,
-            env: Envelope { entity: 1, message: 2, shard: ShardId(3), key: b"k".to_vec(), payload: vec![0x90] },
+            env: Envelope {
+                entity: 1,
+                message: 2,
+                shard: ShardId(3),
+                key: b"k".to_vec(),
+                payload: vec![0x90],
+                epoch: Epoch(7),
+            },
         };
         let bytes = f.encode();
         assert_eq!(u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
         assert_eq!(crate::wire::decode::<Frame>(&bytes[4..]).unwrap(), f);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "0000001581a752657175657374920795010203c4016bc40190");
+        assert_eq!(hex, "0000001681a752657175657374920796010203c4016bc4019007");
+        // A frame from before the epoch field decodes with `Epoch(0)` (not stamped).
+        let old = [
+            0x81, 0xa7, b'R', b'e', b'q', b'u', b'e', b's', b't', 0x92, 0x07, 0x95, 1, 2, 3, 0xc4, 1, b'k', 0xc4, 1,
+            0x90,
+        ];
+        let Frame::Request { env, .. } = crate::wire::decode::<Frame>(&old).unwrap() else { panic!() };
+        assert_eq!(env.epoch, Epoch(0));
         assert_eq!(length_prefixed(&RequestRef::Request { id: 7, env: &env_of(&f) }), bytes, "same bytes borrowed");
         let r = Frame::Response {
             id: 7,

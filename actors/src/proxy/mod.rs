@@ -41,8 +41,6 @@ pub struct Config {
     /// How many messages may wait for a route at once; beyond it they fail with
     /// [`Error::Overloaded`]. Default 10,000.
     pub max_waiting: usize,
-    /// `NotOwner` answers retried before giving up. Default 3.
-    pub retries: u32,
     /// Largest frame accepted, in bytes. Default 4 MiB.
     pub max_frame: usize,
     /// Requests served at once per inbound stream. Default 4096.
@@ -57,7 +55,6 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             route_wait: Duration::from_secs(5),
             max_waiting: 10_000,
-            retries: 3,
             max_frame: 4 << 20,
             inbound_concurrency: 4096,
         }

@@ -14,6 +14,7 @@ use super::frame::{Envelope, Refusal};
 use super::link::Link;
 use super::{Config, Dispatch, Error};
 use crate::consensus::AppliedState;
+use crate::ownership::Ownership;
 use crate::shard::ShardMap;
 use crate::transport::{self, parse_peer};
 use crate::types::{NodeId, ShardId};
@@ -64,6 +65,7 @@ struct Inner {
     control: tokio::sync::Mutex<libp2p_stream::Control>,
     links: Mutex<HashMap<NodeId, Link>>,
     dispatch: Arc<dyn Dispatch>,
+    ownership: Arc<Ownership>,
     arbiter: ArbiterHandle,
     waiting: Arc<Semaphore>,
     stats: Stats,
@@ -87,6 +89,7 @@ impl Router {
         applied: watch::Receiver<Arc<AppliedState>>,
         transport: transport::Handle,
         dispatch: Arc<dyn Dispatch>,
+        ownership: Arc<Ownership>,
         arbiter: ArbiterHandle,
     ) -> Router {
         let protocol = super::protocol(cluster);
@@ -104,6 +107,7 @@ impl Router {
                 control: tokio::sync::Mutex::new(control),
                 links: Mutex::new(HashMap::new()),
                 dispatch,
+                ownership,
                 arbiter: arbiter.clone(),
                 stats: Stats::default(),
             }),
@@ -137,16 +141,22 @@ impl Router {
     }
 
     /// Sends an encoded message to its shard's owner (this node included) and returns the
-    /// encoded result. Waits (bounded) while the shard has no owner; on `NotOwner` or an
-    /// unreachable owner, waits for a newer map and retries within the budget.
-    pub async fn request(&self, env: Envelope) -> Result<Vec<u8>, Error> {
+    /// encoded result, stamped with the shard's epoch in this node's map. Waits (bounded by the
+    /// route wait) while the shard has no owner (a handoff in progress, a failover); on `NotOwner`
+    /// (the owner is activating, its lease lapsed, or one of the two maps is behind) or an
+    /// unreachable owner, waits for a newer map or a moment and retries.
+    pub async fn request(&self, mut env: Envelope) -> Result<Vec<u8>, Error> {
         let start = Instant::now();
         let mut map = self.inner.map.clone();
-        let mut refusals = 0;
+        let mut refusals = 0u32;
         let result = loop {
-            let r = route(&map.borrow_and_update(), self.inner.local, env.shard);
+            let r = {
+                let m = map.borrow_and_update();
+                env.epoch = m.shard_epoch(env.shard);
+                route(&m, self.inner.local, env.shard)
+            };
             let attempt = match r {
-                Route::Local => self.inner.dispatch.dispatch(env.clone()).await.map_err(Error::Refused),
+                Route::Local => self.deliver_local(env.clone()).await,
                 Route::Remote(node) => self.remote(node, &env).await,
                 Route::Wait => {
                     self.wait_for_map(&mut map, start, env.shard, None).await?;
@@ -154,10 +164,10 @@ impl Router {
                 }
             };
             match attempt {
-                Err(Error::Refused(Refusal::NotOwner { .. })) if refusals < self.inner.cfg.retries => {
+                Err(Error::Refused(Refusal::NotOwner { .. })) if start.elapsed() < self.inner.cfg.route_wait => {
                     refusals += 1;
-                    // The receiver may be ahead of us or behind: wait a little for our map.
-                    let nap = Duration::from_millis(20 << refusals);
+                    // The receiver may be ahead of us or behind, or about to serve: wait a little.
+                    let nap = Duration::from_millis((2u64 << refusals.min(6)).min(100));
                     self.wait_for_map(&mut map, start, env.shard, Some(nap)).await?;
                 }
                 Err(Error::Unreachable { .. }) if start.elapsed() < self.inner.cfg.route_wait => {
@@ -195,6 +205,23 @@ impl Router {
             Err(_) if nap.is_some() && start.elapsed() < self.inner.cfg.route_wait => Ok(()),
             Err(_) => Err(Error::NoOwner { shard, waited: start.elapsed() }),
         }
+    }
+
+    /// Whether this node serves `shard` right now (lease valid, shard active): a caller may then
+    /// deliver locally without the router.
+    #[inline]
+    pub fn serving(&self, shard: ShardId) -> bool {
+        self.inner.ownership.active_epoch(shard).is_some() && self.inner.ownership.lease_valid()
+    }
+
+    /// This node's serving table.
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.inner.ownership
+    }
+
+    async fn deliver_local(&self, env: Envelope) -> Result<Vec<u8>, Error> {
+        self.inner.ownership.check(env.shard, env.epoch, &self.inner.map.borrow()).map_err(Error::Refused)?;
+        self.inner.dispatch.dispatch(env).await.map_err(Error::Refused)
     }
 
     async fn remote(&self, node: NodeId, env: &Envelope) -> Result<Vec<u8>, Error> {
@@ -243,19 +270,10 @@ impl Router {
         parse_peer(&meta.peer_id, &meta.addrs).map_err(|_| Error::Unreachable { node, reason: "bad peer id" })
     }
 
-    /// Serves a message that arrived from a peer: refuses it unless this node owns the shard.
+    /// Serves a message that arrived from a peer: refuses it unless this node serves the shard
+    /// now (lease valid, shard active) at an epoch no newer than the message's.
     pub(crate) async fn serve_local(&self, env: Envelope) -> Result<Vec<u8>, Refusal> {
-        let refusal = {
-            let map = self.inner.map.borrow();
-            match route(&map, self.inner.local, env.shard) {
-                Route::Local => None,
-                _ => Some(Refusal::NotOwner {
-                    shard: env.shard,
-                    epoch: map.shard_epoch(env.shard),
-                    owner: map.owner(env.shard),
-                }),
-            }
-        };
+        let refusal = self.inner.ownership.check(env.shard, env.epoch, &self.inner.map.borrow()).err();
         if let Some(r) = refusal {
             self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(r);

@@ -1,60 +1,122 @@
-//! The shard manager actor: ticks the core, proposes its commands, publishes the committed map.
+//! The shard manager actor: ticks the core on the leader, proposes its commands, publishes the
+//! committed map, and reports cluster-level events (leader, members, rebalances).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use super::core::{Core, Decision};
 use crate::consensus::types::Raft;
 use crate::consensus::{AppliedState, Consensus, Propose};
-use crate::membership::View;
-use crate::shard::ShardMap;
+use crate::lease::LeaseService;
+use crate::membership::{MemberState, View};
+use crate::shard::{Plan, ShardMap};
 use crate::state::CommandResult;
+use crate::types::NodeId;
 
-const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(50);
+
+/// A cluster-level event, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// The Raft leader changed.
+    LeaderChanged {
+        /// The new leader, if one is known.
+        leader: Option<NodeId>,
+        /// Its term.
+        term: u64,
+    },
+    /// A member is up (this node's failure detector).
+    MemberUp(NodeId),
+    /// A member is down.
+    MemberDown(NodeId),
+    /// This node, as leader, started a rebalance.
+    RebalanceStarted(Plan),
+    /// The rebalance this node started has finished (every handoff confirmed).
+    RebalanceFinished(Plan),
+}
 
 /// The shard manager actor.
 pub struct ShardManager {
     core: Core,
     raft: Raft,
     consensus: Addr<Consensus>,
+    lease: Arc<LeaseService>,
     applied: watch::Receiver<Arc<AppliedState>>,
     view: watch::Receiver<Arc<View>>,
     map: watch::Sender<Arc<ShardMap>>,
+    events: broadcast::Sender<NodeEvent>,
+    leader: Option<NodeId>,
+    up: BTreeSet<NodeId>,
+    open_plan: Option<Plan>,
+    busy: bool,
 }
 
 impl ShardManager {
-    /// A shard manager publishing the committed map on the returned watch.
+    /// A shard manager publishing the committed map on the returned watch and events on `events`.
     pub fn new(
         core: Core,
         raft: Raft,
         consensus: Addr<Consensus>,
+        lease: Arc<LeaseService>,
         applied: watch::Receiver<Arc<AppliedState>>,
         view: watch::Receiver<Arc<View>>,
+        events: broadcast::Sender<NodeEvent>,
     ) -> (ShardManager, watch::Receiver<Arc<ShardMap>>) {
         let initial = Arc::new(applied.borrow().state.shard_map.clone());
         let (tx, rx) = watch::channel(initial);
-        (ShardManager { core, raft, consensus, applied, view, map: tx }, rx)
+        let sm = ShardManager {
+            core,
+            raft,
+            consensus,
+            lease,
+            applied,
+            view,
+            map: tx,
+            events,
+            leader: None,
+            up: BTreeSet::new(),
+            open_plan: None,
+            busy: false,
+        };
+        (sm, rx)
+    }
+
+    fn emit(&self, ev: NodeEvent) {
+        // No receiver yet is fine; a lagging receiver learns of the lag when it reads.
+        let _ = self.events.send(ev);
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
         let applied = self.applied.borrow().clone();
-        self.publish_map(&applied);
-        let is_leader = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.current_leader == Some(m.id)
-        };
-        let view = self.view.borrow().clone();
-        let Decision::Commit(cmd) = self.core.tick(Instant::now(), is_leader, &applied.state, &view) else { return };
+        self.watch_cluster();
+        if self.open_plan.is_some() && !self.in_flight() && applied.state.handoffs.is_empty() {
+            let plan = self.open_plan.take().expect("checked");
+            info!(moves = plan.moves.len(), "rebalance finished");
+            self.emit(NodeEvent::RebalanceFinished(plan));
+        }
+        let leader_for = self.lease.leader_for();
+        let lease = self.lease.clone();
+        let decision = self.core.tick(Instant::now(), leader_for, &applied.state, |n| lease.expired(n));
+        let Decision::Commit(cmd, plan) = decision else { return };
+        self.busy = true;
         let send = self.consensus.send(Propose(cmd));
-        ctx.spawn(send.into_actor(self).map(|res, act, _| {
+        ctx.spawn(send.into_actor(self).map(move |res, act, _| {
             act.core.committed();
+            act.busy = false;
             match res {
-                Ok(Ok(CommandResult::Applied { index })) => info!(epoch = index, "shard map committed"),
+                Ok(Ok(CommandResult::Applied { index })) => {
+                    info!(epoch = index, "shard map committed");
+                    if let Some(plan) = plan {
+                        act.emit(NodeEvent::RebalanceStarted(plan.clone()));
+                        act.open_plan = Some(plan);
+                    }
+                }
                 Ok(Ok(other)) => warn!(result = ?other, "shard map refused; recomputing"),
                 Ok(Err(e)) => warn!(error = %e, "shard map proposal failed; retrying"),
                 Err(e) => warn!(error = %e, "consensus mailbox unavailable; retrying"),
@@ -62,12 +124,30 @@ impl ShardManager {
         }));
     }
 
-    fn publish_map(&self, applied: &AppliedState) {
-        let current = self.map.borrow().epoch();
-        let next = &applied.state.shard_map;
-        if next.epoch() != current || next.shard_count() != self.map.borrow().shard_count() {
-            self.map.send_replace(Arc::new(next.clone()));
+    fn in_flight(&self) -> bool {
+        self.busy
+    }
+
+    fn watch_cluster(&mut self) {
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != self.leader {
+            self.leader = leader;
+            self.emit(NodeEvent::LeaderChanged { leader, term });
         }
+        let view = self.view.borrow().clone();
+        let up: BTreeSet<NodeId> =
+            view.members.iter().filter(|(_, m)| m.state != MemberState::Down).map(|(id, _)| *id).collect();
+        for id in up.difference(&self.up) {
+            self.emit(NodeEvent::MemberUp(*id));
+        }
+        for id in self.up.difference(&up) {
+            self.emit(NodeEvent::MemberDown(*id));
+        }
+        self.up = up;
     }
 }
 
@@ -76,5 +156,22 @@ impl Actor for ShardManager {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |act, ctx| act.on_tick(ctx));
+        // The committed map is published as soon as it is applied, not on the next tick.
+        let (mut applied, map) = (self.applied.clone(), self.map.clone());
+        ctx.spawn(
+            async move {
+                loop {
+                    let next = applied.borrow_and_update().state.shard_map.clone();
+                    let cur = map.borrow().clone();
+                    if next.epoch() != cur.epoch() || next.shard_count() != cur.shard_count() {
+                        map.send_replace(Arc::new(next));
+                    }
+                    if applied.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .into_actor(self),
+        );
     }
 }

@@ -1,85 +1,130 @@
-//! The shard manager's decision: when to commit which allocation. Pure.
+//! The shard manager's decision: when to commit which allocation, and how. Pure.
+//!
+//! - Shards of a node whose lease has surely run out (the lease table says so) move at once, in
+//!   one `SetAssignments`: the old owner cannot serve any more and cannot confirm anything.
+//! - Every other owner change is a planned move: `BeginHandoff` takes the shard from its live
+//!   owner, which stops it and confirms with `Released`; only then does the new owner get it.
+//!   A handoff not confirmed within the lease takeover time is released by the leader: by then
+//!   the old owner has applied the handoff or its lease ran out (grants require the leader's
+//!   applied index), so it is not serving.
+//! - Planned moves, first assignments and replica changes are debounced, so a rolling start
+//!   becomes one map change.
 
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
 use super::Config;
-use crate::membership::{MemberState, View};
-use crate::shard::{allocate, Candidate};
+use crate::shard::{allocate, Assignment, Candidate, Plan};
 use crate::state::{ClusterState, Command};
+use crate::types::{NodeId, ShardId};
 
 /// What the core wants done.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     /// Nothing to do now.
     Wait,
-    /// Commit this command.
-    Commit(Command),
+    /// Commit this command (`plan` is set when it starts a rebalance).
+    Commit(Command, Option<Plan>),
 }
 
 /// Decides rebalances on the leader.
 pub struct Core {
     cfg: Config,
-    leader_since: Option<Instant>,
     needed_since: Option<Instant>,
     in_flight: bool,
+    handoff_seen: HashMap<ShardId, Instant>,
 }
 
 impl Core {
     /// A core with `cfg`.
     pub fn new(cfg: Config) -> Core {
-        Core { cfg, leader_since: None, needed_since: None, in_flight: false }
+        Core { cfg, needed_since: None, in_flight: false, handoff_seen: HashMap::new() }
     }
 
-    /// The live candidates: registered members the view does not hold down. A member absent from
-    /// the view counts as alive during `leader_grace` after becoming leader.
-    pub fn candidates(&self, state: &ClusterState, view: &View, now: Instant) -> Vec<Candidate> {
-        let in_grace = self.leader_since.is_some_and(|t| now.duration_since(t) < self.cfg.leader_grace);
+    /// The candidates for shards: registered members whose lease has not run out and that are
+    /// not leaving.
+    pub fn candidates(state: &ClusterState, expired: &impl Fn(NodeId) -> bool) -> Vec<Candidate> {
         state
             .members
             .values()
-            .filter(|m| match view.members.get(&m.id) {
-                Some(v) => v.state != MemberState::Down,
-                None => in_grace,
-            })
+            .filter(|m| !expired(m.id) && !state.draining.contains(&m.id))
             .map(|m| Candidate { id: m.id, weight: m.weight.max(1), zone: m.zone.clone() })
             .collect()
     }
 
-    /// Called on every tick with the latest state.
-    pub fn tick(&mut self, now: Instant, is_leader: bool, state: &ClusterState, view: &View) -> Decision {
-        if !is_leader {
-            self.leader_since = None;
+    /// Called on every tick with the latest state. `leader_for` is how long this node has led
+    /// (`None`: not the leader); `expired(node)` whether the node's lease has surely run out.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        leader_for: Option<Duration>,
+        state: &ClusterState,
+        expired: impl Fn(NodeId) -> bool,
+    ) -> Decision {
+        let Some(led) = leader_for else {
             self.needed_since = None;
+            self.handoff_seen.clear();
             return Decision::Wait;
-        }
-        let since = *self.leader_since.get_or_insert(now);
+        };
         if self.in_flight || state.name.is_none() || state.members.is_empty() {
             return Decision::Wait;
         }
-        // A new leader first waits for its failure detector to hear from the members.
-        if now.duration_since(since) < self.cfg.debounce {
+        // A new leader first lets the members renew their leases with it.
+        if led < self.cfg.debounce.min(self.cfg.handoff_timeout) {
             return Decision::Wait;
         }
-        let alloc = allocate(&state.shard_map, &self.candidates(state, view, now));
-        if alloc.is_empty() {
+        let map = &state.shard_map;
+        // Handoffs the old owner did not confirm in time.
+        self.handoff_seen.retain(|s, _| state.handoffs.contains_key(s));
+        let mut overdue: BTreeMap<NodeId, Vec<(ShardId, crate::types::Epoch)>> = BTreeMap::new();
+        for (shard, h) in &state.handoffs {
+            let seen = *self.handoff_seen.entry(*shard).or_insert(now);
+            if now.saturating_duration_since(seen) >= self.cfg.handoff_timeout || expired(h.from) {
+                overdue.entry(h.from).or_default().push((*shard, map.shard_epoch(*shard)));
+            }
+        }
+        if let Some((node, shards)) = overdue.into_iter().next() {
+            info!(%node, shards = shards.len(), "handoff not confirmed in time: releasing on the lease rule");
+            return self.commit(Command::Released { node, shards }, None);
+        }
+
+        let alloc = allocate(map, &Self::candidates(state, &expired));
+        let changes: Vec<_> = alloc.changes.into_iter().filter(|(s, _)| !state.handoffs.contains_key(s)).collect();
+        if changes.is_empty() {
             self.needed_since = None;
             return Decision::Wait;
         }
+        // Failover: owners whose lease ran out lose their shards now, without debounce.
+        let (failover, rest): (Vec<_>, Vec<_>) =
+            changes.into_iter().partition(|(s, _)| map.owner(*s).is_some_and(&expired));
+        if !failover.is_empty() {
+            info!(shards = failover.len(), based_on = %map.epoch(), "failover: reassigning shards of nodes whose lease ran out");
+            let plan = Plan { moves: alloc.plan.moves.clone(), ..Plan::default() };
+            return self.commit(Command::SetAssignments { based_on: map.epoch(), changes: failover }, Some(plan));
+        }
         let needed = *self.needed_since.get_or_insert(now);
-        if now.duration_since(needed) < self.cfg.debounce {
+        if now.saturating_duration_since(needed) < self.cfg.debounce {
             return Decision::Wait;
         }
-        self.in_flight = true;
         self.needed_since = None;
-        info!(
-            moves = alloc.plan.moves.len(),
-            replica_changes = alloc.plan.replica_changes,
-            based_on = %state.shard_map.epoch(),
-            "rebalance: committing a new shard map"
-        );
-        Decision::Commit(Command::SetAssignments { based_on: state.shard_map.epoch(), changes: alloc.changes })
+        let (planned, direct): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(s, a): &(ShardId, Assignment)| map.owner(*s).is_some_and(|o| Some(o) != a.owner));
+        if !direct.is_empty() {
+            info!(shards = direct.len(), based_on = %map.epoch(), "rebalance: assigning shards");
+            return self
+                .commit(Command::SetAssignments { based_on: map.epoch(), changes: direct }, Some(alloc.plan.clone()));
+        }
+        info!(moves = planned.len(), based_on = %map.epoch(), "rebalance: handing off shards");
+        let moves = planned.into_iter().filter_map(|(s, a)| map.owner(s).map(|from| (s, from, a))).collect();
+        self.commit(Command::BeginHandoff { based_on: map.epoch(), moves }, Some(alloc.plan))
+    }
+
+    fn commit(&mut self, cmd: Command, plan: Option<Plan>) -> Decision {
+        self.in_flight = true;
+        Decision::Commit(cmd, plan)
     }
 
     /// The commit finished (applied, refused or failed): decide again on the next tick.
@@ -90,11 +135,8 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::membership::MemberView;
-    use crate::types::{ClusterName, NodeId, NodeMeta};
+    use crate::types::{ClusterName, Epoch, NodeMeta};
 
     fn state(ids: &[u64]) -> ClusterState {
         let mut st = ClusterState::default();
@@ -108,56 +150,101 @@ mod tests {
         st
     }
 
-    fn view(up: &[u64], down: &[u64]) -> View {
-        let mv = |i: &u64, s| {
-            (NodeId(*i), MemberView { meta: NodeMeta { id: NodeId(*i), ..NodeMeta::default() }, state: s })
-        };
-        View {
-            local: NodeId(up[0]),
-            members: up
-                .iter()
-                .map(|i| mv(i, MemberState::Up))
-                .chain(down.iter().map(|i| mv(i, MemberState::Down)))
-                .collect(),
+    const MS: Duration = Duration::from_millis(1);
+
+    fn commit(d: Decision) -> Command {
+        match d {
+            Decision::Commit(c, _) => c,
+            Decision::Wait => panic!("expected a commit"),
         }
     }
 
     #[test]
-    fn debounces_then_commits_once() {
-        let mut c = Core::new(Config::default());
-        let (st, v) = (state(&[1, 2]), view(&[1, 2], &[]));
-        let t0 = Instant::now();
-        assert_eq!(c.tick(t0, true, &st, &v), Decision::Wait, "new leader waits");
-        assert_eq!(c.tick(t0 + Duration::from_millis(500), true, &st, &v), Decision::Wait, "debounce starts");
-        let Decision::Commit(Command::SetAssignments { changes, .. }) =
-            c.tick(t0 + Duration::from_millis(1000), true, &st, &v)
-        else {
-            panic!("expected a commit")
-        };
-        assert_eq!(changes.len(), 16);
-        assert_eq!(c.tick(t0 + Duration::from_millis(1100), true, &st, &v), Decision::Wait, "one in flight");
-    }
-
-    #[test]
-    fn down_members_get_no_shards_and_followers_decide_nothing() {
-        let mut c = Core::new(Config::default());
-        let st = state(&[1, 2, 3]);
-        let t0 = Instant::now();
-        c.tick(t0, true, &st, &view(&[1, 2], &[3]));
-        let ids: Vec<u64> = c.candidates(&st, &view(&[1, 2], &[3]), t0).iter().map(|c| c.id.0).collect();
-        assert_eq!(ids, vec![1, 2]);
-        let mut f = Core::new(Config::default());
-        assert_eq!(f.tick(t0 + Duration::from_secs(5), false, &st, &view(&[1], &[])), Decision::Wait);
-    }
-
-    #[test]
-    fn unknown_members_count_as_alive_only_during_grace() {
+    fn debounces_first_assignment_then_commits_once() {
         let mut c = Core::new(Config::default());
         let st = state(&[1, 2]);
-        let v = view(&[1], &[]);
         let t0 = Instant::now();
-        c.tick(t0, true, &st, &v);
-        assert_eq!(c.candidates(&st, &v, t0 + Duration::from_secs(1)).len(), 2);
-        assert_eq!(c.candidates(&st, &v, t0 + Duration::from_secs(3)).len(), 1);
+        let alive = |_| false;
+        assert_eq!(c.tick(t0, Some(MS), &st, alive), Decision::Wait, "new leader waits");
+        assert_eq!(c.tick(t0, Some(600 * MS), &st, alive), Decision::Wait, "debounce starts");
+        let Command::SetAssignments { changes, .. } = commit(c.tick(t0 + 500 * MS, Some(1100 * MS), &st, alive)) else {
+            panic!()
+        };
+        assert_eq!(changes.len(), 16);
+        assert_eq!(c.tick(t0 + 600 * MS, Some(1200 * MS), &st, alive), Decision::Wait, "one in flight");
+        assert_eq!(c.tick(t0, None, &st, alive), Decision::Wait, "followers decide nothing");
+    }
+
+    fn assigned(ids: &[u64]) -> ClusterState {
+        let mut st = state(ids);
+        let mut c = Core::new(Config::default());
+        let t0 = Instant::now();
+        c.tick(t0, Some(Duration::from_secs(1)), &st, |_| false);
+        let cmd = commit(c.tick(t0 + Duration::from_secs(1), Some(Duration::from_secs(2)), &st, |_| false));
+        st.apply(&cmd, 10);
+        st
+    }
+
+    #[test]
+    fn an_expired_owner_loses_its_shards_at_once_and_a_live_one_hands_off() {
+        let st = assigned(&[1, 2]);
+        let t0 = Instant::now();
+        let mut c = Core::new(Config::default());
+        let Command::SetAssignments { changes, .. } =
+            commit(c.tick(t0, Some(Duration::from_secs(5)), &st, |n| n == NodeId(2)))
+        else {
+            panic!("failover is a direct assignment")
+        };
+        assert_eq!(changes.len(), 8);
+        assert!(changes.iter().all(|(_, a)| a.owner == Some(NodeId(1))));
+
+        // A third node joins: the planned moves are handoffs, after the debounce.
+        let mut st = st;
+        st.apply(&Command::RegisterMember { meta: NodeMeta { id: NodeId(3), weight: 1, ..NodeMeta::default() } }, 11);
+        let mut c = Core::new(Config::default());
+        assert_eq!(c.tick(t0, Some(Duration::from_secs(5)), &st, |_| false), Decision::Wait);
+        let Command::BeginHandoff { moves, based_on } =
+            commit(c.tick(t0 + Duration::from_secs(1), Some(Duration::from_secs(6)), &st, |_| false))
+        else {
+            panic!("a live owner hands off")
+        };
+        assert_eq!(moves.len(), 5);
+        assert!(moves.iter().all(|(_, _, to)| to.owner == Some(NodeId(3))));
+        c.committed();
+        st.apply(&Command::BeginHandoff { based_on, moves: moves.clone() }, 12);
+        let (shard, from, _) = moves[0].clone();
+        assert_eq!(st.shard_map.owner(shard), None, "unowned while the old owner stops");
+        // The old owner confirms one; the leader releases the rest once the handoff is overdue.
+        st.apply(&Command::Released { node: from, shards: vec![(shard, Epoch(12))] }, 13);
+        assert_eq!(st.shard_map.owner(shard), Some(NodeId(3)));
+        assert_eq!(st.shard_map.shard_epoch(shard), Epoch(13));
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(c.tick(t1, Some(Duration::from_secs(7)), &st, |_| false), Decision::Wait);
+        let late = t1 + Config::default().handoff_timeout;
+        let Command::Released { shards, .. } = commit(c.tick(late, Some(Duration::from_secs(8)), &st, |_| false))
+        else {
+            panic!("overdue handoffs are released")
+        };
+        assert_eq!(shards.len(), st.handoffs.values().filter(|h| h.from == shards_from(&st, &shards)).count());
+    }
+
+    fn shards_from(st: &ClusterState, shards: &[(ShardId, Epoch)]) -> NodeId {
+        st.handoffs[&shards[0].0].from
+    }
+
+    #[test]
+    fn a_draining_node_hands_off_everything() {
+        let mut st = assigned(&[1, 2]);
+        st.apply(&Command::SetDraining { id: NodeId(2), draining: true }, 11);
+        let mut c = Core::new(Config::default());
+        let t0 = Instant::now();
+        c.tick(t0, Some(Duration::from_secs(5)), &st, |_| false);
+        let Command::BeginHandoff { moves, .. } =
+            commit(c.tick(t0 + Duration::from_secs(1), Some(Duration::from_secs(6)), &st, |_| false))
+        else {
+            panic!()
+        };
+        assert_eq!(moves.len(), 8);
+        assert!(moves.iter().all(|(_, from, to)| *from == NodeId(2) && to.owner == Some(NodeId(1))));
     }
 }

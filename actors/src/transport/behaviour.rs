@@ -22,6 +22,9 @@ pub(crate) struct Behaviour {
     pub(crate) raft: request_response::Behaviour<RaftCodec>,
     /// Long-lived streams for the proxy path (one per peer, frames coalesced).
     pub(crate) streams: libp2p_stream::Behaviour,
+    /// Peers refused at the connection level: the fault-injection partition (and an operator's
+    /// block).
+    pub(crate) blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
 }
 
 /// The identify protocol version: peers whose version differs are of another cluster.
@@ -82,8 +85,14 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error
         [(protocol, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(cfg.rpc_timeout),
     );
-    let behaviour =
-        Behaviour { identify, mdns: mdns.into(), gossipsub, raft, streams: libp2p_stream::Behaviour::new() };
+    let behaviour = Behaviour {
+        identify,
+        mdns: mdns.into(),
+        gossipsub,
+        raft,
+        streams: libp2p_stream::Behaviour::new(),
+        blocked: Default::default(),
+    };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_other_transport(|_| transport)?

@@ -158,6 +158,16 @@ impl Transport {
             Command::Disconnect(peer) => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
+            Command::Block { peer, blocked } => {
+                let b = &mut self.swarm.behaviour_mut().blocked;
+                if blocked {
+                    info!(%peer, "fault injection: peer blocked (connections closed and refused)");
+                    b.block_peer(peer);
+                } else {
+                    info!(%peer, "fault injection: peer unblocked");
+                    b.unblock_peer(peer);
+                }
+            }
             Command::Shutdown => {}
         }
     }

@@ -113,6 +113,10 @@ pub(crate) enum Command {
         addrs: Vec<Multiaddr>,
     },
     Disconnect(PeerId),
+    Block {
+        peer: PeerId,
+        blocked: bool,
+    },
     Shutdown,
 }
 
@@ -221,6 +225,13 @@ impl Handle {
     /// Closes every connection to `peer` (after it sent something malformed).
     pub fn disconnect(&self, peer: PeerId) {
         let _ = self.try_command(Command::Disconnect(peer));
+    }
+
+    /// Fault injection (and an operator's tool): closes every connection to `peer` and refuses
+    /// new ones while `blocked`. Blocking each other on two sides of a cut is a symmetric
+    /// partition at the connection level: Raft, gossip and the proxy all lose the peer.
+    pub fn block(&self, peer: PeerId, blocked: bool) -> Result<(), Error> {
+        self.try_command(Command::Block { peer, blocked })
     }
 
     /// Stops the swarm.

@@ -24,6 +24,9 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         membership: Default::default(),
         raft: Default::default(),
         shard_manager: Default::default(),
+        lease: Default::default(),
+        journal: None,
+        hook_budget: std::time::Duration::from_secs(2),
     }
 }
 

@@ -144,8 +144,10 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
         None => info!(node = %cluster.node_id(), "node running (no dashboard: pass --dashboard host:port)"),
     }
     wait_for_signal().await;
-    info!("shutting down");
-    cluster.shutdown().await;
+    info!("leaving the cluster: handing off shards");
+    if let Err(e) = cluster.leave(Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "left without a complete handoff");
+    }
     Ok(())
 }
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle, Handler, MailboxError};
-use clusterfunk_actors::shard::ShardMap;
+use clusterfunk_actors::ownership::Ownership;
 use clusterfunk_actors::types::{NodeId, ShardId};
 use dashmap::DashMap;
+use futures::future::BoxFuture;
 use tracing::debug;
 
 use super::{EntityInfo, RemoteMessage, ShardedActor};
@@ -23,6 +24,7 @@ pub(crate) struct EntityHost<E: ShardedActor> {
     entities: DashMap<E::Key, Slot<E>>,
     arbiters: Arc<[ArbiterHandle]>,
     node: NodeId,
+    ownership: Arc<Ownership>,
     idle: Duration,
     started: Instant,
     activations: AtomicU64,
@@ -30,8 +32,9 @@ pub(crate) struct EntityHost<E: ShardedActor> {
 
 /// What the node does to every host, whatever its type.
 pub(crate) trait HostControl: Send + Sync {
-    /// Stops the instances of shards this node no longer owns.
-    fn on_map(&self, map: &ShardMap, local: NodeId);
+    /// Stops the instances of `shard`; the future ends when they all stopped (their `stopping`
+    /// and `stopped` ran).
+    fn stop_shard(&self, shard: ShardId) -> BoxFuture<'static, ()>;
     /// Stops instances idle for longer than the idle time.
     fn passivate_idle(&self);
     /// Live instances.
@@ -41,11 +44,12 @@ pub(crate) trait HostControl: Send + Sync {
 }
 
 impl<E: ShardedActor> EntityHost<E> {
-    pub(crate) fn new(arbiters: Arc<[ArbiterHandle]>, node: NodeId, idle: Duration) -> Self {
+    pub(crate) fn new(arbiters: Arc<[ArbiterHandle]>, node: NodeId, ownership: Arc<Ownership>, idle: Duration) -> Self {
         EntityHost {
             entities: DashMap::new(),
             arbiters,
             node,
+            ownership,
             idle,
             started: Instant::now(),
             activations: AtomicU64::new(0),
@@ -77,7 +81,8 @@ impl<E: ShardedActor> EntityHost<E> {
 
     fn spawn(&self, key: &E::Key, shard: ShardId, now: u64) -> Slot<E> {
         let arbiter = &self.arbiters[shard.0 as usize % self.arbiters.len()];
-        let info = EntityInfo { shard, node: self.node };
+        let epoch = self.ownership.active_epoch(shard).unwrap_or_default();
+        let info = EntityInfo { shard, node: self.node, epoch };
         let k = key.clone();
         let addr = E::start_in_arbiter(arbiter, move |_| E::from_key(&k, info));
         self.activations.fetch_add(1, Ordering::Relaxed);
@@ -103,9 +108,21 @@ impl<E: ShardedActor> EntityHost<E> {
 }
 
 impl<E: ShardedActor> HostControl for EntityHost<E> {
-    fn on_map(&self, map: &ShardMap, local: NodeId) {
+    fn stop_shard(&self, shard: ShardId) -> BoxFuture<'static, ()> {
         // Dropping the last address stops the actor after its mailbox drains.
-        self.entities.retain(|_, s| map.owner(s.shard) == Some(local));
+        let mut stopping = Vec::new();
+        self.entities.retain(|_, s| {
+            let keep = s.shard != shard;
+            if !keep {
+                stopping.push(s.addr.downgrade());
+            }
+            keep
+        });
+        Box::pin(async move {
+            while stopping.iter().any(|w| w.upgrade().is_some()) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
     }
 
     fn passivate_idle(&self) {

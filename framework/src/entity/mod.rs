@@ -9,7 +9,7 @@ use std::hash::Hash;
 
 use actix::{Actor, Context, Message};
 use clusterfunk_actors::shard::ShardKey;
-use clusterfunk_actors::types::{NodeId, ShardId};
+use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 pub use registry::EntityRegistration;
 pub(crate) use registry::{check_ids, EntitySpec, HostEnv, Registry};
 use serde::de::DeserializeOwned;
@@ -92,6 +92,9 @@ pub struct EntityInfo {
     pub shard: ShardId,
     /// This node.
     pub node: NodeId,
+    /// The epoch the shard is served at on this node: pass it to your own storage as a fencing
+    /// token (a write carrying an older epoch than one already seen must be refused there).
+    pub epoch: Epoch,
 }
 
 /// A message that can cross nodes: an actix message whose type and result are serde types.

@@ -71,6 +71,7 @@ pub(crate) trait EntitySpec: Send + Sync {
 pub(crate) struct HostEnv {
     pub(crate) arbiters: Arc<[ArbiterHandle]>,
     pub(crate) node: NodeId,
+    pub(crate) ownership: Arc<clusterfunk_actors::ownership::Ownership>,
     pub(crate) idle: Duration,
 }
 
@@ -84,7 +85,7 @@ impl<E: ShardedActor> EntitySpec for EntityRegistration<E> {
     }
 
     fn install(&self, env: &HostEnv, reg: &mut Registry) {
-        let host = Arc::new(EntityHost::<E>::new(env.arbiters.clone(), env.node, env.idle));
+        let host = Arc::new(EntityHost::<E>::new(env.arbiters.clone(), env.node, env.ownership.clone(), env.idle));
         let (eid, name) = wire_id::<E>();
         reg.entities.insert(eid, name);
         for (mid, _, make) in &self.messages {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::Handler;
 use clusterfunk_actors::proxy::{route, Envelope, Refusal, Route, Router};
 use clusterfunk_actors::shard::shard_for;
-use clusterfunk_actors::types::ShardId;
+use clusterfunk_actors::types::{Epoch, ShardId};
 use tokio::sync::watch;
 
 use super::host::EntityHost;
@@ -97,7 +97,7 @@ impl<E: ShardedActor> Sharded<E> {
                 (shard, route(&map, self.router.local(), shard))
             })
         };
-        if let Some((shard, Route::Local)) = target {
+        if let Some((shard, Route::Local)) = target.filter(|(s, _)| self.router.serving(*s)) {
             self.router.stats().local.fetch_add(1, Ordering::Relaxed);
             return self.host.deliver(key, shard, msg).await.map_err(|_| SendError::EntityFailed);
         }
@@ -108,6 +108,7 @@ impl<E: ShardedActor> Sharded<E> {
             shard: shard.unwrap_or(ShardId(0)),
             key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(Arc::new(e)))?,
             payload: rmp_serde::to_vec(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
+            epoch: Epoch(0),
         };
         let env = match shard {
             Some(_) => env,

@@ -1,0 +1,212 @@
+//! The lease shells: the leader's granting service and every node's renewal task.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::core::{may_grant, Holder, Table};
+use super::{Clock, Config, LeaseReply, LeaseRequest};
+use crate::consensus::types::Raft;
+use crate::consensus::AppliedState;
+use crate::ownership::Ownership;
+use crate::transport::{self, parse_peer};
+use crate::types::NodeId;
+use crate::wire::{RaftRequest, RaftResponse};
+
+struct ServiceState {
+    table: Table,
+    /// When the keeper last saw the Raft metrics change, and their quorum-ack age then.
+    quorum_seen: Option<(Instant, u64)>,
+}
+
+/// The leader's side: grants renewals (CheckQuorum) and knows whose leases have surely run out.
+pub struct LeaseService {
+    cfg: Config,
+    raft: Raft,
+    clock: Arc<dyn Clock>,
+    quorum_window: Duration,
+    state: Mutex<ServiceState>,
+}
+
+impl LeaseService {
+    /// A service over `raft`; grants need a quorum ack younger than `quorum_window` (the Raft
+    /// leader lease, `election_timeout_max`: a voter refuses to elect anyone else for that long
+    /// after it acknowledged this leader).
+    pub fn new(cfg: Config, raft: Raft, clock: Arc<dyn Clock>, quorum_window: Duration) -> LeaseService {
+        let table = Table::new(cfg.clone());
+        LeaseService { cfg, raft, clock, quorum_window, state: Mutex::new(ServiceState { table, quorum_seen: None }) }
+    }
+
+    /// The lease timings.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ServiceState> {
+        self.state.lock().expect("lease state lock is never poisoned")
+    }
+
+    /// Reads the Raft metrics: leadership, term and quorum-ack age.
+    fn observe(&self) -> (Option<u64>, u64) {
+        let now = self.clock.now();
+        let (leader_term, applied, quorum) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let leader_term = (m.current_leader == Some(m.id)).then_some(m.current_term);
+            (leader_term, m.last_applied.map_or(0, |l| l.index), m.millis_since_quorum_ack)
+        };
+        let mut st = self.lock();
+        st.table.set_leader(leader_term, now);
+        if let Some(q) = quorum {
+            st.quorum_seen = Some((now, q));
+        } else if leader_term.is_none() {
+            st.quorum_seen = None;
+        }
+        (leader_term, applied)
+    }
+
+    /// Answers a renewal.
+    pub fn grant(&self, req: &LeaseRequest) -> LeaseReply {
+        let (leader_term, applied) = self.observe();
+        let now = self.clock.now();
+        let mut st = self.lock();
+        // The metrics value ages from when it was seen: a stalled Raft core cannot make it look fresh.
+        let age = st.quorum_seen.map(|(at, ms)| Duration::from_millis(ms) + now.saturating_duration_since(at));
+        match may_grant(leader_term, req.term, age, self.quorum_window) {
+            Ok(()) => {
+                st.table.renewed(req.node, now);
+                LeaseReply::Granted { min_applied: applied }
+            }
+            Err(reason) => LeaseReply::Refused { reason },
+        }
+    }
+
+    /// Whether every lease `node` may hold has surely run out (this node is the leader and has
+    /// not heard a renewal from it for `takeover_after`).
+    pub fn expired(&self, node: NodeId) -> bool {
+        self.observe();
+        self.lock().table.expired(node, self.clock.now())
+    }
+
+    /// How long this node has led (in its current term), if it leads.
+    pub fn leader_for(&self) -> Option<Duration> {
+        self.observe();
+        self.lock().table.leader_for(self.clock.now())
+    }
+}
+
+/// Renews this node's lease every L/3 (and at once when the leader changes), and publishes
+/// until when it may serve on `ownership` and on the returned watch.
+pub(crate) fn spawn(
+    svc: Arc<LeaseService>,
+    local: NodeId,
+    ownership: Arc<Ownership>,
+    transport: transport::Handle,
+    applied: watch::Receiver<Arc<AppliedState>>,
+    arbiter: &actix::ArbiterHandle,
+) -> watch::Receiver<Option<Instant>> {
+    let (tx, rx) = watch::channel(None);
+    arbiter.spawn(run(svc, local, ownership, transport, applied, tx));
+    rx
+}
+
+async fn run(
+    svc: Arc<LeaseService>,
+    local: NodeId,
+    ownership: Arc<Ownership>,
+    transport: transport::Handle,
+    mut applied: watch::Receiver<Arc<AppliedState>>,
+    lease: watch::Sender<Option<Instant>>,
+) {
+    let cfg = svc.config().clone();
+    let clock = svc.clock.clone();
+    let mut holder = Holder::new(cfg.clone());
+    let mut metrics = svc.raft.metrics();
+    let (done_tx, mut done_rx) = mpsc::channel::<(Instant, LeaseReply)>(16);
+    let mut next = tokio::time::Instant::now();
+    let mut leader = None;
+    let mut had_lease = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                next = tokio::time::Instant::now() + cfg.renew_every();
+                renew(&svc, local, &transport, &done_tx);
+            }
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                svc.observe();
+                let now_leader = metrics.borrow_and_update().current_leader;
+                if now_leader != leader {
+                    leader = now_leader;
+                    next = tokio::time::Instant::now();
+                }
+            }
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            Some((sent, reply)) = done_rx.recv() => match reply {
+                LeaseReply::Granted { min_applied } => holder.granted(sent, min_applied),
+                LeaseReply::Refused { reason } => debug!(%reason, "lease renewal refused"),
+            },
+        }
+        let index = applied.borrow().last_applied.map_or(0, |l| l.index);
+        let until = holder.serving_until(index).filter(|u| *u > clock.now());
+        ownership.set_lease(until);
+        lease.send_if_modified(|cur| {
+            let changed = *cur != until;
+            *cur = until;
+            changed
+        });
+        if until.is_some() != had_lease {
+            had_lease = until.is_some();
+            if had_lease {
+                info!(node = %local, "lease acquired: serving");
+            } else {
+                warn!(node = %local, waiting_for_index = ?holder.waiting_for(index), "lease lost: not serving");
+            }
+        }
+    }
+    ownership.set_lease(None);
+    let _ = lease.send(None);
+}
+
+/// Sends one renewal to the leader this node knows (itself included); the answer comes back on
+/// `done` with the time the renewal was sent.
+fn renew(
+    svc: &Arc<LeaseService>,
+    local: NodeId,
+    transport: &transport::Handle,
+    done: &mpsc::Sender<(Instant, LeaseReply)>,
+) {
+    let (leader, term, node) = {
+        let m = svc.raft.metrics();
+        let m = m.borrow();
+        let Some(leader) = m.current_leader else { return };
+        (leader, m.current_term, m.membership_config.membership().get_node(&leader).cloned())
+    };
+    let req = LeaseRequest { node: local, term };
+    let sent = svc.clock.now();
+    if leader == local {
+        let _ = done.try_send((sent, svc.grant(&req)));
+        return;
+    }
+    let Some(node) = node else { return };
+    let Ok((peer, addrs)) = parse_peer(&node.peer_id, &node.addrs) else { return };
+    let (transport, done, timeout) = (transport.clone(), done.clone(), svc.cfg.renew_every());
+    actix::spawn(async move {
+        match tokio::time::timeout(timeout, transport.raft(peer, addrs, RaftRequest::Lease(req))).await {
+            Ok(Ok(RaftResponse::Lease(reply))) => {
+                let _ = done.try_send((sent, reply));
+            }
+            Ok(Ok(_)) => warn!(%leader, "lease renewal: unexpected answer"),
+            Ok(Err(e)) => debug!(%leader, error = %e, "lease renewal failed"),
+            Err(_) => debug!(%leader, "lease renewal timed out"),
+        }
+    });
+}

@@ -1,0 +1,110 @@
+//! Node leases (DESIGN §4): a node serves shards only while it holds a lease granted by a Raft
+//! leader that heard from a quorum recently; the leader takes shards from a node only after that
+//! node's lease has surely run out.
+//!
+//! - A node sends a renewal every `L/3` to the leader it knows. When a renewal it *sent* at `t_send`
+//!   (its monotonic clock) is granted, its lease is valid until `t_send + L`; it serves while
+//!   `now + margin < t_send + L`.
+//! - A grant carries the leader's applied log index; the node uses that grant only once its own
+//!   state has applied up to it. So a node that was cut off and comes back cannot serve from a stale
+//!   map: it first learns every move made meanwhile.
+//! - The leader grants only while Raft says a quorum acknowledged it within `election_timeout_max`
+//!   (CheckQuorum), and only to renewals of its own term.
+//! - The leader treats a node as gone once `L·(1+ρ)/(1−ρ) + G` passed since its last renewal
+//!   arrived ([`Config::takeover_after`]); a new leader first waits that long after winning.
+//!
+//! Why the two nodes can never serve one shard: see docs/sharding.md, "Single ownership".
+
+mod clock;
+mod core;
+mod keeper;
+pub(crate) use keeper::spawn as spawn_keeper;
+
+use std::time::Duration;
+
+pub use clock::{monotonic_ns, Clock, SkewedClock, SystemClock};
+pub use core::{may_grant, Holder, Table};
+pub use keeper::LeaseService;
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// Lease timings (L, ρ, G and the serving margin δ).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// L: how long a granted lease is valid, from when its renewal was sent. Renewed every L/3.
+    /// Default 500 ms. Must be at least three Raft heartbeats.
+    pub duration: Duration,
+    /// ρ: the largest relative drift between two nodes' monotonic clocks. Default 0.01 (1 %).
+    pub drift: f64,
+    /// G: extra time the leader waits before taking shards from a silent node. Default 100 ms.
+    pub grace: Duration,
+    /// δ: a node stops serving this long before its lease runs out. Default 10 ms.
+    pub margin: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            duration: Duration::from_millis(500),
+            drift: 0.01,
+            grace: Duration::from_millis(100),
+            margin: Duration::from_millis(10),
+        }
+    }
+}
+
+impl Config {
+    /// How often a node renews: L/3.
+    pub fn renew_every(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// How long the leader waits without a renewal before taking a node's shards:
+    /// `L·(1+ρ)/(1−ρ) + G`.
+    pub fn takeover_after(&self) -> Duration {
+        self.duration.mul_f64((1.0 + self.drift) / (1.0 - self.drift)) + self.grace
+    }
+
+    /// Checks the settings against the Raft heartbeat; the error names the field and why.
+    pub fn validate(&self, raft_heartbeat: Duration) -> Result<(), String> {
+        if self.duration < raft_heartbeat * 3 {
+            return Err(format!(
+                "lease: {:?} is shorter than three Raft heartbeats ({:?} each): a node would lose its lease \
+                 whenever one heartbeat is late",
+                self.duration, raft_heartbeat
+            ));
+        }
+        if !(0.0..0.5).contains(&self.drift) {
+            return Err(format!("lease_drift: {} must be in [0, 0.5)", self.drift));
+        }
+        if self.margin >= self.duration / 3 {
+            return Err(format!("lease margin {:?} must be under a third of the lease", self.margin));
+        }
+        Ok(())
+    }
+}
+
+/// A renewal, sent by a node to the Raft leader it knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The renewing node.
+    pub node: NodeId,
+    /// The Raft term the node is in; a leader of another term refuses.
+    pub term: u64,
+}
+
+/// The leader's answer to a [`LeaseRequest`]. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseReply {
+    /// Granted: valid for L from when the request was sent, once the node applied `min_applied`.
+    Granted {
+        /// The leader's applied log index when it granted.
+        min_applied: u64,
+    },
+    /// Refused: not the leader, another term, or no quorum heard recently.
+    Refused {
+        /// Why, for logs.
+        reason: String,
+    },
+}

@@ -1,0 +1,189 @@
+//! What this node serves right now: its lease and the shards it activated, each with its epoch.
+//! Read on every message without locks; written by the node's activator (DESIGN §4).
+//!
+//! The journal (optional) records every activation, deactivation and stale-epoch refusal as a
+//! JSON line with `CLOCK_MONOTONIC` nanoseconds, for the checkers: an activation is written
+//! *before* the shard serves, a deactivation *after* it stopped (for a lease that ran out, at the
+//! instant it ran out), so each node's journal intervals cover its serving intervals.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::lease::{monotonic_ns, Clock};
+use crate::proxy::Refusal;
+use crate::shard::ShardMap;
+use crate::types::{Epoch, NodeId, ShardId};
+
+/// The serving table of one node.
+pub struct Ownership {
+    local: NodeId,
+    clock: Arc<dyn Clock>,
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease lets this node serve; 0 = no lease.
+    lease_until: AtomicU64,
+    /// Per shard: the epoch it is active at here, 0 = not active.
+    active: OnceLock<Box<[AtomicU64]>>,
+    /// Per shard: the highest epoch seen (map or message).
+    seen: OnceLock<Box<[AtomicU64]>>,
+    journal: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    rejected: AtomicU64,
+}
+
+/// Counters of the serving table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnershipStats {
+    /// Messages refused for a stale epoch.
+    pub rejected_stale: u64,
+    /// Shards active now.
+    pub active: u64,
+}
+
+impl Ownership {
+    /// A table for node `local`; with `journal`, appends JSON lines to that file.
+    pub fn new(local: NodeId, clock: Arc<dyn Clock>, journal: Option<&Path>) -> std::io::Result<Ownership> {
+        let journal = match journal {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+                Some(Mutex::new(std::io::BufWriter::new(f)))
+            }
+            None => None,
+        };
+        let base = clock.now();
+        Ok(Ownership {
+            local,
+            clock,
+            base,
+            lease_until: AtomicU64::new(0),
+            active: OnceLock::new(),
+            seen: OnceLock::new(),
+            journal,
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    /// This node.
+    pub fn local(&self) -> NodeId {
+        self.local
+    }
+
+    /// The clock leases are measured on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn slots(cell: &OnceLock<Box<[AtomicU64]>>, shards: u32) -> &[AtomicU64] {
+        cell.get_or_init(|| (0..shards).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Sizes the table for the cluster's shard count (fixed for its lifetime).
+    pub fn init(&self, shards: u32) {
+        Self::slots(&self.active, shards);
+        Self::slots(&self.seen, shards);
+    }
+
+    /// Sets the end of the usable lease (`None`: no lease).
+    pub fn set_lease(&self, until: Option<Instant>) {
+        let v = until.map_or(0, |u| u.saturating_duration_since(self.base).as_nanos().max(1) as u64);
+        self.lease_until.store(v, Ordering::Release);
+    }
+
+    /// Until when the lease lets this node serve.
+    pub fn lease_until(&self) -> Option<Instant> {
+        match self.lease_until.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.base + std::time::Duration::from_nanos(n)),
+        }
+    }
+
+    /// Whether the lease is valid now.
+    pub fn lease_valid(&self) -> bool {
+        self.lease_until().is_some_and(|u| self.clock.now() < u)
+    }
+
+    /// The epoch `shard` is active at on this node, if it is.
+    pub fn active_epoch(&self, shard: ShardId) -> Option<Epoch> {
+        let e = self.active.get()?.get(shard.0 as usize)?.load(Ordering::Acquire);
+        (e != 0).then_some(Epoch(e))
+    }
+
+    /// Whether this node may serve a message for `shard` stamped with `epoch` (`Epoch(0)`: not
+    /// stamped, a local call): the lease is valid, the shard is active here, and `epoch` is not
+    /// older than the highest epoch seen for it. Returns the active epoch.
+    pub fn check(&self, shard: ShardId, epoch: Epoch, map: &ShardMap) -> Result<Epoch, Refusal> {
+        let not_owner = || Refusal::NotOwner { shard, epoch: map.shard_epoch(shard), owner: map.owner(shard) };
+        let Some(active) = self.active_epoch(shard) else { return Err(not_owner()) };
+        if !self.lease_valid() {
+            return Err(not_owner());
+        }
+        if epoch.0 > active.0 {
+            // The sender knows of a newer assignment than the one active here: it retries.
+            return Err(not_owner());
+        }
+        if epoch.0 != 0 {
+            let seen = Self::slots(&self.seen, map.shard_count())[shard.0 as usize].load(Ordering::Acquire);
+            let highest = seen.max(active.0);
+            if epoch.0 < highest {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.record("reject_stale", shard, Epoch(highest), Some(epoch), None);
+                return Err(Refusal::NotOwner { shard, epoch: Epoch(highest), owner: Some(self.local) });
+            }
+        }
+        Ok(active)
+    }
+
+    /// Marks `shard` active at `epoch` (journal first, then serving).
+    pub fn activate(&self, shard: ShardId, epoch: Epoch, shards: u32) {
+        self.record("activate", shard, epoch, None, None);
+        Self::slots(&self.seen, shards)[shard.0 as usize].fetch_max(epoch.0, Ordering::AcqRel);
+        Self::slots(&self.active, shards)[shard.0 as usize].store(epoch.0, Ordering::Release);
+    }
+
+    /// Stops serving `shard` (serving first, then the journal); `at` is when serving really
+    /// ended if that was earlier (a lease that ran out).
+    pub fn deactivate(&self, shard: ShardId, shards: u32, at: Option<Instant>) {
+        let prev = Self::slots(&self.active, shards)[shard.0 as usize].swap(0, Ordering::AcqRel);
+        if prev != 0 {
+            self.record("deactivate", shard, Epoch(prev), None, at);
+        }
+    }
+
+    /// The shards active here.
+    pub fn active_shards(&self) -> Vec<(ShardId, Epoch)> {
+        self.active.get().map_or_else(Vec::new, |a| {
+            a.iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    let e = e.load(Ordering::Acquire);
+                    (e != 0).then_some((ShardId(i as u32), Epoch(e)))
+                })
+                .collect()
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> OwnershipStats {
+        let active = self.active.get().map_or(0, |a| a.iter().filter(|e| e.load(Ordering::Relaxed) != 0).count());
+        OwnershipStats { rejected_stale: self.rejected.load(Ordering::Relaxed), active: active as u64 }
+    }
+
+    fn record(&self, event: &str, shard: ShardId, epoch: Epoch, msg_epoch: Option<Epoch>, at: Option<Instant>) {
+        let Some(j) = &self.journal else { return };
+        let mut t = monotonic_ns();
+        if let Some(at) = at {
+            t = t.saturating_sub(self.clock.now().saturating_duration_since(at).as_nanos() as u64);
+        }
+        let extra = msg_epoch.map_or(String::new(), |e| format!(",\"msg_epoch\":{}", e.0));
+        let line = format!(
+            "{{\"t_ns\":{t},\"node\":\"{}\",\"event\":\"{event}\",\"shard\":{},\"epoch\":{}{extra}}}\n",
+            self.local, shard.0, epoch.0
+        );
+        let mut w = j.lock().expect("journal lock is never poisoned");
+        // The journal is a test aid: a write error must not stop serving, but must be visible.
+        if let Err(e) = w.write_all(line.as_bytes()).and_then(|_| w.flush()) {
+            tracing::warn!(error = %e, "ownership journal: write failed");
+        }
+    }
+}
