@@ -233,10 +233,51 @@ impl Cluster {
         result
     }
 
+    /// Fault injection for tests: cut this node off from others at the connection level.
+    pub fn faults(&self) -> Faults {
+        Faults { cluster: self.clone() }
+    }
+
+    /// The proxy router (for tests and tools that send raw envelopes).
+    #[doc(hidden)]
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
     /// The epoch `shard` is served at on this node, if this node serves it now: the fencing
     /// token for the service's own storage.
     pub fn shard_epoch(&self, shard: ShardId) -> Option<clusterfunk_actors::types::Epoch> {
         self.inner.node.ownership.active_epoch(shard).filter(|_| self.inner.node.ownership.lease_valid())
+    }
+}
+
+/// Fault injection on one node's transport (DESIGN §9): blocking a peer closes every connection
+/// to it and refuses new ones, so Raft, gossip, leases and the proxy all lose it. Block on both
+/// sides of a cut for a symmetric partition.
+#[derive(Clone)]
+pub struct Faults {
+    cluster: Cluster,
+}
+
+impl Faults {
+    /// Blocks (`true`) or unblocks `node`. Unknown nodes are ignored.
+    pub fn block(&self, node: NodeId, blocked: bool) {
+        let n = &self.cluster.inner.node;
+        let peer = n.applied.borrow().state.members.get(&node).and_then(|m| m.peer_id.parse().ok());
+        if let Some(peer) = peer {
+            if let Err(e) = n.transport.block(peer, blocked) {
+                warn!(error = %e, %node, "fault injection: cannot reach the transport");
+            }
+        }
+    }
+
+    /// Blocks or unblocks every other member.
+    pub fn isolate(&self, isolated: bool) {
+        let n = &self.cluster.inner.node;
+        let others: Vec<NodeId> = n.applied.borrow().state.members.keys().copied().filter(|id| *id != n.id).collect();
+        for o in others {
+            self.block(o, isolated);
+        }
     }
 }
 

@@ -84,3 +84,67 @@ pub async fn pair(dir: &std::path::Path, name: &str) -> anyhow::Result<(Cluster,
 pub fn keys_on(c: &Cluster, owner: clusterfunk::NodeId, from: u64, n: usize) -> Vec<u64> {
     (from..).filter(|k| c.shard_for(k).and_then(|s| c.owner(s)) == Some(owner)).take(n).collect()
 }
+
+/// `n` nodes of cluster `name` (`voters` Raft voters), each built from the default test builder
+/// passed through `tweak(builder, i)`; node 0 bootstraps, the others join it. Returns once every
+/// node serves and all share one complete map.
+pub async fn cluster(
+    dir: &std::path::Path,
+    name: &str,
+    n: usize,
+    voters: usize,
+    tweak: impl Fn(clusterfunk::Builder, usize) -> clusterfunk::Builder,
+) -> anyhow::Result<Vec<Cluster>> {
+    let ports = crate::free_ports(n);
+    let seed = format!("127.0.0.1:{}", ports[0]);
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let b = Cluster::builder()
+            .name(name)
+            .env("test")
+            .data_dir(dir.join(format!("n{i}")))
+            .listen(format!("127.0.0.1:{port}"))
+            .shards(256)
+            .voters(voters)
+            .mdns(false)
+            .passivate_after(Duration::from_secs(3600));
+        let b = if i == 0 { b.bootstrap(true) } else { b.join(seed.clone()) };
+        nodes.push(tweak(b, i).build()?.start().await?);
+    }
+    settled(&nodes, n, Duration::from_secs(30)).await?;
+    Ok(nodes)
+}
+
+/// Waits until `owners` nodes own shards, no shard is unassigned or handing off, every node has
+/// the same map and each serves exactly the shards it owns.
+pub async fn settled(nodes: &[Cluster], owners: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let st: Vec<ClusterStatus> = nodes.iter().map(|c| c.status()).collect();
+        let epoch = st[0].shard_map.epoch;
+        let ok = st.iter().all(|s| {
+            let owned = s.shard_map.owners.get(&s.node_id).copied().unwrap_or(0) as u64;
+            s.shard_map.epoch == epoch
+                && s.shard_map.owners.len() == owners
+                && s.shard_map.unassigned == 0
+                && s.ownership.handoffs_pending == 0
+                && s.ownership.serving == owned
+        });
+        if ok {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let summary: Vec<String> = st
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} epoch={} owners={:?} {:?}",
+                        s.node_id, s.shard_map.epoch, s.shard_map.owners, s.ownership
+                    )
+                })
+                .collect();
+            anyhow::bail!("cluster did not settle within {timeout:?}:\n{}", summary.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

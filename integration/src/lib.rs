@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod inproc;
+pub mod journal;
 pub mod netns;
 
 use anyhow::{bail, Context};

@@ -96,6 +96,11 @@ impl Consensus {
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
         let m = self.metrics();
+        if let Err(openraft::error::Fatal::Stopped) = &m.running_state {
+            // Shut down on purpose (Node::shutdown): this node stops, the process goes on.
+            ctx.stop();
+            return;
+        }
         if let Err(fatal) = &m.running_state {
             error!(error = %fatal, "raft stopped with a fatal error (storage failure?); stopping the node");
             System::current().stop_with_code(70);

@@ -207,6 +207,15 @@ impl Router {
         }
     }
 
+    /// Sends `env` as it is (its epoch included) to `node`, without routing or retries: for
+    /// messages to a shard's followers, and for tests of fencing.
+    pub async fn request_to(&self, node: NodeId, env: &Envelope) -> Result<Vec<u8>, Error> {
+        if node == self.inner.local {
+            return self.serve_local(env.clone()).await.map_err(Error::Refused);
+        }
+        self.remote(node, env).await
+    }
+
     /// Whether this node serves `shard` right now (lease valid, shard active): a caller may then
     /// deliver locally without the router.
     #[inline]
