@@ -116,6 +116,14 @@ impl Cluster {
         self.inner.node.map.borrow().replicas(shard)
     }
 
+    /// `shard`'s leader and followers with the map epoch they hold it at: what a service that
+    /// replicates its own data sends with each replica write, so followers can refuse writes
+    /// from an older leader (keep the highest epoch seen per shard; refuse lower ones).
+    pub fn replica_set(&self, shard: ShardId) -> ReplicaSet {
+        let map = self.inner.node.map.borrow();
+        ReplicaSet { shard, epoch: map.shard_epoch(shard), leader: map.owner(shard), followers: map.replicas(shard) }
+    }
+
     /// Whether this node owns `shard` now.
     pub fn is_owner(&self, shard: ShardId) -> bool {
         self.owner(shard) == Some(self.node_id())
@@ -249,6 +257,19 @@ impl Cluster {
     pub fn shard_epoch(&self, shard: ShardId) -> Option<clusterfunk_actors::types::Epoch> {
         self.inner.node.ownership.active_epoch(shard).filter(|_| self.inner.node.ownership.lease_valid())
     }
+}
+
+/// A shard's copies at one epoch (see [`Cluster::replica_set`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSet {
+    /// The shard.
+    pub shard: ShardId,
+    /// The epoch of its current assignment: the fencing token to send with replica writes.
+    pub epoch: clusterfunk_actors::types::Epoch,
+    /// The shard's leader (owner).
+    pub leader: Option<NodeId>,
+    /// Its followers, on distinct nodes (distinct zones when zones are set).
+    pub followers: Vec<NodeId>,
 }
 
 /// Fault injection on one node's transport (DESIGN §9): blocking a peer closes every connection

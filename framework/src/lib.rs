@@ -24,7 +24,7 @@ mod entity;
 pub mod hooks;
 mod status;
 
-pub use cluster::{Cluster, Error, Faults};
+pub use cluster::{Cluster, Error, Faults, ReplicaSet};
 pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
