@@ -150,19 +150,6 @@ impl Ownership {
         }
     }
 
-    /// The shards active here.
-    pub fn active_shards(&self) -> Vec<(ShardId, Epoch)> {
-        self.active.get().map_or_else(Vec::new, |a| {
-            a.iter()
-                .enumerate()
-                .filter_map(|(i, e)| {
-                    let e = e.load(Ordering::Acquire);
-                    (e != 0).then_some((ShardId(i as u32), Epoch(e)))
-                })
-                .collect()
-        })
-    }
-
     /// The counters.
     pub fn stats(&self) -> OwnershipStats {
         let active = self.active.get().map_or(0, |a| a.iter().filter(|e| e.load(Ordering::Relaxed) != 0).count());

@@ -97,13 +97,6 @@ impl Table {
         now.saturating_duration_since(last) >= self.cfg.takeover_after()
     }
 
-    /// How long until `node` would expire if it stays silent (zero if it has).
-    pub fn expires_in(&self, node: NodeId, now: Instant) -> Option<Duration> {
-        let since = self.leader_since?;
-        let last = self.last.get(&node).copied().unwrap_or(since).max(since);
-        Some((last + self.cfg.takeover_after()).saturating_duration_since(now))
-    }
-
     /// How long this node has been leader.
     pub fn leader_for(&self, now: Instant) -> Option<Duration> {
         self.leader_since.map(|t| now.saturating_duration_since(t))

@@ -223,11 +223,6 @@ impl Router {
         self.inner.ownership.active_epoch(shard).is_some() && self.inner.ownership.lease_valid()
     }
 
-    /// This node's serving table.
-    pub fn ownership(&self) -> &Arc<Ownership> {
-        &self.inner.ownership
-    }
-
     async fn deliver_local(&self, env: Envelope) -> Result<Vec<u8>, Error> {
         self.inner.ownership.check(env.shard, env.epoch, &self.inner.map.borrow()).map_err(Error::Refused)?;
         self.inner.dispatch.dispatch(env).await.map_err(Error::Refused)

@@ -101,8 +101,12 @@ impl ShardManager {
             self.emit(NodeEvent::RebalanceFinished(plan));
         }
         let leader_for = self.lease.leader_for();
-        let lease = self.lease.clone();
-        let decision = self.core.tick(Instant::now(), leader_for, &applied.state, |n| lease.expired(n));
+        // Whose lease ran out, asked once per member per tick (the core asks per shard).
+        let expired: BTreeSet<NodeId> = match leader_for {
+            Some(_) => applied.state.members.keys().copied().filter(|n| self.lease.expired(*n)).collect(),
+            None => BTreeSet::new(),
+        };
+        let decision = self.core.tick(Instant::now(), leader_for, &applied.state, |n| expired.contains(&n));
         let Decision::Commit(cmd, plan) = decision else { return };
         self.busy = true;
         let send = self.consensus.send(Propose(cmd));
