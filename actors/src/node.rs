@@ -157,7 +157,12 @@ impl Node {
         if cfg.bootstrap && has_state {
             return Err(StartError::AlreadyBootstrapped(cfg.data_dir.clone()));
         }
-        let (sm, applied) = StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e)))?;
+        let (mut sm, applied) =
+            StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e)))?;
+        let ownership =
+            Arc::new(Ownership::new(id, clock.clone(), cfg.journal.as_deref()).map_err(StartError::Journal)?);
+        let own = ownership.clone();
+        sm.before_publish(Box::new(move |a| own.revoke(&a.state.shard_map)));
         info!(node = %id, %peer, cluster = %cfg.cluster, data_dir = %cfg.data_dir.display(), restarted = has_state, "starting node");
 
         let mut membership_ctx = Context::<Membership>::new();
@@ -226,7 +231,6 @@ impl Node {
             events.clone(),
         );
         sm_actor.start();
-        let ownership = Arc::new(Ownership::new(id, clock, cfg.journal.as_deref()).map_err(StartError::Journal)?);
         let lease_until = lease::spawn_keeper(
             lease.clone(),
             id,
@@ -239,7 +243,6 @@ impl Node {
         let activator = Arc::new(Activator::default());
         actix::spawn(activator.clone().run(shard_manager::activator::Inputs {
             ownership: ownership.clone(),
-            map: map.clone(),
             applied: applied.clone(),
             lease: lease_until.clone(),
             consensus: consensus.clone(),

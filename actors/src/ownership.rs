@@ -30,6 +30,9 @@ pub struct Ownership {
     seen: OnceLock<Box<[AtomicU64]>>,
     journal: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
     rejected: AtomicU64,
+    /// The map of the last applied Raft entry; revocations (on apply) and activations take
+    /// this lock, so a shard is never activated from a map older than the applied one.
+    applied_map: Mutex<Option<Arc<ShardMap>>>,
 }
 
 /// Counters of the serving table.
@@ -61,6 +64,7 @@ impl Ownership {
             seen: OnceLock::new(),
             journal,
             rejected: AtomicU64::new(0),
+            applied_map: Mutex::new(None),
         })
     }
 
@@ -114,10 +118,13 @@ impl Ownership {
     /// older than the highest epoch seen for it. Returns the active epoch.
     pub fn check(&self, shard: ShardId, epoch: Epoch, map: &ShardMap) -> Result<Epoch, Refusal> {
         let not_owner = || Refusal::NotOwner { shard, epoch: map.shard_epoch(shard), owner: map.owner(shard) };
-        let Some(active) = self.active_epoch(shard) else { return Err(not_owner()) };
+        // The lease first: a lease that needs log index X is published after the entries up to
+        // X were applied and revoked what they took away (`revoke`), so the active table read
+        // next is at least that new.
         if !self.lease_valid() {
             return Err(not_owner());
         }
+        let Some(active) = self.active_epoch(shard) else { return Err(not_owner()) };
         if epoch.0 > active.0 {
             // The sender knows of a newer assignment than the one active here: it retries.
             return Err(not_owner());
@@ -134,8 +141,43 @@ impl Ownership {
         Ok(active)
     }
 
+    /// Called by the state machine with every applied map *before* the applied state is
+    /// published: stops serving (journal `deactivate`) every active shard the map no longer gives
+    /// this node at the epoch it is active at, and remembers the map for [`Self::activate_if_owned`].
+    pub fn revoke(&self, map: &ShardMap) {
+        let mut cur = self.applied_map.lock().expect("applied map lock is never poisoned");
+        if cur.as_ref().is_some_and(|m| m.epoch() == map.epoch() && m.shard_count() == map.shard_count()) {
+            return;
+        }
+        if let Some(active) = self.active.get() {
+            for (i, slot) in active.iter().enumerate() {
+                let e = slot.load(Ordering::Acquire);
+                let shard = ShardId(i as u32);
+                if e != 0 && (map.owner(shard) != Some(self.local) || map.shard_epoch(shard).0 != e) {
+                    slot.store(0, Ordering::Release);
+                    self.record("deactivate", shard, Epoch(e), None, None);
+                }
+            }
+        }
+        *cur = Some(Arc::new(map.clone()));
+    }
+
+    /// Activates `shard` at `epoch` only if the lease is valid and the latest applied map gives
+    /// it to this node at that epoch; returns whether it did.
+    pub fn activate_if_owned(&self, shard: ShardId, epoch: Epoch, shards: u32) -> bool {
+        if !self.lease_valid() {
+            return false;
+        }
+        let cur = self.applied_map.lock().expect("applied map lock is never poisoned");
+        let owned = cur.as_ref().is_some_and(|m| m.owner(shard) == Some(self.local) && m.shard_epoch(shard) == epoch);
+        if owned {
+            self.activate(shard, epoch, shards);
+        }
+        owned
+    }
+
     /// Marks `shard` active at `epoch` (journal first, then serving).
-    pub fn activate(&self, shard: ShardId, epoch: Epoch, shards: u32) {
+    fn activate(&self, shard: ShardId, epoch: Epoch, shards: u32) {
         self.record("activate", shard, epoch, None, None);
         Self::slots(&self.seen, shards)[shard.0 as usize].fetch_max(epoch.0, Ordering::AcqRel);
         Self::slots(&self.active, shards)[shard.0 as usize].store(epoch.0, Ordering::Release);
@@ -172,5 +214,47 @@ impl Ownership {
         if let Err(e) = w.write_all(line.as_bytes()).and_then(|_| w.flush()) {
             tracing::warn!(error = %e, "ownership journal: write failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::SystemClock;
+    use crate::shard::Assignment;
+    use std::time::Duration;
+
+    fn owned_by(map: &mut ShardMap, shard: u32, node: u64, epoch: u64) {
+        map.assign(ShardId(shard), &Assignment { owner: Some(NodeId(node)), replicas: vec![] }, Epoch(epoch));
+    }
+
+    #[test]
+    fn a_shard_is_activated_only_from_the_applied_map_and_revoked_when_it_moves() {
+        let dir = std::env::temp_dir().join(format!("cf-own-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let own = Ownership::new(NodeId(1), clock.clone(), Some(&dir)).unwrap();
+        let mut map = ShardMap::new(4, 1);
+        owned_by(&mut map, 2, 1, 10);
+        own.revoke(&map);
+        assert!(!own.activate_if_owned(ShardId(2), Epoch(10), 4), "no lease: no activation");
+        own.set_lease(Some(clock.now() + Duration::from_secs(5)));
+        assert!(!own.activate_if_owned(ShardId(1), Epoch(10), 4), "not ours in the applied map");
+        assert!(!own.activate_if_owned(ShardId(2), Epoch(9), 4), "an older epoch than the applied map's");
+        assert!(own.activate_if_owned(ShardId(2), Epoch(10), 4));
+        assert_eq!(own.check(ShardId(2), Epoch(10), &map), Ok(Epoch(10)));
+
+        // The shard moves: applying the map stops serving it before anyone can see the new state.
+        owned_by(&mut map, 2, 7, 12);
+        own.revoke(&map);
+        assert_eq!(own.active_epoch(ShardId(2)), None);
+        assert!(own.check(ShardId(2), Epoch(10), &map).is_err());
+        assert!(!own.activate_if_owned(ShardId(2), Epoch(10), 4), "a decision from the old map is refused");
+
+        let journal = std::fs::read_to_string(&dir).unwrap();
+        let events: Vec<&str> =
+            journal.lines().map(|l| if l.contains("\"activate\"") { "activate" } else { "deactivate" }).collect();
+        assert_eq!(events, ["activate", "deactivate"], "{journal}");
+        let _ = std::fs::remove_file(&dir);
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub(crate) use actor::bootstrap as actor_bootstrap;
 pub use actor::{Consensus, Propose, ProposeError};
-pub use state_machine::{AppliedState, StateMachine};
+pub use state_machine::{AppliedState, BeforePublish, StateMachine};
 
 /// Raft timings.
 #[derive(Clone, Debug)]

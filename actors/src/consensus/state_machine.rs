@@ -39,7 +39,11 @@ pub struct StateMachine {
     applied: AppliedState,
     tx: watch::Sender<Arc<AppliedState>>,
     snapshot_seq: u64,
+    before_publish: Option<BeforePublish>,
 }
+
+/// Runs on every applied state before it is published (the serving table revokes moved shards).
+pub type BeforePublish = Box<dyn Fn(&AppliedState) + Send + Sync>;
 
 impl StateMachine {
     /// Opens the state machine over `store`, restoring the last snapshot; returns it with a watch
@@ -50,10 +54,19 @@ impl StateMachine {
             None => AppliedState::default(),
         };
         let (tx, rx) = watch::channel(Arc::new(applied.clone()));
-        Ok((StateMachine { store, applied, tx, snapshot_seq: 0 }, rx))
+        Ok((StateMachine { store, applied, tx, snapshot_seq: 0, before_publish: None }, rx))
+    }
+
+    /// Sets what runs on every applied state before it is published; runs it once now.
+    pub fn before_publish(&mut self, f: BeforePublish) {
+        f(&self.applied);
+        self.before_publish = Some(f);
     }
 
     fn publish(&self) {
+        if let Some(f) = &self.before_publish {
+            f(&self.applied);
+        }
         self.tx.send_replace(Arc::new(self.applied.clone()));
     }
 }

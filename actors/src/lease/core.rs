@@ -1,6 +1,6 @@
 //! The lease rules, pure: the holder's side and the leader's table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::Config;
@@ -60,12 +60,13 @@ pub struct Table {
     leader_since: Option<Instant>,
     term: Option<u64>,
     last: HashMap<NodeId, Instant>,
+    fenced: HashSet<NodeId>,
 }
 
 impl Table {
     /// An empty table (not leader).
     pub fn new(cfg: Config) -> Table {
-        Table { cfg, leader_since: None, term: None, last: HashMap::new() }
+        Table { cfg, leader_since: None, term: None, last: HashMap::new(), fenced: HashSet::new() }
     }
 
     /// Tracks leadership (`Some(term)` while leader of that term): a new leader, or the same node
@@ -76,7 +77,23 @@ impl Table {
             self.term = leader_term;
             self.leader_since = leader_term.map(|_| now);
             self.last.clear();
+            self.fenced.clear();
         }
+    }
+
+    /// Refuses `node` grants until [`Self::unfence`] (its shards are being moved).
+    pub fn fence(&mut self, node: NodeId) {
+        self.fenced.insert(node);
+    }
+
+    /// Lets `node` renew again.
+    pub fn unfence(&mut self, node: NodeId) {
+        self.fenced.remove(&node);
+    }
+
+    /// Whether `node` is fenced.
+    pub fn is_fenced(&self, node: NodeId) -> bool {
+        self.fenced.contains(&node)
     }
 
     /// Whether this table is the leader's.
@@ -166,8 +183,14 @@ mod tests {
         assert!(t.expired(NodeId(2), t0 + w * 2));
         t.set_leader(Some(3), t0 + w * 3);
         assert!(!t.expired(NodeId(2), t0 + w * 3), "a new term restarts the wait");
+        t.fence(NodeId(2));
+        assert!(t.is_fenced(NodeId(2)));
+        t.unfence(NodeId(2));
+        assert!(!t.is_fenced(NodeId(2)));
+        t.fence(NodeId(2));
         t.set_leader(None, t0 + w * 5);
         assert!(!t.expired(NodeId(2), t0 + w * 5), "a follower expires no one");
+        assert!(!t.is_fenced(NodeId(2)), "a new term forgets fences");
     }
 
     #[test]

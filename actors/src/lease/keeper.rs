@@ -48,14 +48,14 @@ impl LeaseService {
         self.state.lock().expect("lease state lock is never poisoned")
     }
 
-    /// Reads the Raft metrics: leadership, term and quorum-ack age.
+    /// Reads the Raft metrics: leadership, term, quorum-ack age and the last log index.
     fn observe(&self) -> (Option<u64>, u64) {
         let now = self.clock.now();
-        let (leader_term, applied, quorum) = {
+        let (leader_term, last_log, quorum) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             let leader_term = (m.current_leader == Some(m.id)).then_some(m.current_term);
-            (leader_term, m.last_applied.map_or(0, |l| l.index), m.millis_since_quorum_ack)
+            (leader_term, m.last_log_index.unwrap_or(0), m.millis_since_quorum_ack)
         };
         let mut st = self.lock();
         st.table.set_leader(leader_term, now);
@@ -64,20 +64,27 @@ impl LeaseService {
         } else if leader_term.is_none() {
             st.quorum_seen = None;
         }
-        (leader_term, applied)
+        (leader_term, last_log)
     }
 
     /// Answers a renewal.
+    ///
+    /// A grant is usable once the node applied the leader's *last log index* at the time of the
+    /// grant: every entry this leader may still commit that moves a shard comes at or before it,
+    /// so a node never serves from a map older than a move made before its grant.
     pub fn grant(&self, req: &LeaseRequest) -> LeaseReply {
-        let (leader_term, applied) = self.observe();
+        let (leader_term, last_log) = self.observe();
         let now = self.clock.now();
         let mut st = self.lock();
         // The metrics value ages from when it was seen: a stalled Raft core cannot make it look fresh.
         let age = st.quorum_seen.map(|(at, ms)| Duration::from_millis(ms) + now.saturating_duration_since(at));
+        if st.table.is_fenced(req.node) {
+            return LeaseReply::Refused { reason: "its lease ran out and its shards are being moved".into() };
+        }
         match may_grant(leader_term, req.term, age, self.quorum_window) {
             Ok(()) => {
                 st.table.renewed(req.node, now);
-                LeaseReply::Granted { min_applied: applied }
+                LeaseReply::Granted { min_applied: last_log }
             }
             Err(reason) => LeaseReply::Refused { reason },
         }
@@ -88,6 +95,28 @@ impl LeaseService {
     pub fn expired(&self, node: NodeId) -> bool {
         self.observe();
         self.lock().table.expired(node, self.clock.now())
+    }
+
+    /// Like [`Self::expired`], and if so fences `node`: it gets no grant until [`Self::unfence`],
+    /// so a renewal racing with the move of its shards cannot be granted at a log index before
+    /// the move. The check and the fence are one step under the table's lock.
+    pub fn fence_expired(&self, node: NodeId) -> bool {
+        self.observe();
+        let now = self.clock.now();
+        let mut st = self.lock();
+        let expired = st.table.expired(node, now);
+        if expired {
+            st.table.fence(node);
+        }
+        expired
+    }
+
+    /// Lets fenced nodes renew again (their shards' move is in the log, or was not made).
+    pub fn unfence(&self, nodes: impl IntoIterator<Item = NodeId>) {
+        let mut st = self.lock();
+        for n in nodes {
+            st.table.unfence(n);
+        }
     }
 
     /// How long this node has led (in its current term), if it leads.

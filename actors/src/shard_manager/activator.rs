@@ -85,7 +85,6 @@ pub struct Activator {
 
 pub(crate) struct Inputs {
     pub(crate) ownership: Arc<Ownership>,
-    pub(crate) map: watch::Receiver<Arc<ShardMap>>,
     pub(crate) applied: watch::Receiver<Arc<AppliedState>>,
     pub(crate) lease: watch::Receiver<Option<Instant>>,
     pub(crate) consensus: Addr<Consensus>,
@@ -109,9 +108,11 @@ impl Activator {
             }
         }
         loop {
-            let map = io.map.borrow_and_update().clone();
-            let applied = io.applied.borrow_and_update().clone();
+            // The lease first, then the applied state: a lease that needs log index X is
+            // published after X was applied, so the map read next is at least that new.
             let until = *io.lease.borrow_and_update();
+            let applied = io.applied.borrow_and_update().clone();
+            let map: &ShardMap = &applied.state.shard_map;
             let hooks = io.hooks.borrow().clone().expect("installed above");
             let n = map.shard_count();
             if last_owner.len() != n as usize {
@@ -187,14 +188,32 @@ impl Activator {
                     }
                 });
                 self.run_hooks(&hooks, changes.collect(), io.budget).await;
-                // The lease may have run out while the hooks ran.
-                if io.ownership.lease_valid() {
-                    for (s, e) in &starts {
-                        io.ownership.activate(*s, *e, n);
+                // The lease may have run out or the map moved on while the hooks ran: activate
+                // only what the latest applied map still gives this node under a valid lease.
+                let mut dropped = Vec::new();
+                for (s, e) in &starts {
+                    if io.ownership.activate_if_owned(*s, *e, n) {
                         active.insert(*s, *e);
+                    } else {
+                        dropped.push((*s, *e));
                     }
-                    self.activations.fetch_add(starts.len() as u64, Ordering::Relaxed);
-                    info!(shards = starts.len(), total = active.len(), "serving shards");
+                }
+                let started = starts.len() - dropped.len();
+                self.activations.fetch_add(started as u64, Ordering::Relaxed);
+                if started > 0 {
+                    info!(shards = started, total = active.len(), "serving shards");
+                }
+                if !dropped.is_empty() {
+                    // Their assigned hooks ran: tell the user they are not served after all.
+                    info!(shards = dropped.len(), "assignment superseded while its hooks ran; not serving");
+                    let latest = io.applied.borrow().clone();
+                    let changes = dropped.iter().map(|(s, e)| ShardChange::Unassigned {
+                        shard: *s,
+                        epoch: *e,
+                        new_owner: latest.state.shard_map.owner(*s).filter(|o| *o != local),
+                        stays_replica: latest.state.shard_map.replicas(*s).contains(&local),
+                    });
+                    self.run_hooks(&hooks, changes.collect(), io.budget).await;
                 }
             }
 
@@ -232,7 +251,6 @@ impl Activator {
                 }
             };
             tokio::select! {
-                r = io.map.changed() => if r.is_err() { break },
                 r = io.applied.changed() => if r.is_err() { break },
                 r = io.lease.changed() => if r.is_err() { break },
                 _ = lease_end => {}

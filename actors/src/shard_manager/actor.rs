@@ -100,19 +100,27 @@ impl ShardManager {
             info!(moves = plan.moves.len(), "rebalance finished");
             self.emit(NodeEvent::RebalanceFinished(plan));
         }
+        if self.busy {
+            return;
+        }
         let leader_for = self.lease.leader_for();
-        // Whose lease ran out, asked once per member per tick (the core asks per shard).
+        // Whose lease ran out, asked once per member per tick (the core asks per shard). Those
+        // nodes are fenced (no renewal granted) until the decision below is in the log or dropped.
         let expired: BTreeSet<NodeId> = match leader_for {
-            Some(_) => applied.state.members.keys().copied().filter(|n| self.lease.expired(*n)).collect(),
+            Some(_) => applied.state.members.keys().copied().filter(|n| self.lease.fence_expired(*n)).collect(),
             None => BTreeSet::new(),
         };
         let decision = self.core.tick(Instant::now(), leader_for, &applied.state, |n| expired.contains(&n));
-        let Decision::Commit(cmd, plan) = decision else { return };
+        let Decision::Commit(cmd, plan) = decision else {
+            self.lease.unfence(expired);
+            return;
+        };
         self.busy = true;
         let send = self.consensus.send(Propose(cmd));
         ctx.spawn(send.into_actor(self).map(move |res, act, _| {
             act.core.committed();
             act.busy = false;
+            act.lease.unfence(expired);
             match res {
                 Ok(Ok(CommandResult::Applied { index })) => {
                     info!(epoch = index, "shard map committed");

@@ -6,7 +6,7 @@
 //!   owner, which stops it and confirms with `Released`; only then does the new owner get it.
 //!   A handoff not confirmed within the lease takeover time is released by the leader: by then
 //!   the old owner has applied the handoff or its lease ran out (grants require the leader's
-//!   applied index), so it is not serving.
+//!   last log index), so it is not serving.
 //! - Planned moves, first assignments and replica changes are debounced, so a rolling start
 //!   becomes one map change.
 
