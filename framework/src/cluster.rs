@@ -52,6 +52,7 @@ pub(crate) struct Inner {
     pub(crate) router: Router,
     arbiters: Vec<Arbiter>,
     dashboard: std::sync::OnceLock<SocketAddr>,
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -209,6 +210,7 @@ impl Cluster {
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
         let node = &self.inner.node;
         let id = node.id;
+        self.inner.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(node = %id, "leaving: handing off shards");
         let deadline = tokio::time::Instant::now() + timeout;
         let mut result = Ok(());
@@ -319,7 +321,11 @@ impl ClusterConfig {
         let env =
             HostEnv { arbiters: handles, node: node.id, ownership: node.ownership.clone(), idle: self.passivate_after };
         let registry = Arc::new(Registry::build(&self.entities.0, &env));
-        node.set_hooks(Arc::new(NodeHooks { registry: registry.clone(), user: self.hooks.clone() }));
+        node.set_hooks(Arc::new(NodeHooks {
+            registry: registry.clone(),
+            user: self.hooks.clone(),
+            paused: Default::default(),
+        }));
         actix_rt::spawn(forward_events(node.events.subscribe(), self.hooks.clone(), self.node.hook_budget));
         // The proxy's stream tasks run beside the swarm's connection tasks: on a loaded 2-core
         // machine every cross-thread wake-up costs ~25 µs, and a remote ask would otherwise
@@ -343,8 +349,10 @@ impl ClusterConfig {
             router,
             arbiters,
             dashboard: std::sync::OnceLock::new(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
         });
         let cluster = Cluster { inner };
+        actix_rt::spawn(rejoin(cluster.clone()));
         if let Some(addr) = self.dashboard {
             let (server, bound) = crate::dashboard::serve(addr, cluster.clone(), routes)
                 .map_err(|source| Error::Dashboard { addr, source })?;
@@ -353,6 +361,34 @@ impl ClusterConfig {
             let _ = cluster.inner.dashboard.set(bound);
         }
         Ok(cluster)
+    }
+}
+
+/// A node restarted after it left (its data dir still says "leaving") takes shards again: once
+/// it sees itself in the applied state, it clears its leaving mark through Raft.
+async fn rejoin(cluster: Cluster) {
+    let node = &cluster.inner.node;
+    let id = node.id;
+    let mut applied = node.applied.clone();
+    if applied.wait_for(|a| a.state.members.contains_key(&id)).await.is_err() {
+        return;
+    }
+    loop {
+        let draining = node.applied.borrow().state.draining.contains(&id);
+        if !draining || cluster.inner.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let cmd = clusterfunk_actors::state::Command::SetDraining { id, draining: false };
+        match node.propose(cmd).await {
+            Ok(_) => {
+                info!(node = %id, "restarted after leaving: taking shards again");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot clear this node's leaving mark yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 

@@ -171,6 +171,9 @@ impl Hooks {
 pub(crate) struct NodeHooks {
     pub(crate) registry: Arc<Registry>,
     pub(crate) user: Hooks,
+    /// Shards whose lease ran out while the map still gave them to this node, with the epoch
+    /// their (kept) entities belong to.
+    pub(crate) paused: std::sync::Mutex<std::collections::HashMap<ShardId, Epoch>>,
 }
 
 impl ShardHooks for NodeHooks {
@@ -181,9 +184,25 @@ impl ShardHooks for NodeHooks {
                 if was_replica {
                     v.push(ClusterEvent::ShardLeadershipGained { shard, epoch });
                 }
+                // Entities kept through a lease lapse serve on only at the epoch they had.
+                let kept = self.paused.lock().expect("paused lock is never poisoned").remove(&shard);
+                if kept.is_some_and(|e| e != epoch) {
+                    let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
+                    let fire = self.user.fire(v);
+                    return Box::pin(async move {
+                        futures::future::join_all(stops).await;
+                        fire.await;
+                    });
+                }
                 v
             }
-            ShardChange::Unassigned { shard, epoch, new_owner, stays_replica } => {
+            ShardChange::Unassigned { shard, epoch, new_owner, stays_replica, still_assigned } => {
+                if still_assigned {
+                    // Only the lease ran out: keep the entities (paused) for the same epoch.
+                    self.paused.lock().expect("paused lock is never poisoned").insert(shard, epoch);
+                    return self.user.fire(vec![ClusterEvent::ShardUnassigned { shard, epoch, new_owner }]);
+                }
+                self.paused.lock().expect("paused lock is never poisoned").remove(&shard);
                 let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
                 let mut v = Vec::new();
                 if stays_replica {

@@ -64,6 +64,15 @@ pub fn intervals(records: &[Record]) -> Vec<Interval> {
                     out.push(Interval { node: r.node.clone(), shard: r.shard, epoch, from, to: r.t_ns });
                 }
             }
+            // The process was gone by then (written by the test harness after kill -9 or an
+            // exit): everything it had open ends.
+            "stopped" => {
+                let ended: Vec<(String, u32)> = open.keys().filter(|(n, _)| *n == r.node).cloned().collect();
+                for k in ended {
+                    let (from, epoch) = open.remove(&k).expect("listed above");
+                    out.push(Interval { node: k.0, shard: k.1, epoch, from, to: r.t_ns });
+                }
+            }
             _ => {}
         }
     }
@@ -71,6 +80,19 @@ pub fn intervals(records: &[Record]) -> Vec<Interval> {
         out.push(Interval { node, shard, epoch, from, to: u64::MAX });
     }
     out
+}
+
+/// Appends a `stopped` record for the node of `journal` (its process is gone now): closes every
+/// interval it had open. Nothing to do if the node never wrote a record.
+pub fn mark_stopped(journal: &Path) -> anyhow::Result<()> {
+    let Some(node) = read(journal).ok().and_then(|r| r.first().map(|r| r.node.clone())) else { return Ok(()) };
+    let t = clusterfunk_actors::lease::monotonic_ns();
+    let mut f = std::fs::OpenOptions::new().append(true).open(journal)?;
+    std::io::Write::write_all(
+        &mut f,
+        format!("{{\"t_ns\":{t},\"node\":\"{node}\",\"event\":\"stopped\",\"shard\":0,\"epoch\":0}}\n").as_bytes(),
+    )?;
+    Ok(())
 }
 
 /// Pairs of intervals of one shard on two different nodes that overlap in time (must be none).

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod chaos;
+pub mod cleanup;
 pub mod inproc;
 pub mod journal;
 pub mod netns;
@@ -110,7 +112,9 @@ impl NodeProc {
         }
         cmd.args(&self.args).args(more).arg("--data-dir").arg(&self.data_dir);
         cmd.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
-        self.child = Some(cmd.spawn().with_context(|| format!("starting {}", self.exe.display()))?);
+        let child = cmd.spawn().with_context(|| format!("starting {}", self.exe.display()))?;
+        cleanup::register(cleanup::Resource::Pid(child.id()));
+        self.child = Some(child);
         Ok(())
     }
 
@@ -126,12 +130,37 @@ impl NodeProc {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// kill -9 and reap.
+    /// kill -9 and reap (a stopped process is continued first, so it dies at once).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            self.signal_pid(c.id(), libc::SIGCONT);
             let _ = c.kill();
             let _ = c.wait();
+            cleanup::forget(&cleanup::Resource::Pid(c.id()));
         }
+    }
+
+    fn signal_pid(&self, pid: u32, sig: i32) {
+        // SAFETY: kill(2) on a child this handle started and has not reaped.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+
+    /// Sends `sig` (SIGSTOP, SIGCONT, SIGTERM...) to the running process; false if none runs.
+    pub fn signal(&mut self, sig: i32) -> bool {
+        match &self.child {
+            Some(c) => {
+                self.signal_pid(c.id(), sig);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a process was started and not killed (it may have exited on its own).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Whether the process has exited; its exit code if so.

@@ -257,8 +257,17 @@ async fn planned_rebalance_under_traffic_loses_nothing_and_hooks_come_in_order()
                 && matches!(e, ClusterEvent::ShardAssigned { shard: s, epoch: e2, previous_owner }
                     if s == shard && e2 > epoch && *previous_owner == Some(node_of(*i)))
         });
-        let (_, t_as, ClusterEvent::ShardAssigned { epoch: e2, .. }) = assigned.expect("a matching ShardAssigned")
-        else {
+        let (_, t_as, ClusterEvent::ShardAssigned { epoch: e2, .. }) = assigned.unwrap_or_else(|| {
+            let about: Vec<_> =
+                evs.iter()
+                    .filter(|(_, _, e)| match e {
+                        ClusterEvent::ShardAssigned { shard: s, .. }
+                        | ClusterEvent::ShardUnassigned { shard: s, .. } => s == shard,
+                        _ => false,
+                    })
+                    .collect();
+            panic!("no ShardAssigned on node {j} matching {e:?} on node {i}; events of the shard: {about:#?}")
+        }) else {
             unreachable!()
         };
         assert!(t_un < t_as, "shard {shard}: unassigned on the old owner before assigned on the new");

@@ -47,6 +47,10 @@ pub enum ShardChange {
         new_owner: Option<NodeId>,
         /// Whether this node stays one of its followers (a demotion).
         stays_replica: bool,
+        /// Whether the map still gives the shard to this node at `epoch`: only its lease ran
+        /// out. Its entities may keep their state: nothing reaches them without a lease, and if
+        /// it serves the shard again at the same epoch, nobody else served it meanwhile.
+        still_assigned: bool,
     },
     /// This node became a follower of the shard.
     ReplicaAdded {
@@ -153,8 +157,12 @@ impl Activator {
                 let changes = stops.iter().map(|(s, e)| ShardChange::Unassigned {
                     shard: *s,
                     epoch: *e,
-                    new_owner: map.owner(*s).or_else(|| applied.state.handoffs.get(s).and_then(|h| h.to.owner)),
+                    new_owner: map
+                        .owner(*s)
+                        .or_else(|| applied.state.handoffs.get(s).and_then(|h| h.to.owner))
+                        .filter(|o| *o != local),
                     stays_replica: replicas.contains_key(s),
+                    still_assigned: map.owner(*s) == Some(local) && map.shard_epoch(*s) == *e,
                 });
                 self.run_hooks(&hooks, changes.collect(), io.budget).await;
             }
@@ -212,6 +220,7 @@ impl Activator {
                         epoch: *e,
                         new_owner: latest.state.shard_map.owner(*s).filter(|o| *o != local),
                         stays_replica: latest.state.shard_map.replicas(*s).contains(&local),
+                        still_assigned: false,
                     });
                     self.run_hooks(&hooks, changes.collect(), io.budget).await;
                 }

@@ -62,6 +62,9 @@ pub struct Args {
     /// Start N nodes on this machine (child processes) and print their dashboards.
     #[arg(long)]
     pub local: Option<u32>,
+    /// Append this node's ownership journal (JSON lines, for the checkers) to this file.
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
     /// Demo traffic: messages per second this node sends to random counters (0 = none).
     #[arg(long, default_value_t = 50)]
     pub traffic: u32,
@@ -128,6 +131,9 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     }
     if let Some(d) = &args.dashboard {
         b = b.dashboard(d);
+    }
+    if let Some(j) = &args.journal {
+        b = b.journal(j);
     }
     if let Some(s) = &args.secret {
         b = b.secret(s);

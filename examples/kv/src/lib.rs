@@ -9,6 +9,11 @@
 //! | `GET /kv/{key}` | the same, or 404 `{"error": "not found", ...}` |
 //! | `DELETE /kv/{key}` | `{"key", "deleted", "write_id", "node", "shard"}` |
 //! | `POST /kv/{key}/cas` `{"expect": value or null, "value": value}` | 200 as `PUT`, or 409 with the current value |
+//! | `POST /kv/{key}/append` (body: an element) | the key's append-only set, `{"set": [...], ...}` |
+//! | `GET /kv/{key}/set` | the key's append-only set |
+//!
+//! Every answer also carries `epoch` (the shard's fencing epoch on the node that answered) and
+//! `instance` (the entity incarnation that answered: a restarted or moved entity starts empty).
 //!
 //! Values live in the entity's memory: they survive moves of nothing. When a shard moves (its
 //! owner dies, or a rebalance), its keys start empty on the new owner. Durability comes with
@@ -22,7 +27,9 @@ use serde::{Deserialize, Serialize};
 
 /// The node app: the KV entity and its routes.
 pub const APP: clusterfunk_demo::App = clusterfunk_demo::App {
-    register: |b| b.entity::<Kv>(|e| e.handles::<Get>().handles::<Put>().handles::<Delete>().handles::<Cas>()),
+    register: |b| {
+        b.entity::<Kv>(|e| e.handles::<Get>().handles::<Put>().handles::<Delete>().handles::<Cas>().handles::<Append>())
+    },
     routes,
     traffic: None,
 };
@@ -32,6 +39,8 @@ pub struct Kv {
     key: String,
     value: Option<String>,
     write_id: Option<String>,
+    set: Vec<String>,
+    instance: String,
     info: EntityInfo,
 }
 
@@ -42,7 +51,8 @@ impl Actor for Kv {
 impl ShardedActor for Kv {
     type Key = String;
     fn from_key(key: &String, info: EntityInfo) -> Self {
-        Kv { key: key.clone(), value: None, write_id: None, info }
+        let instance = format!("{:016x}", rand::random::<u64>());
+        Kv { key: key.clone(), value: None, write_id: None, set: Vec::new(), instance, info }
     }
 }
 
@@ -61,6 +71,13 @@ pub struct Reply {
     pub node: String,
     /// The key's shard.
     pub shard: u32,
+    /// The shard's epoch on the node that answered (its fencing token).
+    pub epoch: u64,
+    /// The key's append-only set (in insertion order).
+    pub set: Vec<String>,
+    /// This incarnation of the key's entity (random, from its start): values live in entity
+    /// memory, so a new incarnation starts empty.
+    pub instance: String,
 }
 
 impl Kv {
@@ -72,6 +89,9 @@ impl Kv {
             ok,
             node: self.info.node.to_string(),
             shard: self.info.shard.0,
+            epoch: self.info.epoch.0,
+            set: self.set.clone(),
+            instance: self.instance.clone(),
         }
     }
 
@@ -104,6 +124,21 @@ pub struct Cas {
     pub expect: Option<String>,
     /// The value to set.
     pub value: String,
+}
+
+/// Adds an element to the key's append-only set (a repeated element is kept once).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Reply")]
+pub struct Append(pub String);
+
+impl Handler<Append> for Kv {
+    type Result = MessageResult<Append>;
+    fn handle(&mut self, Append(x): Append, _: &mut Context<Self>) -> Self::Result {
+        if !self.set.contains(&x) {
+            self.set.push(x);
+        }
+        MessageResult(self.reply(true))
+    }
 }
 
 impl Handler<Get> for Kv {
@@ -147,11 +182,13 @@ fn answer(r: Result<Reply, SendError>, missing: u16) -> HttpResponse {
     match r {
         Ok(reply) if reply.ok => HttpResponse::Ok().json(reply),
         Ok(reply) if missing == 404 => HttpResponse::NotFound().json(serde_json::json!({
-            "error": "not found", "key": reply.key, "node": reply.node, "shard": reply.shard
+            "error": "not found", "key": reply.key, "node": reply.node, "shard": reply.shard, "epoch": reply.epoch,
+            "instance": reply.instance
         })),
         Ok(reply) => HttpResponse::Conflict().json(serde_json::json!({
             "error": "compare-and-set failed", "key": reply.key, "value": reply.value,
-            "write_id": reply.write_id, "node": reply.node, "shard": reply.shard
+            "write_id": reply.write_id, "node": reply.node, "shard": reply.shard, "epoch": reply.epoch,
+            "instance": reply.instance
         })),
         Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() })),
     }
@@ -193,7 +230,17 @@ async fn cas_key(cluster: web::Data<Cluster>, key: web::Path<String>, body: web:
     answer(cluster.sharded::<Kv>().send(&key.into_inner(), Cas { expect, value }).await, 409)
 }
 
+#[post("/kv/{key}/append")]
+async fn append_key(cluster: web::Data<Cluster>, key: web::Path<String>, body: String) -> HttpResponse {
+    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Append(body)).await, 409)
+}
+
+#[get("/kv/{key}/set")]
+async fn get_set(cluster: web::Data<Cluster>, key: web::Path<String>) -> HttpResponse {
+    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Get).await.map(|r| Reply { ok: true, ..r }), 404)
+}
+
 /// The KV routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(get_key).service(put_key).service(delete_key).service(cas_key);
+    cfg.service(get_key).service(put_key).service(delete_key).service(cas_key).service(append_key).service(get_set);
 }

@@ -1,0 +1,511 @@
+//! The scenarios: each makes a lab, runs the workload, injects its faults, heals, and hands the
+//! history and journals to the checkers.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rand::{Rng, SeedableRng};
+
+use super::lab::{ChaosLab, LabOpts, P2P_PORT};
+use super::workload::{invoke, Op, Outcome, Shape, Workload};
+use super::{linear, lost_appends, now_ns, overlap_in, recovery_ms, RunResult};
+use crate::{view, wait_until};
+
+/// The lease length the nodes run with (the framework default).
+pub const LEASE: Duration = Duration::from_millis(500);
+
+/// A scenario's state while it runs.
+pub struct Env {
+    /// The lab.
+    pub lab: ChaosLab,
+    /// Faults injected so far.
+    pub faults: Vec<String>,
+    /// When the first fault was injected (journal clock).
+    pub fault_at: Option<u64>,
+    /// Shorter holds (CI).
+    pub quick: bool,
+    /// Things to report.
+    pub notes: Vec<String>,
+    /// A random source for choices, from the seed.
+    pub rng: rand::rngs::StdRng,
+}
+
+impl Env {
+    /// Records a fault being injected now.
+    pub fn fault(&mut self, what: impl Into<String>) {
+        let what = what.into();
+        eprintln!("  fault: {what}");
+        self.fault_at.get_or_insert_with(now_ns);
+        self.faults.push(what);
+    }
+
+    /// Waits until every node other than `except` serves all shards with one leader.
+    pub fn served(&self, except: &[usize]) -> anyhow::Result<()> {
+        self.lab.wait_serving(except, Duration::from_secs(60))
+    }
+
+    /// Waits until every running node is back in one complete map, serving.
+    pub fn healed(&self) -> anyhow::Result<()> {
+        self.lab.wait_formed(Duration::from_secs(90))?;
+        self.lab.wait_serving(&[], Duration::from_secs(60))
+    }
+
+    fn hold(&self, full: Duration, quick: Duration) {
+        super::hold(if self.quick { quick } else { full });
+    }
+}
+
+/// One scenario.
+pub struct Scenario {
+    /// Its name (`--scenario NAME`).
+    pub name: &'static str,
+    /// What it does.
+    pub about: &'static str,
+    /// Part of the CI subset.
+    pub ci: bool,
+    /// The lab it needs.
+    pub opts: fn() -> LabOpts,
+    /// Injects the faults and heals.
+    pub run: fn(&mut Env) -> anyhow::Result<()>,
+}
+
+fn three() -> LabOpts {
+    LabOpts::default()
+}
+
+/// Every scenario, in the order `--all` runs them.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "leader-kill",
+            about: "kill -9 the Raft leader, restart it on its data dir",
+            ci: true,
+            opts: three,
+            run: leader_kill,
+        },
+        Scenario {
+            name: "owner-kill",
+            about: "kill -9 a shard owner that is not the leader, restart it",
+            ci: true,
+            opts: three,
+            run: owner_kill,
+        },
+        Scenario {
+            name: "leader-minority",
+            about: "partition the leader alone (bridge port down) for 5 s, heal",
+            ci: true,
+            opts: three,
+            run: leader_minority,
+        },
+        Scenario {
+            name: "follower-isolated",
+            about: "partition one follower for 5 s, heal",
+            ci: false,
+            opts: three,
+            run: follower_isolated,
+        },
+        Scenario {
+            name: "one-way",
+            about: "the leader's packets to one follower are lost (bogus neighbour entry) for 5 s",
+            ci: false,
+            opts: three,
+            run: one_way,
+        },
+        Scenario {
+            name: "flapping",
+            about: "one follower's link goes down and up every 1 s for 60 s (10 s quick)",
+            ci: false,
+            opts: three,
+            run: flapping,
+        },
+        Scenario {
+            name: "rolling-restart",
+            about: "SIGTERM (graceful leave) and restart every node in turn",
+            ci: false,
+            opts: three,
+            run: rolling_restart,
+        },
+        Scenario {
+            name: "restart-all",
+            about: "kill -9 every node at once, restart all on their persistent logs",
+            ci: true,
+            opts: three,
+            run: restart_all,
+        },
+        Scenario {
+            name: "truncated-tail",
+            about: "kill -9 a follower, cut 4 KiB off its Raft store, restart it",
+            ci: false,
+            opts: three,
+            run: truncated_tail,
+        },
+        Scenario {
+            name: "disk-full",
+            about: "a follower's data dir (16 MiB tmpfs) fills up; freed and restarted",
+            ci: false,
+            opts: || LabOpts { tmpfs_mib: Some((2, 16)), ..LabOpts::default() },
+            run: disk_full,
+        },
+        Scenario {
+            name: "sigstop-owner",
+            about: "SIGSTOP a shard owner for 2·L, then SIGCONT",
+            ci: true,
+            opts: three,
+            run: sigstop_owner,
+        },
+        Scenario {
+            name: "two-node-split",
+            about: "a two-node cluster (one voter) split in two for 5 s, heal",
+            ci: false,
+            opts: || LabOpts { nodes: 2, voters: 1, ..LabOpts::default() },
+            run: two_node_split,
+        },
+        Scenario {
+            name: "garbage-frames",
+            about: "random bytes and an oversized length prefix sent to every node's p2p port",
+            ci: true,
+            opts: three,
+            run: garbage_frames,
+        },
+        Scenario {
+            name: "wrong-secret",
+            about: "a fourth node with another cluster secret tries to join",
+            ci: true,
+            opts: || LabOpts { nodes: 4, intruder: true, ..LabOpts::default() },
+            run: wrong_secret,
+        },
+        Scenario {
+            name: "bootstrap-race",
+            about: "5 nodes started at the same instant, 20 times (3 quick): exactly one cluster each time",
+            ci: false,
+            opts: || LabOpts { nodes: 5, ..LabOpts::default() },
+            run: |_| Ok(()),
+        },
+    ]
+}
+
+/// Finds a scenario.
+pub fn find(name: &str) -> anyhow::Result<Scenario> {
+    all().into_iter().find(|s| s.name == name).with_context(|| format!("no scenario named {name:?} (see --list)"))
+}
+
+/// Runs scenario `name` with `seed` using the node binary `exe`.
+pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<RunResult> {
+    let sc = find(name)?;
+    if sc.name == "bootstrap-race" {
+        return bootstrap_race(exe, seed, if quick { 3 } else { 20 });
+    }
+    let opts = (sc.opts)();
+    let members = if opts.intruder { opts.nodes - 1 } else { opts.nodes };
+    let mut lab = ChaosLab::new(exe, opts)?;
+    lab.start()?;
+    lab.wait_serving(&[], Duration::from_secs(60))?;
+    let targets: Vec<String> = lab.http_addrs().into_iter().take(members).collect();
+    let wl = Workload::start(targets.clone(), Shape { seed, ..Shape::default() }, Arc::new(|_| true));
+    let base = wl.len();
+    wait_until(Duration::from_secs(30), "baseline traffic", || (wl.len() >= base + 100).then_some(()))?;
+    let mut env = Env {
+        lab,
+        faults: Vec::new(),
+        fault_at: None,
+        quick,
+        notes: Vec::new(),
+        rng: rand::rngs::StdRng::seed_from_u64(seed),
+    };
+    let outcome = (sc.run)(&mut env);
+    let after = wl.len();
+    let settled = outcome.and_then(|_| {
+        wait_until(Duration::from_secs(60), "traffic after healing", || (wl.len() >= after + 200).then_some(()))
+    });
+    let keys: Vec<String> = wl.keys.iter().chain(wl.sets.iter()).cloned().collect();
+    let sets = wl.sets.clone();
+    let history = wl.stop();
+    if let Err(e) = settled {
+        bail!("{}: {e:#}\n{}", sc.name, env.lab.logs());
+    }
+    // Final reads of every set, through any node that answers.
+    let mut finals = BTreeMap::new();
+    for key in &sets {
+        let got = wait_until(Duration::from_secs(30), "a final read", || {
+            targets.iter().enumerate().find_map(|(i, t)| {
+                let r = invoke(usize::MAX, 0, t, i, key, Op::ReadSet);
+                (r.result == Outcome::Ok).then(|| (r.set.unwrap_or_default(), r.instance))
+            })
+        })?;
+        finals.insert(key.clone(), got);
+    }
+    let overlap = overlap_in(&env.lab.journals)?;
+    let (lost, lost_to_moves) = lost_appends(&history, &finals);
+    let report = linear::check(&history, Duration::from_secs(if quick { 20 } else { 60 }));
+    for (k, n) in &report.violations {
+        env.notes.push(format!("key {k}: no linearization of its {n} operations"));
+    }
+    for k in &report.timed_out {
+        env.notes.push(format!("key {k}: the linearizability search ran out of time"));
+    }
+    let fault_at = env.fault_at.unwrap_or_else(now_ns);
+    let recovery = recovery_ms(&history, &keys, fault_at).unwrap_or_else(|| {
+        env.notes.push("some key was never served again after the fault".into());
+        u64::MAX / 1_000_000
+    });
+    let ok = history.iter().filter(|r| r.result == Outcome::Ok).count();
+    let unknown = history.iter().filter(|r| r.result == Outcome::Unknown).count();
+    Ok(RunResult {
+        scenario: sc.name.to_string(),
+        seed,
+        faults: env.faults.clone(),
+        ops: (history.len(), ok, unknown),
+        overlap,
+        lost,
+        lost_to_moves,
+        verdict: report.verdict,
+        recovery_ms: recovery,
+        notes: env.notes.clone(),
+    })
+}
+
+fn leader_kill(env: &mut Env) -> anyhow::Result<()> {
+    let l = env.lab.leader()?;
+    env.fault(format!("kill -9 leader n{l}"));
+    env.lab.kill(l);
+    env.served(&[l])?;
+    env.fault(format!("restart n{l} on its data dir"));
+    env.lab.nodes[l].start()?;
+    env.healed()
+}
+
+fn owner_kill(env: &mut Env) -> anyhow::Result<()> {
+    let o = env.lab.owner_not_leader()?;
+    env.fault(format!("kill -9 owner n{o}"));
+    env.lab.kill(o);
+    env.served(&[o])?;
+    env.fault(format!("restart n{o} on its data dir"));
+    env.lab.nodes[o].start()?;
+    env.healed()
+}
+
+fn leader_minority(env: &mut Env) -> anyhow::Result<()> {
+    let l = env.lab.leader()?;
+    env.fault(format!("partition {{n{l}}} from the rest (bridge port down)"));
+    env.lab.isolate(l, true)?;
+    env.served(&[l])?;
+    env.hold(Duration::from_secs(5), Duration::from_secs(2));
+    env.fault(format!("heal n{l}"));
+    env.lab.isolate(l, false)?;
+    env.healed()
+}
+
+fn follower_isolated(env: &mut Env) -> anyhow::Result<()> {
+    let f = env.lab.owner_not_leader()?;
+    env.fault(format!("partition follower n{f}"));
+    env.lab.isolate(f, true)?;
+    env.served(&[f])?;
+    env.hold(Duration::from_secs(5), Duration::from_secs(2));
+    env.fault(format!("heal n{f}"));
+    env.lab.isolate(f, false)?;
+    env.healed()
+}
+
+fn one_way(env: &mut Env) -> anyhow::Result<()> {
+    let l = env.lab.leader()?;
+    let f = env.lab.owner_not_leader()?;
+    env.fault(format!("one-way loss n{l} -> n{f}"));
+    env.lab.one_way(l, f, true)?;
+    env.hold(Duration::from_secs(5), Duration::from_secs(3));
+    env.fault(format!("heal n{l} -> n{f}"));
+    env.lab.one_way(l, f, false)?;
+    env.healed()
+}
+
+fn flapping(env: &mut Env) -> anyhow::Result<()> {
+    let f = env.lab.owner_not_leader()?;
+    let total = if env.quick { Duration::from_secs(10) } else { Duration::from_secs(60) };
+    env.fault(format!("n{f}'s link flaps (1 s down, 1 s up) for {}s", total.as_secs()));
+    let start = Instant::now();
+    while start.elapsed() < total {
+        env.lab.isolate(f, true)?;
+        super::hold(Duration::from_secs(1));
+        env.lab.isolate(f, false)?;
+        super::hold(Duration::from_secs(1));
+    }
+    env.healed()
+}
+
+fn rolling_restart(env: &mut Env) -> anyhow::Result<()> {
+    for i in 0..env.lab.nodes.len() {
+        env.fault(format!("SIGTERM n{i} (graceful leave), restart it"));
+        env.lab.nodes[i].signal(libc::SIGTERM);
+        if env.lab.watch_exit(i, Duration::from_secs(20)).is_none() {
+            bail!("n{i} did not leave and exit within 20 s of SIGTERM");
+        }
+        env.lab.nodes[i].start()?;
+        env.healed()?;
+    }
+    Ok(())
+}
+
+fn restart_all(env: &mut Env) -> anyhow::Result<()> {
+    env.fault("kill -9 every node");
+    for i in 0..env.lab.nodes.len() {
+        env.lab.kill(i);
+    }
+    env.fault("restart every node on its data dir");
+    for i in 0..env.lab.nodes.len() {
+        env.lab.nodes[i].start()?;
+    }
+    env.healed()
+}
+
+fn truncated_tail(env: &mut Env) -> anyhow::Result<()> {
+    let f = env.lab.owner_not_leader()?;
+    env.fault(format!("kill -9 n{f}"));
+    env.lab.kill(f);
+    let store = env.lab.store_file(f);
+    let len = std::fs::metadata(&store)?.len();
+    env.fault(format!("truncate n{f}'s raft.redb from {len} to {} bytes", len.saturating_sub(4096)));
+    std::fs::OpenOptions::new().write(true).open(&store)?.set_len(len.saturating_sub(4096))?;
+    env.lab.nodes[f].start()?;
+    // Either it repairs the store and rejoins, or it refuses to start with a clear error.
+    let exited = wait_until(Duration::from_secs(30), "the node to rejoin or refuse", || {
+        if let Some(code) = env.lab.nodes[f].exited() {
+            env.lab.mark_stopped(f);
+            return Some(Some(code));
+        }
+        env.lab.nodes[f].status().ok().filter(|s| view::leader(s).is_some()).map(|_| None)
+    })?;
+    if let Some(code) = exited {
+        let tail = env.lab.nodes[f].log_tail(3);
+        env.notes.push(format!("n{f} refused its truncated store (exit {code:?}): {tail}"));
+        env.served(&[f])?;
+        // Leave it out: the others serve everything.
+        env.lab.nodes[f].kill();
+        return Ok(());
+    }
+    env.notes.push(format!("n{f} repaired its truncated store and rejoined"));
+    env.healed()
+}
+
+fn disk_full(env: &mut Env) -> anyhow::Result<()> {
+    let f = 2;
+    env.fault(format!("fill n{f}'s data dir (tmpfs)"));
+    let filler = env.lab.fill_disk(f)?;
+    let died = env.lab.watch_exit(f, if env.quick { Duration::from_secs(3) } else { Duration::from_secs(5) });
+    env.notes.push(match died {
+        Some(code) => format!("n{f} stopped on the full disk (exit {code:?})"),
+        None => format!("n{f} kept running on the full disk"),
+    });
+    env.served(if died.is_some() { &[2] } else { &[] })?;
+    env.fault(format!("free n{f}'s disk and restart it"));
+    std::fs::remove_file(&filler)?;
+    env.lab.restart(f)?;
+    env.healed()
+}
+
+fn sigstop_owner(env: &mut Env) -> anyhow::Result<()> {
+    let o = env.lab.owner_not_leader()?;
+    env.fault(format!("SIGSTOP n{o} for 2·L"));
+    env.lab.pause(o, true);
+    super::hold(LEASE * 2);
+    env.fault(format!("SIGCONT n{o}"));
+    env.lab.pause(o, false);
+    env.healed()
+}
+
+fn two_node_split(env: &mut Env) -> anyhow::Result<()> {
+    env.fault("split n0 | n1 (bridge port of n1 down)");
+    env.lab.isolate(1, true)?;
+    env.served(&[1])?;
+    env.hold(Duration::from_secs(5), Duration::from_secs(2));
+    env.fault("heal");
+    env.lab.isolate(1, false)?;
+    env.healed()
+}
+
+fn garbage_frames(env: &mut Env) -> anyhow::Result<()> {
+    for (i, ipaddr) in env.lab.net.ips.clone().iter().enumerate() {
+        let addr = format!("{ipaddr}:{P2P_PORT}");
+        env.fault(format!("64 KiB of random bytes, then a 4 GiB length prefix, to n{i}"));
+        let mut junk = vec![0u8; 64 << 10];
+        env.rng.fill(&mut junk[..]);
+        for payload in [junk, vec![0xff, 0xff, 0xff, 0xff, 0x0f, b'/']] {
+            if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(1)) {
+                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(&payload);
+            }
+        }
+    }
+    env.healed()?;
+    for (i, n) in env.lab.nodes.iter_mut().enumerate() {
+        if n.exited().is_some() {
+            bail!("n{i} exited after garbage input");
+        }
+    }
+    Ok(())
+}
+
+fn wrong_secret(env: &mut Env) -> anyhow::Result<()> {
+    let x = env.lab.nodes.len() - 1;
+    env.fault(format!("start n{x} with another cluster secret, joining n0"));
+    env.lab.nodes[x].start()?;
+    env.hold(Duration::from_secs(5), Duration::from_secs(3));
+    let s = env.lab.nodes[0].status()?;
+    let members = view::members_in(&s, "up").len();
+    if members != x {
+        bail!("the cluster has {members} members after the intruder tried to join (expected {x})");
+    }
+    let intruder = env.lab.nodes[x].status().ok();
+    if intruder.as_ref().and_then(view::leader).is_some() {
+        bail!("the node with the wrong secret sees a leader: it joined");
+    }
+    env.notes.push(format!("n{x} (wrong secret) never joined; the cluster kept {members} members"));
+    env.lab.kill(x);
+    Ok(())
+}
+
+fn bootstrap_race(exe: &Path, seed: u64, reps: usize) -> anyhow::Result<RunResult> {
+    let mut overlap = 0;
+    let mut times = Vec::new();
+    let mut history = Vec::new();
+    for rep in 0..reps {
+        let mut lab = ChaosLab::new(exe, LabOpts { nodes: 5, ..LabOpts::default() })?;
+        let t0 = Instant::now();
+        lab.start()?;
+        let ids = lab.wait_formed(Duration::from_secs(90))?;
+        lab.wait_serving(&[], Duration::from_secs(60))?;
+        times.push(t0.elapsed().as_millis() as u64);
+        let ss: Vec<serde_json::Value> = lab.nodes.iter().map(|n| n.status()).collect::<anyhow::Result<_>>()?;
+        let leaders: std::collections::BTreeSet<Option<String>> = ss.iter().map(view::leader).collect();
+        if leaders.len() != 1 || ids.len() != 5 {
+            bail!("rep {rep}: {} leaders over {} members: not exactly one cluster", leaders.len(), ids.len());
+        }
+        let wl = Workload::start(
+            lab.http_addrs(),
+            Shape { seed: seed + rep as u64, clients: 3, ..Shape::default() },
+            Arc::new(|_| true),
+        );
+        wait_until(Duration::from_secs(30), "traffic", || (wl.len() >= 100).then_some(()))?;
+        history.extend(wl.stop());
+        overlap += overlap_in(&lab.journals)?;
+        eprintln!("  rep {rep}: one cluster of 5 in {} ms", times.last().unwrap_or(&0));
+    }
+    times.sort();
+    let report = linear::check(&history, Duration::from_secs(30));
+    let ok = history.iter().filter(|r| r.result == Outcome::Ok).count();
+    let unknown = history.iter().filter(|r| r.result == Outcome::Unknown).count();
+    Ok(RunResult {
+        scenario: "bootstrap-race".into(),
+        seed,
+        faults: vec![format!("{reps} × 5 nodes started together (n0 bootstraps, n1–n4 join)")],
+        ops: (history.len(), ok, unknown),
+        overlap,
+        lost: 0,
+        lost_to_moves: 0,
+        verdict: report.verdict,
+        recovery_ms: times.last().copied().unwrap_or(0),
+        notes: vec![format!("one cluster every time; formed in median {} ms", times[times.len() / 2])],
+    })
+}
