@@ -148,7 +148,7 @@ fn markdown(rows: &[(String, String, Vec<RunResult>, Vec<String>)], seeds: u64, 
         };
         md.push_str(&format!(
             "| {name} | {about} | {ops} ({ans} / {unk}) | {overlap} | {lost} ({moved}) | {verdict} | {} / {}{errs} |\n",
-            rec[rec.len() / 2],
+            rec[(rec.len() - 1) / 2],
             rec[rec.len() - 1]
         ));
     }

@@ -378,7 +378,8 @@ fn truncated_tail(env: &mut Env) -> anyhow::Result<()> {
         env.lab.nodes[f].status().ok().filter(|s| view::leader(s).is_some()).map(|_| None)
     })?;
     if let Some(code) = exited {
-        let tail = env.lab.nodes[f].log_tail(3);
+        let log = env.lab.nodes[f].log_tail(5);
+        let tail = log.lines().rev().find(|l| l.contains("error")).unwrap_or("").to_string();
         env.notes.push(format!("n{f} refused its truncated store (exit {code:?}): {tail}"));
         env.served(&[f])?;
         // Leave it out: the others serve everything.
