@@ -118,6 +118,16 @@ impl Ownership {
     /// older than the highest epoch seen for it. Returns the active epoch.
     pub fn check(&self, shard: ShardId, epoch: Epoch, map: &ShardMap) -> Result<Epoch, Refusal> {
         let not_owner = || Refusal::NotOwner { shard, epoch: map.shard_epoch(shard), owner: map.owner(shard) };
+        // A stamp older than the highest epoch seen here is stale whatever else holds.
+        if epoch.0 != 0 {
+            let seen = Self::slots(&self.seen, map.shard_count())[shard.0 as usize].load(Ordering::Acquire);
+            if epoch.0 < seen {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.record("reject_stale", shard, Epoch(seen), Some(epoch), None);
+                let owner = if self.active_epoch(shard).is_some() { Some(self.local) } else { map.owner(shard) };
+                return Err(Refusal::NotOwner { shard, epoch: Epoch(seen), owner });
+            }
+        }
         // The lease first: a lease that needs log index X is published after the entries up to
         // X were applied and revoked what they took away (`revoke`), so the active table read
         // next is at least that new.
@@ -128,15 +138,6 @@ impl Ownership {
         if epoch.0 > active.0 {
             // The sender knows of a newer assignment than the one active here: it retries.
             return Err(not_owner());
-        }
-        if epoch.0 != 0 {
-            let seen = Self::slots(&self.seen, map.shard_count())[shard.0 as usize].load(Ordering::Acquire);
-            let highest = seen.max(active.0);
-            if epoch.0 < highest {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                self.record("reject_stale", shard, Epoch(highest), Some(epoch), None);
-                return Err(Refusal::NotOwner { shard, epoch: Epoch(highest), owner: Some(self.local) });
-            }
         }
         Ok(active)
     }
