@@ -6,6 +6,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod consensus;
+pub mod events;
 pub mod lease;
 pub mod membership;
 pub mod node;

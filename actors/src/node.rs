@@ -13,12 +13,13 @@ use crate::consensus::auto::Settings;
 use crate::consensus::store::{OpenError, Store};
 use crate::consensus::types::{Raft, RaftError, RaftMetrics, RaftNode};
 use crate::consensus::{self, AppliedState, Consensus, Propose, StateMachine};
+use crate::events::ClusterEvent;
 use crate::lease::{self, Clock, LeaseService, SystemClock};
 use crate::membership::{self, Membership, View};
 use crate::ownership::Ownership;
 use crate::shard::ShardMap;
 use crate::shard_manager::{self, ShardManager};
-use crate::shard_manager::{Activator, NodeEvent, ShardHooks};
+use crate::shard_manager::{Activator, ShardHooks};
 use crate::state::{Command, CommandResult};
 use crate::transport::{self, Transport};
 use crate::types::{ClusterName, NodeId, NodeMeta};
@@ -131,7 +132,7 @@ pub struct Node {
     /// Activation counters.
     pub activator: Arc<Activator>,
     /// Cluster-level events as this node sees them.
-    pub events: broadcast::Sender<NodeEvent>,
+    pub events: broadcast::Sender<ClusterEvent>,
     hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
     consensus: Addr<Consensus>,
     arbiters: Vec<Arbiter>,

@@ -115,31 +115,39 @@ impl Ownership {
 
     /// Whether this node may serve a message for `shard` stamped with `epoch` (`Epoch(0)`: not
     /// stamped, a local call): the lease is valid, the shard is active here, and `epoch` is not
-    /// older than the highest epoch seen for it. Returns the active epoch.
-    pub fn check(&self, shard: ShardId, epoch: Epoch, map: &ShardMap) -> Result<Epoch, Refusal> {
-        let not_owner = || Refusal::NotOwner { shard, epoch: map.shard_epoch(shard), owner: map.owner(shard) };
-        // A stamp older than the highest epoch seen here is stale whatever else holds.
+    /// older than the highest epoch seen for it. Returns the active epoch. `map` is read only to
+    /// name the owner in a refusal (an accepted message costs no map read).
+    pub fn check(&self, shard: ShardId, epoch: Epoch, map: impl FnOnce() -> Arc<ShardMap>) -> Result<Epoch, Refusal> {
+        let not_owner =
+            |map: Arc<ShardMap>| Refusal::NotOwner { shard, epoch: map.shard_epoch(shard), owner: map.owner(shard) };
+        // A stamp older than the highest epoch seen here is stale whatever else holds. (The
+        // shard comes off the network: out of range is simply "never seen".)
         if epoch.0 != 0 {
-            let seen = Self::slots(&self.seen, map.shard_count())[shard.0 as usize].load(Ordering::Acquire);
+            let seen = self.seen.get().and_then(|s| s.get(shard.0 as usize)).map_or(0, |a| a.load(Ordering::Acquire));
             if epoch.0 < seen {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 self.record("reject_stale", shard, Epoch(seen), Some(epoch), None);
-                let owner = if self.active_epoch(shard).is_some() { Some(self.local) } else { map.owner(shard) };
+                let owner = if self.active_epoch(shard).is_some() { Some(self.local) } else { map().owner(shard) };
                 return Err(Refusal::NotOwner { shard, epoch: Epoch(seen), owner });
             }
         }
-        // The lease first: a lease that needs log index X is published after the entries up to
-        // X were applied and revoked what they took away (`revoke`), so the active table read
-        // next is at least that new.
-        if !self.lease_valid() {
-            return Err(not_owner());
-        }
-        let Some(active) = self.active_epoch(shard) else { return Err(not_owner()) };
-        if epoch.0 > active.0 {
+        match self.serving_epoch(shard) {
             // The sender knows of a newer assignment than the one active here: it retries.
-            return Err(not_owner());
+            Some(active) if epoch.0 <= active.0 => Ok(active),
+            _ => Err(not_owner(map())),
         }
-        Ok(active)
+    }
+
+    /// The epoch `shard` is served at here now: the lease is valid and the shard active. The
+    /// lease is read first: a lease that needs log index X is published after the entries up to
+    /// X were applied and revoked what they took away ([`Self::revoke`]), so the active table
+    /// read next is at least that new.
+    #[inline]
+    pub fn serving_epoch(&self, shard: ShardId) -> Option<Epoch> {
+        if !self.lease_valid() {
+            return None;
+        }
+        self.active_epoch(shard)
     }
 
     /// Called by the state machine with every applied map *before* the applied state is
@@ -243,13 +251,13 @@ mod tests {
         assert!(!own.activate_if_owned(ShardId(1), Epoch(10), 4), "not ours in the applied map");
         assert!(!own.activate_if_owned(ShardId(2), Epoch(9), 4), "an older epoch than the applied map's");
         assert!(own.activate_if_owned(ShardId(2), Epoch(10), 4));
-        assert_eq!(own.check(ShardId(2), Epoch(10), &map), Ok(Epoch(10)));
+        assert_eq!(own.check(ShardId(2), Epoch(10), || Arc::new(map.clone())), Ok(Epoch(10)));
 
         // The shard moves: applying the map stops serving it before anyone can see the new state.
         owned_by(&mut map, 2, 7, 12);
         own.revoke(&map);
         assert_eq!(own.active_epoch(ShardId(2)), None);
-        assert!(own.check(ShardId(2), Epoch(10), &map).is_err());
+        assert!(own.check(ShardId(2), Epoch(10), || Arc::new(map.clone())).is_err());
         assert!(!own.activate_if_owned(ShardId(2), Epoch(10), 4), "a decision from the old map is refused");
 
         let journal = std::fs::read_to_string(&dir).unwrap();

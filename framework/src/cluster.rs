@@ -8,12 +8,11 @@ use actix::{Arbiter, ArbiterHandle};
 use clusterfunk_actors::node::{Node, StartError};
 use clusterfunk_actors::proxy::Router;
 use clusterfunk_actors::shard::{shard_for, ShardKey, ShardMap};
-use clusterfunk_actors::shard_manager::NodeEvent;
 use clusterfunk_actors::types::{ClusterName, NodeId, ShardId};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::hooks::{Hooks, NodeHooks};
+use crate::hooks::{ClusterEvent, Hooks, NodeHooks};
 
 use crate::entity::{HostEnv, Registry, Sharded, ShardedActor};
 use crate::status::MemberStatus;
@@ -257,7 +256,7 @@ impl Cluster {
     /// The epoch `shard` is served at on this node, if this node serves it now: the fencing
     /// token for the service's own storage.
     pub fn shard_epoch(&self, shard: ShardId) -> Option<clusterfunk_actors::types::Epoch> {
-        self.inner.node.ownership.active_epoch(shard).filter(|_| self.inner.node.ownership.lease_valid())
+        self.inner.node.ownership.serving_epoch(shard)
     }
 }
 
@@ -404,14 +403,13 @@ async fn passivate(registry: Arc<Registry>, idle: Duration) {
 }
 
 /// Hands cluster-level events to the user's hooks, in order, each within the budget.
-async fn forward_events(mut events: broadcast::Receiver<NodeEvent>, hooks: Hooks, budget: Duration) {
+async fn forward_events(mut events: broadcast::Receiver<ClusterEvent>, hooks: Hooks, budget: Duration) {
     if hooks.0.is_empty() {
         return;
     }
     loop {
         match events.recv().await {
             Ok(ev) => {
-                let Some(ev) = Hooks::node_event(ev) else { continue };
                 if tokio::time::timeout(budget, hooks.fire(vec![ev.clone()])).await.is_err() {
                     warn!(event = ?ev, ?budget, "hook overran its budget; going on");
                 }

@@ -17,12 +17,17 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().with_context(|| format!("ip {}", args.join(" ")))?;
+/// Runs `cmd` with `args` to completion; returns its stdout, or an error carrying its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("{cmd} {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args).map(drop)
 }
 
 /// A bridge with `n` namespaces on it, host `i` at `10.213.<net>.<i+1>/24`; the host itself is at

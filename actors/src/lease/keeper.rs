@@ -15,19 +15,13 @@ use crate::transport::{self, parse_peer};
 use crate::types::NodeId;
 use crate::wire::{RaftRequest, RaftResponse};
 
-struct ServiceState {
-    table: Table,
-    /// When the keeper last saw the Raft metrics change, and their quorum-ack age then.
-    quorum_seen: Option<(Instant, u64)>,
-}
-
 /// The leader's side: grants renewals (CheckQuorum) and knows whose leases have surely run out.
 pub struct LeaseService {
     cfg: Config,
     raft: Raft,
     clock: Arc<dyn Clock>,
     quorum_window: Duration,
-    state: Mutex<ServiceState>,
+    table: Mutex<Table>,
 }
 
 impl LeaseService {
@@ -36,7 +30,7 @@ impl LeaseService {
     /// after it acknowledged this leader).
     pub fn new(cfg: Config, raft: Raft, clock: Arc<dyn Clock>, quorum_window: Duration) -> LeaseService {
         let table = Table::new(cfg.clone());
-        LeaseService { cfg, raft, clock, quorum_window, state: Mutex::new(ServiceState { table, quorum_seen: None }) }
+        LeaseService { cfg, raft, clock, quorum_window, table: Mutex::new(table) }
     }
 
     /// The lease timings.
@@ -44,27 +38,23 @@ impl LeaseService {
         &self.cfg
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ServiceState> {
-        self.state.lock().expect("lease state lock is never poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().expect("lease state lock is never poisoned")
     }
 
-    /// Reads the Raft metrics: leadership, term, quorum-ack age and the last log index.
-    fn observe(&self) -> (Option<u64>, u64) {
+    /// Reads the Raft metrics: leadership (`Some(term)` while leader), the last log index and
+    /// the quorum-ack age (openraft computes it when it publishes its metrics, which its core
+    /// does on every tick and event: a core that stopped publishing is not detected here).
+    fn observe(&self) -> (Option<u64>, u64, Option<Duration>) {
         let now = self.clock.now();
         let (leader_term, last_log, quorum) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             let leader_term = (m.current_leader == Some(m.id)).then_some(m.current_term);
-            (leader_term, m.last_log_index.unwrap_or(0), m.millis_since_quorum_ack)
+            (leader_term, m.last_log_index.unwrap_or(0), m.millis_since_quorum_ack.map(Duration::from_millis))
         };
-        let mut st = self.lock();
-        st.table.set_leader(leader_term, now);
-        if let Some(q) = quorum {
-            st.quorum_seen = Some((now, q));
-        } else if leader_term.is_none() {
-            st.quorum_seen = None;
-        }
-        (leader_term, last_log)
+        self.lock().set_leader(leader_term, now);
+        (leader_term, last_log, quorum)
     }
 
     /// Answers a renewal.
@@ -73,17 +63,15 @@ impl LeaseService {
     /// grant: every entry this leader may still commit that moves a shard comes at or before it,
     /// so a node never serves from a map older than a move made before its grant.
     pub fn grant(&self, req: &LeaseRequest) -> LeaseReply {
-        let (leader_term, last_log) = self.observe();
+        let (leader_term, last_log, age) = self.observe();
         let now = self.clock.now();
         let mut st = self.lock();
-        // The metrics value ages from when it was seen: a stalled Raft core cannot make it look fresh.
-        let age = st.quorum_seen.map(|(at, ms)| Duration::from_millis(ms) + now.saturating_duration_since(at));
-        if st.table.is_fenced(req.node) {
+        if st.is_fenced(req.node) {
             return LeaseReply::Refused { reason: "its lease ran out and its shards are being moved".into() };
         }
         match may_grant(leader_term, req.term, age, self.quorum_window) {
             Ok(()) => {
-                st.table.renewed(req.node, now);
+                st.renewed(req.node, now);
                 LeaseReply::Granted { min_applied: last_log }
             }
             Err(reason) => LeaseReply::Refused { reason },
@@ -91,22 +79,16 @@ impl LeaseService {
     }
 
     /// Whether every lease `node` may hold has surely run out (this node is the leader and has
-    /// not heard a renewal from it for `takeover_after`).
-    pub fn expired(&self, node: NodeId) -> bool {
-        self.observe();
-        self.lock().table.expired(node, self.clock.now())
-    }
-
-    /// Like [`Self::expired`], and if so fences `node`: it gets no grant until [`Self::unfence`],
-    /// so a renewal racing with the move of its shards cannot be granted at a log index before
-    /// the move. The check and the fence are one step under the table's lock.
+    /// not heard a renewal from it for `takeover_after`); if so, fences `node`: it gets no grant
+    /// until [`Self::unfence`], so a renewal racing with the move of its shards cannot be granted
+    /// at a log index before the move. The check and the fence are one step under the lock.
     pub fn fence_expired(&self, node: NodeId) -> bool {
         self.observe();
         let now = self.clock.now();
         let mut st = self.lock();
-        let expired = st.table.expired(node, now);
+        let expired = st.expired(node, now);
         if expired {
-            st.table.fence(node);
+            st.fence(node);
         }
         expired
     }
@@ -115,14 +97,14 @@ impl LeaseService {
     pub fn unfence(&self, nodes: impl IntoIterator<Item = NodeId>) {
         let mut st = self.lock();
         for n in nodes {
-            st.table.unfence(n);
+            st.unfence(n);
         }
     }
 
     /// How long this node has led (in its current term), if it leads.
     pub fn leader_for(&self) -> Option<Duration> {
         self.observe();
-        self.lock().table.leader_for(self.clock.now())
+        self.lock().leader_for(self.clock.now())
     }
 }
 

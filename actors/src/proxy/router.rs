@@ -220,11 +220,11 @@ impl Router {
     /// deliver locally without the router.
     #[inline]
     pub fn serving(&self, shard: ShardId) -> bool {
-        self.inner.ownership.active_epoch(shard).is_some() && self.inner.ownership.lease_valid()
+        self.inner.ownership.serving_epoch(shard).is_some()
     }
 
     async fn deliver_local(&self, env: Envelope) -> Result<Vec<u8>, Error> {
-        self.inner.ownership.check(env.shard, env.epoch, &self.inner.map.borrow()).map_err(Error::Refused)?;
+        self.inner.ownership.check(env.shard, env.epoch, || self.inner.map.borrow().clone()).map_err(Error::Refused)?;
         self.inner.dispatch.dispatch(env).await.map_err(Error::Refused)
     }
 
@@ -277,7 +277,7 @@ impl Router {
     /// Serves a message that arrived from a peer: refuses it unless this node serves the shard
     /// now (lease valid, shard active) at an epoch no newer than the message's.
     pub(crate) async fn serve_local(&self, env: Envelope) -> Result<Vec<u8>, Refusal> {
-        let refusal = self.inner.ownership.check(env.shard, env.epoch, &self.inner.map.borrow()).err();
+        let refusal = self.inner.ownership.check(env.shard, env.epoch, || self.inner.map.borrow().clone()).err();
         if let Some(r) = refusal {
             self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(r);

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::core::{Core, Decision};
 use crate::consensus::types::Raft;
 use crate::consensus::{AppliedState, Consensus, Propose};
+use crate::events::ClusterEvent;
 use crate::lease::LeaseService;
 use crate::membership::{MemberState, View};
 use crate::shard::{Plan, ShardMap};
@@ -19,27 +20,6 @@ use crate::state::CommandResult;
 use crate::types::NodeId;
 
 const TICK: Duration = Duration::from_millis(50);
-
-/// A cluster-level event, as this node sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum NodeEvent {
-    /// The Raft leader changed.
-    LeaderChanged {
-        /// The new leader, if one is known.
-        leader: Option<NodeId>,
-        /// Its term.
-        term: u64,
-    },
-    /// A member is up (this node's failure detector).
-    MemberUp(NodeId),
-    /// A member is down.
-    MemberDown(NodeId),
-    /// This node, as leader, started a rebalance.
-    RebalanceStarted(Plan),
-    /// The rebalance this node started has finished (every handoff confirmed).
-    RebalanceFinished(Plan),
-}
 
 /// The shard manager actor.
 pub struct ShardManager {
@@ -50,7 +30,7 @@ pub struct ShardManager {
     applied: watch::Receiver<Arc<AppliedState>>,
     view: watch::Receiver<Arc<View>>,
     map: watch::Sender<Arc<ShardMap>>,
-    events: broadcast::Sender<NodeEvent>,
+    events: broadcast::Sender<ClusterEvent>,
     leader: Option<NodeId>,
     up: BTreeSet<NodeId>,
     open_plan: Option<Plan>,
@@ -66,7 +46,7 @@ impl ShardManager {
         lease: Arc<LeaseService>,
         applied: watch::Receiver<Arc<AppliedState>>,
         view: watch::Receiver<Arc<View>>,
-        events: broadcast::Sender<NodeEvent>,
+        events: broadcast::Sender<ClusterEvent>,
     ) -> (ShardManager, watch::Receiver<Arc<ShardMap>>) {
         let initial = Arc::new(applied.borrow().state.shard_map.clone());
         let (tx, rx) = watch::channel(initial);
@@ -87,7 +67,7 @@ impl ShardManager {
         (sm, rx)
     }
 
-    fn emit(&self, ev: NodeEvent) {
+    fn emit(&self, ev: ClusterEvent) {
         // No receiver yet is fine; a lagging receiver learns of the lag when it reads.
         let _ = self.events.send(ev);
     }
@@ -98,7 +78,7 @@ impl ShardManager {
         if self.open_plan.is_some() && !self.in_flight() && applied.state.handoffs.is_empty() {
             let plan = self.open_plan.take().expect("checked");
             info!(moves = plan.moves.len(), "rebalance finished");
-            self.emit(NodeEvent::RebalanceFinished(plan));
+            self.emit(ClusterEvent::RebalanceFinished(plan));
         }
         if self.busy {
             return;
@@ -125,7 +105,7 @@ impl ShardManager {
                 Ok(Ok(CommandResult::Applied { index })) => {
                     info!(epoch = index, "shard map committed");
                     if let Some(plan) = plan {
-                        act.emit(NodeEvent::RebalanceStarted(plan.clone()));
+                        act.emit(ClusterEvent::RebalanceStarted(plan.clone()));
                         act.open_plan = Some(plan);
                     }
                 }
@@ -148,16 +128,16 @@ impl ShardManager {
         };
         if leader != self.leader {
             self.leader = leader;
-            self.emit(NodeEvent::LeaderChanged { leader, term });
+            self.emit(ClusterEvent::LeaderChanged { leader, term });
         }
         let view = self.view.borrow().clone();
         let up: BTreeSet<NodeId> =
             view.members.iter().filter(|(_, m)| m.state != MemberState::Down).map(|(id, _)| *id).collect();
         for id in up.difference(&self.up) {
-            self.emit(NodeEvent::MemberUp(*id));
+            self.emit(ClusterEvent::MemberUp(*id));
         }
         for id in self.up.difference(&up) {
-            self.emit(NodeEvent::MemberDown(*id));
+            self.emit(ClusterEvent::MemberDown(*id));
         }
         self.up = up;
     }

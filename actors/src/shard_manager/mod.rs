@@ -9,7 +9,7 @@ mod core;
 use std::time::Duration;
 
 pub use activator::{Activator, ShardChange, ShardHooks};
-pub use actor::{NodeEvent, ShardManager};
+pub use actor::ShardManager;
 pub use core::{Core, Decision};
 
 /// Shard manager timings.

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         for s in scenarios::all() {
             let mut runs = Vec::new();
             let mut errors = Vec::new();
-            let reps = if s.name == "bootstrap-race" { 1 } else { seeds };
+            let reps = if matches!(s.run, scenarios::Run::Whole(_)) { 1 } else { seeds };
             for seed in 1..=reps {
                 eprintln!("== {} seed {seed}", s.name);
                 match scenarios::run(&exe, s.name, seed, quick) {

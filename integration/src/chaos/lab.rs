@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::Value;
 
 use crate::cleanup::{self, Resource};
-use crate::netns::{self, Lab};
+use crate::netns::{self, run, Lab};
 use crate::{view, wait_until, NodeProc};
 
 /// The p2p port every node listens on (in its own namespace).
@@ -157,17 +157,14 @@ impl ChaosLab {
     /// Index of the node the running nodes agree leads Raft.
     pub fn leader(&self) -> anyhow::Result<usize> {
         wait_until(Duration::from_secs(20), "a leader", || {
-            let ids: Vec<Option<String>> = self
-                .nodes
-                .iter()
-                .map(|n| n.status().ok().and_then(|s| s["node_id"].as_str().map(str::to_string)))
-                .collect();
-            let l = self.nodes.iter().find_map(|n| n.status().ok().and_then(|s| view::leader(&s)))?;
-            ids.iter().position(|id| id.as_deref() == Some(l.as_str()))
+            let ss: Vec<Option<Value>> = self.nodes.iter().map(|n| n.status().ok()).collect();
+            let l = ss.iter().flatten().find_map(view::leader)?;
+            ss.iter().position(|s| s.as_ref().and_then(|s| s["node_id"].as_str()) == Some(l.as_str()))
         })
     }
 
-    /// Index of a node that owns shards and is not the leader (or the leader if it is alone).
+    /// Index of a running node other than the leader (the leader if it runs alone). Once the map
+    /// is formed every node owns shards, so this is a shard owner that does not lead Raft.
     pub fn owner_not_leader(&self) -> anyhow::Result<usize> {
         let l = self.leader()?;
         Ok((0..self.nodes.len()).find(|i| *i != l && self.nodes[*i].is_started()).unwrap_or(l))
@@ -236,6 +233,7 @@ impl ChaosLab {
     /// Fills node `i`'s tmpfs data dir (returns the filler file), or frees it.
     pub fn fill_disk(&self, i: usize) -> anyhow::Result<PathBuf> {
         let filler = self.nodes[i].data_dir.join("filler");
+        // dd stops with "no space left on device": that is the point, not an error.
         let _ = run("dd", &["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M", "count=100000"]);
         Ok(filler)
     }
@@ -257,14 +255,4 @@ impl Drop for ChaosLab {
             cleanup::forget(&Resource::Mount(s));
         }
     }
-}
-
-/// Runs a command; an error carries its output.
-pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out =
-        std::process::Command::new(cmd).args(args).output().with_context(|| format!("{cmd} {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

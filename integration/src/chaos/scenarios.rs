@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -67,10 +66,23 @@ pub struct Scenario {
     pub about: &'static str,
     /// Part of the CI subset.
     pub ci: bool,
-    /// The lab it needs.
-    pub opts: fn() -> LabOpts,
-    /// Injects the faults and heals.
-    pub run: fn(&mut Env) -> anyhow::Result<()>,
+    /// How it runs.
+    pub run: Run,
+}
+
+/// How a scenario runs.
+pub enum Run {
+    /// In a lab made with `opts`, under the recorded workload: `inject` injects the faults and
+    /// heals; the checkers run on what was recorded.
+    Faults {
+        /// The lab it needs.
+        opts: fn() -> LabOpts,
+        /// Injects the faults and heals.
+        inject: fn(&mut Env) -> anyhow::Result<()>,
+    },
+    /// On its own `(node binary, seed, quick)`: it makes its own labs and repeats itself, so
+    /// one seed is enough.
+    Whole(fn(&Path, u64, bool) -> anyhow::Result<RunResult>),
 }
 
 fn three() -> LabOpts {
@@ -84,106 +96,94 @@ pub fn all() -> Vec<Scenario> {
             name: "leader-kill",
             about: "kill -9 the Raft leader, restart it on its data dir",
             ci: true,
-            opts: three,
-            run: leader_kill,
+            run: Run::Faults { opts: three, inject: leader_kill },
         },
         Scenario {
             name: "owner-kill",
             about: "kill -9 a shard owner that is not the leader, restart it",
             ci: true,
-            opts: three,
-            run: owner_kill,
+            run: Run::Faults { opts: three, inject: owner_kill },
         },
         Scenario {
             name: "leader-minority",
             about: "partition the leader alone (bridge port down) for 5 s, heal",
             ci: true,
-            opts: three,
-            run: leader_minority,
+            run: Run::Faults { opts: three, inject: leader_minority },
         },
         Scenario {
             name: "follower-isolated",
             about: "partition one follower for 5 s, heal",
             ci: false,
-            opts: three,
-            run: follower_isolated,
+            run: Run::Faults { opts: three, inject: follower_isolated },
         },
         Scenario {
             name: "one-way",
             about: "the leader's packets to one follower are lost (bogus neighbour entry) for 5 s",
             ci: false,
-            opts: three,
-            run: one_way,
+            run: Run::Faults { opts: three, inject: one_way },
         },
         Scenario {
             name: "flapping",
             about: "one follower's link goes down and up every 1 s for 60 s (10 s quick)",
             ci: false,
-            opts: three,
-            run: flapping,
+            run: Run::Faults { opts: three, inject: flapping },
         },
         Scenario {
             name: "rolling-restart",
             about: "SIGTERM (graceful leave) and restart every node in turn",
             ci: false,
-            opts: three,
-            run: rolling_restart,
+            run: Run::Faults { opts: three, inject: rolling_restart },
         },
         Scenario {
             name: "restart-all",
             about: "kill -9 every node at once, restart all on their persistent logs",
             ci: true,
-            opts: three,
-            run: restart_all,
+            run: Run::Faults { opts: three, inject: restart_all },
         },
         Scenario {
             name: "truncated-tail",
             about: "kill -9 a follower, cut 4 KiB off its Raft store, restart it",
             ci: false,
-            opts: three,
-            run: truncated_tail,
+            run: Run::Faults { opts: three, inject: truncated_tail },
         },
         Scenario {
             name: "disk-full",
             about: "a follower's data dir (16 MiB tmpfs) fills up; freed and restarted",
             ci: false,
-            opts: || LabOpts { tmpfs_mib: Some((2, 16)), ..LabOpts::default() },
-            run: disk_full,
+            run: Run::Faults { opts: || LabOpts { tmpfs_mib: Some((2, 16)), ..LabOpts::default() }, inject: disk_full },
         },
         Scenario {
             name: "sigstop-owner",
             about: "SIGSTOP a shard owner for 2·L, then SIGCONT",
             ci: true,
-            opts: three,
-            run: sigstop_owner,
+            run: Run::Faults { opts: three, inject: sigstop_owner },
         },
         Scenario {
             name: "two-node-split",
             about: "a two-node cluster (one voter) split in two for 5 s, heal",
             ci: false,
-            opts: || LabOpts { nodes: 2, voters: 1, ..LabOpts::default() },
-            run: two_node_split,
+            run: Run::Faults { opts: || LabOpts { nodes: 2, voters: 1, ..LabOpts::default() }, inject: two_node_split },
         },
         Scenario {
             name: "garbage-frames",
             about: "random bytes and an oversized length prefix sent to every node's p2p port",
             ci: true,
-            opts: three,
-            run: garbage_frames,
+            run: Run::Faults { opts: three, inject: garbage_frames },
         },
         Scenario {
             name: "wrong-secret",
             about: "a fourth node with another cluster secret tries to join",
             ci: true,
-            opts: || LabOpts { nodes: 4, intruder: true, ..LabOpts::default() },
-            run: wrong_secret,
+            run: Run::Faults {
+                opts: || LabOpts { nodes: 4, intruder: true, ..LabOpts::default() },
+                inject: wrong_secret,
+            },
         },
         Scenario {
             name: "bootstrap-race",
             about: "5 nodes started at the same instant, 20 times (3 quick): exactly one cluster each time",
             ci: false,
-            opts: || LabOpts { nodes: 5, ..LabOpts::default() },
-            run: |_| Ok(()),
+            run: Run::Whole(bootstrap_race),
         },
     ]
 }
@@ -196,16 +196,16 @@ pub fn find(name: &str) -> anyhow::Result<Scenario> {
 /// Runs scenario `name` with `seed` using the node binary `exe`.
 pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<RunResult> {
     let sc = find(name)?;
-    if sc.name == "bootstrap-race" {
-        return bootstrap_race(exe, seed, if quick { 3 } else { 20 });
-    }
-    let opts = (sc.opts)();
+    let (opts, inject) = match sc.run {
+        Run::Faults { opts, inject } => (opts(), inject),
+        Run::Whole(run) => return run(exe, seed, quick),
+    };
     let members = if opts.intruder { opts.nodes - 1 } else { opts.nodes };
     let mut lab = ChaosLab::new(exe, opts)?;
     lab.start()?;
     lab.wait_serving(&[], Duration::from_secs(60))?;
     let targets: Vec<String> = lab.http_addrs().into_iter().take(members).collect();
-    let wl = Workload::start(targets.clone(), Shape { seed, ..Shape::default() }, Arc::new(|_| true));
+    let wl = Workload::start(targets.clone(), Shape { seed, ..Shape::default() });
     let base = wl.len();
     wait_until(Duration::from_secs(30), "baseline traffic", || (wl.len() >= base + 100).then_some(()))?;
     let mut env = Env {
@@ -216,7 +216,7 @@ pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<Run
         notes: Vec::new(),
         rng: rand::rngs::StdRng::seed_from_u64(seed),
     };
-    let outcome = (sc.run)(&mut env);
+    let outcome = inject(&mut env);
     let after = wl.len();
     let settled = outcome.and_then(|_| {
         wait_until(Duration::from_secs(60), "traffic after healing", || (wl.len() >= after + 200).then_some(()))
@@ -270,43 +270,42 @@ pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<Run
 
 fn leader_kill(env: &mut Env) -> anyhow::Result<()> {
     let l = env.lab.leader()?;
-    env.fault(format!("kill -9 leader n{l}"));
-    env.lab.kill(l);
-    env.served(&[l])?;
-    env.fault(format!("restart n{l} on its data dir"));
-    env.lab.nodes[l].start()?;
-    env.healed()
+    kill_and_restart(env, l, "leader")
 }
 
 fn owner_kill(env: &mut Env) -> anyhow::Result<()> {
     let o = env.lab.owner_not_leader()?;
-    env.fault(format!("kill -9 owner n{o}"));
-    env.lab.kill(o);
-    env.served(&[o])?;
-    env.fault(format!("restart n{o} on its data dir"));
-    env.lab.nodes[o].start()?;
+    kill_and_restart(env, o, "owner")
+}
+
+/// kill -9 node `i`; the others serve everything; it restarts on its data dir and rejoins.
+fn kill_and_restart(env: &mut Env, i: usize, role: &str) -> anyhow::Result<()> {
+    env.fault(format!("kill -9 {role} n{i}"));
+    env.lab.kill(i);
+    env.served(&[i])?;
+    env.fault(format!("restart n{i} on its data dir"));
+    env.lab.nodes[i].start()?;
     env.healed()
 }
 
 fn leader_minority(env: &mut Env) -> anyhow::Result<()> {
     let l = env.lab.leader()?;
-    env.fault(format!("partition {{n{l}}} from the rest (bridge port down)"));
-    env.lab.isolate(l, true)?;
-    env.served(&[l])?;
-    env.hold(Duration::from_secs(5), Duration::from_secs(2));
-    env.fault(format!("heal n{l}"));
-    env.lab.isolate(l, false)?;
-    env.healed()
+    cut_off(env, l, &format!("partition {{n{l}}} (the leader) from the rest (bridge port down)"))
 }
 
 fn follower_isolated(env: &mut Env) -> anyhow::Result<()> {
     let f = env.lab.owner_not_leader()?;
-    env.fault(format!("partition follower n{f}"));
-    env.lab.isolate(f, true)?;
-    env.served(&[f])?;
+    cut_off(env, f, &format!("partition follower n{f} (bridge port down)"))
+}
+
+/// Cuts node `i` off; the others serve everything; held a while, then healed.
+fn cut_off(env: &mut Env, i: usize, what: &str) -> anyhow::Result<()> {
+    env.fault(what);
+    env.lab.isolate(i, true)?;
+    env.served(&[i])?;
     env.hold(Duration::from_secs(5), Duration::from_secs(2));
-    env.fault(format!("heal n{f}"));
-    env.lab.isolate(f, false)?;
+    env.fault(format!("heal n{i}"));
+    env.lab.isolate(i, false)?;
     env.healed()
 }
 
@@ -417,13 +416,7 @@ fn sigstop_owner(env: &mut Env) -> anyhow::Result<()> {
 }
 
 fn two_node_split(env: &mut Env) -> anyhow::Result<()> {
-    env.fault("split n0 | n1 (bridge port of n1 down)");
-    env.lab.isolate(1, true)?;
-    env.served(&[1])?;
-    env.hold(Duration::from_secs(5), Duration::from_secs(2));
-    env.fault("heal");
-    env.lab.isolate(1, false)?;
-    env.healed()
+    cut_off(env, 1, "split n0 | n1 (bridge port of n1 down)")
 }
 
 fn garbage_frames(env: &mut Env) -> anyhow::Result<()> {
@@ -467,7 +460,8 @@ fn wrong_secret(env: &mut Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bootstrap_race(exe: &Path, seed: u64, reps: usize) -> anyhow::Result<RunResult> {
+fn bootstrap_race(exe: &Path, seed: u64, quick: bool) -> anyhow::Result<RunResult> {
+    let reps = if quick { 3 } else { 20 };
     let mut overlap = 0;
     let mut times = Vec::new();
     let mut history = Vec::new();
@@ -483,11 +477,7 @@ fn bootstrap_race(exe: &Path, seed: u64, reps: usize) -> anyhow::Result<RunResul
         if leaders.len() != 1 || ids.len() != 5 {
             bail!("rep {rep}: {} leaders over {} members: not exactly one cluster", leaders.len(), ids.len());
         }
-        let wl = Workload::start(
-            lab.http_addrs(),
-            Shape { seed: seed + rep as u64, clients: 3, ..Shape::default() },
-            Arc::new(|_| true),
-        );
+        let wl = Workload::start(lab.http_addrs(), Shape { seed: seed + rep as u64, clients: 3, ..Shape::default() });
         wait_until(Duration::from_secs(30), "traffic", || (wl.len() >= 100).then_some(()))?;
         history.extend(wl.stop());
         overlap += overlap_in(&lab.journals)?;

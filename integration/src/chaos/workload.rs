@@ -125,17 +125,17 @@ const CONNECT: Duration = Duration::from_millis(300);
 const ANSWER: Duration = Duration::from_secs(7);
 
 impl Workload {
-    /// Starts `shape.clients` threads against `targets` (HTTP `host:port`); `live(i)` says
-    /// whether target `i` should be used now.
-    pub fn start(targets: Vec<String>, shape: Shape, live: Arc<dyn Fn(usize) -> bool + Send + Sync>) -> Workload {
+    /// Starts `shape.clients` threads against `targets` (HTTP `host:port`), each operation
+    /// through a random target (a dead or cut-off one fails fast or ends unknown: recorded).
+    pub fn start(targets: Vec<String>, shape: Shape) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(Vec::new()));
         let keys: Vec<String> = (0..shape.keys).map(|k| format!("r{}-{k}", shape.seed)).collect();
         let sets: Vec<String> = (0..shape.sets).map(|k| format!("s{}-{k}", shape.seed)).collect();
         let mut threads = Vec::new();
         for c in 0..shape.clients {
-            let (stop, history, targets, keys, sets, live) =
-                (stop.clone(), history.clone(), targets.clone(), keys.clone(), sets.clone(), live.clone());
+            let (stop, history, targets, keys, sets) =
+                (stop.clone(), history.clone(), targets.clone(), keys.clone(), sets.clone());
             let think = shape.think;
             let seed = shape.seed.wrapping_mul(1000).wrapping_add(c as u64);
             threads.push(std::thread::spawn(move || {
@@ -145,14 +145,7 @@ impl Workload {
                 while !stop.load(Ordering::Relaxed) {
                     seq += 1;
                     let id = ((c as u64) << 40) | seq;
-                    let via = {
-                        let up: Vec<usize> = (0..targets.len()).filter(|i| live(*i)).collect();
-                        if up.is_empty() {
-                            std::thread::sleep(Duration::from_millis(20));
-                            continue;
-                        }
-                        up[rng.gen_range(0..up.len())]
-                    };
+                    let via = rng.gen_range(0..targets.len());
                     let set_op = !sets.is_empty() && rng.gen_bool(0.3);
                     let (key, op) = if set_op {
                         let key = sets[rng.gen_range(0..sets.len())].clone();
