@@ -112,6 +112,18 @@ impl NodeProc {
         }
         cmd.args(&self.args).args(more).arg("--data-dir").arg(&self.data_dir);
         cmd.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
+        // The node starts with no signal blocked: a harness that blocks SIGINT/SIGTERM to wait
+        // for them (`cleanup::on_signal`) would otherwise hand its mask down, and the node
+        // would never see the SIGTERM that makes it leave.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                Ok(())
+            });
+        }
         let child = cmd.spawn().with_context(|| format!("starting {}", self.exe.display()))?;
         cleanup::register(cleanup::Resource::Pid(child.id()));
         self.child = Some(child);

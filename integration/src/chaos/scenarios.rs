@@ -339,7 +339,7 @@ fn rolling_restart(env: &mut Env) -> anyhow::Result<()> {
         env.fault(format!("SIGTERM n{i} (graceful leave), restart it"));
         env.lab.nodes[i].signal(libc::SIGTERM);
         if env.lab.watch_exit(i, Duration::from_secs(20)).is_none() {
-            bail!("n{i} did not leave and exit within 20 s of SIGTERM");
+            bail!("n{i} did not leave and exit within 20 s of SIGTERM:\n{}", env.lab.nodes[i].log_tail(40));
         }
         env.lab.nodes[i].start()?;
         env.healed()?;
