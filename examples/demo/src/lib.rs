@@ -98,7 +98,9 @@ pub fn main_with(app: App) -> i32 {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // Colours only on a terminal: a node's output in a log file stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
     let result = match args.local {
         Some(n) => run_local(&args, n),
         None => actix_rt::System::new().block_on(run_node(args, app)),
@@ -106,8 +108,9 @@ pub fn main_with(app: App) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("error: {e:#}");
+            let e = describe(&e);
+            error!("{e}");
+            eprintln!("error: {e}");
             2
         }
     }
@@ -173,6 +176,20 @@ async fn traffic(cluster: Cluster, per_second: u32) {
             }
         }
     }
+}
+
+/// The error and its causes, each once: the library's errors already name their source in
+/// their message, so `{:#}` would repeat it.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }
 
 async fn wait_for_signal() {
