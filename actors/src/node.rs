@@ -69,6 +69,8 @@ pub struct Config {
     pub journal: Option<PathBuf>,
     /// How long each shard hook may run before the shard proceeds without it.
     pub hook_budget: std::time::Duration,
+    /// Message-level fault injection from the start (tests and the chaos lab). Default none.
+    pub faults: Option<crate::faults::FaultPlan>,
 }
 
 /// Why a node could not start.
@@ -180,6 +182,7 @@ impl Node {
         tcfg.seeds = cfg.seeds.clone();
         tcfg.secret = cfg.secret;
         tcfg.mdns = cfg.mdns;
+        tcfg.faults = cfg.faults.clone();
         let transport = Transport::spawn(tcfg, outputs, &transport_arbiter.handle()).await?;
 
         let raft_cfg = cfg.raft.to_openraft(&cfg.cluster.to_string())?;

@@ -19,7 +19,7 @@ use crate::state::{Command, CommandResult};
 use crate::types::{ClusterName, NodeId, NodeMeta};
 
 /// A Raft RPC request (protocol `/clusterfunk/<key>/<env>/raft/1`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum RaftRequest {
     /// openraft AppendEntries.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
@@ -102,8 +102,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Res
     if len > max {
         return Err(io::Error::new(io::ErrorKind::InvalidData, FrameError::TooLarge { len, max }));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grow with what arrives rather than allocating `len` up front: a peer announcing 16 MiB
+    // frames on many streams and sending nothing would otherwise hold that memory.
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended inside a frame"));
+    }
     Ok(buf)
 }
 

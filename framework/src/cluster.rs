@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Arbiter, ArbiterHandle};
+use clusterfunk_actors::faults::FaultPlan;
 use clusterfunk_actors::node::{Node, StartError};
 use clusterfunk_actors::proxy::Router;
 use clusterfunk_actors::shard::{shard_for, ShardKey, ShardMap};
@@ -291,6 +292,12 @@ impl Faults {
                 warn!(error = %e, %node, "fault injection: cannot reach the transport");
             }
         }
+    }
+
+    /// Sets (or with `None` clears) the message-level fault plan of this node: what it sends
+    /// from now on is delayed, dropped, duplicated and reordered as the plan says.
+    pub fn messages(&self, plan: Option<FaultPlan>) {
+        self.cluster.inner.node.transport.faults().set(plan);
     }
 
     /// Blocks or unblocks every other member.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clusterfunk_actors::faults::FaultPlan;
 use clusterfunk_actors::types::ClusterName;
 use clusterfunk_actors::Multiaddr;
 
@@ -121,6 +122,7 @@ pub struct Builder {
     journal: Option<PathBuf>,
     hook_budget: Duration,
     hooks: Hooks,
+    faults: Option<FaultPlan>,
 }
 
 impl Default for Builder {
@@ -147,6 +149,7 @@ impl Default for Builder {
             journal: None,
             hook_budget: Duration::from_secs(2),
             hooks: Hooks::default(),
+            faults: None,
         }
     }
 }
@@ -298,6 +301,19 @@ impl Builder {
         self
     }
 
+    /// Message-level fault injection from the start, for tests and the chaos lab: what this node
+    /// sends (Raft RPCs, gossip, proxy requests) is delayed, dropped, duplicated and reordered as
+    /// `plan` says. Never in production. Default: none. See also [`Faults::messages`](crate::Faults::messages).
+    ///
+    /// ```
+    /// let plan = "delay=1ms..20ms,dup=0.05,reorder=0.05".parse().unwrap();
+    /// let builder = clusterfunk::Cluster::builder().message_faults(plan);
+    /// ```
+    pub fn message_faults(mut self, plan: FaultPlan) -> Self {
+        self.faults = Some(plan);
+        self
+    }
+
     /// Calls `f` for every [`ClusterEvent`] on this node (see [`crate::hooks`] for the order).
     /// Shard hooks are awaited: a shard serves only after its `ShardAssigned` hooks returned.
     ///
@@ -387,6 +403,7 @@ impl Builder {
             lease: self.lease,
             journal: self.journal,
             hook_budget: self.hook_budget,
+            faults: self.faults,
         };
         Ok(ClusterConfig {
             node,

@@ -25,6 +25,7 @@ pub mod hooks;
 mod status;
 
 pub use cluster::{Cluster, Error, Faults, ReplicaSet};
+pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};
 pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
@@ -32,7 +33,8 @@ pub use config::{Builder, ClusterConfig, ConfigError};
 pub use entity::{EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
 pub use hooks::ClusterEvent;
 pub use status::{
-    ClusterInfo, ClusterStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus, TransportStatus,
+    ClusterInfo, ClusterStatus, FaultsStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus,
+    TransportStatus,
 };
 
 /// What most users import.

@@ -68,6 +68,8 @@ pub struct TrafficStatus {
     pub failed: u64,
     /// Malformed proxy frames refused.
     pub malformed: u64,
+    /// Requests that arrived twice on one stream and ran once.
+    pub duplicates: u64,
     /// Entity instances alive here now.
     pub entities: u64,
     /// Entity instances created here so far.
@@ -141,6 +143,23 @@ pub struct TransportStatus {
     pub foreign_peers: u64,
     /// Events dropped on a full mailbox.
     pub events_dropped: u64,
+    /// The message fault plan in force (tests and the chaos lab), and what it did so far.
+    pub faults: Option<FaultsStatus>,
+}
+
+/// Message-level fault injection on this node.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultsStatus {
+    /// The plan, as `delay=..,drop=..,dup=..,reorder=..,seed=..`.
+    pub plan: String,
+    /// Messages never sent.
+    pub dropped: u64,
+    /// Messages sent twice.
+    pub duplicated: u64,
+    /// Messages held back for later ones to overtake.
+    pub reordered: u64,
+    /// Messages delayed.
+    pub delayed: u64,
 }
 
 pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
@@ -195,6 +214,19 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             malformed_frames: stats.malformed_frames.load(Ordering::Relaxed),
             foreign_peers: stats.foreign_peers.load(Ordering::Relaxed),
             events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+            faults: {
+                let f = node.transport.faults();
+                f.plan().map(|plan| {
+                    let s = f.stats();
+                    FaultsStatus {
+                        plan: plan.to_string(),
+                        dropped: s.dropped.load(Ordering::Relaxed),
+                        duplicated: s.duplicated.load(Ordering::Relaxed),
+                        reordered: s.reordered.load(Ordering::Relaxed),
+                        delayed: s.delayed.load(Ordering::Relaxed),
+                    }
+                })
+            },
         },
         traffic: {
             let r = inner.router.stats();
@@ -204,6 +236,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 served: r.served.load(Ordering::Relaxed),
                 failed: r.failed.load(Ordering::Relaxed),
                 malformed: r.malformed.load(Ordering::Relaxed),
+                duplicates: r.duplicates.load(Ordering::Relaxed),
                 entities: inner.registry.controls.iter().map(|h| h.len() as u64).sum(),
                 activations: inner.registry.controls.iter().map(|h| h.activations()).sum(),
             }

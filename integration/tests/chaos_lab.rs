@@ -37,6 +37,7 @@ fn the_ci_subset_is_what_these_tests_run() {
             "leader-minority",
             "restart-all",
             "sigstop-owner",
+            "dup-reorder",
             "garbage-frames",
             "wrong-secret",
         ]
@@ -66,6 +67,11 @@ fn restart_all() {
 #[test]
 fn sigstop_owner() {
     scenario("sigstop-owner");
+}
+
+#[test]
+fn dup_reorder() {
+    scenario("dup-reorder");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +15,7 @@ use tracing::debug;
 
 use super::frame::{Frame, Refusal};
 use super::Error;
+use crate::faults::{Fate, MessageFaults};
 use crate::types::NodeId;
 use crate::wire;
 
@@ -30,11 +32,18 @@ pub(crate) struct Link {
     next_id: Arc<AtomicU64>,
     alive: Arc<AtomicBool>,
     max_frame: usize,
+    faults: Arc<MessageFaults>,
 }
 
 impl Link {
     /// Starts the writer and reader tasks for `stream` on `arbiter`.
-    pub(crate) fn start(node: NodeId, stream: Stream, cfg: &super::Config, arbiter: &actix::ArbiterHandle) -> Link {
+    pub(crate) fn start(
+        node: NodeId,
+        stream: Stream,
+        cfg: &super::Config,
+        faults: Arc<MessageFaults>,
+        arbiter: &actix::ArbiterHandle,
+    ) -> Link {
         let (tx, rx) = mpsc::channel(cfg.queue_per_peer);
         let link = Link {
             node,
@@ -43,6 +52,7 @@ impl Link {
             next_id: Arc::new(AtomicU64::new(1)),
             alive: Arc::new(AtomicBool::new(true)),
             max_frame: cfg.max_frame,
+            faults,
         };
         let (read, write) = stream.split();
         arbiter.spawn(write_loop(write, rx, cfg.batch, link.alive.clone()));
@@ -67,6 +77,23 @@ impl Link {
         }
         let (reply, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock is never poisoned: no panics inside").insert(id, reply);
+        match self.faults.fate() {
+            None | Some(Fate::Send { delay: Duration::ZERO, duplicate: None }) => {}
+            // Lost on the way: the caller's request times out.
+            Some(Fate::Drop) => return Ok((id, rx)),
+            Some(Fate::Send { delay, duplicate }) => {
+                // Sent later (and maybe twice) from a task of its own, so frames queued after it
+                // can overtake it; the receiver answers a repeated id once.
+                for after in std::iter::once(delay).chain(duplicate) {
+                    let (tx, b) = (self.tx.clone(), bytes.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(b).await;
+                    });
+                }
+                return Ok((id, rx));
+            }
+        }
         match self.tx.try_send(bytes) {
             Ok(()) => Ok((id, rx)),
             Err(e) => {

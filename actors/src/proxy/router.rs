@@ -53,6 +53,8 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Malformed frames from peers (each closed its stream and dropped the peer).
     pub malformed: AtomicU64,
+    /// Requests that arrived twice on one stream (same id) and were answered once.
+    pub duplicates: AtomicU64,
 }
 
 struct Inner {
@@ -259,7 +261,8 @@ impl Router {
             Ok(Err(_)) => return Err(Error::Unreachable { node, reason: "cannot open a proxy stream" }),
             Err(_) => return Err(Error::Unreachable { node, reason: "timed out opening a proxy stream" }),
         };
-        let link = Link::start(node, stream, &self.inner.cfg, &self.inner.arbiter);
+        let faults = self.inner.transport.faults().clone();
+        let link = Link::start(node, stream, &self.inner.cfg, faults, &self.inner.arbiter);
         self.inner.links.lock().expect("links lock is never poisoned").insert(node, link.clone());
         Ok(link)
     }

@@ -72,6 +72,9 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error
     let gossip_cfg = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(Duration::from_millis(500))
         .validation_mode(gossipsub::ValidationMode::Strict)
+        // A message is forwarded only after we decoded it (`on_gossip` reports the result), so
+        // garbage from one member stops at its first hop instead of reaching every node.
+        .validate_messages()
         .max_transmit_size(64 << 10)
         .build()
         .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -82,6 +82,8 @@ impl Transport {
     pub async fn spawn(cfg: Config, out: Outputs, arbiter: &actix::ArbiterHandle) -> Result<Handle, StartError> {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         let stats = Arc::new(Stats::default());
+        let faults = Arc::new(crate::faults::MessageFaults::new(cfg.faults.clone()));
+        let rpc_timeout = cfg.rpc_timeout;
         let local = cfg.keypair.public().to_peer_id();
         let (started_tx, started_rx) = oneshot::channel();
         let task_stats = stats.clone();
@@ -123,7 +125,7 @@ impl Transport {
             return Err(StartError::Stopped);
         }
         let streams = started_rx.await.map_err(|_| StartError::Stopped)??;
-        Ok(Handle { tx, local, stats, streams })
+        Ok(Handle { tx, local, stats, streams, faults, rpc_timeout })
     }
 
     async fn run(mut self) {
@@ -312,15 +314,33 @@ impl Transport {
     }
 
     fn on_gossip(&mut self, e: gossipsub::Event) {
-        let gossipsub::Event::Message { propagation_source, message, .. } = e else { return };
-        match wire::decode::<Gossip>(&message.data) {
-            Ok(Gossip::Heartbeat(hb)) if hb.cluster == self.cfg.cluster => self.emit(Event::Heartbeat(hb)),
+        let gossipsub::Event::Message { propagation_source, message_id, message } = e else { return };
+        let accept = match wire::decode::<Gossip>(&message.data) {
+            Ok(Gossip::Heartbeat(hb)) if hb.cluster == self.cfg.cluster => {
+                self.emit(Event::Heartbeat(hb));
+                gossipsub::MessageAcceptance::Accept
+            }
             Ok(Gossip::Heartbeat(hb)) => {
                 Stats::bump(&self.stats.foreign_peers);
                 warn!(peer = %propagation_source, cluster = %hb.cluster, "heartbeat from another cluster dropped");
+                gossipsub::MessageAcceptance::Reject
             }
-            Err(e) => self.malformed(propagation_source, &e),
-        }
+            Err(e) => {
+                // Blame the signed author, not the neighbour that relayed it: messages are
+                // validated before they are forwarded, so a relay is only possible from a node
+                // that accepted it (an older version), and dropping it would cut a good link.
+                match message.source {
+                    Some(author) => self.malformed(author, &e),
+                    None => Stats::bump(&self.stats.malformed_frames),
+                }
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            accept,
+        );
     }
 
     fn on_raft(&mut self, e: request_response::Event<Inbound, RaftResponse>) {

@@ -24,6 +24,7 @@ use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::faults::{Fate, FaultPlan, MessageFaults};
 use crate::types::ClusterName;
 use crate::wire::{Heartbeat, RaftRequest, RaftResponse};
 
@@ -50,6 +51,9 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// How often seeds not connected are dialed again. Default 2 s.
     pub redial_interval: Duration,
+    /// Message-level fault injection from the start (tests and the chaos lab only); can also
+    /// be set later with [`Handle::faults`]. Default none.
+    pub faults: Option<FaultPlan>,
 }
 
 impl Config {
@@ -65,6 +69,7 @@ impl Config {
             max_frame: 16 << 20,
             rpc_timeout: Duration::from_secs(2),
             redial_interval: Duration::from_secs(2),
+            faults: None,
         }
     }
 }
@@ -142,6 +147,9 @@ pub enum Error {
     /// A peer id or address does not parse.
     #[error("bad peer address: {0}")]
     BadAddress(String),
+    /// The fault injector dropped the request (it was never sent).
+    #[error("request dropped by fault injection")]
+    Dropped,
 }
 
 /// Counters the transport keeps; read by the dashboard and metrics.
@@ -179,6 +187,8 @@ pub struct Handle {
     local: PeerId,
     stats: Arc<Stats>,
     streams: libp2p_stream::Control,
+    faults: Arc<MessageFaults>,
+    rpc_timeout: Duration,
 }
 
 impl Handle {
@@ -205,8 +215,36 @@ impl Handle {
         })
     }
 
+    /// The message-level fault injector this node's transport and proxy share: set a
+    /// [`FaultPlan`] on it to delay, drop, duplicate and reorder what this node sends.
+    pub fn faults(&self) -> &Arc<MessageFaults> {
+        &self.faults
+    }
+
     /// Sends a Raft RPC to `peer` (dialing `addrs` if not connected) and waits for its response.
     pub async fn raft(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest) -> Result<RaftResponse, Error> {
+        match self.faults.fate() {
+            None => self.raft_now(peer, addrs, request).await,
+            Some(Fate::Drop) => {
+                // Lost on the way: the sender learns only by its timeout.
+                tokio::time::sleep(self.rpc_timeout).await;
+                Err(Error::Dropped)
+            }
+            Some(Fate::Send { delay, duplicate }) => {
+                if let Some(after) = duplicate {
+                    let (h, a, r) = (self.clone(), addrs.clone(), request.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = h.raft_now(peer, a, r).await;
+                    });
+                }
+                tokio::time::sleep(delay).await;
+                self.raft_now(peer, addrs, request).await
+            }
+        }
+    }
+
+    async fn raft_now(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest) -> Result<RaftResponse, Error> {
         let (reply, rx) = oneshot::channel();
         self.try_command(Command::Raft { peer, addrs, request: Box::new(request), reply })?;
         rx.await.map_err(|_| Error::Closed)?
@@ -214,7 +252,22 @@ impl Handle {
 
     /// Publishes a gossip message to the cluster topic.
     pub fn publish(&self, bytes: Vec<u8>) -> Result<(), Error> {
-        self.try_command(Command::Publish(bytes))
+        match self.faults.fate() {
+            None | Some(Fate::Send { delay: Duration::ZERO, duplicate: None }) => {
+                self.try_command(Command::Publish(bytes))
+            }
+            Some(Fate::Drop) => Ok(()),
+            Some(Fate::Send { delay, duplicate }) => {
+                for after in std::iter::once(delay).chain(duplicate) {
+                    let (h, b) = (self.clone(), bytes.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = h.try_command(Command::Publish(b));
+                    });
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Asks the transport to connect to `peer`.

@@ -27,6 +27,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         lease: Default::default(),
         journal: None,
         hook_budget: std::time::Duration::from_secs(2),
+        faults: None,
     }
 }
 

@@ -65,9 +65,17 @@ pub struct Args {
     /// Append this node's ownership journal (JSON lines, for the checkers) to this file.
     #[arg(long)]
     pub journal: Option<PathBuf>,
+    /// Fault injection for the chaos lab, never in production: delay, drop, duplicate and
+    /// reorder what this node sends, e.g. `delay=1ms..20ms,drop=0.01,dup=0.05,reorder=0.05`.
+    #[arg(long, value_parser = parse_faults)]
+    pub faults: Option<clusterfunk::FaultPlan>,
     /// Demo traffic: messages per second this node sends to random counters (0 = none).
     #[arg(long, default_value_t = 50)]
     pub traffic: u32,
+}
+
+fn parse_faults(s: &str) -> Result<clusterfunk::FaultPlan, String> {
+    s.parse().map_err(|e: clusterfunk::FaultPlanError| e.to_string())
 }
 
 /// What a service built on the demo node adds: its entity types and its HTTP routes.
@@ -140,6 +148,10 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     }
     if let Some(s) = &args.secret {
         b = b.secret(s);
+    }
+    if let Some(plan) = &args.faults {
+        tracing::warn!(%plan, "message fault injection is on: this node delays, drops, duplicates and reorders what it sends");
+        b = b.message_faults(plan.clone());
     }
     for j in &args.join {
         b = b.join(j);

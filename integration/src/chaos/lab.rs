@@ -32,11 +32,14 @@ pub struct LabOpts {
     pub tmpfs_mib: Option<(usize, u32)>,
     /// The last node gets another cluster secret and is not started with the others.
     pub intruder: bool,
+    /// A message fault plan every node runs with from the start (`--faults`; node i adds
+    /// `seed=i`).
+    pub faults: Option<&'static str>,
 }
 
 impl Default for LabOpts {
     fn default() -> LabOpts {
-        LabOpts { nodes: 3, shards: 64, voters: 3, tmpfs_mib: None, intruder: false }
+        LabOpts { nodes: 3, shards: 64, voters: 3, tmpfs_mib: None, intruder: false, faults: None }
     }
 }
 
@@ -97,6 +100,10 @@ impl ChaosLab {
             args.extend(["--journal", &journal_s]);
             if opts.intruder {
                 args.extend(["--secret", if i + 1 == opts.nodes { SECRET_B } else { SECRET_A }]);
+            }
+            let plan = opts.faults.map(|p| format!("{p},seed={i}"));
+            if let Some(p) = &plan {
+                args.extend(["--faults", p]);
             }
             if i > 0 {
                 args.extend(["--join", &seed]);

@@ -165,8 +165,17 @@ pub fn all() -> Vec<Scenario> {
             run: Run::Faults { opts: || LabOpts { nodes: 2, voters: 1, ..LabOpts::default() }, inject: two_node_split },
         },
         Scenario {
+            name: "dup-reorder",
+            about: "every node delays (0-10 ms), duplicates (10%), reorders (10%) and drops (1%) what it sends; an owner is killed and restarted under it",
+            ci: true,
+            run: Run::Faults {
+                opts: || LabOpts { faults: Some(MESSAGE_FAULTS), ..LabOpts::default() },
+                inject: dup_reorder,
+            },
+        },
+        Scenario {
             name: "garbage-frames",
-            about: "random bytes and an oversized length prefix sent to every node's p2p port",
+            about: "raw garbage to every node's TCP port, then an authenticated peer sending random, oversized and cut-short frames on every protocol",
             ci: true,
             run: Run::Faults { opts: three, inject: garbage_frames },
         },
@@ -415,14 +424,35 @@ fn sigstop_owner(env: &mut Env) -> anyhow::Result<()> {
     env.healed()
 }
 
+/// The plan of the dup-reorder scenario.
+const MESSAGE_FAULTS: &str = "delay=0ms..10ms,dup=0.1,reorder=0.1,drop=0.01";
+
+fn dup_reorder(env: &mut Env) -> anyhow::Result<()> {
+    // In force since the nodes started: recovery is timed from the kill, not from this.
+    env.faults.push(format!("every node sends under {MESSAGE_FAULTS} (Raft, leases, gossip, proxy)"));
+    env.hold(Duration::from_secs(10), Duration::from_secs(4));
+    let o = env.lab.owner_not_leader()?;
+    kill_and_restart(env, o, "owner")?;
+    let repeats: u64 = env.lab.nodes.iter().filter_map(|n| n.status().ok()?["traffic"]["duplicates"].as_u64()).sum();
+    let injected: u64 =
+        env.lab.nodes.iter().filter_map(|n| n.status().ok()?["transport"]["faults"]["duplicated"].as_u64()).sum();
+    if injected == 0 {
+        bail!("no node reports duplicated messages: the fault plan is not in force");
+    }
+    env.notes.push(format!("{injected} messages sent twice; {repeats} repeated proxy requests answered once"));
+    Ok(())
+}
+
 fn two_node_split(env: &mut Env) -> anyhow::Result<()> {
     cut_off(env, 1, "split n0 | n1 (bridge port of n1 down)")
 }
 
 fn garbage_frames(env: &mut Env) -> anyhow::Result<()> {
+    let before = malformed_counts(env);
+    // Before any handshake: raw bytes on the TCP port.
     for (i, ipaddr) in env.lab.net.ips.clone().iter().enumerate() {
         let addr = format!("{ipaddr}:{P2P_PORT}");
-        env.fault(format!("64 KiB of random bytes, then a 4 GiB length prefix, to n{i}"));
+        env.fault(format!("64 KiB of random bytes, then a 4 GiB length prefix, to n{i}'s TCP port"));
         let mut junk = vec![0u8; 64 << 10];
         env.rng.fill(&mut junk[..]);
         for payload in [junk, vec![0xff, 0xff, 0xff, 0xff, 0x0f, b'/']] {
@@ -432,13 +462,60 @@ fn garbage_frames(env: &mut Env) -> anyhow::Result<()> {
             }
         }
     }
+    // After it: an authenticated peer of this cluster (the `cf-garbage` binary, from n0's
+    // namespace) sending random, oversized and cut-short frames on the proxy and Raft
+    // protocols, and random gossip.
+    let garbage = env.lab.nodes[0].exe.with_file_name("cf-garbage");
+    let targets: Vec<String> = env.lab.net.ips.iter().map(|ip| format!("{ip}:{P2P_PORT}")).collect();
+    let rounds = if env.quick { "1" } else { "2" };
+    env.fault(format!(
+        "an authenticated peer sends random, oversized and cut-short proxy/Raft frames and random gossip to every node ({rounds} rounds)"
+    ));
+    let seed = env.rng.gen::<u32>().to_string();
+    let prefix = env.lab.net.exec_prefix(0);
+    let out = std::process::Command::new(&prefix[0])
+        .args(&prefix[1..])
+        .arg(&garbage)
+        .args(["--name", "chaos", "--env", "lab", "--rounds", rounds, "--seed", &seed])
+        .args(&targets)
+        .output()
+        .with_context(|| format!("running {}", garbage.display()))?;
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!("cf-garbage failed ({}): {report}{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    env.notes.extend(report.lines().filter(|l| l.starts_with("GARBAGE")).map(str::to_string));
     env.healed()?;
     for (i, n) in env.lab.nodes.iter_mut().enumerate() {
         if n.exited().is_some() {
             bail!("n{i} exited after garbage input");
         }
     }
+    let after = malformed_counts(env);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        if a <= b {
+            bail!("n{i} counted no malformed frame ({b} before, {a} after): the garbage did not reach it");
+        }
+    }
+    env.notes.push(format!(
+        "malformed frames counted per node: {:?}",
+        after.iter().zip(&before).map(|(a, b)| a - b).collect::<Vec<_>>()
+    ));
     Ok(())
+}
+
+/// Per node: malformed frames counted by the transport (Raft, gossip) plus the proxy.
+fn malformed_counts(env: &Env) -> Vec<u64> {
+    env.lab
+        .nodes
+        .iter()
+        .map(|n| {
+            n.status().ok().map_or(0, |s| {
+                s["transport"]["malformed_frames"].as_u64().unwrap_or(0)
+                    + s["traffic"]["malformed"].as_u64().unwrap_or(0)
+            })
+        })
+        .collect()
 }
 
 fn wrong_secret(env: &mut Env) -> anyhow::Result<()> {

@@ -1,0 +1,403 @@
+//! A hostile *authenticated* peer for the chaos lab's garbage-frames scenario: it has the cluster
+//! secret and the cluster's identify version, so its connection gets past pnet, noise and the
+//! cluster check, and then it sends, on every protocol a node serves, frames no node would send:
+//! random bytes under a valid length, length prefixes over the limit, frames cut short, well-formed
+//! proxy requests for unknown entities and out-of-range shards, and random gossip.
+//!
+//! `cf-garbage --name chaos --env lab [--secret HEX] [--seed N] [--rounds N] HOST:PORT...`
+//!
+//! It prints one `GARBAGE` line per target with what it sent and how the node answered, and exits
+//! 0 once it sent everything (being dropped is the expected answer, not a failure); 2 on bad
+//! arguments, 1 if a target could never be reached.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use clusterfunk::{Epoch, ShardId};
+use clusterfunk_actors::proxy::{Envelope, Frame};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport as _};
+use libp2p::core::upgrade::Version;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{gossipsub, identify, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use rand::{Rng, SeedableRng};
+
+/// Writes a request as raw bytes and reads whatever comes back.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.read_to_end(&mut v).await?;
+        Ok(v)
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(1 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&r).await?;
+        io.close().await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&r).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    raft: request_response::Behaviour<RawCodec>,
+    streams: libp2p_stream::Behaviour,
+}
+
+struct Args {
+    name: String,
+    env: String,
+    secret: Option<[u8; 32]>,
+    seed: u64,
+    rounds: u32,
+    targets: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args { name: "chaos".into(), env: "lab".into(), secret: None, seed: 1, rounds: 3, targets: vec![] };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |what: &str| it.next().ok_or_else(|| format!("{arg} needs {what}"));
+        match arg.as_str() {
+            "--name" => a.name = value("a cluster key")?,
+            "--env" => a.env = value("an environment")?,
+            "--seed" => a.seed = value("a number")?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--rounds" => a.rounds = value("a number")?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--secret" => {
+                let hex = value("64 hex characters")?;
+                let bytes: Result<Vec<u8>, _> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16))
+                    .collect();
+                a.secret =
+                    Some(bytes.ok().and_then(|b| b.try_into().ok()).ok_or("--secret: 64 hex characters (32 bytes)")?);
+            }
+            t if !t.starts_with('-') => a.targets.push(t.to_string()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.targets.is_empty() {
+        return Err("no target HOST:PORT given".into());
+    }
+    Ok(a)
+}
+
+fn transport(key: &identity::Keypair, secret: Option<[u8; 32]>) -> Boxed<(PeerId, StreamMuxerBox)> {
+    let noise = noise::Config::new(key).expect("an ed25519 key makes a noise config");
+    let tcp = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true));
+    match secret {
+        Some(k) => tcp
+            .and_then(move |socket, _| PnetConfig::new(PreSharedKey::new(k)).handshake(socket))
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(Duration::from_secs(10))
+            .boxed(),
+        None => tcp
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(Duration::from_secs(10))
+            .boxed(),
+    }
+}
+
+/// What a node did with what we sent.
+#[derive(Default)]
+struct Tally {
+    sent: u32,
+    answered: u32,
+    dropped: u32,
+}
+
+struct Peer {
+    swarm: Swarm<Behaviour>,
+    control: libp2p_stream::Control,
+    proxy: StreamProtocol,
+    topic: gossipsub::IdentTopic,
+    rng: rand::rngs::StdRng,
+}
+
+impl Peer {
+    /// Polls the swarm until `done` says so or `timeout` passes.
+    async fn drive<T>(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&SwarmEvent<BehaviourEvent>) -> Option<T>,
+    ) -> Option<T> {
+        let wait = async {
+            loop {
+                let ev = self.swarm.select_next_some().await;
+                if let Some(t) = done(&ev) {
+                    return t;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
+    }
+
+    /// Connects to `addr` (again, after being dropped) and returns the node's peer id.
+    async fn connect(&mut self, addr: &Multiaddr) -> Option<PeerId> {
+        if self.swarm.dial(addr.clone()).is_err() {
+            return None;
+        }
+        self.drive(Duration::from_secs(10), |ev| match ev {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => Some(Some(*peer_id)),
+            SwarmEvent::OutgoingConnectionError { .. } => Some(None),
+            _ => None,
+        })
+        .await
+        .flatten()
+    }
+
+    /// Waits until the connection to `peer` is closed (what a node does to a garbage peer).
+    async fn closed(&mut self, peer: PeerId, within: Duration) -> bool {
+        if !self.swarm.is_connected(&peer) {
+            return true;
+        }
+        self.drive(within, |ev| match ev {
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if *peer_id == peer => Some(()),
+            _ => None,
+        })
+        .await
+        .is_some()
+    }
+
+    /// Writes `bytes` on a new proxy stream and reads what comes back until the stream closes.
+    async fn proxy_stream(&mut self, peer: PeerId, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        let (mut control, proto) = (self.control.clone(), self.proxy.clone());
+        let io = async move {
+            let mut s = control.open_stream(peer, proto).await.map_err(io::Error::other)?;
+            s.write_all(&bytes).await?;
+            s.flush().await?;
+            let mut back = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut back)).await;
+            Ok(back)
+        };
+        tokio::pin!(io);
+        loop {
+            tokio::select! {
+                r = &mut io => return r,
+                _ = self.swarm.select_next_some() => {}
+            }
+        }
+    }
+
+    /// Sends `bytes` as a Raft request; `Ok` if the node answered anything.
+    async fn raft(&mut self, peer: PeerId, bytes: Vec<u8>) -> bool {
+        let id = self.swarm.behaviour_mut().raft.send_request(&peer, bytes);
+        self.drive(Duration::from_secs(3), |ev| match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Raft(request_response::Event::Message {
+                message: request_response::Message::Response { request_id, response },
+                ..
+            })) if *request_id == id => Some(!response.is_empty()),
+            SwarmEvent::Behaviour(BehaviourEvent::Raft(request_response::Event::OutboundFailure {
+                request_id,
+                ..
+            })) if *request_id == id => Some(false),
+            _ => None,
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    fn random(&mut self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.rng.fill(&mut v[..]);
+        v
+    }
+
+    fn framed(&mut self, body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// One round against one node: each kind of garbage on each protocol, reconnecting after
+    /// every drop.
+    async fn round(&mut self, addr: &Multiaddr, t: &mut Tally) -> Result<(), String> {
+        // A well-formed proxy request for an entity type nobody registered, to an out-of-range
+        // shard with a far-future epoch: answered with a refusal, and the stream stays usable.
+        let peer = self.connect(addr).await.ok_or("cannot connect")?;
+        let env = Envelope {
+            entity: self.rng.gen(),
+            message: self.rng.gen(),
+            shard: ShardId(u32::MAX),
+            key: self.random(16),
+            payload: self.random(64),
+            epoch: Epoch(u64::MAX),
+        };
+        let back = self.proxy_stream(peer, Frame::Request { id: 1, env }.encode()).await;
+        t.sent += 1;
+        if back.is_ok_and(|b| !b.is_empty()) {
+            t.answered += 1;
+        }
+
+        let garbage: Vec<(&str, Vec<u8>)> = {
+            let n = self.rng.gen_range(1..4096);
+            let body = self.random(n);
+            let short = self.random(100);
+            vec![
+                ("random bytes under a valid length", self.framed(&body)),
+                ("a length prefix over the limit", vec![0x7f, 0xff, 0xff, 0xff, 1, 2, 3]),
+                ("a frame cut short", {
+                    let mut f = (10_000u32).to_be_bytes().to_vec();
+                    f.extend(short);
+                    f
+                }),
+                (
+                    "a response frame where requests go",
+                    Frame::Response { id: 9, result: Ok(Default::default()) }.encode(),
+                ),
+            ]
+        };
+        for (what, bytes) in garbage {
+            let peer = self.connect(addr).await.ok_or("cannot reconnect")?;
+            t.sent += 1;
+            let _ = self.proxy_stream(peer, bytes.clone()).await;
+            if self.closed(peer, Duration::from_millis(1500)).await {
+                t.dropped += 1;
+            } else {
+                eprintln!("  proxy, {what}: still connected");
+            }
+            let peer = self.connect(addr).await.ok_or("cannot reconnect")?;
+            t.sent += 1;
+            if self.raft(peer, bytes).await {
+                t.answered += 1;
+                eprintln!("  raft, {what}: answered");
+            }
+            if self.closed(peer, Duration::from_millis(1500)).await {
+                t.dropped += 1;
+            }
+        }
+
+        // Random gossip on the cluster topic (signed by us: the author is known).
+        let peer = self.connect(addr).await.ok_or("cannot reconnect")?;
+        let data = self.random(200);
+        let topic = self.topic.clone();
+        let published = self.drive_publish(topic, data).await;
+        if published {
+            t.sent += 1;
+            if self.closed(peer, Duration::from_millis(1500)).await {
+                t.dropped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `data` once the node is known to subscribe to the topic (up to 3 s).
+    async fn drive_publish(&mut self, topic: gossipsub::IdentTopic, data: Vec<u8>) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline {
+            if self.swarm.behaviour_mut().gossipsub.publish(topic.clone(), data.clone()).is_ok() {
+                return true;
+            }
+            let _ = self.drive(Duration::from_millis(100), |_| None::<()>).await;
+        }
+        false
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cf-garbage: {e}");
+            std::process::exit(2);
+        }
+    };
+    let key = identity::Keypair::generate_ed25519();
+    let version = format!("clusterfunk/1/{}/{}", args.name, args.env);
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .validation_mode(gossipsub::ValidationMode::Permissive)
+        .build()
+        .expect("a valid gossipsub config");
+    let raft_proto = StreamProtocol::try_from_owned(format!("/clusterfunk/{}/{}/raft/1", args.name, args.env))
+        .expect("cluster names are plain");
+    let behaviour = Behaviour {
+        identify: identify::Behaviour::new(identify::Config::new(version, key.public())),
+        gossipsub: gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)
+            .expect("a gossipsub behaviour"),
+        raft: request_response::Behaviour::with_codec(
+            RawCodec,
+            [(raft_proto, ProtocolSupport::Outbound)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(2)),
+        ),
+        streams: libp2p_stream::Behaviour::new(),
+    };
+    let transport = transport(&key, args.secret);
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|_| transport)
+        .expect("a transport")
+        .with_behaviour(|_| behaviour)
+        .expect("a behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+    let topic = gossipsub::IdentTopic::new(format!("clusterfunk/{}/{}/members", args.name, args.env));
+    swarm.behaviour_mut().gossipsub.subscribe(&topic).expect("subscribe");
+    let control = swarm.behaviour().streams.new_control();
+    let proxy = StreamProtocol::try_from_owned(format!("/clusterfunk/{}/{}/proxy/1", args.name, args.env))
+        .expect("cluster names are plain");
+    let mut peer = Peer { swarm, control, proxy, topic, rng: rand::rngs::StdRng::seed_from_u64(args.seed) };
+
+    let mut unreachable = 0;
+    let mut tallies: HashMap<String, Tally> = HashMap::new();
+    for _ in 0..args.rounds {
+        for target in &args.targets {
+            let Ok(sock) = target.parse::<std::net::SocketAddr>() else {
+                eprintln!("cf-garbage: {target} is not HOST:PORT");
+                std::process::exit(2);
+            };
+            let addr: Multiaddr = format!("/ip4/{}/tcp/{}", sock.ip(), sock.port()).parse().expect("an address");
+            let t = tallies.entry(target.clone()).or_default();
+            if let Err(e) = peer.round(&addr, t).await {
+                eprintln!("cf-garbage: {target}: {e}");
+                unreachable += 1;
+            }
+        }
+    }
+    for target in &args.targets {
+        let t = &tallies[target];
+        println!("GARBAGE target={target} sent={} answered={} dropped={}", t.sent, t.answered, t.dropped);
+    }
+    std::process::exit(if unreachable > 0 { 1 } else { 0 });
+}
