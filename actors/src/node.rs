@@ -292,6 +292,13 @@ impl Node {
         self.raft.metrics().borrow().clone()
     }
 
+    /// If this node is the Raft leader, hands leadership to the most caught-up other voter and
+    /// waits (at most `timeout`) until the group follows it: what a leaving leader does before
+    /// it stops. Returns the new leader, if there was a handover.
+    pub async fn hand_over_leadership(&self, timeout: std::time::Duration) -> Option<NodeId> {
+        consensus::handover::hand_over(&self.raft, &self.transport, timeout).await
+    }
+
     /// Stops Raft and the transport.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;

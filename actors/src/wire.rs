@@ -31,6 +31,9 @@ pub enum RaftRequest {
     ClientWrite(Command),
     /// A lease renewal, to the leader.
     Lease(crate::lease::LeaseRequest),
+    /// From the leader, which is leaving and has stopped its heartbeats: start an election as
+    /// soon as the voters' leader lease allows (leadership handover).
+    Elect,
 }
 
 /// The response to a [`RaftRequest`], same variant.
@@ -46,6 +49,9 @@ pub enum RaftResponse {
     ClientWrite(Result<CommandResult, RaftError<ClientWriteError>>),
     /// Lease renewal answer.
     Lease(crate::lease::LeaseReply),
+    /// Whether the node will stand for election (it is a voter and the request came from the
+    /// leader it knows).
+    Elect(bool),
 }
 
 /// A gossip message (topic `clusterfunk/<key>/<env>/members`).

@@ -205,7 +205,7 @@ impl Cluster {
     /// Leaves the cluster gracefully (what a node does on SIGTERM): marks itself as leaving
     /// through Raft, hands off every shard it owns (each stops here, its hooks run, the move is
     /// confirmed, then it starts on its new owner; messages meanwhile wait in the senders'
-    /// proxies), then stops. If the handoff does not finish within `timeout` (no quorum, say) it
+    /// proxies), hands Raft leadership to the most caught-up other voter if it leads, then stops. If the handoff does not finish within `timeout` (no quorum, say) it
     /// stops anyway and the shards move once its lease has run out.
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
         let node = &self.inner.node;
@@ -239,6 +239,10 @@ impl Cluster {
                 info!(node = %id, "leaving: every shard handed off");
             }
         }
+        // Then Raft leadership, if this node has it, so the group does not wait out an election
+        // timeout for a leader that left on purpose.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
+        node.hand_over_leadership(left).await;
         self.shutdown().await;
         result
     }

@@ -151,10 +151,18 @@ impl Handler<InboundRaft> for Consensus {
             let _ = msg.reply.send(RaftResponse::Lease(self.lease.grant(req)));
             return;
         }
+        if let RaftRequest::Elect = &msg.request {
+            let accepted = super::handover::from_leader(&self.raft, &msg.from);
+            if accepted {
+                actix::spawn(super::handover::stand_for_election(self.raft.clone()));
+            }
+            let _ = msg.reply.send(RaftResponse::Elect(accepted));
+            return;
+        }
         let raft = self.raft.clone();
         actix::spawn(async move {
             let resp = match msg.request {
-                RaftRequest::Lease(_) => unreachable!("answered above"),
+                RaftRequest::Lease(_) | RaftRequest::Elect => unreachable!("answered above"),
                 RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
                 RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
                 RaftRequest::InstallSnapshot(r) => RaftResponse::InstallSnapshot(raft.install_snapshot(r).await),

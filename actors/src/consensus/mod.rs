@@ -7,6 +7,7 @@
 
 mod actor;
 pub mod auto;
+pub mod handover;
 mod network;
 mod state_machine;
 pub mod store;
