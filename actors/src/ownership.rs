@@ -138,6 +138,30 @@ impl Ownership {
         }
     }
 
+    /// Whether this node may take a replica message (from the shard's leader to its followers)
+    /// for `shard` stamped with `epoch`: the epoch is not older than the highest seen for the
+    /// shard (a deposed leader is refused with the newer epoch), this node's lease is valid, and
+    /// its applied map makes it a follower of `shard` at exactly `epoch` (a sender with an older
+    /// or newer map is told what this node knows, and may retry). Raises the highest epoch seen.
+    pub fn check_replica(&self, shard: ShardId, epoch: Epoch) -> Result<(), Refusal> {
+        let map = self.applied_map.lock().expect("applied map lock is never poisoned").clone();
+        let Some(map) = map.filter(|m| shard.0 < m.shard_count()) else {
+            return Err(Refusal::NotOwner { shard, epoch: Epoch(0), owner: None });
+        };
+        let seen = Self::slots(&self.seen, map.shard_count())[shard.0 as usize].load(Ordering::Acquire);
+        if epoch.0 < seen {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            self.record("reject_stale", shard, Epoch(seen), Some(epoch), None);
+            return Err(Refusal::NotOwner { shard, epoch: Epoch(seen), owner: map.owner(shard) });
+        }
+        let follower = map.shard_epoch(shard) == epoch && map.replicas(shard).contains(&self.local);
+        if !follower || !self.lease_valid() {
+            return Err(Refusal::NotOwner { shard, epoch: map.shard_epoch(shard), owner: map.owner(shard) });
+        }
+        Self::slots(&self.seen, map.shard_count())[shard.0 as usize].fetch_max(epoch.0, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// The epoch `shard` is served at here now: the lease is valid and the shard active. The
     /// lease is read first: a lease that needs log index X is published after the entries up to
     /// X were applied and revoked what they took away ([`Self::revoke`]), so the active table

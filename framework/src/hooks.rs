@@ -136,7 +136,15 @@ impl ShardHooks for NodeHooks {
             ShardChange::ReplicaAdded { shard, epoch, leader } => {
                 vec![ClusterEvent::ReplicaAdded { shard, epoch, leader }]
             }
-            ShardChange::ReplicaRemoved { shard, epoch } => vec![ClusterEvent::ReplicaRemoved { shard, epoch }],
+            ShardChange::ReplicaRemoved { shard, epoch } => {
+                // No longer a follower: its replica instances go (the owner's never live here).
+                let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
+                let fire = self.user.fire(vec![ClusterEvent::ReplicaRemoved { shard, epoch }]);
+                return Box::pin(async move {
+                    futures::future::join_all(stops).await;
+                    fire.await;
+                });
+            }
         };
         self.user.fire(events)
     }

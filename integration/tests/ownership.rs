@@ -329,7 +329,15 @@ async fn an_old_owner_coming_back_is_refused_by_the_new_epoch() {
 
     // It comes back and sends with the epoch it had.
     cut(&nodes, x, false);
-    let env = Envelope { entity: 0, message: 0, shard, key: vec![0xa1, b'k'], payload: vec![0xc0], epoch: old_epoch };
+    let env = Envelope {
+        entity: 0,
+        message: 0,
+        shard,
+        key: vec![0xa1, b'k'],
+        payload: vec![0xc0],
+        epoch: old_epoch,
+        replica: false,
+    };
     let deadline = tokio::time::Instant::now() + T;
     let refusal = loop {
         match nodes[x].router().request_to(nodes[y].node_id(), &env).await {

@@ -23,6 +23,11 @@ pub struct Envelope {
     /// stamped with an epoch older than the one it serves the shard at. `Epoch(0)`: not stamped.
     #[serde(default)]
     pub epoch: Epoch,
+    /// For a follower of the shard, not its owner: a replica write from the shard's leader
+    /// (`Sharded::send_to_replicas`), checked against the follower's map and fencing epoch.
+    /// Not sent when false, so owner-bound frames are as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica: bool,
 }
 
 /// Why a node refused a message. ONLY APPEND.
@@ -120,6 +125,7 @@ mod tests {
                 key: b"k".to_vec(),
                 payload: vec![0x90],
                 epoch: Epoch(7),
+                replica: false,
             },
         };
         let bytes = f.encode();
@@ -135,6 +141,8 @@ mod tests {
         let Frame::Request { env, .. } = crate::wire::decode::<Frame>(&old).unwrap() else { panic!() };
         assert_eq!(env.epoch, Epoch(0));
         assert_eq!(length_prefixed(&RequestRef::Request { id: 7, env: &env_of(&f) }), bytes, "same bytes borrowed");
+        let replica = Frame::Request { id: 8, env: Envelope { replica: true, ..env_of(&f) } };
+        assert_eq!(crate::wire::decode::<Frame>(&replica.encode()[4..]).unwrap(), replica, "the flag round-trips");
         let r = Frame::Response {
             id: 7,
             result: Err(Refusal::NotOwner { shard: ShardId(3), epoch: Epoch(9), owner: Some(NodeId(1)) }),

@@ -280,7 +280,11 @@ impl Router {
     /// Serves a message that arrived from a peer: refuses it unless this node serves the shard
     /// now (lease valid, shard active) at an epoch no newer than the message's.
     pub(crate) async fn serve_local(&self, env: Envelope) -> Result<Vec<u8>, Refusal> {
-        let refusal = self.inner.ownership.check(env.shard, env.epoch, || self.inner.map.borrow().clone()).err();
+        let refusal = if env.replica {
+            self.inner.ownership.check_replica(env.shard, env.epoch).err()
+        } else {
+            self.inner.ownership.check(env.shard, env.epoch, || self.inner.map.borrow().clone()).err()
+        };
         if let Some(r) = refusal {
             self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(r);

@@ -234,7 +234,9 @@ impl Activator {
                 }
             }
             for (s, e) in &following {
-                if !replicas.contains_key(s) {
+                // A follower promoted to owner gained leadership (ShardAssigned, above); it did
+                // not lose the shard.
+                if !replicas.contains_key(s) && !active.contains_key(s) {
                     changes.push(ShardChange::ReplicaRemoved { shard: *s, epoch: *e });
                 }
             }

@@ -81,8 +81,8 @@ impl<E: ShardedActor> EntityHost<E> {
 
     fn spawn(&self, key: &E::Key, shard: ShardId, now: u64) -> Slot<E> {
         let arbiter = &self.arbiters[shard.0 as usize % self.arbiters.len()];
-        let epoch = self.ownership.active_epoch(shard).unwrap_or_default();
-        let info = EntityInfo { shard, node: self.node, epoch };
+        let active = self.ownership.active_epoch(shard);
+        let info = EntityInfo { shard, node: self.node, epoch: active.unwrap_or_default(), replica: active.is_none() };
         let k = key.clone();
         let addr = E::start_in_arbiter(arbiter, move |_| E::from_key(&k, info));
         self.activations.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +100,10 @@ impl<E: ShardedActor> EntityHost<E> {
         let result = addr.send(msg).await;
         if result.is_err() {
             // The instance stopped or panicked: forget it so the next message makes a new one.
-            self.entities.remove_if(key, |_, s| !s.addr.connected());
+            // Compared by address, not by `connected()`: a panicking instance stays connected
+            // until its unwinding ends (slow with RUST_BACKTRACE set), and a message sent in that
+            // window would reach the dying instance.
+            self.entities.remove_if(key, |_, s| s.addr == addr);
             debug!(?key, "entity failed while handling a message");
         }
         result

@@ -94,7 +94,12 @@ pub struct EntityInfo {
     pub node: NodeId,
     /// The epoch the shard is served at on this node: pass it to your own storage as a fencing
     /// token (a write carrying an older epoch than one already seen must be refused there).
+    /// `Epoch(0)` for a replica instance.
     pub epoch: Epoch,
+    /// Whether the instance was created on a follower of the shard, by a message from
+    /// [`Sharded::send_to_replicas`](crate::Sharded::send_to_replicas), rather than on its owner.
+    /// A replica instance that is still alive when its node is promoted serves on as the owner's.
+    pub replica: bool,
 }
 
 /// A message that can cross nodes: an actix message whose type and result are serde types.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::Handler;
 use clusterfunk_actors::proxy::{route, Envelope, Refusal, Route, Router};
 use clusterfunk_actors::shard::shard_for;
-use clusterfunk_actors::types::{Epoch, ShardId};
+use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 use tokio::sync::watch;
 
 use super::host::EntityHost;
@@ -109,6 +109,7 @@ impl<E: ShardedActor> Sharded<E> {
             key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(Arc::new(e)))?,
             payload: rmp_serde::to_vec(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
             epoch: Epoch(0),
+            replica: false,
         };
         let env = match shard {
             Some(_) => env,
@@ -119,6 +120,74 @@ impl<E: ShardedActor> Sharded<E> {
             e => SendError::Route(e),
         })?;
         rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e)))
+    }
+
+    /// Sends `msg` to the instance for `key` on each **follower** of its shard (with a replica
+    /// factor above 1), stamped with the shard's epoch in this node's map, and returns each
+    /// follower's answer. Call it on the shard's leader, typically from the entity after it applied a write.
+    ///
+    /// A follower takes the message only if its own map makes it a follower of the shard at that
+    /// epoch, and refuses anything stamped older than the newest epoch it saw for the shard: the
+    /// writes of a deposed leader fail with `NotOwner` carrying the newer epoch. On the follower
+    /// the message goes to a replica instance of the entity ([`EntityInfo::replica`]); when the
+    /// follower is promoted, that instance (and what it was sent) serves on as the owner's.
+    /// Nothing is retried: the answers say which followers have the message.
+    ///
+    /// ```no_run
+    /// # use clusterfunk::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// # struct Account(i64);
+    /// # impl actix::Actor for Account { type Context = actix::Context<Self>; }
+    /// # impl ShardedActor for Account { type Key = String; fn from_key(_: &String, _: EntityInfo) -> Self { Account(0) } }
+    /// #[derive(actix::Message, Serialize, Deserialize)]
+    /// #[rtype(result = "i64")]
+    /// struct Deposit(i64);
+    /// # impl actix::Handler<Deposit> for Account { type Result = i64; fn handle(&mut self, d: Deposit, _: &mut Self::Context) -> i64 { self.0 += d.0; self.0 } }
+    /// async fn replicate(cluster: &Cluster, key: String) {
+    ///     for (follower, answer) in cluster.sharded::<Account>().send_to_replicas(&key, Deposit(5)).await {
+    ///         if let Err(e) = answer {
+    ///             eprintln!("follower {follower} missed the deposit: {e}");
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub async fn send_to_replicas<M>(&self, key: &E::Key, msg: M) -> Vec<(NodeId, Result<M::Output, SendError>)>
+    where
+        M: RemoteMessage,
+        E: Handler<M>,
+        E::Context: actix::dev::ToEnvelope<E, M>,
+    {
+        let (eid, ename) = self.entity;
+        let (mid, mname) = wire_id::<M>();
+        let (shard, epoch, followers) = {
+            let map = self.map.borrow();
+            if map.shard_count() == 0 {
+                return Vec::new();
+            }
+            let shard = shard_for(key, map.shard_count());
+            (shard, map.shard_epoch(shard), map.replicas(shard))
+        };
+        let fail = |e: SendError| followers.iter().map(|f| (*f, Err(e.clone()))).collect::<Vec<_>>();
+        if !self.registry.handles(eid, mid) {
+            return fail(SendError::NotRegistered { entity: ename, message: mname });
+        }
+        let (key, payload) = match (rmp_serde::to_vec(key), rmp_serde::to_vec(&msg)) {
+            (Ok(k), Ok(p)) => (k, p),
+            (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(Arc::new(e))),
+        };
+        let env = Envelope { entity: eid, message: mid, shard, key, payload, epoch, replica: true };
+        let sends = followers.iter().map(|f| {
+            let (router, env, f) = (&self.router, &env, *f);
+            async move {
+                let answer = match router.request_to(f, env).await {
+                    Ok(bytes) => rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e))),
+                    Err(RouteError::Refused(r)) => Err(SendError::from(r)),
+                    Err(e) => Err(SendError::Route(e)),
+                };
+                (f, answer)
+            }
+        });
+        futures::future::join_all(sends).await
     }
 
     /// Before this node has the cluster's state there is no shard count: wait for the first map.

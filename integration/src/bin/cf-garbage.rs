@@ -262,6 +262,7 @@ impl Peer {
             key: self.random(16),
             payload: self.random(64),
             epoch: Epoch(u64::MAX),
+            replica: false,
         };
         let back = self.proxy_stream(peer, Frame::Request { id: 1, env }.encode()).await;
         t.sent += 1;

@@ -1,0 +1,83 @@
+//! Replica messages (replica factor 2, three nodes in process): the shard's leader sends to its
+//! follower with `send_to_replicas`, stamped with the shard's epoch; the follower keeps a replica
+//! instance; a node that is not a follower, and a stamp older than the follower's, are refused;
+//! when the owner is lost the follower is promoted and its replica instance serves on with what it
+//! was sent.
+
+use std::time::Duration;
+
+use clusterfunk::{Epoch, RouteError, SendError};
+use clusterfunk_actors::proxy::{Envelope, Refusal};
+use clusterfunk_integration::inproc::{cluster, Inc, Read, Tally};
+
+#[actix_rt::test]
+async fn followers_take_replica_messages_and_serve_on_when_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), "replicas", 3, 3, |b, _| {
+        b.replica_factor(2).entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>())
+    })
+    .await
+    .expect("three nodes, two copies of each shard");
+    let by_id = |id: clusterfunk::NodeId| nodes.iter().find(|n| n.node_id() == id).expect("one of ours");
+
+    // A key whose owner is not the Raft leader (so losing it later is a plain owner loss).
+    let leader = nodes[0].status().leader.unwrap();
+    let key = (0u64..)
+        .find(|k| {
+            let s = nodes[0].shard_for(k).unwrap();
+            nodes[0].owner(s).is_some_and(|o| o.to_string() != leader)
+        })
+        .unwrap();
+    let shard = nodes[0].shard_for(&key).unwrap();
+    let set = nodes[0].replica_set(shard);
+    let (owner, follower) = (by_id(set.leader.unwrap()), by_id(set.followers[0]));
+    let bystander = nodes.iter().find(|n| n.node_id() != owner.node_id() && n.node_id() != follower.node_id()).unwrap();
+
+    // The leader's write, then its replication: the follower's replica instance counts too.
+    let tallies = owner.sharded::<Tally>();
+    assert_eq!(tallies.send(&key, Inc).await.unwrap(), 1);
+    let answers = tallies.send_to_replicas(&key, Inc).await;
+    assert_eq!(answers.len(), 1, "one follower at replica factor 2");
+    assert_eq!(answers[0].0, follower.node_id());
+    assert_eq!(answers[0].1.as_ref().unwrap(), &1, "the follower's replica instance counted it");
+    assert_eq!(tallies.send(&key, Inc).await.unwrap(), 2);
+    assert_eq!(*tallies.send_to_replicas(&key, Inc).await[0].1.as_ref().unwrap(), 2);
+
+    // Refused: a node that is not a follower of the shard, and a stamp older than the epoch the
+    // follower has seen. (The check comes before dispatch: the type ids do not matter.)
+    let env = |epoch: Epoch| Envelope {
+        entity: 0,
+        message: 0,
+        shard,
+        key: rmp_serde::to_vec(&key).unwrap(),
+        payload: rmp_serde::to_vec(&Inc).unwrap(),
+        epoch,
+        replica: true,
+    };
+    let r = owner.router().request_to(bystander.node_id(), &env(set.epoch)).await;
+    assert!(matches!(r, Err(RouteError::Refused(Refusal::NotOwner { .. }))), "a non-follower refuses: {r:?}");
+    let stale = Epoch(set.epoch.0 - 1);
+    let r = owner.router().request_to(follower.node_id(), &env(stale)).await;
+    match r {
+        Err(RouteError::Refused(Refusal::NotOwner { epoch, .. })) => {
+            assert_eq!(epoch, set.epoch, "names the newer epoch")
+        }
+        other => panic!("a stale replica write must be refused: {other:?}"),
+    }
+    assert!(follower.status().ownership.rejected_stale >= 1);
+
+    // The owner is lost: the follower is promoted and its replica instance serves on.
+    owner.shutdown().await;
+    let promoted = follower.sharded::<Tally>();
+    follower
+        .wait_until(Duration::from_secs(10), "the follower to be promoted", |_| follower.is_owner(shard))
+        .await
+        .unwrap();
+    let read = promoted.send(&key, Read).await;
+    assert_eq!(read.unwrap(), 2, "the promoted follower's instance has the replicated count");
+    let after: Result<u64, SendError> = promoted.send(&key, Inc).await;
+    assert_eq!(after.unwrap(), 3);
+    for n in [follower, bystander] {
+        n.shutdown().await;
+    }
+}
