@@ -16,6 +16,8 @@ pub mod proxy;
 pub mod shard;
 pub mod shard_manager;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 pub mod types;
 pub mod wire;

@@ -1,67 +1,19 @@
 //! A peer that sends malformed or oversized frames on the Raft protocol gets its connection
 //! closed and counted; the node goes on and answers a well-formed request afterwards.
 
-use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 mod common;
 
 use clusterfunk_actors::node::Node;
+use clusterfunk_actors::testing::{framed, RawCodec};
 use clusterfunk_actors::types::NodeId;
 use clusterfunk_actors::wire::{self, RaftRequest, RaftResponse};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
-
-async fn read_all<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    io.read_to_end(&mut v).await?;
-    Ok(v)
-}
-
-/// Writes requests as raw bytes (no framing of its own) and reads the whole response.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_all(io).await
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_all(io).await
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await?;
-        io.close().await
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await
-    }
-}
 
 async fn request(
     client: &mut Swarm<request_response::Behaviour<RawCodec>>,
@@ -93,12 +45,6 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     })
     .await
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
-fn framed(bytes: &[u8]) -> Vec<u8> {
-    let mut v = (bytes.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(bytes);
-    v
 }
 
 #[actix_rt::test]

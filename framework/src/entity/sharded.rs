@@ -84,11 +84,7 @@ impl<E: ShardedActor> Sharded<E> {
         E: Handler<M>,
         E::Context: actix::dev::ToEnvelope<E, M>,
     {
-        let (eid, ename) = self.entity;
-        let (mid, mname) = wire_id::<M>();
-        if !self.registry.handles(eid, mid) {
-            return Err(SendError::NotRegistered { entity: ename, message: mname });
-        }
+        let (eid, mid) = self.ids::<M>()?;
         // One read of the map gives both the shard and its route.
         let target = {
             let map = self.map.borrow();
@@ -157,8 +153,6 @@ impl<E: ShardedActor> Sharded<E> {
         E: Handler<M>,
         E::Context: actix::dev::ToEnvelope<E, M>,
     {
-        let (eid, ename) = self.entity;
-        let (mid, mname) = wire_id::<M>();
         let (shard, epoch, followers) = {
             let map = self.map.borrow();
             if map.shard_count() == 0 {
@@ -168,9 +162,10 @@ impl<E: ShardedActor> Sharded<E> {
             (shard, map.shard_epoch(shard), map.replicas(shard))
         };
         let fail = |e: SendError| followers.iter().map(|f| (*f, Err(e.clone()))).collect::<Vec<_>>();
-        if !self.registry.handles(eid, mid) {
-            return fail(SendError::NotRegistered { entity: ename, message: mname });
-        }
+        let (eid, mid) = match self.ids::<M>() {
+            Ok(ids) => ids,
+            Err(e) => return fail(e),
+        };
         let (key, payload) = match (rmp_serde::to_vec(key), rmp_serde::to_vec(&msg)) {
             (Ok(k), Ok(p)) => (k, p),
             (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(Arc::new(e))),
@@ -188,6 +183,16 @@ impl<E: ShardedActor> Sharded<E> {
             }
         });
         futures::future::join_all(sends).await
+    }
+
+    /// The wire ids of `E` and `M`, if `M` was registered for `E`.
+    fn ids<M: RemoteMessage>(&self) -> Result<(u64, u64), SendError> {
+        let (eid, ename) = self.entity;
+        let (mid, mname) = wire_id::<M>();
+        if !self.registry.handles(eid, mid) {
+            return Err(SendError::NotRegistered { entity: ename, message: mname });
+        }
+        Ok((eid, mid))
     }
 
     /// Before this node has the cluster's state there is no shard count: wait for the first map.

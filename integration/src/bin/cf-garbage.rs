@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use clusterfunk::{Epoch, ShardId};
 use clusterfunk_actors::proxy::{Envelope, Frame};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use clusterfunk_actors::testing::{framed, RawCodec};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade::Version;
@@ -25,52 +26,6 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use rand::{Rng, SeedableRng};
-
-/// Writes a request as raw bytes and reads whatever comes back.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.read_to_end(&mut v).await?;
-        Ok(v)
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(1 << 20).read_to_end(&mut v).await?;
-        Ok(v)
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await?;
-        io.close().await
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await
-    }
-}
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -243,12 +198,6 @@ impl Peer {
         v
     }
 
-    fn framed(&mut self, body: &[u8]) -> Vec<u8> {
-        let mut v = (body.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(body);
-        v
-    }
-
     /// One round against one node: each kind of garbage on each protocol, reconnecting after
     /// every drop.
     async fn round(&mut self, addr: &Multiaddr, t: &mut Tally) -> Result<(), String> {
@@ -275,7 +224,7 @@ impl Peer {
             let body = self.random(n);
             let short = self.random(100);
             vec![
-                ("random bytes under a valid length", self.framed(&body)),
+                ("random bytes under a valid length", framed(&body)),
                 ("a length prefix over the limit", vec![0x7f, 0xff, 0xff, 0xff, 1, 2, 3]),
                 ("a frame cut short", {
                     let mut f = (10_000u32).to_be_bytes().to_vec();
