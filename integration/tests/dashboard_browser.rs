@@ -32,8 +32,13 @@ fn status_page_renders_members_leader_and_rates() -> anyhow::Result<()> {
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let dir = tempfile::tempdir()?;
-    let nodes =
-        start_cluster(exe, dir.path(), 3, &["--name", "page", "--no-mdns", "--shards", "64", "--traffic", "200"])?;
+    // A harmless fault plan, so the page must show that fault injection is on.
+    let nodes = start_cluster(
+        exe,
+        dir.path(),
+        3,
+        &["--name", "page", "--no-mdns", "--shards", "64", "--traffic", "200", "--faults", "delay=0ms..1ms"],
+    )?;
     let leader = wait_until(Duration::from_secs(30), "3 members up with traffic", || {
         let s = nodes[0].status().ok()?;
         (view::members_in(&s, "up").len() == 3 && s["traffic"]["local"].as_u64()? > 0)
@@ -49,5 +54,6 @@ fn status_page_renders_members_leader_and_rates() -> anyhow::Result<()> {
     assert!(dom.contains("page/dev"), "cluster name shown");
     assert_eq!(dom.matches(">voter<").count(), 3, "three voters listed");
     assert!(dom.contains("<div id=\"error\" class=\"down\"></div>"), "no error shown");
+    assert!(dom.contains("fault injection on: delay=0us..1000us"), "a node under fault injection says so");
     Ok(())
 }
