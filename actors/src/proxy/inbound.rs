@@ -1,6 +1,5 @@
 //! Serving inbound proxy streams: decode requests, check ownership, dispatch, answer.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -28,7 +27,7 @@ async fn serve(router: Router, peer: PeerId, stream: Stream) {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(cfg.queue_per_peer);
     router.arbiter().spawn(write_loop(write, rx, cfg.batch, Arc::new(AtomicBool::new(true))));
     let in_flight = Arc::new(Semaphore::new(cfg.inbound_concurrency));
-    let mut seen = RecentIds::new(RECENT_IDS);
+    let mut seen = RecentIds::new();
     loop {
         let frame = match wire::read_frame(&mut read, cfg.max_frame).await {
             Ok(bytes) => match wire::decode::<Frame>(&bytes) {
@@ -74,47 +73,74 @@ async fn serve(router: Router, peer: PeerId, stream: Stream) {
     }
 }
 
-/// How many request ids per stream are remembered to answer a repeated one once. A sender's ids
-/// increase by one per request, so a copy arriving after this many newer requests would run
-/// again: far beyond any delay the fault injector makes.
-const RECENT_IDS: usize = 1 << 16;
+/// How many request ids below the newest a stream remembers, to answer a repeated one once. A
+/// sender's ids increase by one per request, so a copy would have to arrive after this many newer
+/// requests to run twice: far beyond any delay the fault injector makes (and TCP neither repeats
+/// nor reorders). 512 bytes per stream.
+const RECENT_IDS: u64 = 4096;
 
-/// The last `cap` request ids seen on a stream.
+/// The request ids seen on a stream within [`RECENT_IDS`] of the newest: a bitmap window.
 struct RecentIds {
-    set: HashSet<u64>,
-    order: VecDeque<u64>,
-    cap: usize,
+    newest: u64,
+    bits: Box<[u64; (RECENT_IDS / 64) as usize]>,
 }
 
 impl RecentIds {
-    fn new(cap: usize) -> RecentIds {
-        RecentIds { set: HashSet::new(), order: VecDeque::new(), cap }
+    fn new() -> RecentIds {
+        RecentIds { newest: 0, bits: Box::new([0; (RECENT_IDS / 64) as usize]) }
     }
 
-    /// Records `id`; false if it was seen already.
+    fn bit(&mut self, id: u64) -> (&mut u64, u64) {
+        let slot = (id % RECENT_IDS) as usize;
+        (&mut self.bits[slot / 64], 1 << (slot % 64))
+    }
+
+    /// Records `id`; false if it was seen already. An id older than the window counts as new.
     fn insert(&mut self, id: u64) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+        if id > self.newest {
+            let advance = id - self.newest;
+            if advance >= RECENT_IDS {
+                self.bits.fill(0);
+            } else {
+                for old in self.newest + 1..id {
+                    let (word, mask) = self.bit(old);
+                    *word &= !mask;
+                }
             }
+            self.newest = id;
+            let (word, mask) = self.bit(id);
+            *word |= mask;
+            return true;
         }
-        true
+        if self.newest - id >= RECENT_IDS {
+            return true;
+        }
+        let (word, mask) = self.bit(id);
+        let fresh = *word & mask == 0;
+        *word |= mask;
+        fresh
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{RecentIds, RECENT_IDS};
+
     #[test]
     fn recent_ids_answer_a_repeat_once_within_the_window() {
-        let mut r = super::RecentIds::new(3);
-        assert!(r.insert(1) && r.insert(3) && r.insert(2));
-        assert!(!r.insert(3), "a repeat");
-        assert!(r.insert(4), "evicts 1");
-        assert!(r.insert(1), "forgotten after the window");
-        assert!(!r.insert(4));
+        let mut r = RecentIds::new();
+        assert!(r.insert(1) && r.insert(3) && r.insert(2), "out of order, each new");
+        assert!(!r.insert(3) && !r.insert(1), "repeats");
+        assert!(r.insert(10) && r.insert(5), "a gap, then an id from inside it");
+        assert!(!r.insert(5));
+        // Far ahead: the window moves; ids slots reused by the jump are new again.
+        let far = 3 + RECENT_IDS;
+        assert!(r.insert(far));
+        assert!(r.insert(far - 1), "never seen");
+        assert!(!r.insert(far - 1));
+        assert!(r.insert(3), "older than the window: counted as new");
+        assert!(r.insert(far + 2 * RECENT_IDS), "a jump past the whole window clears it");
+        assert!(r.insert(far + 2 * RECENT_IDS - 5));
+        assert!(!r.insert(far + 2 * RECENT_IDS));
     }
 }
