@@ -225,7 +225,8 @@ impl MessageFaults {
         &self.stats
     }
 
-    /// What happens to the next message: `None` when injection is off (send it now).
+    /// What happens to the next message: `None` to send it now, once (injection off, or the
+    /// plan left this one alone).
     #[inline]
     pub fn fate(&self) -> Option<Fate> {
         if !self.on.load(Ordering::Acquire) {
@@ -235,6 +236,9 @@ impl MessageFaults {
         let (plan, rng) = state.as_mut()?;
         let (fate, held) = decide(plan, rng);
         drop(state);
+        if fate == (Fate::Send { delay: Duration::ZERO, duplicate: None }) {
+            return None;
+        }
         let bump = |c: &AtomicU64| {
             c.fetch_add(1, Ordering::Relaxed);
         };
@@ -254,6 +258,14 @@ impl MessageFaults {
         }
         Some(fate)
     }
+}
+
+/// Runs `send` after `delay` on a task of its own, so messages sent after it may overtake it.
+pub(crate) fn later(delay: Duration, send: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        send.await;
+    });
 }
 
 /// One decision under `plan`, and whether the message is held back to be overtaken. Pure given
@@ -307,6 +319,8 @@ mod tests {
         f.set(Some(FaultPlan::default()));
         assert_eq!(f.fate(), None, "a plan that does nothing is off");
         assert_eq!(f.plan(), None);
+        f.set(Some("dup=0.01".parse().unwrap()));
+        assert!((0..100).filter_map(|_| f.fate()).count() < 10, "a message left alone is sent now: None");
     }
 
     #[test]

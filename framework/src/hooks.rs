@@ -94,6 +94,18 @@ pub(crate) struct NodeHooks {
     pub(crate) paused: std::sync::Mutex<std::collections::HashMap<ShardId, Epoch>>,
 }
 
+impl NodeHooks {
+    /// Stops every entity of `shard` here (they finish their mailboxes), then fires `events`.
+    fn stop_then_fire(&self, shard: ShardId, events: Vec<ClusterEvent>) -> BoxFuture<'static, ()> {
+        let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
+        let fire = self.user.fire(events);
+        Box::pin(async move {
+            futures::future::join_all(stops).await;
+            fire.await;
+        })
+    }
+}
+
 impl ShardHooks for NodeHooks {
     fn on_change(&self, change: ShardChange) -> BoxFuture<'static, ()> {
         let events = match change {
@@ -105,12 +117,7 @@ impl ShardHooks for NodeHooks {
                 // Entities kept through a lease lapse serve on only at the epoch they had.
                 let kept = self.paused.lock().expect("paused lock is never poisoned").remove(&shard);
                 if kept.is_some_and(|e| e != epoch) {
-                    let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
-                    let fire = self.user.fire(v);
-                    return Box::pin(async move {
-                        futures::future::join_all(stops).await;
-                        fire.await;
-                    });
+                    return self.stop_then_fire(shard, v);
                 }
                 v
             }
@@ -121,29 +128,19 @@ impl ShardHooks for NodeHooks {
                     return self.user.fire(vec![ClusterEvent::ShardUnassigned { shard, epoch, new_owner }]);
                 }
                 self.paused.lock().expect("paused lock is never poisoned").remove(&shard);
-                let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
                 let mut v = Vec::new();
                 if stays_replica {
                     v.push(ClusterEvent::ShardLeadershipLost { shard, epoch });
                 }
                 v.push(ClusterEvent::ShardUnassigned { shard, epoch, new_owner });
-                let fire = self.user.fire(v);
-                return Box::pin(async move {
-                    futures::future::join_all(stops).await;
-                    fire.await;
-                });
+                return self.stop_then_fire(shard, v);
             }
             ShardChange::ReplicaAdded { shard, epoch, leader } => {
                 vec![ClusterEvent::ReplicaAdded { shard, epoch, leader }]
             }
             ShardChange::ReplicaRemoved { shard, epoch } => {
                 // No longer a follower: its replica instances go (the owner's never live here).
-                let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
-                let fire = self.user.fire(vec![ClusterEvent::ReplicaRemoved { shard, epoch }]);
-                return Box::pin(async move {
-                    futures::future::join_all(stops).await;
-                    fire.await;
-                });
+                return self.stop_then_fire(shard, vec![ClusterEvent::ReplicaRemoved { shard, epoch }]);
             }
         };
         self.user.fire(events)

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -78,17 +77,19 @@ impl Link {
         let (reply, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock is never poisoned: no panics inside").insert(id, reply);
         match self.faults.fate() {
-            None | Some(Fate::Send { delay: Duration::ZERO, duplicate: None }) => {}
+            None => {}
             // Lost on the way: the caller's request times out.
             Some(Fate::Drop) => return Ok((id, rx)),
             Some(Fate::Send { delay, duplicate }) => {
                 // Sent later (and maybe twice) from a task of its own, so frames queued after it
-                // can overtake it; the receiver answers a repeated id once.
-                for after in std::iter::once(delay).chain(duplicate) {
-                    let (tx, b) = (self.tx.clone(), bytes.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = tx.send(b).await;
+                // can overtake it; the receiver answers a repeated id once. A full queue then
+                // fails the request at once (dropping its reply), as it would have here.
+                for (after, copy) in std::iter::once((delay, false)).chain(duplicate.map(|d| (d, true))) {
+                    let (link, b) = (self.clone(), bytes.clone());
+                    crate::faults::later(after, async move {
+                        if link.tx.try_send(b).is_err() && !copy {
+                            link.forget(id);
+                        }
                     });
                 }
                 return Ok((id, rx));

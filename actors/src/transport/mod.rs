@@ -233,8 +233,7 @@ impl Handle {
             Some(Fate::Send { delay, duplicate }) => {
                 if let Some(after) = duplicate {
                     let (h, a, r) = (self.clone(), addrs.clone(), request.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
+                    crate::faults::later(after, async move {
                         let _ = h.raft_now(peer, a, r).await;
                     });
                 }
@@ -253,15 +252,12 @@ impl Handle {
     /// Publishes a gossip message to the cluster topic.
     pub fn publish(&self, bytes: Vec<u8>) -> Result<(), Error> {
         match self.faults.fate() {
-            None | Some(Fate::Send { delay: Duration::ZERO, duplicate: None }) => {
-                self.try_command(Command::Publish(bytes))
-            }
+            None => self.try_command(Command::Publish(bytes)),
             Some(Fate::Drop) => Ok(()),
             Some(Fate::Send { delay, duplicate }) => {
                 for after in std::iter::once(delay).chain(duplicate) {
                     let (h, b) = (self.clone(), bytes.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
+                    crate::faults::later(after, async move {
                         let _ = h.try_command(Command::Publish(b));
                     });
                 }
