@@ -16,10 +16,9 @@ use crate::consensus::{self, AppliedState, Consensus, Propose, StateMachine};
 use crate::events::ClusterEvent;
 use crate::lease::{self, Clock, LeaseService, SystemClock};
 use crate::membership::{self, Membership, View};
-use crate::ownership::Ownership;
+use crate::serving::{self, FileJournal, Journal, Ownership, ShardHooks};
 use crate::shard::ShardMap;
 use crate::shard_manager::{self, ShardManager};
-use crate::shard_manager::{Activator, ShardHooks};
 use crate::state::{Command, CommandResult};
 use crate::transport::{self, Transport};
 use crate::types::{ClusterName, NodeId, NodeMeta};
@@ -131,8 +130,8 @@ pub struct Node {
     pub lease: Arc<LeaseService>,
     /// Until when this node's lease lets it serve.
     pub lease_until: watch::Receiver<Option<std::time::Instant>>,
-    /// Activation counters.
-    pub activator: Arc<Activator>,
+    /// The serving task's counters.
+    pub serving: Arc<serving::Counters>,
     /// Cluster-level events as this node sees them.
     pub events: broadcast::Sender<ClusterEvent>,
     hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
@@ -162,8 +161,11 @@ impl Node {
         }
         let (mut sm, applied) =
             StateMachine::open(store.clone()).map_err(|e| StartError::Store(OpenError::Corrupt(e)))?;
-        let ownership =
-            Arc::new(Ownership::new(id, clock.clone(), cfg.journal.as_deref()).map_err(StartError::Journal)?);
+        let journal = match &cfg.journal {
+            Some(p) => Some(Arc::new(FileJournal::open(p).map_err(StartError::Journal)?) as Arc<dyn Journal>),
+            None => None,
+        };
+        let ownership = Arc::new(Ownership::new(id, clock.clone(), journal));
         let own = ownership.clone();
         sm.before_publish(Box::new(move |a| own.revoke(&a.state.shard_map)));
         info!(node = %id, %peer, cluster = %cfg.cluster, data_dir = %cfg.data_dir.display(), restarted = has_state, "starting node");
@@ -244,15 +246,18 @@ impl Node {
             &raft_arbiter.handle(),
         );
         let (hooks, hooks_rx) = watch::channel(None);
-        let activator = Arc::new(Activator::default());
-        actix::spawn(activator.clone().run(shard_manager::activator::Inputs {
-            ownership: ownership.clone(),
-            applied: applied.clone(),
-            lease: lease_until.clone(),
-            consensus: consensus.clone(),
-            hooks: hooks_rx,
-            budget: cfg.hook_budget,
-        }));
+        let counters = Arc::new(serving::Counters::default());
+        actix::spawn(serving::run(
+            counters.clone(),
+            serving::Inputs {
+                ownership: ownership.clone(),
+                applied: applied.clone(),
+                lease: lease_until.clone(),
+                consensus: consensus.clone(),
+                hooks: hooks_rx,
+                budget: cfg.hook_budget,
+            },
+        ));
         Ok(Node {
             id,
             transport,
@@ -263,7 +268,7 @@ impl Node {
             ownership,
             lease,
             lease_until,
-            activator,
+            serving: counters,
             events,
             hooks,
             consensus,

@@ -121,3 +121,43 @@ pub struct NodeMeta {
     /// `host:port` of the node's dashboard and API, if it serves one.
     pub dashboard: Option<String>,
 }
+
+/// Why a node refused a message. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// This node does not own the shard; here is who does, as far as it knows.
+    #[error("not the owner of shard {shard} (owner {owner:?} at epoch {epoch})")]
+    NotOwner {
+        /// The shard.
+        shard: ShardId,
+        /// The epoch of the receiver's map entry for it.
+        epoch: Epoch,
+        /// The owner the receiver knows of.
+        owner: Option<NodeId>,
+    },
+    /// No entity type with this id is registered on the receiver.
+    #[error("unknown entity type {0:016x}")]
+    UnknownEntity(u64),
+    /// The entity type does not handle this message type.
+    #[error("unknown message type {0:016x}")]
+    UnknownMessage(u64),
+    /// The key or message did not decode on the receiver.
+    #[error("the message does not decode: {0}")]
+    Malformed(String),
+    /// The entity stopped (panicked, or stopped itself) while handling the message.
+    #[error("the entity failed while handling the message")]
+    EntityFailed,
+    /// The receiver has too many requests in flight.
+    #[error("the receiver is overloaded")]
+    Overloaded,
+    /// The envelope's shard is not the shard its key maps to: the sender is buggy or hostile
+    /// (a second instance of the key could live under the wrong shard). The peer is dropped.
+    #[error("the key maps to shard {actual}, not {claimed}")]
+    WrongShard {
+        /// The shard the envelope named.
+        claimed: ShardId,
+        /// The shard the key maps to.
+        actual: ShardId,
+    },
+}

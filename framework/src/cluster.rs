@@ -331,11 +331,7 @@ impl ClusterConfig {
         let env =
             HostEnv { arbiters: handles, node: node.id, ownership: node.ownership.clone(), idle: self.passivate_after };
         let registry = Arc::new(Registry::build(&self.entities.0, &env));
-        node.set_hooks(Arc::new(NodeHooks {
-            registry: registry.clone(),
-            user: self.hooks.clone(),
-            paused: Default::default(),
-        }));
+        node.set_hooks(Arc::new(NodeHooks { registry: registry.clone(), user: self.hooks.clone() }));
         actix_rt::spawn(forward_events(node.events.subscribe(), self.hooks.clone(), self.node.hook_budget));
         // The proxy's stream tasks run beside the swarm's connection tasks: on a loaded 2-core
         // machine every cross-thread wake-up costs ~25 µs, and a remote ask would otherwise

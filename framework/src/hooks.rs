@@ -19,8 +19,8 @@
 use std::sync::Arc;
 
 use actix::Recipient;
-use clusterfunk_actors::shard_manager::{ShardChange, ShardHooks};
-use clusterfunk_actors::types::{Epoch, ShardId};
+use clusterfunk_actors::serving::{ShardChange, ShardHooks};
+use clusterfunk_actors::types::ShardId;
 use futures::future::BoxFuture;
 use tracing::warn;
 
@@ -85,28 +85,21 @@ impl Hooks {
     }
 }
 
-/// The node's shard hooks: stop entities, then the user's hooks.
+/// The node's shard hooks: entity stops (the hosts), then the user's hooks. What happens when is
+/// the serving core's decision (docs/architecture.md §5); this only translates.
 pub(crate) struct NodeHooks {
     pub(crate) registry: Arc<Registry>,
     pub(crate) user: Hooks,
-    /// Shards whose lease ran out while the map still gave them to this node, with the epoch
-    /// their (kept) entities belong to.
-    pub(crate) paused: std::sync::Mutex<std::collections::HashMap<ShardId, Epoch>>,
-}
-
-impl NodeHooks {
-    /// Stops every entity of `shard` here (they finish their mailboxes), then fires `events`.
-    fn stop_then_fire(&self, shard: ShardId, events: Vec<ClusterEvent>) -> BoxFuture<'static, ()> {
-        let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
-        let fire = self.user.fire(events);
-        Box::pin(async move {
-            futures::future::join_all(stops).await;
-            fire.await;
-        })
-    }
 }
 
 impl ShardHooks for NodeHooks {
+    fn stop_entities(&self, shard: ShardId) -> BoxFuture<'static, ()> {
+        let stops: Vec<_> = self.registry.controls.iter().map(|h| h.stop_shard(shard)).collect();
+        Box::pin(async move {
+            futures::future::join_all(stops).await;
+        })
+    }
+
     fn on_change(&self, change: ShardChange) -> BoxFuture<'static, ()> {
         let events = match change {
             ShardChange::Assigned { shard, epoch, previous_owner, was_replica } => {
@@ -114,34 +107,20 @@ impl ShardHooks for NodeHooks {
                 if was_replica {
                     v.push(ClusterEvent::ShardLeadershipGained { shard, epoch });
                 }
-                // Entities kept through a lease lapse serve on only at the epoch they had.
-                let kept = self.paused.lock().expect("paused lock is never poisoned").remove(&shard);
-                if kept.is_some_and(|e| e != epoch) {
-                    return self.stop_then_fire(shard, v);
-                }
                 v
             }
             ShardChange::Unassigned { shard, epoch, new_owner, stays_replica, still_assigned } => {
-                if still_assigned {
-                    // Only the lease ran out: keep the entities (paused) for the same epoch.
-                    self.paused.lock().expect("paused lock is never poisoned").insert(shard, epoch);
-                    return self.user.fire(vec![ClusterEvent::ShardUnassigned { shard, epoch, new_owner }]);
-                }
-                self.paused.lock().expect("paused lock is never poisoned").remove(&shard);
                 let mut v = Vec::new();
-                if stays_replica {
+                if stays_replica && !still_assigned {
                     v.push(ClusterEvent::ShardLeadershipLost { shard, epoch });
                 }
                 v.push(ClusterEvent::ShardUnassigned { shard, epoch, new_owner });
-                return self.stop_then_fire(shard, v);
+                v
             }
             ShardChange::ReplicaAdded { shard, epoch, leader } => {
                 vec![ClusterEvent::ReplicaAdded { shard, epoch, leader }]
             }
-            ShardChange::ReplicaRemoved { shard, epoch } => {
-                // No longer a follower: its replica instances go (the owner's never live here).
-                return self.stop_then_fire(shard, vec![ClusterEvent::ReplicaRemoved { shard, epoch }]);
-            }
+            ShardChange::ReplicaRemoved { shard, epoch } => vec![ClusterEvent::ReplicaRemoved { shard, epoch }],
         };
         self.user.fire(events)
     }

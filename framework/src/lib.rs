@@ -30,7 +30,7 @@ pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
 pub use config::{Builder, ClusterConfig, ConfigError};
-pub use entity::{EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
+pub use entity::{fencing_epoch, EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
 pub use hooks::ClusterEvent;
 pub use status::{
     ClusterInfo, ClusterStatus, FaultsStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus,

@@ -250,7 +250,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 lease_left_ms: until.map(|u| u.duration_since(now).as_millis() as u64),
                 serving: o.active,
                 rejected_stale: o.rejected_stale,
-                hooks_overrun: node.activator.hooks_overrun.load(Ordering::Relaxed),
+                hooks_overrun: node.serving.hooks_overrun.load(Ordering::Relaxed),
                 handoffs_pending: applied.state.handoffs.len(),
                 draining: applied.state.draining.contains(&node.id),
             }

@@ -16,6 +16,16 @@ pub mod netns;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+/// A test that cannot run here (no root, no chromium) says why and returns; under CI
+/// (`CI=true`), where everything it needs is installed, the same condition fails the test: a
+/// skipped safety test must never read as a pass.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test} cannot run under CI: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 /// `n` distinct free TCP ports on loopback: all bound at once, then released (the race with
 /// other processes is accepted in tests).
 pub fn free_ports(n: usize) -> Vec<u16> {

@@ -14,7 +14,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn scenario(name: &str) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(why) = netns::unavailable() {
-        eprintln!("skipping the chaos scenario {name}: {why}");
+        clusterfunk_integration::skip(&format!("the chaos scenario {name}"), &why.to_string());
         return;
     }
     let exe = Path::new(env!("CARGO_BIN_EXE_cf-kv"));

@@ -27,7 +27,10 @@ fn dump_dom(browser: &str, url: &str, profile: &std::path::Path, budget_ms: u32)
 #[test]
 fn status_page_renders_members_leader_and_rates() -> anyhow::Result<()> {
     let Some(browser) = chromium() else {
-        eprintln!("SKIPPED status_page_renders_members_leader_and_rates: chromium is not installed (apt-get install chromium)");
+        clusterfunk_integration::skip(
+            "status_page_renders_members_leader_and_rates",
+            "chromium is not installed (apt-get install chromium)",
+        );
         return Ok(());
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));

@@ -9,7 +9,7 @@ use clusterfunk_integration::{logs, view, wait_until, NodeProc};
 #[test]
 fn two_namespaces_discover_each_other_by_mdns() -> anyhow::Result<()> {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED two_namespaces_discover_each_other_by_mdns: {why}");
+        clusterfunk_integration::skip("two_namespaces_discover_each_other_by_mdns", &why.to_string());
         return Ok(());
     }
     let lab = Lab::new(2)?;

@@ -10,7 +10,7 @@ use super::core::{may_grant, Holder, Table};
 use super::{Clock, Config, LeaseReply, LeaseRequest};
 use crate::consensus::types::Raft;
 use crate::consensus::AppliedState;
-use crate::ownership::Ownership;
+use crate::serving::Ownership;
 use crate::transport::{self, parse_peer};
 use crate::types::NodeId;
 use crate::wire::{RaftRequest, RaftResponse};

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Epoch, NodeId, ShardId};
+use crate::types::{Epoch, ShardId};
 
 /// One message for an entity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,36 +30,7 @@ pub struct Envelope {
     pub replica: bool,
 }
 
-/// Why a node refused a message. ONLY APPEND.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// This node does not own the shard; here is who does, as far as it knows.
-    #[error("not the owner of shard {shard} (owner {owner:?} at epoch {epoch})")]
-    NotOwner {
-        /// The shard.
-        shard: ShardId,
-        /// The epoch of the receiver's map entry for it.
-        epoch: Epoch,
-        /// The owner the receiver knows of.
-        owner: Option<NodeId>,
-    },
-    /// No entity type with this id is registered on the receiver.
-    #[error("unknown entity type {0:016x}")]
-    UnknownEntity(u64),
-    /// The entity type does not handle this message type.
-    #[error("unknown message type {0:016x}")]
-    UnknownMessage(u64),
-    /// The key or message did not decode on the receiver.
-    #[error("the message does not decode: {0}")]
-    Malformed(String),
-    /// The entity stopped (panicked, or stopped itself) while handling the message.
-    #[error("the entity failed while handling the message")]
-    EntityFailed,
-    /// The receiver has too many requests in flight.
-    #[error("the receiver is overloaded")]
-    Overloaded,
-}
+pub use crate::types::Refusal;
 
 /// A frame on a proxy stream. ONLY APPEND.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +77,7 @@ pub(crate) fn length_prefixed<T: Serialize>(msg: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::NodeId;
 
     fn env_of(f: &Frame) -> Envelope {
         match f {

@@ -14,10 +14,10 @@ use super::frame::{Envelope, Refusal};
 use super::link::Link;
 use super::{Config, Dispatch, Error};
 use crate::consensus::AppliedState;
-use crate::ownership::Ownership;
+use crate::serving::Ownership;
 use crate::shard::ShardMap;
 use crate::transport::{self, parse_peer};
-use crate::types::{NodeId, ShardId};
+use crate::types::{Epoch, NodeId, ShardId};
 
 /// Where a message for a shard goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,8 +225,17 @@ impl Router {
         self.inner.ownership.serving_epoch(shard).is_some()
     }
 
-    async fn deliver_local(&self, env: Envelope) -> Result<Vec<u8>, Error> {
-        self.inner.ownership.check(env.shard, env.epoch, || self.inner.map.borrow().clone()).map_err(Error::Refused)?;
+    /// The epoch this node serves `shard` at right now, if it does (lease valid, shard active).
+    pub fn serving_epoch(&self, shard: ShardId) -> Option<Epoch> {
+        self.inner.ownership.serving_epoch(shard)
+    }
+
+    async fn deliver_local(&self, mut env: Envelope) -> Result<Vec<u8>, Error> {
+        env.epoch = self
+            .inner
+            .ownership
+            .check(env.shard, env.epoch, || self.inner.map.borrow().clone())
+            .map_err(Error::Refused)?;
         self.inner.dispatch.dispatch(env).await.map_err(Error::Refused)
     }
 
@@ -279,15 +288,20 @@ impl Router {
 
     /// Serves a message that arrived from a peer: refuses it unless this node serves the shard
     /// now (lease valid, shard active) at an epoch no newer than the message's.
-    pub(crate) async fn serve_local(&self, env: Envelope) -> Result<Vec<u8>, Refusal> {
-        let refusal = if env.replica {
-            self.inner.ownership.check_replica(env.shard, env.epoch).err()
+    pub(crate) async fn serve_local(&self, mut env: Envelope) -> Result<Vec<u8>, Refusal> {
+        let admitted = if env.replica {
+            self.inner.ownership.check_replica(env.shard, env.epoch).map(|_| env.epoch)
         } else {
-            self.inner.ownership.check(env.shard, env.epoch, || self.inner.map.borrow().clone()).err()
+            self.inner.ownership.check(env.shard, env.epoch, || self.inner.map.borrow().clone())
         };
-        if let Some(r) = refusal {
-            self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(r);
+        match admitted {
+            // From here on the envelope carries the epoch it was admitted under: the entity
+            // host checks it again when the handler runs.
+            Ok(epoch) => env.epoch = epoch,
+            Err(r) => {
+                self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(r);
+            }
         }
         let result = self.inner.dispatch.dispatch(env).await;
         let counter = if result.is_ok() { &self.inner.stats.served } else { &self.inner.stats.failed };

@@ -2,13 +2,11 @@
 //! and commit it through Raft; on every node, publish the committed map and activate and stop the
 //! shards this node owns (hooks, journal, handoff confirmation).
 
-pub(crate) mod activator;
 mod actor;
 mod core;
 
 use std::time::Duration;
 
-pub use activator::{Activator, ShardChange, ShardHooks};
 pub use actor::ShardManager;
 pub use core::{Core, Decision};
 

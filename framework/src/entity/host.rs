@@ -1,22 +1,81 @@
 //! Hosting the instances of one entity type on this node.
+//!
+//! Messages do not go through the actix mailbox: each instance reads a bounded inbox of jobs
+//! from inside its own context, and a job checks the serving table **when it runs**, right
+//! before the handler (docs/architecture.md §5, "fence where it runs"). A message queued while
+//! its shard was served here and still queued when the shard stops is answered `NotOwner` and
+//! handed back, never run; an answer is withheld (`NotOwner`) if the shard stopped being served
+//! here while the handler ran, so a node that paused or lost its lease does not acknowledge.
 
+use std::cell::Cell;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, ArbiterHandle, Handler, MailboxError};
-use clusterfunk_actors::ownership::Ownership;
-use clusterfunk_actors::types::{NodeId, ShardId};
+use actix::dev::MessageResponse;
+use actix::fut::ActorFuture;
+use actix::{ActorContext, ArbiterHandle, AsyncContext, Context, Handler};
+use clusterfunk_actors::serving::Ownership;
+use clusterfunk_actors::types::{Epoch, NodeId, Refusal, ShardId};
 use dashmap::DashMap;
 use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::{EntityInfo, RemoteMessage, ShardedActor};
 
-struct Slot<E: Actor> {
-    addr: Addr<E>,
+/// Jobs an instance may have queued; a sender waits when its inbox is full.
+const INBOX: usize = 256;
+/// Jobs run per poll before the instance yields to its arbiter.
+const BATCH: usize = 64;
+
+type Job<E> = Box<dyn FnOnce(&mut E, &mut Context<E>) + Send>;
+
+/// Under which right a message runs on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// This node serves the shard at this epoch.
+    Owner(Epoch),
+    /// A replica message: this node follows the shard at this epoch.
+    Replica(Epoch),
+}
+
+impl Admission {
+    fn epoch(self) -> Epoch {
+        match self {
+            Admission::Owner(e) | Admission::Replica(e) => e,
+        }
+    }
+}
+
+/// Why a message was not answered.
+pub(crate) enum Undelivered<M> {
+    /// Refused before its handler ran; the message comes back.
+    Refused(Refusal, M),
+    /// The instance stopped or panicked, or the answer was withheld (`Refusal::NotOwner`).
+    Failed(Refusal),
+}
+
+thread_local! {
+    static FENCING_EPOCH: Cell<Option<Epoch>> = const { Cell::new(None) };
+}
+
+/// The epoch the message being handled runs under, inside a sharded entity's handler (on its
+/// thread, while the handler runs): the fencing token for a write to the service's own storage.
+/// After a follower is promoted its instances run under the new epoch, newer than
+/// [`EntityInfo::epoch`]. `None` outside a handler.
+pub fn fencing_epoch() -> Option<Epoch> {
+    FENCING_EPOCH.with(|c| c.get())
+}
+
+struct Slot<E: ShardedActor> {
+    jobs: mpsc::Sender<Job<E>>,
     shard: ShardId,
     last_used: Arc<AtomicU64>,
+    /// Resolves (with an error) once the instance's context was dropped: it stopped.
+    stopped: oneshot::Receiver<()>,
 }
 
 /// The instances of `E` on this node.
@@ -32,8 +91,8 @@ pub(crate) struct EntityHost<E: ShardedActor> {
 
 /// What the node does to every host, whatever its type.
 pub(crate) trait HostControl: Send + Sync {
-    /// Stops the instances of `shard`; the future ends when they all stopped (their `stopping`
-    /// and `stopped` ran).
+    /// Stops the instances of `shard`: what is queued for them is answered `NotOwner`; the
+    /// future ends when they all stopped (their `stopping` and `stopped` ran).
     fn stop_shard(&self, shard: ShardId) -> BoxFuture<'static, ()>;
     /// Stops instances idle for longer than the idle time.
     fn passivate_idle(&self);
@@ -60,77 +119,183 @@ impl<E: ShardedActor> EntityHost<E> {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The live instance for `key`, created on its shard's arbiter if there is none. Two first
-    /// messages racing create one instance: the map entry is locked while it is created (no
-    /// `.await` happens under it).
-    fn addr(&self, key: &E::Key, shard: ShardId) -> Addr<E> {
+    /// The inbox of the live instance for `key`, created on its shard's arbiter if there is
+    /// none. Two first messages racing create one instance: the map entry is locked while it is
+    /// created (no `.await` happens under it).
+    fn inbox(&self, key: &E::Key, shard: ShardId, admission: Admission) -> mpsc::Sender<Job<E>> {
         let now = self.now_ms();
         if let Some(s) = self.entities.get(key) {
-            if s.addr.connected() {
+            if !s.jobs.is_closed() {
                 s.last_used.store(now, Ordering::Relaxed);
-                return s.addr.clone();
+                return s.jobs.clone();
             }
         }
-        let mut entry = self.entities.entry(key.clone()).or_insert_with(|| self.spawn(key, shard, now));
-        if !entry.addr.connected() {
-            *entry = self.spawn(key, shard, now);
+        let mut entry = self.entities.entry(key.clone()).or_insert_with(|| self.spawn(key, shard, admission, now));
+        if entry.jobs.is_closed() {
+            *entry = self.spawn(key, shard, admission, now);
         }
         entry.last_used.store(now, Ordering::Relaxed);
-        entry.addr.clone()
+        entry.jobs.clone()
     }
 
-    fn spawn(&self, key: &E::Key, shard: ShardId, now: u64) -> Slot<E> {
+    fn spawn(&self, key: &E::Key, shard: ShardId, admission: Admission, now: u64) -> Slot<E> {
         let arbiter = &self.arbiters[shard.0 as usize % self.arbiters.len()];
-        let active = self.ownership.active_epoch(shard);
-        let info = EntityInfo { shard, node: self.node, epoch: active.unwrap_or_default(), replica: active.is_none() };
+        let info = EntityInfo {
+            shard,
+            node: self.node,
+            epoch: admission.epoch(),
+            replica: matches!(admission, Admission::Replica(_)),
+        };
+        let (jobs, rx) = mpsc::channel(INBOX);
+        let (done, stopped) = oneshot::channel();
         let k = key.clone();
-        let addr = E::start_in_arbiter(arbiter, move |_| E::from_key(&k, info));
+        E::start_in_arbiter(arbiter, move |ctx| {
+            ctx.spawn(Inbox { rx, _done: done, closed: false });
+            E::from_key(&k, info)
+        });
         self.activations.fetch_add(1, Ordering::Relaxed);
-        Slot { addr, shard, last_used: Arc::new(AtomicU64::new(now)) }
+        Slot { jobs, shard, last_used: Arc::new(AtomicU64::new(now)), stopped }
     }
 
-    /// Delivers `msg` to the instance for `key`, creating it if needed.
-    pub(crate) async fn deliver<M>(&self, key: &E::Key, shard: ShardId, msg: M) -> Result<M::Output, MailboxError>
+    /// Delivers `msg` to the instance for `key`, creating it if needed. The serving table is
+    /// checked again when the handler is about to run, and before the answer is given.
+    ///
+    /// Cancel-safe: a dropped call leaves nothing behind (its job, if queued, finds no one to
+    /// answer and its handler does not run).
+    pub(crate) async fn deliver<M>(
+        &self,
+        key: &E::Key,
+        shard: ShardId,
+        admission: Admission,
+        msg: M,
+    ) -> Result<M::Output, Undelivered<M>>
     where
         M: RemoteMessage,
         E: Handler<M>,
-        E::Context: actix::dev::ToEnvelope<E, M>,
     {
-        let addr = self.addr(key, shard);
-        let result = addr.send(msg).await;
-        if result.is_err() {
-            // The instance stopped or panicked: forget it so the next message makes a new one.
-            // Compared by address, not by `connected()`: a panicking instance stays connected
-            // until its unwinding ends (slow with RUST_BACKTRACE set), and a message sent in that
-            // window would reach the dying instance.
-            self.entities.remove_if(key, |_, s| s.addr == addr);
-            debug!(?key, "entity failed while handling a message");
+        let (tx, rx) = oneshot::channel::<M::Output>();
+        let (refuse_tx, mut refused) = oneshot::channel::<(Refusal, M)>();
+        let own = self.ownership.clone();
+        let job: Job<E> = Box::new(move |act: &mut E, ctx: &mut Context<E>| {
+            if tx.is_closed() {
+                return; // the caller gave up: do not run it
+            }
+            if let Err(r) = admit(&own, shard, admission) {
+                let _ = refuse_tx.send((r, msg));
+                return;
+            }
+            FENCING_EPOCH.with(|c| c.set(Some(admission.epoch())));
+            let res = <E as Handler<M>>::handle(act, msg, ctx);
+            res.handle(ctx, Some(tx));
+            FENCING_EPOCH.with(|c| c.set(None));
+        });
+        let jobs = self.inbox(key, shard, admission);
+        if jobs.send(job).await.is_err() {
+            self.forget(key, &jobs);
+            return Err(Undelivered::Failed(Refusal::EntityFailed));
         }
-        result
+        match rx.await {
+            Ok(out) => {
+                let still = match admission {
+                    Admission::Owner(e) => self.ownership.still_serving(shard, e),
+                    Admission::Replica(_) => self.ownership.lease_valid(),
+                };
+                if still {
+                    Ok(out)
+                } else {
+                    Err(Undelivered::Failed(self.ownership.not_owner(shard)))
+                }
+            }
+            Err(_) => match refused.try_recv() {
+                Ok((r, msg)) => Err(Undelivered::Refused(r, msg)),
+                Err(_) => {
+                    // The instance stopped or panicked: forget it so the next message makes a
+                    // new one (compared by inbox: a panicking instance's inbox closes when its
+                    // context is dropped, after unwinding).
+                    self.forget(key, &jobs);
+                    debug!(?key, "entity failed while handling a message");
+                    Err(Undelivered::Failed(Refusal::EntityFailed))
+                }
+            },
+        }
+    }
+
+    /// The shard `key` maps to under the applied map, once there is one.
+    pub(crate) fn shard_of(&self, key: &E::Key) -> Option<ShardId> {
+        let n = self.ownership.applied_map().map_or(0, |m| m.shard_count());
+        (n > 0).then(|| clusterfunk_actors::shard::shard_for(key, n))
+    }
+
+    fn forget(&self, key: &E::Key, jobs: &mpsc::Sender<Job<E>>) {
+        self.entities.remove_if(key, |_, s| s.jobs.same_channel(jobs));
+    }
+}
+
+/// The check at execution: the shard is still served here (or followed) at the admitted epoch.
+fn admit(own: &Ownership, shard: ShardId, admission: Admission) -> Result<(), Refusal> {
+    match admission {
+        Admission::Owner(e) => own.fence(shard, e),
+        Admission::Replica(e) => own.check_replica(shard, e),
+    }
+}
+
+/// An instance's inbox, polled inside its context: runs each job with the actor and its
+/// context. When every sender is gone (the shard stopped, the instance was passivated) it stops
+/// the actor and stays pending, so `_done` is dropped only with the context, after `stopped`.
+struct Inbox<E: ShardedActor> {
+    rx: mpsc::Receiver<Job<E>>,
+    _done: oneshot::Sender<()>,
+    closed: bool,
+}
+
+impl<E: ShardedActor> ActorFuture<E> for Inbox<E> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, act: &mut E, ctx: &mut Context<E>, task: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Pending;
+        }
+        for _ in 0..BATCH {
+            match this.rx.poll_recv(task) {
+                Poll::Ready(Some(job)) => {
+                    job(act, ctx);
+                    if ctx.state().stopping() {
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.closed = true;
+                    ctx.stop();
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        task.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
 impl<E: ShardedActor> HostControl for EntityHost<E> {
     fn stop_shard(&self, shard: ShardId) -> BoxFuture<'static, ()> {
-        // Dropping the last address stops the actor after its mailbox drains.
-        let mut stopping = Vec::new();
-        self.entities.retain(|_, s| {
-            let keep = s.shard != shard;
-            if !keep {
-                stopping.push(s.addr.downgrade());
-            }
-            keep
-        });
+        // Dropping the slot drops the last sender of each inbox: what is queued runs its check
+        // (the shard is no longer served: NotOwner), then the instance stops.
+        let keys: Vec<E::Key> =
+            self.entities.iter().filter(|s| s.value().shard == shard).map(|s| s.key().clone()).collect();
+        let stopping: Vec<oneshot::Receiver<()>> =
+            keys.iter().filter_map(|k| self.entities.remove(k)).map(|(_, slot)| slot.stopped).collect();
         Box::pin(async move {
-            while stopping.iter().any(|w| w.upgrade().is_some()) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            // Each receiver resolves (with an error) when its instance's context is dropped.
+            for s in stopping {
+                let _ = s.await;
             }
         })
     }
 
     fn passivate_idle(&self) {
         let cutoff = self.now_ms().saturating_sub(self.idle.as_millis() as u64);
-        self.entities.retain(|_, s| s.last_used.load(Ordering::Relaxed) >= cutoff && s.addr.connected());
+        self.entities.retain(|_, s| s.last_used.load(Ordering::Relaxed) >= cutoff && !s.jobs.is_closed());
     }
 
     fn len(&self) -> usize {

@@ -10,6 +10,7 @@ use std::hash::Hash;
 use actix::{Actor, Context, Message};
 use clusterfunk_actors::shard::ShardKey;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
+pub use host::fencing_epoch;
 pub use registry::EntityRegistration;
 pub(crate) use registry::{check_ids, EntitySpec, HostEnv, Registry};
 use serde::de::DeserializeOwned;
@@ -33,9 +34,14 @@ pub use sharded::{SendError, Sharded};
 ///   (its `stopping`/`stopped` run); the next message creates a new one from `from_key`. An entity
 ///   can passivate itself with `ctx.stop()`; a message that reaches it while it is stopping fails
 ///   with [`SendError::EntityFailed`] without being handled.
+/// - **Fencing.** Whether this node still serves the key's shard is checked when a message's
+///   handler is about to run, not when it was queued: a message still queued when the shard
+///   stops here (moved away, lease lost) is answered `NotOwner` and never handled, and an answer
+///   is withheld if the shard stopped while the handler ran. Messages an entity sends itself
+///   through its own address are ordinary actix messages and are not fenced.
 /// - **Rebalance.** When its shard leaves this node, every instance of the shard is stopped
-///   (after the messages already in its mailbox), and the new owner creates fresh instances on
-///   demand. State in the actor is lost with it: keep what must survive in storage of your own,
+///   (what was queued for it is refused, see above), the move is confirmed only once they all
+///   stopped, and the new owner creates fresh instances on demand. State in the actor is lost with it: keep what must survive in storage of your own,
 ///   keyed by the entity key (the sharded KV example shows the trade-off).
 /// - **Panics.** A panic in a handler stops that instance; the caller of the failed message gets
 ///   [`SendError::EntityFailed`], and the next message creates a new instance.
@@ -92,9 +98,11 @@ pub struct EntityInfo {
     pub shard: ShardId,
     /// This node.
     pub node: NodeId,
-    /// The epoch the shard is served at on this node: pass it to your own storage as a fencing
-    /// token (a write carrying an older epoch than one already seen must be refused there).
-    /// `Epoch(0)` for a replica instance.
+    /// The epoch the shard was served (or, for a replica instance, followed) at on this node
+    /// when the instance was created. A promoted follower's instances serve on under a newer
+    /// epoch: for the fencing token of the message being handled, call
+    /// [`fencing_epoch`](crate::fencing_epoch) in the handler and pass it to your own storage (a
+    /// write carrying an older epoch than one already seen must be refused there).
     pub epoch: Epoch,
     /// Whether the instance was created on a follower of the shard, by a message from
     /// [`Sharded::send_to_replicas`](crate::Sharded::send_to_replicas), rather than on its owner.

@@ -11,7 +11,7 @@ use clusterfunk_actors::proxy::{Dispatch, Envelope, Refusal};
 use clusterfunk_actors::types::NodeId;
 use futures::future::BoxFuture;
 
-use super::host::{EntityHost, HostControl};
+use super::host::{Admission, EntityHost, HostControl, Undelivered};
 use super::{wire_id, RemoteMessage, ShardedActor};
 use crate::config::ConfigError;
 
@@ -35,7 +35,6 @@ impl<E: ShardedActor> EntityRegistration<E> {
     where
         M: RemoteMessage,
         E: Handler<M>,
-        E::Context: actix::dev::ToEnvelope<E, M>,
     {
         let (id, name) = wire_id::<M>();
         self.messages.push((id, name, make_handle::<E, M>));
@@ -47,15 +46,24 @@ fn make_handle<E, M>(host: Arc<EntityHost<E>>) -> Handle
 where
     E: ShardedActor + Handler<M>,
     M: RemoteMessage,
-    E::Context: actix::dev::ToEnvelope<E, M>,
 {
     Arc::new(move |env: Envelope| {
         let host = host.clone();
         Box::pin(async move {
             let key: E::Key = rmp_serde::from_slice(&env.key).map_err(|e| Refusal::Malformed(format!("key: {e}")))?;
+            // The shard comes from the sender: recompute it from the key, or a buggy or hostile
+            // peer could make a second instance of the key live under another shard.
+            let actual = host.shard_of(&key);
+            if actual != Some(env.shard) {
+                return Err(Refusal::WrongShard { claimed: env.shard, actual: actual.unwrap_or(env.shard) });
+            }
             let msg: M =
                 rmp_serde::from_slice(&env.payload).map_err(|e| Refusal::Malformed(format!("message: {e}")))?;
-            let out = host.deliver(&key, env.shard, msg).await.map_err(|_| Refusal::EntityFailed)?;
+            // `env.epoch` is what the receiver admitted the message under (Router::serve_local).
+            let admission = if env.replica { Admission::Replica(env.epoch) } else { Admission::Owner(env.epoch) };
+            let out = host.deliver(&key, env.shard, admission, msg).await.map_err(|e| match e {
+                Undelivered::Refused(r, _) | Undelivered::Failed(r) => r,
+            })?;
             rmp_serde::to_vec(&out).map_err(|e| Refusal::Malformed(format!("result: {e}")))
         })
     })
@@ -71,7 +79,7 @@ pub(crate) trait EntitySpec: Send + Sync {
 pub(crate) struct HostEnv {
     pub(crate) arbiters: Arc<[ArbiterHandle]>,
     pub(crate) node: NodeId,
-    pub(crate) ownership: Arc<clusterfunk_actors::ownership::Ownership>,
+    pub(crate) ownership: Arc<clusterfunk_actors::serving::Ownership>,
     pub(crate) idle: Duration,
 }
 

@@ -9,7 +9,7 @@ use clusterfunk_actors::shard::shard_for;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 use tokio::sync::watch;
 
-use super::host::EntityHost;
+use super::host::{Admission, EntityHost, Undelivered};
 use super::registry::Registry;
 use super::{wire_id, RemoteMessage, ShardedActor};
 use crate::RouteError;
@@ -82,7 +82,6 @@ impl<E: ShardedActor> Sharded<E> {
     where
         M: RemoteMessage,
         E: Handler<M>,
-        E::Context: actix::dev::ToEnvelope<E, M>,
     {
         let (eid, mid) = self.ids::<M>()?;
         // One read of the map gives both the shard and its route.
@@ -93,9 +92,18 @@ impl<E: ShardedActor> Sharded<E> {
                 (shard, route(&map, self.router.local(), shard))
             })
         };
-        if let Some((shard, Route::Local)) = target.filter(|(s, _)| self.router.serving(*s)) {
-            self.router.stats().local.fetch_add(1, Ordering::Relaxed);
-            return self.host.deliver(key, shard, msg).await.map_err(|_| SendError::EntityFailed);
+        let mut msg = msg;
+        if let Some((shard, Route::Local)) = target {
+            if let Some(epoch) = self.router.serving_epoch(shard) {
+                self.router.stats().local.fetch_add(1, Ordering::Relaxed);
+                match self.host.deliver(key, shard, Admission::Owner(epoch), msg).await {
+                    Ok(out) => return Ok(out),
+                    // The shard stopped here before the handler ran: the message comes back
+                    // and goes the way of any other (to the new owner, once there is one).
+                    Err(Undelivered::Refused(_, m)) => msg = m,
+                    Err(Undelivered::Failed(r)) => return Err(SendError::from(r)),
+                }
+            }
         }
         let shard = target.map(|t| t.0);
         let env = Envelope {
@@ -151,17 +159,20 @@ impl<E: ShardedActor> Sharded<E> {
     where
         M: RemoteMessage,
         E: Handler<M>,
-        E::Context: actix::dev::ToEnvelope<E, M>,
     {
-        let (shard, epoch, followers) = {
+        let (shard, epoch, followers, owner) = {
             let map = self.map.borrow();
             if map.shard_count() == 0 {
                 return Vec::new();
             }
             let shard = shard_for(key, map.shard_count());
-            (shard, map.shard_epoch(shard), map.replicas(shard))
+            (shard, map.shard_epoch(shard), map.replicas(shard), map.owner(shard))
         };
         let fail = |e: SendError| followers.iter().map(|f| (*f, Err(e.clone()))).collect::<Vec<_>>();
+        // Only the shard's leader replicates, and only while it serves the shard at that epoch.
+        if self.router.serving_epoch(shard) != Some(epoch) {
+            return fail(SendError::from(Refusal::NotOwner { shard, epoch, owner }));
+        }
         let (eid, mid) = match self.ids::<M>() {
             Ok(ids) => ids,
             Err(e) => return fail(e),

@@ -1,21 +1,21 @@
-//! What this node serves right now: its lease and the shards it activated, each with its epoch.
-//! Read on every message without locks; written by the node's activator (DESIGN §4).
+//! The serving table: what this node serves right now, its lease and the shards it activated,
+//! each with its epoch (docs/architecture.md §5). Read on every message without locks; written by
+//! the state machine (revocations, before an applied state is published) and the serving shell
+//! (activations, deactivations).
 //!
-//! The journal (optional) records every activation, deactivation and stale-epoch refusal as a
-//! JSON line with `CLOCK_MONOTONIC` nanoseconds, for the checkers: an activation is written
-//! *before* the shard serves, a deactivation *after* it stopped (for a lease that ran out, at the
-//! instant it ran out), so each node's journal intervals cover its serving intervals.
+//! The journal (optional) records every activation, deactivation, executed message and
+//! stale-epoch refusal: an activation is written *before* the shard serves, a deactivation
+//! *after* it stopped (for a lease that ran out, dated to the instant it ran out), and a `serve`
+//! when a message passes the check at execution, so the checkers see service itself.
 
-use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::lease::{monotonic_ns, Clock};
-use crate::proxy::Refusal;
+use super::journal::{Event, Journal, Record};
+use crate::lease::Clock;
 use crate::shard::ShardMap;
-use crate::types::{Epoch, NodeId, ShardId};
+use crate::types::{Epoch, NodeId, Refusal, ShardId};
 
 /// The serving table of one node.
 pub struct Ownership {
@@ -28,7 +28,7 @@ pub struct Ownership {
     active: OnceLock<Box<[AtomicU64]>>,
     /// Per shard: the highest epoch seen (map or message).
     seen: OnceLock<Box<[AtomicU64]>>,
-    journal: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    journal: Option<Arc<dyn Journal>>,
     rejected: AtomicU64,
     /// The map of the last applied Raft entry; revocations (on apply) and activations take
     /// this lock, so a shard is never activated from a map older than the applied one.
@@ -45,17 +45,10 @@ pub struct OwnershipStats {
 }
 
 impl Ownership {
-    /// A table for node `local`; with `journal`, appends JSON lines to that file.
-    pub fn new(local: NodeId, clock: Arc<dyn Clock>, journal: Option<&Path>) -> std::io::Result<Ownership> {
-        let journal = match journal {
-            Some(p) => {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
-                Some(Mutex::new(std::io::BufWriter::new(f)))
-            }
-            None => None,
-        };
+    /// A table for node `local`, recording to `journal` if given.
+    pub fn new(local: NodeId, clock: Arc<dyn Clock>, journal: Option<Arc<dyn Journal>>) -> Ownership {
         let base = clock.now();
-        Ok(Ownership {
+        Ownership {
             local,
             clock,
             base,
@@ -65,7 +58,7 @@ impl Ownership {
             journal,
             rejected: AtomicU64::new(0),
             applied_map: Mutex::new(None),
-        })
+        }
     }
 
     /// This node.
@@ -126,7 +119,7 @@ impl Ownership {
             let seen = self.seen.get().and_then(|s| s.get(shard.0 as usize)).map_or(0, |a| a.load(Ordering::Acquire));
             if epoch.0 < seen {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                self.record("reject_stale", shard, Epoch(seen), Some(epoch), None);
+                self.record(Event::RejectStale, shard, Epoch(seen), Some(epoch), None);
                 let owner = if self.active_epoch(shard).is_some() { Some(self.local) } else { map().owner(shard) };
                 return Err(Refusal::NotOwner { shard, epoch: Epoch(seen), owner });
             }
@@ -151,7 +144,7 @@ impl Ownership {
         let seen = Self::slots(&self.seen, map.shard_count())[shard.0 as usize].load(Ordering::Acquire);
         if epoch.0 < seen {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            self.record("reject_stale", shard, Epoch(seen), Some(epoch), None);
+            self.record(Event::RejectStale, shard, Epoch(seen), Some(epoch), None);
             return Err(Refusal::NotOwner { shard, epoch: Epoch(seen), owner: map.owner(shard) });
         }
         let follower = map.shard_epoch(shard) == epoch && map.replicas(shard).contains(&self.local);
@@ -182,13 +175,16 @@ impl Ownership {
         if cur.as_ref().is_some_and(|m| m.epoch() == map.epoch() && m.shard_count() == map.shard_count()) {
             return;
         }
+        if map.shard_count() > 0 {
+            self.init(map.shard_count());
+        }
         if let Some(active) = self.active.get() {
             for (i, slot) in active.iter().enumerate() {
                 let e = slot.load(Ordering::Acquire);
                 let shard = ShardId(i as u32);
                 if e != 0 && (map.owner(shard) != Some(self.local) || map.shard_epoch(shard).0 != e) {
                     slot.store(0, Ordering::Release);
-                    self.record("deactivate", shard, Epoch(e), None, None);
+                    self.record(Event::Deactivate, shard, Epoch(e), None, None);
                 }
             }
         }
@@ -196,33 +192,64 @@ impl Ownership {
     }
 
     /// Activates `shard` at `epoch` only if the lease is valid and the latest applied map gives
-    /// it to this node at that epoch; returns whether it did.
-    pub fn activate_if_owned(&self, shard: ShardId, epoch: Epoch, shards: u32) -> bool {
+    /// it to this node at that epoch (journal first, then serving); returns whether it did.
+    pub fn activate_if_owned(&self, shard: ShardId, epoch: Epoch) -> bool {
         if !self.lease_valid() {
             return false;
         }
+        // Under the applied-map lock: a revocation cannot slip between the check and the store.
         let cur = self.applied_map.lock().expect("applied map lock is never poisoned");
-        let owned = cur.as_ref().is_some_and(|m| m.owner(shard) == Some(self.local) && m.shard_epoch(shard) == epoch);
-        if owned {
-            self.activate(shard, epoch, shards);
-        }
-        owned
-    }
-
-    /// Marks `shard` active at `epoch` (journal first, then serving).
-    fn activate(&self, shard: ShardId, epoch: Epoch, shards: u32) {
-        self.record("activate", shard, epoch, None, None);
+        let Some(map) = cur.as_ref().filter(|m| m.owner(shard) == Some(self.local) && m.shard_epoch(shard) == epoch)
+        else {
+            return false;
+        };
+        let shards = map.shard_count();
+        self.record(Event::Activate, shard, epoch, None, None);
         Self::slots(&self.seen, shards)[shard.0 as usize].fetch_max(epoch.0, Ordering::AcqRel);
         Self::slots(&self.active, shards)[shard.0 as usize].store(epoch.0, Ordering::Release);
+        true
     }
 
     /// Stops serving `shard` (serving first, then the journal); `at` is when serving really
     /// ended if that was earlier (a lease that ran out).
-    pub fn deactivate(&self, shard: ShardId, shards: u32, at: Option<Instant>) {
-        let prev = Self::slots(&self.active, shards)[shard.0 as usize].swap(0, Ordering::AcqRel);
+    pub fn deactivate(&self, shard: ShardId, at: Option<Instant>) {
+        let Some(slot) = self.active.get().and_then(|a| a.get(shard.0 as usize)) else { return };
+        let prev = slot.swap(0, Ordering::AcqRel);
         if prev != 0 {
-            self.record("deactivate", shard, Epoch(prev), None, at);
+            self.record(Event::Deactivate, shard, Epoch(prev), None, at);
         }
+    }
+
+    /// The check **at execution** (docs/architecture.md §5): a message admitted for `shard` while
+    /// it was served here at `admitted` runs only if the shard is still served here at that
+    /// epoch (lease valid, shard active) at the moment its handler is about to run. Journals a
+    /// `serve` when it passes; a refusal names the owner the applied map knows.
+    pub fn fence(&self, shard: ShardId, admitted: Epoch) -> Result<(), Refusal> {
+        if self.serving_epoch(shard) == Some(admitted) {
+            self.record(Event::Serve, shard, admitted, None, None);
+            return Ok(());
+        }
+        Err(self.not_owner(shard))
+    }
+
+    /// Whether `shard` is still served here at `admitted`: checked again before an answer leaves,
+    /// so a node that paused or lost the shard while a handler ran does not acknowledge it.
+    pub fn still_serving(&self, shard: ShardId, admitted: Epoch) -> bool {
+        self.serving_epoch(shard) == Some(admitted)
+    }
+
+    /// A `NotOwner` refusal for `shard`, naming what the applied map says.
+    pub fn not_owner(&self, shard: ShardId) -> Refusal {
+        let map = self.applied_map();
+        match map.filter(|m| shard.0 < m.shard_count()) {
+            Some(m) => Refusal::NotOwner { shard, epoch: m.shard_epoch(shard), owner: m.owner(shard) },
+            None => Refusal::NotOwner { shard, epoch: Epoch(0), owner: None },
+        }
+    }
+
+    /// The map of the last applied Raft entry, once there is one.
+    pub fn applied_map(&self) -> Option<Arc<ShardMap>> {
+        self.applied_map.lock().expect("applied map lock is never poisoned").clone()
     }
 
     /// The counters.
@@ -231,22 +258,10 @@ impl Ownership {
         OwnershipStats { rejected_stale: self.rejected.load(Ordering::Relaxed), active: active as u64 }
     }
 
-    fn record(&self, event: &str, shard: ShardId, epoch: Epoch, msg_epoch: Option<Epoch>, at: Option<Instant>) {
+    fn record(&self, event: Event, shard: ShardId, epoch: Epoch, msg_epoch: Option<Epoch>, at: Option<Instant>) {
         let Some(j) = &self.journal else { return };
-        let mut t = monotonic_ns();
-        if let Some(at) = at {
-            t = t.saturating_sub(self.clock.now().saturating_duration_since(at).as_nanos() as u64);
-        }
-        let extra = msg_epoch.map_or(String::new(), |e| format!(",\"msg_epoch\":{}", e.0));
-        let line = format!(
-            "{{\"t_ns\":{t},\"node\":\"{}\",\"event\":\"{event}\",\"shard\":{},\"epoch\":{}{extra}}}\n",
-            self.local, shard.0, epoch.0
-        );
-        let mut w = j.lock().expect("journal lock is never poisoned");
-        // The journal is a test aid: a write error must not stop serving, but must be visible.
-        if let Err(e) = w.write_all(line.as_bytes()).and_then(|_| w.flush()) {
-            tracing::warn!(error = %e, "ownership journal: write failed");
-        }
+        let ago = at.map_or(Duration::ZERO, |at| self.clock.now().saturating_duration_since(at));
+        j.record(Record { event, node: self.local, shard, epoch, msg_epoch, ago });
     }
 }
 
@@ -254,6 +269,7 @@ impl Ownership {
 mod tests {
     use super::*;
     use crate::lease::SystemClock;
+    use crate::serving::journal::MemoryJournal;
     use crate::shard::Assignment;
     use std::time::Duration;
 
@@ -263,31 +279,34 @@ mod tests {
 
     #[test]
     fn a_shard_is_activated_only_from_the_applied_map_and_revoked_when_it_moves() {
-        let dir = std::env::temp_dir().join(format!("cf-own-{}", std::process::id()));
-        let _ = std::fs::remove_file(&dir);
+        let journal = Arc::new(MemoryJournal::default());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let own = Ownership::new(NodeId(1), clock.clone(), Some(&dir)).unwrap();
+        let own = Ownership::new(NodeId(1), clock.clone(), Some(journal.clone()));
         let mut map = ShardMap::new(4, 1);
         owned_by(&mut map, 2, 1, 10);
         own.revoke(&map);
-        assert!(!own.activate_if_owned(ShardId(2), Epoch(10), 4), "no lease: no activation");
+        assert!(!own.activate_if_owned(ShardId(2), Epoch(10)), "no lease: no activation");
         own.set_lease(Some(clock.now() + Duration::from_secs(5)));
-        assert!(!own.activate_if_owned(ShardId(1), Epoch(10), 4), "not ours in the applied map");
-        assert!(!own.activate_if_owned(ShardId(2), Epoch(9), 4), "an older epoch than the applied map's");
-        assert!(own.activate_if_owned(ShardId(2), Epoch(10), 4));
+        assert!(!own.activate_if_owned(ShardId(1), Epoch(10)), "not ours in the applied map");
+        assert!(!own.activate_if_owned(ShardId(2), Epoch(9)), "an older epoch than the applied map's");
+        assert!(own.activate_if_owned(ShardId(2), Epoch(10)));
         assert_eq!(own.check(ShardId(2), Epoch(10), || Arc::new(map.clone())), Ok(Epoch(10)));
+        assert_eq!(own.fence(ShardId(2), Epoch(10)), Ok(()), "checked again at execution");
+        assert!(own.fence(ShardId(2), Epoch(9)).is_err(), "admitted under another epoch");
 
         // The shard moves: applying the map stops serving it before anyone can see the new state.
         owned_by(&mut map, 2, 7, 12);
         own.revoke(&map);
         assert_eq!(own.active_epoch(ShardId(2)), None);
         assert!(own.check(ShardId(2), Epoch(10), || Arc::new(map.clone())).is_err());
-        assert!(!own.activate_if_owned(ShardId(2), Epoch(10), 4), "a decision from the old map is refused");
+        assert_eq!(
+            own.fence(ShardId(2), Epoch(10)),
+            Err(Refusal::NotOwner { shard: ShardId(2), epoch: Epoch(12), owner: Some(NodeId(7)) }),
+            "a message queued before the move does not run after it"
+        );
+        assert!(!own.activate_if_owned(ShardId(2), Epoch(10)), "a decision from the old map is refused");
 
-        let journal = std::fs::read_to_string(&dir).unwrap();
-        let events: Vec<&str> =
-            journal.lines().map(|l| if l.contains("\"activate\"") { "activate" } else { "deactivate" }).collect();
-        assert_eq!(events, ["activate", "deactivate"], "{journal}");
-        let _ = std::fs::remove_file(&dir);
+        let events: Vec<Event> = journal.records.lock().unwrap().iter().map(|r| r.event).collect();
+        assert_eq!(events, [Event::Activate, Event::Serve, Event::Deactivate]);
     }
 }
