@@ -148,7 +148,7 @@ impl Node {
     /// Starts a node measuring leases on `clock` (tests skew it).
     pub async fn start_with_clock(mut cfg: Config, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
         cfg.lease.validate(cfg.raft.heartbeat_interval).map_err(StartError::Lease)?;
-        cfg.shard_manager.handoff_timeout = cfg.lease.takeover_after();
+        cfg.shard_manager.takeover = cfg.lease.takeover_after();
         let keypair = load_or_create_key(&cfg.data_dir)?;
         let peer = keypair.public().to_peer_id();
         let id = NodeId::from_peer_bytes(&peer.to_bytes());

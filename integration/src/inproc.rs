@@ -8,7 +8,7 @@ use clusterfunk::{Cluster, ClusterStatus, EntityInfo, ShardedActor};
 use serde::{Deserialize, Serialize};
 
 /// Counts the [`Inc`]s it received.
-pub struct Tally(u64);
+pub struct Tally(u64, EntityInfo);
 
 impl Actor for Tally {
     type Context = Context<Self>;
@@ -16,8 +16,8 @@ impl Actor for Tally {
 
 impl ShardedActor for Tally {
     type Key = u64;
-    fn from_key(_: &u64, _: EntityInfo) -> Self {
-        Tally(0)
+    fn from_key(_: &u64, info: EntityInfo) -> Self {
+        Tally(0, info)
     }
 }
 
@@ -43,6 +43,19 @@ impl Handler<Read> for Tally {
     type Result = u64;
     fn handle(&mut self, _: Read, _: &mut Context<Self>) -> u64 {
         self.0
+    }
+}
+
+/// Answers the epoch the instance was created under and the one the message runs under
+/// ([`clusterfunk::fencing_epoch`]).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "(u64, Option<u64>)")]
+pub struct Fence;
+
+impl Handler<Fence> for Tally {
+    type Result = MessageResult<Fence>;
+    fn handle(&mut self, _: Fence, _: &mut Context<Self>) -> MessageResult<Fence> {
+        MessageResult((self.1.epoch.0, clusterfunk::fencing_epoch().map(|e| e.0)))
     }
 }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use clusterfunk::{Epoch, RouteError, SendError};
 use clusterfunk_actors::proxy::{Envelope, Refusal};
-use clusterfunk_integration::inproc::{cluster, Inc, Read, Tally};
+use clusterfunk_integration::inproc::{cluster, Fence, Inc, Read, Tally};
 
 #[actix_rt::test]
 async fn followers_take_replica_messages_and_serve_on_when_promoted() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(dir.path(), "replicas", 3, 3, |b, _| {
-        b.replica_factor(2).entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>())
+        b.replica_factor(2).entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>().handles::<Fence>())
     })
     .await
     .expect("three nodes, two copies of each shard");
@@ -42,6 +42,30 @@ async fn followers_take_replica_messages_and_serve_on_when_promoted() {
     assert_eq!(answers[0].1.as_ref().unwrap(), &1, "the follower's replica instance counted it");
     assert_eq!(tallies.send(&key, Inc).await.unwrap(), 2);
     assert_eq!(*tallies.send_to_replicas(&key, Inc).await[0].1.as_ref().unwrap(), 2);
+    let e = set.epoch.0;
+    assert_eq!(
+        tallies.send(&key, Fence).await.unwrap(),
+        (e, Some(e)),
+        "the owner's instance runs under the shard's epoch"
+    );
+    let replica = tallies.send_to_replicas(&key, Fence).await;
+    assert_eq!(replica[0].1.as_ref().unwrap(), &(e, Some(e)), "a replica instance knows the epoch it follows");
+
+    // Only the shard's leader replicates: a follower or a bystander is refused before anything is sent.
+    for not_leader in [follower, bystander] {
+        let answers = not_leader.sharded::<Tally>().send_to_replicas(&key, Inc).await;
+        assert!(
+            answers
+                .iter()
+                .all(|(_, a)| matches!(a, Err(SendError::Route(RouteError::Refused(Refusal::NotOwner { .. }))))),
+            "{answers:?}"
+        );
+    }
+    assert_eq!(
+        *tallies.send_to_replicas(&key, Read).await[0].1.as_ref().unwrap(),
+        2,
+        "nothing more reached the follower"
+    );
 
     // Refused: a node that is not a follower of the shard, and a stamp older than the epoch the
     // follower has seen. (The check comes before dispatch: the type ids do not matter.)
@@ -77,6 +101,13 @@ async fn followers_take_replica_messages_and_serve_on_when_promoted() {
     assert_eq!(read.unwrap(), 2, "the promoted follower's instance has the replicated count");
     let after: Result<u64, SendError> = promoted.send(&key, Inc).await;
     assert_eq!(after.unwrap(), 3);
+    let now = follower.shard_epoch(shard).expect("the promoted follower serves the shard");
+    assert!(now.0 > e);
+    assert_eq!(
+        promoted.send(&key, Fence).await.unwrap(),
+        (e, Some(now.0)),
+        "the kept replica instance runs under the new epoch, not the one it was created at"
+    );
     for n in [follower, bystander] {
         n.shutdown().await;
     }

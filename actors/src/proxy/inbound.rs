@@ -67,8 +67,13 @@ async fn serve(router: Router, peer: PeerId, stream: Stream) {
         router.arbiter().spawn(async move {
             let result = r.serve_local(env).await;
             drop(permit);
+            let wrong = matches!(result, Err(Refusal::WrongShard { .. }));
             let resp = Frame::Response { id, result: result.map(serde_bytes::ByteBuf::from) }.encode();
             let _ = tx.send(resp).await;
+            if wrong {
+                // A well-formed frame whose shard is not its key's: a buggy or hostile sender.
+                r.malformed(peer, &"an envelope whose shard is not its key's");
+            }
         });
     }
 }

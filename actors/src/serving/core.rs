@@ -91,6 +91,8 @@ pub enum Input<'a> {
         /// The latest applied state.
         state: &'a ClusterState,
     },
+    /// A [`Effect::ConfirmReleased`] did not commit: confirm these again at the next observation.
+    ConfirmFailed(Vec<(ShardId, Epoch)>),
 }
 
 /// What the shell must do, in order, each to its end.
@@ -110,6 +112,8 @@ pub enum Effect {
     /// Run these hooks (concurrently, each within the hook budget).
     Hooks(Vec<ShardChange>),
     /// Propose `Released` for these handoffs: this node stopped the shards and their entities.
+    /// The leader never releases them while this node's lease lives, so a confirmation that
+    /// fails must come back as [`Input::ConfirmFailed`].
     ConfirmReleased(Vec<(ShardId, Epoch)>),
     /// Activate these shards in the table if the latest applied map still gives them to this
     /// node under a valid lease; answer with [`Input::Activated`] (always, even when empty).
@@ -173,6 +177,12 @@ impl Core {
         match input {
             Input::Observe { lease_until, state, now } => self.observe(lease_until, state, now),
             Input::Activated { results, state } => self.activated(results, state),
+            Input::ConfirmFailed(shards) => {
+                for k in &shards {
+                    self.released.remove(k);
+                }
+                Vec::new()
+            }
         }
     }
 

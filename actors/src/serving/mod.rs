@@ -18,5 +18,5 @@ pub mod table;
 pub use self::core::{Core, Effect, Input, ShardChange};
 pub use journal::{FileJournal, Journal, MemoryJournal};
 pub(crate) use shell::{run, Inputs};
-pub use shell::{Counters, ShardHooks};
+pub use shell::{Counters, ShardHooks, FORCE_STOP};
 pub use table::{Ownership, OwnershipStats};

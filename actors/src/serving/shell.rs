@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use futures::future::{join_all, BoxFuture};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::core::{Core, Effect, Input, ShardChange};
 use super::Ownership;
@@ -25,6 +25,12 @@ pub trait ShardHooks: Send + Sync + 'static {
     fn on_change(&self, change: ShardChange) -> BoxFuture<'static, ()>;
 }
 
+/// How long a planned move waits for its shard's entities to stop before it is confirmed
+/// anyway. A handler that has not returned by then is abandoned: nothing else runs in its
+/// instance, its answer is withheld (`NotOwner`), and its writes to the service's own storage
+/// carry its old epoch, which that storage must refuse once it saw the newer one.
+pub const FORCE_STOP: Duration = Duration::from_secs(10);
+
 /// The serving task's counters.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -34,8 +40,10 @@ pub struct Counters {
     pub activations: AtomicU64,
     /// Shards stopped so far.
     pub deactivations: AtomicU64,
-    /// Entity stops that took longer than the force-stop warning time.
+    /// Entity stops that took longer than the hook budget.
     pub slow_stops: AtomicU64,
+    /// Entity stops given up after [`FORCE_STOP`].
+    pub abandoned_stops: AtomicU64,
 }
 
 pub(crate) struct Inputs {
@@ -58,7 +66,8 @@ pub(crate) async fn run(counters: Arc<Counters>, mut io: Inputs) {
         }
     }
     let hooks = io.hooks.borrow().clone().expect("installed above");
-    let shell = Shell { counters, hooks, io };
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel(64);
+    let shell = Shell { counters, hooks, io, failed: failed_tx };
     let mut io_lease = shell.io.lease.clone();
     let mut io_applied = shell.io.applied.clone();
     loop {
@@ -80,6 +89,7 @@ pub(crate) async fn run(counters: Arc<Counters>, mut io: Inputs) {
         tokio::select! {
             r = io_applied.changed() => if r.is_err() { break },
             r = io_lease.changed() => if r.is_err() { break },
+            Some(shards) = failed_rx.recv() => { core.handle(Input::ConfirmFailed(shards)); }
             _ = lease_end => {}
         }
     }
@@ -92,6 +102,8 @@ struct Shell {
     counters: Arc<Counters>,
     hooks: Arc<dyn ShardHooks>,
     io: Inputs,
+    /// Confirmations that did not commit, back to the core.
+    failed: tokio::sync::mpsc::Sender<Vec<(ShardId, Epoch)>>,
 }
 
 impl Shell {
@@ -145,17 +157,21 @@ impl Shell {
         }
     }
 
-    /// Waits for every entity of `shards` to stop, however long it takes: a handoff confirmed
-    /// while one still ran would let two instances of a key run at once. A stop slower than the
-    /// hook budget is logged and counted (a handler that does not return); the leader releases
-    /// an unconfirmed handoff on the lease rule meanwhile, and the fence at execution keeps
-    /// anything else from running here.
+    /// Waits for every entity of `shards` to stop: a handoff confirmed while one still ran would
+    /// let two instances of a key run at once. A stop slower than the hook budget is logged and
+    /// counted; after [`FORCE_STOP`] the instance is abandoned (see there).
     async fn stop_entities(&self, shards: Vec<ShardId>) {
         let stops = join_all(shards.iter().map(|s| self.hooks.stop_entities(*s)));
         tokio::pin!(stops);
         let started = tokio::time::Instant::now();
         loop {
-            match tokio::time::timeout(self.io.budget, &mut stops).await {
+            let left = FORCE_STOP.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                self.counters.abandoned_stops.fetch_add(1, Ordering::Relaxed);
+                error!(shards = ?shards, waited = ?started.elapsed(), "entities did not stop: abandoning them (their answers are withheld)");
+                return;
+            }
+            match tokio::time::timeout(self.io.budget.min(left), &mut stops).await {
                 Ok(_) => return,
                 Err(_) => {
                     self.counters.slow_stops.fetch_add(1, Ordering::Relaxed);
@@ -183,15 +199,33 @@ impl Shell {
         let local = self.io.ownership.local();
         let send = self.io.consensus.send(Propose(Command::Released { node: local, shards: shards.clone() }));
         // Not awaited: the next observation must not wait on a Raft round trip. A confirmation
-        // that fails is replaced by the leader's release on the lease rule.
+        // that fails goes back to the core, which confirms again (the leader releases a live
+        // owner's shards only on the lease rule).
+        let failed = self.failed.clone();
         actix::spawn(async move {
-            match send.await {
+            let ok = match send.await {
                 Ok(Ok(CommandResult::Applied { index })) => {
-                    info!(shards = shards.len(), index, "handoff confirmed: shards released")
+                    info!(shards = shards.len(), index, "handoff confirmed: shards released");
+                    true
                 }
-                Ok(Ok(other)) => warn!(result = ?other, "handoff confirmation refused"),
-                Ok(Err(e)) => warn!(error = %e, "handoff confirmation failed; the leader releases after the lease"),
-                Err(e) => warn!(error = %e, "consensus mailbox unavailable"),
+                Ok(Ok(other)) => {
+                    warn!(result = ?other, "handoff confirmation refused");
+                    true
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "handoff confirmation failed; confirming again");
+                    false
+                }
+                Err(e) => {
+                    warn!(error = %e, "consensus mailbox unavailable; confirming again");
+                    false
+                }
+            };
+            if !ok {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if failed.send(shards).await.is_err() {
+                    debug!("serving task gone: confirmation not retried");
+                }
             }
         });
     }

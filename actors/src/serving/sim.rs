@@ -55,9 +55,24 @@ struct Mutation {
 }
 
 enum Msg {
-    Renew { node: usize, sent: Instant },
-    Granted { node: usize, sent: Instant, min_applied: u64 },
-    Confirm { node: usize, shards: Vec<(ShardId, Epoch)> },
+    Renew {
+        node: usize,
+        sent: Instant,
+    },
+    Granted {
+        node: usize,
+        sent: Instant,
+        min_applied: u64,
+    },
+    Confirm {
+        node: usize,
+        shards: Vec<(ShardId, Epoch)>,
+    },
+    /// A confirmation that never arrived, reported back to its node (its proposal timed out).
+    ConfirmFailed {
+        node: usize,
+        shards: Vec<(ShardId, Epoch)>,
+    },
 }
 
 struct Exec {
@@ -239,7 +254,7 @@ impl World {
         let mut i = 0;
         while i < self.net.len() {
             let to = match &self.net[i].1 {
-                Msg::Granted { node, .. } => Some(*node),
+                Msg::Granted { node, .. } | Msg::ConfirmFailed { node, .. } => Some(*node),
                 _ => None,
             };
             // A paused node reads its socket when it resumes.
@@ -273,7 +288,13 @@ impl World {
                 Msg::Confirm { node, shards } => {
                     if self.nodes[node].cut_until <= now {
                         self.commit(&Command::Released { node: self.nodes[node].id, shards });
+                    } else {
+                        self.net.push((now + 100 * MS, Msg::ConfirmFailed { node, shards }));
                     }
+                }
+                Msg::ConfirmFailed { node, shards } => {
+                    self.nodes[node].core.handle(Input::ConfirmFailed(shards));
+                    self.nodes[node].observed = None;
                 }
             }
         }
@@ -492,7 +513,7 @@ impl Leader {
         let mut table = Table::new(cfg.clone());
         table.set_leader(Some(term), clock.now());
         let sm = shard_manager::Core::new(shard_manager::Config {
-            handoff_timeout: cfg.takeover_after(),
+            takeover: cfg.takeover_after(),
             ..shard_manager::Config::default()
         });
         Leader { clock, table, sm, next_tick: 0, term }

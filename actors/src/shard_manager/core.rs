@@ -4,13 +4,15 @@
 //!   one `SetAssignments`: the old owner cannot serve any more and cannot confirm anything.
 //! - Every other owner change is a planned move: `BeginHandoff` takes the shard from its live
 //!   owner, which stops it and confirms with `Released`; only then does the new owner get it.
-//!   A handoff not confirmed within the lease takeover time is released by the leader: by then
-//!   the old owner has applied the handoff or its lease ran out (grants require the leader's
-//!   last log index), so it is not serving.
+//!   The old owner confirms only once the shard's entities stopped; the leader releases an
+//!   unconfirmed handoff itself only when the old owner's lease has surely run out (it is gone or
+//!   cut off: not serving, and no handler of it can still be acknowledged). A live old owner is
+//!   never overtaken: releasing on a plain timeout would let the new owner's instance start
+//!   while the old one's handler still runs.
 //! - Planned moves, first assignments and replica changes are debounced, so a rolling start
 //!   becomes one map change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -34,13 +36,12 @@ pub struct Core {
     cfg: Config,
     needed_since: Option<Instant>,
     in_flight: bool,
-    handoff_seen: HashMap<ShardId, Instant>,
 }
 
 impl Core {
     /// A core with `cfg`.
     pub fn new(cfg: Config) -> Core {
-        Core { cfg, needed_since: None, in_flight: false, handoff_seen: HashMap::new() }
+        Core { cfg, needed_since: None, in_flight: false }
     }
 
     /// The candidates for shards: registered members whose lease has not run out and that are
@@ -65,28 +66,25 @@ impl Core {
     ) -> Decision {
         let Some(led) = leader_for else {
             self.needed_since = None;
-            self.handoff_seen.clear();
             return Decision::Wait;
         };
         if self.in_flight || state.name.is_none() || state.members.is_empty() {
             return Decision::Wait;
         }
         // A new leader first lets the members renew their leases with it.
-        if led < self.cfg.debounce.min(self.cfg.handoff_timeout) {
+        if led < self.cfg.debounce.min(self.cfg.takeover) {
             return Decision::Wait;
         }
         let map = &state.shard_map;
-        // Handoffs the old owner did not confirm in time.
-        self.handoff_seen.retain(|s, _| state.handoffs.contains_key(s));
+        // Handoffs whose old owner's lease surely ran out: it cannot confirm, and cannot serve.
         let mut overdue: BTreeMap<NodeId, Vec<(ShardId, crate::types::Epoch)>> = BTreeMap::new();
         for (shard, h) in &state.handoffs {
-            let seen = *self.handoff_seen.entry(*shard).or_insert(now);
-            if now.saturating_duration_since(seen) >= self.cfg.handoff_timeout || expired(h.from) {
+            if expired(h.from) {
                 overdue.entry(h.from).or_default().push((*shard, map.shard_epoch(*shard)));
             }
         }
         if let Some((node, shards)) = overdue.into_iter().next() {
-            info!(%node, shards = shards.len(), "handoff not confirmed in time: releasing on the lease rule");
+            info!(%node, shards = shards.len(), "old owner's lease ran out before it confirmed: releasing on the lease rule");
             return self.commit(Command::Released { node, shards }, None);
         }
 
@@ -214,16 +212,21 @@ mod tests {
         st.apply(&Command::BeginHandoff { based_on, moves: moves.clone() }, 12);
         let (shard, from, _) = moves[0].clone();
         assert_eq!(st.shard_map.owner(shard), None, "unowned while the old owner stops");
-        // The old owner confirms one; the leader releases the rest once the handoff is overdue.
+        // The old owner confirms one; the leader releases the rest only once its lease ran out.
         st.apply(&Command::Released { node: from, shards: vec![(shard, Epoch(12))] }, 13);
         assert_eq!(st.shard_map.owner(shard), Some(NodeId(3)));
         assert_eq!(st.shard_map.shard_epoch(shard), Epoch(13));
         let t1 = t0 + Duration::from_secs(2);
         assert_eq!(c.tick(t1, Some(Duration::from_secs(7)), &st, |_| false), Decision::Wait);
-        let late = t1 + Config::default().handoff_timeout;
-        let Command::Released { shards, .. } = commit(c.tick(late, Some(Duration::from_secs(8)), &st, |_| false))
+        let late = t1 + Duration::from_secs(60);
+        assert_eq!(
+            c.tick(late, Some(Duration::from_secs(60)), &st, |_| false),
+            Decision::Wait,
+            "a live old owner is never overtaken, however long it takes"
+        );
+        let Command::Released { shards, .. } = commit(c.tick(late, Some(Duration::from_secs(60)), &st, |n| n == from))
         else {
-            panic!("overdue handoffs are released")
+            panic!("handoffs of an owner whose lease ran out are released")
         };
         assert_eq!(shards.len(), st.handoffs.values().filter(|h| h.from == shards_from(&st, &shards)).count());
     }

@@ -17,16 +17,15 @@ pub struct Config {
     /// membership changes (a rolling start) becomes one map change. Failover is not debounced.
     /// Default 500 ms.
     pub debounce: Duration,
-    /// How long the leader waits for an old owner to confirm a handoff before releasing the shard
-    /// itself: the lease takeover time. Set from the lease config.
-    pub handoff_timeout: Duration,
+    /// The lease takeover time (`L·(1+ρ)/(1−ρ) + G`, set from the lease config): a new leader
+    /// lets the members renew with it for this long (or the debounce, if shorter) before it
+    /// decides anything. An unconfirmed handoff is released by the leader only once the old
+    /// owner's lease has surely run out: a live owner confirms once its entities stopped.
+    pub takeover: Duration,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            debounce: Duration::from_millis(500),
-            handoff_timeout: crate::lease::Config::default().takeover_after(),
-        }
+        Config { debounce: Duration::from_millis(500), takeover: crate::lease::Config::default().takeover_after() }
     }
 }

@@ -87,6 +87,12 @@ fn a_planned_move_stops_entities_before_its_hook_and_confirms_last() {
     );
     activated(&mut core, vec![], &st);
     assert_eq!(observe(&mut core, lease, &st, t0), vec![Effect::Activate(vec![])], "confirmed once");
+    // The proposal failed: the next observation confirms again.
+    assert_eq!(core.handle(Input::ConfirmFailed(vec![(ShardId(0), Epoch(9))])), vec![]);
+    assert_eq!(
+        observe(&mut core, lease, &st, t0),
+        vec![Effect::ConfirmReleased(vec![(ShardId(0), Epoch(9))]), Effect::Activate(vec![])]
+    );
 }
 
 #[test]
