@@ -285,6 +285,37 @@ fn decide(plan: &FaultPlan, rng: &mut StdRng) -> (Fate, bool) {
     (Fate::Send { delay, duplicate }, held)
 }
 
+/// Storage fault injection (tests and the chaos lab): the Raft store fails its `n`-th durable
+/// write from now on as a failed fsync would, which must end the process with exit code 70.
+/// Never in production. Default: off.
+#[derive(Debug, Default)]
+pub struct DiskFaults {
+    /// Durable writes left before one fails; `u64::MAX` = off.
+    left: AtomicU64,
+}
+
+impl DiskFaults {
+    /// No fault.
+    pub fn off() -> DiskFaults {
+        DiskFaults { left: AtomicU64::new(u64::MAX) }
+    }
+
+    /// The write after the next `n` fails.
+    pub fn fail_after(n: u64) -> DiskFaults {
+        DiskFaults { left: AtomicU64::new(n) }
+    }
+
+    /// Called before every durable write: whether this one fails (and every one after it: the
+    /// disk stays failed).
+    pub fn write_fails(&self) -> bool {
+        match self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| (v != u64::MAX && v > 0).then(|| v - 1))
+        {
+            Ok(_) => false,
+            Err(v) => v == 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

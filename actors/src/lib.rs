@@ -7,6 +7,7 @@
 
 pub mod consensus;
 pub mod events;
+pub mod fatal;
 pub mod faults;
 pub mod lease;
 pub mod membership;

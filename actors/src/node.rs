@@ -70,6 +70,9 @@ pub struct Config {
     pub hook_budget: std::time::Duration,
     /// Message-level fault injection from the start (tests and the chaos lab). Default none.
     pub faults: Option<crate::faults::FaultPlan>,
+    /// Storage fault injection: the Raft store fails its write after this many (tests and the
+    /// chaos lab: the node must exit with code 70). Default none.
+    pub fail_disk_after: Option<u64>,
 }
 
 /// Why a node could not start.
@@ -152,7 +155,11 @@ impl Node {
         let keypair = load_or_create_key(&cfg.data_dir)?;
         let peer = keypair.public().to_peer_id();
         let id = NodeId::from_peer_bytes(&peer.to_bytes());
-        let store = Store::open(&cfg.data_dir, &cfg.cluster)?;
+        let disk = match cfg.fail_disk_after {
+            Some(n) => crate::faults::DiskFaults::fail_after(n),
+            None => crate::faults::DiskFaults::off(),
+        };
+        let store = Store::open_with_faults(&cfg.data_dir, &cfg.cluster, Arc::new(disk))?;
         let has_state = store
             .has_raft_state()
             .map_err(|e| StartError::DataDir { path: cfg.data_dir.clone(), reason: e.to_string() })?;

@@ -123,6 +123,7 @@ pub struct Builder {
     hook_budget: Duration,
     hooks: Hooks,
     faults: Option<FaultPlan>,
+    fail_disk_after: Option<u64>,
 }
 
 impl Default for Builder {
@@ -150,6 +151,7 @@ impl Default for Builder {
             hook_budget: Duration::from_secs(2),
             hooks: Hooks::default(),
             faults: None,
+            fail_disk_after: None,
         }
     }
 }
@@ -314,6 +316,15 @@ impl Builder {
         self
     }
 
+    /// Storage fault injection, for tests and the chaos lab: the Raft store fails its durable
+    /// write after `writes` more, as a failed fsync would, and the process exits with code 70.
+    /// Never in production.
+    #[doc(hidden)]
+    pub fn fail_disk_after(mut self, writes: u64) -> Self {
+        self.fail_disk_after = Some(writes);
+        self
+    }
+
     /// Calls `f` for every [`ClusterEvent`] on this node (see [`crate::hooks`] for the order).
     /// Shard hooks are awaited: a shard serves only after its `ShardAssigned` hooks returned.
     ///
@@ -404,6 +415,7 @@ impl Builder {
             journal: self.journal,
             hook_budget: self.hook_budget,
             faults: self.faults,
+            fail_disk_after: self.fail_disk_after,
         };
         Ok(ClusterConfig {
             node,

@@ -59,3 +59,17 @@ fn bootstrap_twice_and_other_cluster_are_refused() {
         "belongs to cluster first/dev",
     );
 }
+
+#[test]
+fn a_failed_fsync_ends_the_process_with_code_70() {
+    // The store fails its fourth durable write (the bootstrap writes more than that): whatever
+    // the runtime wrapper (the demo runs under SystemRunner::block_on), the process must exit.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["--bootstrap", "--no-mdns", "--data-dir", d.to_str().unwrap(), "--listen", &listen];
+    let (code, out) =
+        run_to_exit(exe(), &[&args[..], &["--fail-disk-after", "3"]].concat(), Duration::from_secs(30)).expect("runs");
+    assert_eq!(code, Some(70), "exit code after a failed fsync; output:\n{out}");
+    assert!(out.contains("storage failure"), "the reason is logged:\n{out}");
+}

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use openraft::error::{ClientWriteError as CWE, RaftError as RE};
 use openraft::ChangeMembers;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::auto::{self, Action, Settings};
 use super::network::Network;
@@ -102,10 +102,7 @@ impl Consensus {
             return;
         }
         if let Err(fatal) = &m.running_state {
-            error!(error = %fatal, "raft stopped with a fatal error (storage failure?); stopping the node");
-            System::current().stop_with_code(70);
-            ctx.stop();
-            return;
+            crate::fatal::exit(&format!("raft stopped with a fatal error: {fatal}"));
         }
         if m.current_leader != Some(m.id) || self.membership_busy {
             return;

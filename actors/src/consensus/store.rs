@@ -58,16 +58,26 @@ pub enum OpenError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    faults: Arc<crate::faults::DiskFaults>,
 }
 
 impl Store {
     /// Opens (or creates) `dir/raft.redb` and checks it belongs to `cluster`, recording the
     /// cluster name on first use.
     pub fn open(dir: &Path, cluster: &ClusterName) -> Result<Store, OpenError> {
+        Store::open_with_faults(dir, cluster, Arc::new(crate::faults::DiskFaults::off()))
+    }
+
+    /// [`Store::open`], with storage fault injection (tests and the chaos lab).
+    pub fn open_with_faults(
+        dir: &Path,
+        cluster: &ClusterName,
+        faults: Arc<crate::faults::DiskFaults>,
+    ) -> Result<Store, OpenError> {
         let path = dir.join("raft.redb");
         let open_err = |e: redb::Error| OpenError::Open { path: path.display().to_string(), source: e };
         let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store { db: Arc::new(db), faults };
         match store.get_meta::<ClusterName>(CLUSTER)? {
             Some(found) if &found != cluster => {
                 return Err(OpenError::OtherCluster { found, expected: cluster.clone() })
@@ -163,21 +173,32 @@ impl Store {
     }
 
     /// Runs a write transaction on a blocking thread and waits for its fsync.
+    ///
+    /// A write that fails ends the process (exit code 70, [`crate::fatal`]): after a failed
+    /// fsync nothing is known about what reached the disk, and a node that goes on could
+    /// acknowledge what it later forgets (a vote, a log entry). Fail-stop is the only safe answer.
     pub(crate) async fn write<F>(&self, f: F) -> Result<(), redb::Error>
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     {
-        let db = self.db.clone();
+        let (db, faults) = (self.db.clone(), self.faults.clone());
         let run = move || -> Result<(), redb::Error> {
             let tx = db.begin_write()?;
             f(&tx)?;
+            if faults.write_fails() {
+                return Err(redb::Error::Io(std::io::Error::other("injected fault: fsync failed")));
+            }
             tx.commit()?;
             Ok(())
         };
-        match tokio::task::spawn_blocking(run).await {
+        let result = match tokio::task::spawn_blocking(run).await {
             Ok(r) => r,
             Err(e) => Err(redb::Error::Corrupted(format!("storage thread failed: {e}"))),
+        };
+        if let Err(e) = &result {
+            crate::fatal::storage_failed(e);
         }
+        result
     }
 }
 

@@ -28,6 +28,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         journal: None,
         hook_budget: std::time::Duration::from_secs(2),
         faults: None,
+        fail_disk_after: None,
     }
 }
 

@@ -69,6 +69,10 @@ pub struct Args {
     /// reorder what this node sends, e.g. `delay=1ms..20ms,drop=0.01,dup=0.05,reorder=0.05`.
     #[arg(long, value_parser = parse_faults)]
     pub faults: Option<clusterfunk::FaultPlan>,
+    /// Fault injection for tests and the chaos lab, never in production: the Raft store fails
+    /// its durable write after this many, and the node exits with code 70.
+    #[arg(long, hide = true)]
+    pub fail_disk_after: Option<u64>,
     /// Demo traffic: messages per second this node sends to random counters (0 = none).
     #[arg(long, default_value_t = 50)]
     pub traffic: u32,
@@ -152,6 +156,10 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     if let Some(plan) = &args.faults {
         tracing::warn!(%plan, "message fault injection is on: this node delays, drops, duplicates and reorders what it sends");
         b = b.message_faults(plan.clone());
+    }
+    if let Some(n) = args.fail_disk_after {
+        tracing::warn!(writes = n, "storage fault injection is on: the Raft store fails after this many writes");
+        b = b.fail_disk_after(n);
     }
     for j in &args.join {
         b = b.join(j);
