@@ -79,13 +79,34 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The data directory cannot be created, read or written.
-    #[error("data_dir {path}: {reason}")]
+    /// A file or directory under the data directory cannot be created, read or written.
+    #[error("data_dir: cannot {action} {}: {source}", path.display())]
     DataDir {
-        /// The directory.
+        /// The file or directory.
+        path: PathBuf,
+        /// What was tried.
+        action: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node key file does not hold a node key (or a new one cannot be encoded).
+    #[error("data_dir: {} is not a node key: {source}", path.display())]
+    NodeKey {
+        /// The key file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: libp2p::identity::DecodingError,
+    },
+    /// The Raft store cannot be read.
+    #[error("data_dir {}: cannot read the Raft store: {source}", path.display())]
+    StoreRead {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: redb::Error,
     },
     /// The Raft store cannot be used.
     #[error("data_dir: {0}")]
@@ -103,8 +124,8 @@ pub enum StartError {
     #[error("raft: {0}")]
     Raft(#[from] Box<openraft::error::Fatal<NodeId>>),
     /// The lease settings do not fit the Raft timings.
-    #[error("{0}")]
-    Lease(String),
+    #[error(transparent)]
+    Lease(#[from] lease::ConfigError),
     /// The ownership journal cannot be opened.
     #[error("journal: {0}")]
     Journal(std::io::Error),
@@ -160,9 +181,8 @@ impl Node {
             None => crate::faults::DiskFaults::off(),
         };
         let store = Store::open_with_faults(&cfg.data_dir, &cfg.cluster, Arc::new(disk))?;
-        let has_state = store
-            .has_raft_state()
-            .map_err(|e| StartError::DataDir { path: cfg.data_dir.clone(), reason: e.to_string() })?;
+        let has_state =
+            store.has_raft_state().map_err(|source| StartError::StoreRead { path: cfg.data_dir.clone(), source })?;
         if cfg.bootstrap && has_state {
             return Err(StartError::AlreadyBootstrapped(cfg.data_dir.clone()));
         }
@@ -322,19 +342,19 @@ impl Node {
 }
 
 fn load_or_create_key(dir: &Path) -> Result<Keypair, StartError> {
-    let err = |reason: String| StartError::DataDir { path: dir.to_path_buf(), reason };
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
+    let io = |path: &Path, action, source| StartError::DataDir { path: path.to_path_buf(), action, source };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, "create", e))?;
     let path = dir.join("node.key");
+    let key_err = |source| StartError::NodeKey { path: path.clone(), source };
     match std::fs::read(&path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
-            .map_err(|e| err(format!("{} is not a node key: {e}", path.display()))),
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(key_err),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
-            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
-            write_private(&path, &bytes).map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+            let bytes = key.to_protobuf_encoding().map_err(key_err)?;
+            write_private(&path, &bytes).map_err(|e| io(&path, "write", e))?;
             Ok(key)
         }
-        Err(e) => Err(err(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(io(&path, "read", e)),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::entity::{EntityRegistration, EntitySpec, ShardedActor};
 use crate::hooks::{ClusterEvent, Hook, Hooks};
 
 /// Why a configuration cannot work. Each variant names the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// `name` or `env` is not usable in protocol names.
@@ -70,8 +70,8 @@ pub enum ConfigError {
     #[error("passivate_after: must be more than zero")]
     PassivateAfter,
     /// The lease settings do not fit (`lease`, `lease_drift` or `lease_grace`), with the reason.
-    #[error("{0}")]
-    Lease(String),
+    #[error(transparent)]
+    Lease(#[from] clusterfunk_actors::lease::ConfigError),
     /// The hook budget is zero.
     #[error("hook_budget: must be more than zero")]
     HookBudget,
@@ -434,13 +434,16 @@ fn resolve(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> 
 }
 
 fn parse_secret(hex: &str) -> Result<[u8; 32], ConfigError> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
+    // By characters, never by byte index: a non-ASCII string of 64 bytes must be refused, not
+    // sliced inside a character (a panic at start).
+    let digits: Vec<u32> =
+        hex.trim().chars().map(|c| c.to_digit(16)).collect::<Option<_>>().ok_or(ConfigError::Secret)?;
+    if digits.len() != 64 {
         return Err(ConfigError::Secret);
     }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| ConfigError::Secret)?;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        *byte = (pair[0] * 16 + pair[1]) as u8;
     }
     Ok(out)
 }
@@ -460,6 +463,12 @@ mod tests {
         assert!(b().listen("nope").build().unwrap_err().to_string().starts_with("listen:"));
         assert!(b().join("127.0.0.1").build().unwrap_err().to_string().starts_with("join:"));
         assert_eq!(b().secret("abc").build().unwrap_err(), ConfigError::Secret);
+        // 64 bytes, not 64 characters: refused with the field, never a panic.
+        let non_ascii = format!("aé{}", "a".repeat(61));
+        assert_eq!(non_ascii.len(), 64);
+        assert_eq!(b().secret(&non_ascii).build().unwrap_err(), ConfigError::Secret);
+        assert_eq!(b().secret(&"g".repeat(64)).build().unwrap_err(), ConfigError::Secret);
+        assert!(b().secret(&"0f".repeat(32)).build().is_ok());
     }
 
     #[test]

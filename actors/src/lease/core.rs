@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::Config;
+use super::{Config, Refusal};
 use crate::types::NodeId;
 
 /// A node's leases: grants it holds, each usable once the node applied the leader's index.
@@ -127,14 +127,14 @@ pub fn may_grant(
     request_term: u64,
     quorum_ack_age: Option<Duration>,
     quorum_window: Duration,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     match leader_term {
-        None => Err("not the leader".into()),
-        Some(t) if t != request_term => Err(format!("leader of term {t}, request of term {request_term}")),
+        None => Err(Refusal::NotLeader),
+        Some(t) if t != request_term => Err(Refusal::OtherTerm { leader: t, request: request_term }),
         Some(_) => match quorum_ack_age {
             Some(age) if age < quorum_window => Ok(()),
-            Some(age) => Err(format!("no quorum heard for {age:?}")),
-            None => Err("no quorum has acknowledged this leader yet".into()),
+            Some(age) => Err(Refusal::NoQuorum(age)),
+            None => Err(Refusal::NoQuorumYet),
         },
     }
 }
@@ -209,6 +209,6 @@ mod tests {
         assert!(c.validate(Duration::from_millis(50)).is_ok());
         c.duration = Duration::from_millis(120);
         let e = c.validate(Duration::from_millis(50)).unwrap_err();
-        assert!(e.contains("three Raft heartbeats"), "{e}");
+        assert!(e.to_string().contains("three Raft heartbeats"), "{e}");
     }
 }

@@ -67,7 +67,7 @@ impl LeaseService {
         let now = self.clock.now();
         let mut st = self.lock();
         if st.is_fenced(req.node) {
-            return LeaseReply::Refused { reason: "its lease ran out and its shards are being moved".into() };
+            return LeaseReply::Refused { reason: super::Refusal::Fenced };
         }
         match may_grant(leader_term, req.term, age, self.quorum_window) {
             Ok(()) => {

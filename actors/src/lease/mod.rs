@@ -67,22 +67,46 @@ impl Config {
     }
 
     /// Checks the settings against the Raft heartbeat; the error names the field and why.
-    pub fn validate(&self, raft_heartbeat: Duration) -> Result<(), String> {
+    pub fn validate(&self, raft_heartbeat: Duration) -> Result<(), ConfigError> {
         if self.duration < raft_heartbeat * 3 {
-            return Err(format!(
-                "lease: {:?} is shorter than three Raft heartbeats ({:?} each): a node would lose its lease \
-                 whenever one heartbeat is late",
-                self.duration, raft_heartbeat
-            ));
+            return Err(ConfigError::ShorterThanHeartbeats { lease: self.duration, heartbeat: raft_heartbeat });
         }
         if !(0.0..0.5).contains(&self.drift) {
-            return Err(format!("lease_drift: {} must be in [0, 0.5)", self.drift));
+            return Err(ConfigError::Drift(self.drift));
         }
         if self.margin >= self.duration / 3 {
-            return Err(format!("lease margin {:?} must be under a third of the lease", self.margin));
+            return Err(ConfigError::Margin { margin: self.margin, lease: self.duration });
         }
         Ok(())
     }
+}
+
+/// Why lease settings cannot work.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// L is shorter than three Raft heartbeats.
+    #[error(
+        "lease: {lease:?} is shorter than three Raft heartbeats ({heartbeat:?} each): a node would lose its lease \
+         whenever one heartbeat is late"
+    )]
+    ShorterThanHeartbeats {
+        /// L.
+        lease: Duration,
+        /// The Raft heartbeat interval.
+        heartbeat: Duration,
+    },
+    /// ρ is out of range.
+    #[error("lease_drift: {0} must be in [0, 0.5)")]
+    Drift(f64),
+    /// δ is too large for L.
+    #[error("lease margin {margin:?} must be under a third of the lease ({lease:?})")]
+    Margin {
+        /// δ.
+        margin: Duration,
+        /// L.
+        lease: Duration,
+    },
 }
 
 /// A renewal, sent by a node to the Raft leader it knows.
@@ -104,7 +128,33 @@ pub enum LeaseReply {
     },
     /// Refused: not the leader, another term, or no quorum heard recently.
     Refused {
-        /// Why, for logs.
-        reason: String,
+        /// Why.
+        reason: Refusal,
     },
+}
+
+/// Why a leader refused a renewal. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The receiver does not lead the Raft group.
+    #[error("not the leader")]
+    NotLeader,
+    /// The receiver leads another term than the renewal's.
+    #[error("leader of term {leader}, request of term {request}")]
+    OtherTerm {
+        /// The leader's term.
+        leader: u64,
+        /// The renewal's term.
+        request: u64,
+    },
+    /// No quorum acknowledged the leader within the window (CheckQuorum).
+    #[error("no quorum heard for {0:?}")]
+    NoQuorum(Duration),
+    /// No quorum has acknowledged the leader yet.
+    #[error("no quorum has acknowledged this leader yet")]
+    NoQuorumYet,
+    /// The node's lease ran out and its shards are being moved.
+    #[error("its lease ran out and its shards are being moved")]
+    Fenced,
 }
