@@ -184,7 +184,9 @@ impl Builder {
         self
     }
 
-    /// A seed `host:port` to join (repeatable). Resolved again on every dial, so DNS names work.
+    /// A seed `host:port` to join (repeatable). DNS names are resolved off the event loop, again
+    /// every 10 s (one name may give many addresses), and retried with backoff while they do not
+    /// resolve; the status shows each seed's addresses or error.
     pub fn join(mut self, addr: impl Into<String>) -> Self {
         self.join.push(addr.into());
         self
@@ -376,7 +378,7 @@ impl Builder {
         }
         let listen = resolve("listen", &self.listen)?;
         for j in &self.join {
-            resolve("join", j)?;
+            seed_form(j)?;
         }
         let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
         let secret = self.secret.as_deref().map(parse_secret).transpose()?;
@@ -433,6 +435,21 @@ fn resolve(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> 
     value.to_socket_addrs().map_err(|e| err(e.to_string()))?.next().ok_or_else(|| err("resolves to no address".into()))
 }
 
+/// A seed is `host:port` or `ip:port`; the host is resolved later, off the event loop, and
+/// retried while it does not resolve (a seed that is down at start is not a configuration error).
+fn seed_form(value: &str) -> Result<(), ConfigError> {
+    let err = |reason: &str| ConfigError::Address { field: "join", value: value.to_string(), reason: reason.into() };
+    if value.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| err("expected host:port"))?;
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(err("expected host:port"));
+    }
+    port.parse::<u16>().map_err(|_| err("the port is not a number from 0 to 65535"))?;
+    Ok(())
+}
+
 fn parse_secret(hex: &str) -> Result<[u8; 32], ConfigError> {
     // By characters, never by byte index: a non-ASCII string of 64 bytes must be refused, not
     // sliced inside a character (a panic at start).
@@ -462,6 +479,8 @@ mod tests {
         assert!(b().env("").build().unwrap_err().to_string().starts_with("env:"));
         assert!(b().listen("nope").build().unwrap_err().to_string().starts_with("listen:"));
         assert!(b().join("127.0.0.1").build().unwrap_err().to_string().starts_with("join:"));
+        assert!(b().join("host:http").build().unwrap_err().to_string().starts_with("join:"));
+        assert!(b().join("seed.example.invalid:7000").build().is_ok(), "resolved later, retried: not a config error");
         assert_eq!(b().secret("abc").build().unwrap_err(), ConfigError::Secret);
         // 64 bytes, not 64 characters: refused with the field, never a panic.
         let non_ascii = format!("aé{}", "a".repeat(61));

@@ -145,6 +145,8 @@ pub struct TransportStatus {
     pub events_dropped: u64,
     /// The message fault plan in force (tests and the chaos lab), and what it did so far.
     pub faults: Option<FaultsStatus>,
+    /// The static seeds: what each resolved to, and the error of one that does not resolve.
+    pub seeds: Vec<clusterfunk_actors::transport::seeds::SeedStatus>,
 }
 
 /// Message-level fault injection on this node.
@@ -214,6 +216,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             malformed_frames: stats.malformed_frames.load(Ordering::Relaxed),
             foreign_peers: stats.foreign_peers.load(Ordering::Relaxed),
             events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+            seeds: node.transport.seeds(),
             faults: {
                 let f = node.transport.faults();
                 f.plan().map(|plan| {

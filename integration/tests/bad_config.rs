@@ -73,3 +73,22 @@ fn a_failed_fsync_ends_the_process_with_code_70() {
     assert_eq!(code, Some(70), "exit code after a failed fsync; output:\n{out}");
     assert!(out.contains("storage failure"), "the reason is logged:\n{out}");
 }
+
+#[test]
+fn a_seed_that_does_not_resolve_is_retried_and_shown_not_fatal() {
+    // `.invalid` never resolves (RFC 2606). The node starts, serves, and says what it retries.
+    let dir = tempfile::tempdir().unwrap();
+    let dash = format!("127.0.0.1:{}", free_port());
+    let extra = ["--no-mdns", "--shards", "8", "--bootstrap", "--join", "seed.clusterfunk.invalid:7000"];
+    let mut node = NodeProc::new(exe(), dir.path().join("n"), "127.0.0.1:0".into(), dash, &extra);
+    node.start().unwrap();
+    let seed = wait_until(Duration::from_secs(30), "the seed to be retried", || {
+        let s = node.status().ok()?;
+        let seed = s["transport"]["seeds"][0].clone();
+        (s["shard_map"]["epoch"].as_u64() > Some(0) && seed["failures"].as_u64() >= Some(2)).then_some(seed)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", node.log_tail(30)));
+    assert_eq!(seed["seed"], "seed.clusterfunk.invalid:7000");
+    assert!(seed["error"].as_str().is_some_and(|e| !e.is_empty()), "{seed}");
+    assert!(node.log_tail(200).contains("cannot resolve seed"), "{}", node.log_tail(30));
+}

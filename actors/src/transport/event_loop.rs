@@ -43,6 +43,8 @@ pub struct Transport {
     /// Listen addresses peers announced through identify, to tell which seeds are connected.
     announced: HashMap<PeerId, Vec<Multiaddr>>,
     listening: Vec<Multiaddr>,
+    /// The static seeds, resolved by their own task.
+    seeds: super::seeds::Seeds,
 }
 
 /// Why the transport could not start.
@@ -87,6 +89,8 @@ impl Transport {
         let local = cfg.keypair.public().to_peer_id();
         let (started_tx, started_rx) = oneshot::channel();
         let task_stats = stats.clone();
+        let seeds = super::seeds::spawn(cfg.seeds.clone(), arbiter);
+        let task_seeds = seeds.clone();
         let spawned = arbiter.spawn(async move {
             let mut swarm = match behaviour::build(&cfg) {
                 Ok(s) => s,
@@ -118,6 +122,7 @@ impl Transport {
                 foreign: HashSet::new(),
                 announced: HashMap::new(),
                 listening: Vec::new(),
+                seeds: task_seeds,
             };
             t.run().await;
         });
@@ -125,7 +130,7 @@ impl Transport {
             return Err(StartError::Stopped);
         }
         let streams = started_rx.await.map_err(|_| StartError::Stopped)??;
-        Ok(Handle { tx, local, stats, streams, faults, rpc_timeout })
+        Ok(Handle { tx, seeds, local, stats, streams, faults, rpc_timeout })
     }
 
     async fn run(mut self) {
@@ -141,7 +146,7 @@ impl Transport {
                 Some((peer, channel, resp)) = self.replies.next(), if !self.replies.is_empty() => {
                     self.on_reply(peer, channel, resp)
                 }
-                _ = redial.tick() => self.dial_seeds().await,
+                _ = redial.tick() => self.dial_seeds(),
             }
         }
         info!("transport stopped");
@@ -208,26 +213,17 @@ impl Transport {
         }
     }
 
-    async fn dial_seeds(&mut self) {
-        let seeds = self.cfg.seeds.clone();
-        for seed in seeds {
-            let resolved = match tokio::net::lookup_host(seed.as_str()).await {
-                Ok(r) => r.collect::<Vec<_>>(),
-                Err(e) => {
-                    warn!(%seed, error = %e, "cannot resolve seed");
-                    continue;
-                }
-            };
-            for sa in resolved {
-                let addr = Multiaddr::from(sa.ip()).with(Protocol::Tcp(sa.port()));
-                let known = self.listening.contains(&addr) || self.announced.values().any(|v| v.contains(&addr));
-                if known {
-                    continue;
-                }
-                let opts = DialOpts::unknown_peer_id().address(addr.clone()).allocate_new_port().build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    debug!(%addr, error = %e, "seed dial not started");
-                }
+    /// Dials the seeds' addresses as last resolved (by their own task: no DNS here).
+    fn dial_seeds(&mut self) {
+        for sa in self.seeds.addrs() {
+            let addr = Multiaddr::from(sa.ip()).with(Protocol::Tcp(sa.port()));
+            let known = self.listening.contains(&addr) || self.announced.values().any(|v| v.contains(&addr));
+            if known {
+                continue;
+            }
+            let opts = DialOpts::unknown_peer_id().address(addr.clone()).allocate_new_port().build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%addr, error = %e, "seed dial not started");
             }
         }
     }

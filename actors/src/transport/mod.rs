@@ -13,6 +13,7 @@
 mod behaviour;
 mod codec;
 mod event_loop;
+pub mod seeds;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,7 +38,8 @@ pub struct Config {
     pub keypair: Keypair,
     /// Where to listen, e.g. `/ip4/0.0.0.0/tcp/7000`.
     pub listen: Multiaddr,
-    /// Static seeds as `host:port`, resolved on every dial attempt (so DNS names follow changes).
+    /// Static seeds as `host:port`, resolved off the event loop and again every
+    /// [`seeds::REFRESH`] (so DNS names follow changes); a name that does not resolve is retried.
     pub seeds: Vec<String>,
     /// Pre-shared key: when set, the connection is wrapped in libp2p pnet under noise, so nodes
     /// without it cannot even complete a handshake.
@@ -184,6 +186,7 @@ pub struct Outputs {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
+    seeds: seeds::Seeds,
     local: PeerId,
     stats: Arc<Stats>,
     streams: libp2p_stream::Control,
@@ -192,6 +195,11 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// What is known of each static seed (addresses, resolution errors).
+    pub fn seeds(&self) -> Vec<seeds::SeedStatus> {
+        self.seeds.status()
+    }
+
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
