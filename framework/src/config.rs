@@ -485,9 +485,9 @@ mod tests {
         // 64 bytes, not 64 characters: refused with the field, never a panic.
         let non_ascii = format!("aé{}", "a".repeat(61));
         assert_eq!(non_ascii.len(), 64);
-        assert_eq!(b().secret(&non_ascii).build().unwrap_err(), ConfigError::Secret);
-        assert_eq!(b().secret(&"g".repeat(64)).build().unwrap_err(), ConfigError::Secret);
-        assert!(b().secret(&"0f".repeat(32)).build().is_ok());
+        assert_eq!(b().secret(non_ascii.clone()).build().unwrap_err(), ConfigError::Secret);
+        assert_eq!(b().secret("g".repeat(64)).build().unwrap_err(), ConfigError::Secret);
+        assert!(b().secret("0f".repeat(32)).build().is_ok());
     }
 
     #[test]
