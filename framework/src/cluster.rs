@@ -167,7 +167,7 @@ impl Cluster {
     }
 
     /// Waits until `ready(&status)` holds, checking whenever the shard map, membership view or
-    /// Raft metrics change, for at most `timeout`.
+    /// Raft metrics change, for at most `timeout`. Cancel-safe.
     pub async fn wait_until(
         &self,
         timeout: Duration,

@@ -3,7 +3,8 @@
 //!     `NotOwner` and never run, and the long handler's own answer is withheld;
 //! (b) a planned move is confirmed only after the shard's entities stopped, even when stopping
 //!     takes longer than the hook budget: the new owner's instance starts after the old one ended;
-//! (c) an envelope whose shard is not its key's is refused and its sender dropped.
+//! (c) an envelope whose shard is not its key's is refused and its sender dropped;
+//! (d) a `send` dropped before its answer frees its pending slot at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -243,6 +244,25 @@ async fn an_envelope_whose_shard_is_not_its_keys_is_refused_and_its_sender_dropp
         nodes[a].status().traffic.malformed == before + 1
     })
     .await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_dropped_send_frees_its_pending_slot() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start(dir.path(), "fence-d", Duration::from_secs(2)).await;
+    let (key, a) = key_on_follower(&nodes, "dropped");
+    let sender = &nodes[(a + 1) % nodes.len()];
+    let sharded = sender.sharded::<Slow>();
+    // The entity takes 1 s to answer; the caller gives up after 100 ms (the future is dropped).
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), sharded.send(&key, Block(1000))).await;
+    assert!(gave_up.is_err(), "the caller gave up first");
+    assert_eq!(sender.router().pending_requests(), 0, "the dropped request still holds its slot");
+    wait_for("the handler to end", || !BLOCKING.load(Ordering::SeqCst)).await;
     for n in &nodes {
         n.shutdown().await;
     }

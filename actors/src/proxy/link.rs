@@ -34,6 +34,18 @@ pub(crate) struct Link {
     faults: Arc<MessageFaults>,
 }
 
+/// See [`Link::slot`].
+pub(crate) struct Slot<'a> {
+    link: &'a Link,
+    id: u64,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.link.forget(self.id);
+    }
+}
+
 impl Link {
     /// Starts the writer and reader tasks for `stream` on `arbiter`.
     pub(crate) fn start(
@@ -112,6 +124,16 @@ impl Link {
     /// Drops a pending request (not sent, or timed out), so its slot does not outlive it.
     pub(crate) fn forget(&self, id: u64) {
         self.pending.lock().expect("pending lock is never poisoned").remove(&id);
+    }
+
+    /// A guard that forgets request `id` when dropped (answered, timed out, or cancelled).
+    pub(crate) fn slot(&self, id: u64) -> Slot<'_> {
+        Slot { link: self, id }
+    }
+
+    /// Requests waiting for their answer.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.lock().expect("pending lock is never poisoned").len()
     }
 
     async fn read_loop(self, mut read: ReadHalf<Stream>, max: usize) {

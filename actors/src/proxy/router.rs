@@ -242,16 +242,22 @@ impl Router {
     async fn remote(&self, node: NodeId, env: &Envelope) -> Result<Vec<u8>, Error> {
         let link = self.link(node).await?;
         let (id, rx) = link.send(env)?;
+        // Whatever ends this call (an answer, the timeout, or the caller dropping it) frees the
+        // request's slot: a dropped `send` must not hold it until the link dies.
+        let _slot = link.slot(id);
         self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.cfg.request_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r.map_err(Error::Refused),
             Ok(Err(_)) => Err(Error::ConnectionLost { node }),
-            Err(_) => {
-                link.forget(id);
-                Err(Error::Timeout { node, timeout })
-            }
+            Err(_) => Err(Error::Timeout { node, timeout }),
         }
+    }
+
+    /// Requests sent to other nodes and not answered yet, over every link.
+    #[doc(hidden)]
+    pub fn pending_requests(&self) -> usize {
+        self.inner.links.lock().expect("links lock is never poisoned").values().map(|l| l.pending()).sum()
     }
 
     async fn link(&self, node: NodeId) -> Result<Link, Error> {

@@ -78,6 +78,9 @@ impl<E: ShardedActor> Sharded<E> {
     /// On the owning node it is delivered directly (no encoding); elsewhere it is forwarded to
     /// the owner. While the shard has no owner the message waits (bounded by the route wait);
     /// if the owner answers `NotOwner`, the map is refreshed and the message retried.
+    ///
+    /// Cancel-safe: dropping the future frees everything it holds at once (its queue slot, its
+    /// pending answer). As after a timeout, a message already sent may or may not be handled.
     pub async fn send<M>(&self, key: &E::Key, msg: M) -> Result<M::Output, SendError>
     where
         M: RemoteMessage,
@@ -135,7 +138,9 @@ impl<E: ShardedActor> Sharded<E> {
     /// writes of a deposed leader fail with `NotOwner` carrying the newer epoch. On the follower
     /// the message goes to a replica instance of the entity ([`EntityInfo::replica`]); when the
     /// follower is promoted, that instance (and what it was sent) serves on as the owner's.
-    /// Nothing is retried: the answers say which followers have the message.
+    /// Nothing is retried: the answers say which followers have the message. Cancel-safe, like
+    /// [`send`](Sharded::send). Refused with `NotOwner` (for every follower) unless this node
+    /// leads the shard at the epoch of its map.
     ///
     /// ```no_run
     /// # use clusterfunk::prelude::*;
