@@ -160,6 +160,7 @@ pub struct Node {
     pub events: broadcast::Sender<ClusterEvent>,
     hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
     consensus: Addr<Consensus>,
+    leaving: Arc<std::sync::atomic::AtomicBool>,
     arbiters: Vec<Arbiter>,
 }
 
@@ -285,6 +286,8 @@ impl Node {
                 budget: cfg.hook_budget,
             },
         ));
+        let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        actix::spawn(serving::rejoin(id, consensus.clone(), applied.clone(), leaving.clone()));
         Ok(Node {
             id,
             transport,
@@ -299,6 +302,7 @@ impl Node {
             events,
             hooks,
             consensus,
+            leaving,
             arbiters: vec![transport_arbiter, raft_arbiter],
         })
     }
@@ -329,6 +333,29 @@ impl Node {
     /// it stops. Returns the new leader, if there was a handover.
     pub async fn hand_over_leadership(&self, timeout: std::time::Duration) -> Option<NodeId> {
         consensus::handover::hand_over(&self.raft, &self.transport, timeout).await
+    }
+
+    /// Leaves the cluster gracefully: marks this node as leaving through Raft and waits (at most
+    /// `timeout`) until every shard it owned was handed off, hands Raft leadership to the most
+    /// caught-up other voter if it leads, then stops. Stops even when the handoff did not finish
+    /// (its shards then move once its lease has run out), and says so.
+    ///
+    /// Not cancel-safe: dropped midway, the node stays marked as leaving (a restart clears it).
+    pub async fn leave(&self, timeout: std::time::Duration) -> Result<(), serving::DrainError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let result = serving::drain(self.id, &self.consensus, &self.applied, &self.leaving, timeout).await;
+        // Then Raft leadership, if this node has it, so the group does not wait out an election
+        // timeout for a leader that left on purpose.
+        let left =
+            deadline.saturating_duration_since(tokio::time::Instant::now()).max(std::time::Duration::from_secs(1));
+        self.hand_over_leadership(left).await;
+        self.shutdown().await;
+        result
+    }
+
+    /// Whether this node is leaving (or left).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops Raft and the transport.

@@ -160,4 +160,12 @@ pub enum Refusal {
         /// The shard the key maps to.
         actual: ShardId,
     },
+    /// The handler ran, but the receiver's lease ran out before it answered (it paused, or was
+    /// cut off): another node may serve the shard by now, so the answer is withheld. The message
+    /// may or may not have taken effect; it is not retried.
+    #[error("shard {shard}: the lease ran out while the handler ran; the outcome is unknown")]
+    Indeterminate {
+        /// The shard.
+        shard: ShardId,
+    },
 }

@@ -8,6 +8,7 @@ use actix::{Arbiter, ArbiterHandle};
 use clusterfunk_actors::faults::FaultPlan;
 use clusterfunk_actors::node::{Node, StartError};
 use clusterfunk_actors::proxy::Router;
+use clusterfunk_actors::serving::DrainError;
 use clusterfunk_actors::shard::{shard_for, ShardKey, ShardMap};
 use clusterfunk_actors::types::{ClusterName, NodeId, ShardId};
 use tokio::sync::broadcast;
@@ -52,7 +53,6 @@ pub(crate) struct Inner {
     pub(crate) router: Router,
     arbiters: Vec<Arbiter>,
     dashboard: std::sync::OnceLock<SocketAddr>,
-    leaving: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -208,43 +208,15 @@ impl Cluster {
     /// proxies), hands Raft leadership to the most caught-up other voter if it leads, then stops. If the handoff does not finish within `timeout` (no quorum, say) it
     /// stops anyway and the shards move once its lease has run out.
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
-        let node = &self.inner.node;
-        let id = node.id;
-        self.inner.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
-        info!(node = %id, "leaving: handing off shards");
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut result = Ok(());
-        loop {
-            let cmd = clusterfunk_actors::state::Command::SetDraining { id, draining: true };
-            match tokio::time::timeout_at(deadline, node.propose(cmd)).await {
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
-                    warn!(error = %e, "leave: cannot mark this node as leaving yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => {
-                    result = Err(Error::Timeout(timeout, "the cluster to accept the leave"));
-                    break;
-                }
-            }
+        let result = self.inner.node.leave(timeout).await;
+        for a in &self.inner.arbiters {
+            a.stop();
         }
-        if result.is_ok() {
-            let mut applied = node.applied.clone();
-            let done = applied.wait_for(|a| {
-                a.state.shard_map.owner_counts().get(&id).is_none() && a.state.handoffs.values().all(|h| h.from != id)
-            });
-            if tokio::time::timeout_at(deadline, done).await.is_err() {
-                result = Err(Error::Timeout(timeout, "this node's shards to be handed off"));
-            } else {
-                info!(node = %id, "leaving: every shard handed off");
-            }
-        }
-        // Then Raft leadership, if this node has it, so the group does not wait out an election
-        // timeout for a leader that left on purpose.
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
-        node.hand_over_leadership(left).await;
-        self.shutdown().await;
-        result
+        result.map_err(|e| match e {
+            DrainError::NotAccepted(t) => Error::Timeout(t, "the cluster to accept the leave"),
+            DrainError::NotHandedOff(t) => Error::Timeout(t, "this node's shards to be handed off"),
+            _ => Error::Timeout(timeout, "the leave"),
+        })
     }
 
     /// Fault injection for tests: cut this node off from others at the connection level.
@@ -355,10 +327,8 @@ impl ClusterConfig {
             router,
             arbiters,
             dashboard: std::sync::OnceLock::new(),
-            leaving: std::sync::atomic::AtomicBool::new(false),
         });
         let cluster = Cluster { inner };
-        actix_rt::spawn(rejoin(cluster.clone()));
         if let Some(addr) = self.dashboard {
             let (server, bound) = crate::dashboard::serve(addr, cluster.clone(), routes)
                 .map_err(|source| Error::Dashboard { addr, source })?;
@@ -367,34 +337,6 @@ impl ClusterConfig {
             let _ = cluster.inner.dashboard.set(bound);
         }
         Ok(cluster)
-    }
-}
-
-/// A node restarted after it left (its data dir still says "leaving") takes shards again: once
-/// it sees itself in the applied state, it clears its leaving mark through Raft.
-async fn rejoin(cluster: Cluster) {
-    let node = &cluster.inner.node;
-    let id = node.id;
-    let mut applied = node.applied.clone();
-    if applied.wait_for(|a| a.state.members.contains_key(&id)).await.is_err() {
-        return;
-    }
-    loop {
-        let draining = node.applied.borrow().state.draining.contains(&id);
-        if !draining || cluster.inner.leaving.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        let cmd = clusterfunk_actors::state::Command::SetDraining { id, draining: false };
-        match node.propose(cmd).await {
-            Ok(_) => {
-                info!(node = %id, "restarted after leaving: taking shards again");
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot clear this node's leaving mark yet; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
     }
 }
 

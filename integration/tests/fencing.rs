@@ -152,7 +152,7 @@ async fn messages_queued_when_the_lease_is_lost_never_run() {
     assert!(BLOCKING.load(Ordering::SeqCst), "the handler outlasted the lease");
     let answer = block.await.unwrap();
     assert!(
-        matches!(answer, Err(SendError::Route(RouteError::Refused(Refusal::NotOwner { .. })))),
+        matches!(answer, Err(SendError::Route(RouteError::Refused(Refusal::Indeterminate { .. })))),
         "the answer of a handler that ended without a lease is withheld: {answer:?}"
     );
     for q in queued {

@@ -6,9 +6,11 @@
 //! - [`core`]: the pure decision (activate, stop, hooks, handoff confirmation) from the lease and
 //!   the applied state; tested alone and in a deterministic simulation of many nodes;
 //! - `shell`: the task that carries the core's effects out;
+//! - `drain`: leaving (every shard handed off) and coming back after a restart;
 //! - [`journal`]: what the lab's checkers read.
 
 pub mod core;
+mod drain;
 pub mod journal;
 mod shell;
 #[cfg(test)]
@@ -16,6 +18,8 @@ mod sim;
 pub mod table;
 
 pub use self::core::{Core, Effect, Input, ShardChange};
+pub use drain::DrainError;
+pub(crate) use drain::{drain, rejoin};
 pub use journal::{FileJournal, Journal, MemoryJournal};
 pub(crate) use shell::{run, Inputs};
 pub use shell::{Counters, ShardHooks, FORCE_STOP};

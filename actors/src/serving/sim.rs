@@ -52,6 +52,8 @@ struct Mutation {
     confirm_first: bool,
     /// A node uses a lease grant before it applied the leader's log up to the grant's index.
     ignore_min_applied: bool,
+    /// Handlers are acknowledged even when the lease ran out while they ran.
+    ack_always: bool,
 }
 
 enum Msg {
@@ -80,6 +82,8 @@ struct Exec {
     epoch: Epoch,
     start: u64,
     end: u64,
+    /// The lease token read when the message was admitted.
+    token: u64,
 }
 
 struct SimNode {
@@ -94,8 +98,8 @@ struct SimNode {
     busy_until: u64,
     paused_until: u64,
     cut_until: u64,
-    /// Admitted messages waiting to run: (shard, admitted epoch, run at).
-    admitted: Vec<(ShardId, Epoch, u64)>,
+    /// Admitted messages waiting to run: (shard, admitted epoch, run at, lease token).
+    admitted: Vec<(ShardId, Epoch, u64, u64)>,
     running: Vec<Exec>,
     /// Entity stops waiting for running handlers of these shards.
     stopping: Vec<ShardId>,
@@ -355,22 +359,22 @@ impl World {
     fn executions(&mut self, i: usize) {
         let now = self.now();
         let node = &mut self.nodes[i];
-        // Handlers that end now: answered only if the shard is still served at their epoch.
+        // Handlers that end now: answered only under a lease that never ran out meanwhile.
         let (done, running): (Vec<Exec>, Vec<Exec>) = node.running.drain(..).partition(|e| e.end <= now);
         node.running = running;
         for e in done {
-            if node.own.still_serving(e.shard, e.epoch) {
+            if self.mutation.ack_always || node.own.lease_held_since(e.token) {
                 self.acked.entry(e.shard).or_default().push((e.start, e.end, i, e.epoch));
             }
         }
         // Queued messages whose turn came: checked at execution.
-        let (due, waiting): (Vec<_>, Vec<_>) = node.admitted.drain(..).partition(|(_, _, at)| *at <= now);
+        let (due, waiting): (Vec<_>, Vec<_>) = node.admitted.drain(..).partition(|(_, _, at, _)| *at <= now);
         node.admitted = waiting;
-        for (shard, epoch, _) in due {
+        for (shard, epoch, _, token) in due {
             if node.own.fence(shard, epoch).is_ok() {
                 let long = self.rng.gen_bool(0.05);
                 let len = if long { self.rng.gen_range(50 * MS..400 * MS) } else { self.rng.gen_range(0..5 * MS) };
-                node.running.push(Exec { shard, epoch, start: now, end: now + len });
+                node.running.push(Exec { shard, epoch, start: now, end: now + len, token });
             }
         }
         // New messages admitted under the epoch served now.
@@ -379,7 +383,7 @@ impl World {
             let s = ShardId(self.rng.gen_range(0..shards));
             if let Some(e) = node.own.serving_epoch(s) {
                 let at = now + self.rng.gen_range(0..20 * MS);
-                node.admitted.push((s, e, at));
+                node.admitted.push((s, e, at, node.own.lease_token()));
             }
         }
     }
@@ -577,4 +581,11 @@ fn confirming_before_entities_stop_is_caught() {
 fn a_node_that_serves_before_catching_up_is_caught() {
     let found = explore(0..300, Mutation { ignore_min_applied: true, ..Mutation::default() }, 4000 * MS);
     assert!(found.is_some(), "a node back from a partition serving from its old map must be caught");
+}
+
+#[test]
+fn acknowledging_after_a_lease_lapse_is_caught() {
+    let found = explore(0..600, Mutation { ack_always: true, ..Mutation::default() }, 4000 * MS);
+    let (_, v) = found.expect("an answer given after the lease ran out must be caught");
+    assert!(v.contains("overlap"), "{v}");
 }

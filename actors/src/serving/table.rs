@@ -24,6 +24,9 @@ pub struct Ownership {
     base: Instant,
     /// Nanoseconds after `base` until which the lease lets this node serve; 0 = no lease.
     lease_until: AtomicU64,
+    /// How many times the lease ran out or was dropped before it was renewed: a handler that
+    /// saw the same count at its start and its end ran under one continuous lease.
+    lapses: AtomicU64,
     /// Per shard: the epoch it is active at here, 0 = not active.
     active: OnceLock<Box<[AtomicU64]>>,
     /// Per shard: the highest epoch seen (map or message).
@@ -53,6 +56,7 @@ impl Ownership {
             clock,
             base,
             lease_until: AtomicU64::new(0),
+            lapses: AtomicU64::new(0),
             active: OnceLock::new(),
             seen: OnceLock::new(),
             journal,
@@ -84,7 +88,26 @@ impl Ownership {
     /// Sets the end of the usable lease (`None`: no lease).
     pub fn set_lease(&self, until: Option<Instant>) {
         let v = until.map_or(0, |u| u.saturating_duration_since(self.base).as_nanos().max(1) as u64);
+        let now = self.clock.now().saturating_duration_since(self.base).as_nanos() as u64;
+        let prev = self.lease_until.load(Ordering::Acquire);
+        // Counted before the new end is published: a reader that sees the renewed lease also
+        // sees that it was not continuous. (One writer: the lease keeper.)
+        if prev != 0 && (v == 0 || prev <= now) {
+            self.lapses.fetch_add(1, Ordering::AcqRel);
+        }
         self.lease_until.store(v, Ordering::Release);
+    }
+
+    /// A token for [`Self::lease_held_since`]: read it when a message is admitted.
+    pub fn lease_token(&self) -> u64 {
+        self.lapses.load(Ordering::Acquire)
+    }
+
+    /// Whether the lease is valid now and never ran out since `token` was read: then no other
+    /// node can have been given this node's shards meanwhile (a takeover waits for the lease to
+    /// run out), and a handler that ran in between may be acknowledged.
+    pub fn lease_held_since(&self, token: u64) -> bool {
+        self.lease_valid() && self.lapses.load(Ordering::Acquire) == token
     }
 
     /// Until when the lease lets this node serve.
@@ -230,12 +253,6 @@ impl Ownership {
             return Ok(());
         }
         Err(self.not_owner(shard))
-    }
-
-    /// Whether `shard` is still served here at `admitted`: checked again before an answer leaves,
-    /// so a node that paused or lost the shard while a handler ran does not acknowledge it.
-    pub fn still_serving(&self, shard: ShardId, admitted: Epoch) -> bool {
-        self.serving_epoch(shard) == Some(admitted)
     }
 
     /// A `NotOwner` refusal for `shard`, naming what the applied map says.

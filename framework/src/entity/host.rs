@@ -54,7 +54,7 @@ impl Admission {
 pub(crate) enum Undelivered<M> {
     /// Refused before its handler ran; the message comes back.
     Refused(Refusal, M),
-    /// The instance stopped or panicked, or the answer was withheld (`Refusal::NotOwner`).
+    /// The instance stopped or panicked, or the answer was withheld (`Refusal::Indeterminate`).
     Failed(Refusal),
 }
 
@@ -173,6 +173,7 @@ impl<E: ShardedActor> EntityHost<E> {
         M: RemoteMessage,
         E: Handler<M>,
     {
+        let token = self.ownership.lease_token();
         let (tx, rx) = oneshot::channel::<M::Output>();
         let (refuse_tx, mut refused) = oneshot::channel::<(Refusal, M)>();
         let own = self.ownership.clone();
@@ -195,17 +196,10 @@ impl<E: ShardedActor> EntityHost<E> {
             return Err(Undelivered::Failed(Refusal::EntityFailed));
         }
         match rx.await {
-            Ok(out) => {
-                let still = match admission {
-                    Admission::Owner(e) => self.ownership.still_serving(shard, e),
-                    Admission::Replica(_) => self.ownership.lease_valid(),
-                };
-                if still {
-                    Ok(out)
-                } else {
-                    Err(Undelivered::Failed(self.ownership.not_owner(shard)))
-                }
-            }
+            // Acknowledged only under a lease that never ran out since admission: otherwise a
+            // takeover may have happened while the handler ran.
+            Ok(out) if self.ownership.lease_held_since(token) => Ok(out),
+            Ok(_) => Err(Undelivered::Failed(Refusal::Indeterminate { shard })),
             Err(_) => match refused.try_recv() {
                 Ok((r, msg)) => Err(Undelivered::Refused(r, msg)),
                 Err(_) => {

@@ -37,7 +37,8 @@ pub use sharded::{SendError, Sharded};
 /// - **Fencing.** Whether this node still serves the key's shard is checked when a message's
 ///   handler is about to run, not when it was queued: a message still queued when the shard
 ///   stops here (moved away, lease lost) is answered `NotOwner` and never handled, and an answer
-///   is withheld if the shard stopped while the handler ran. Messages an entity sends itself
+///   is withheld (`Refusal::Indeterminate`: it may have taken effect) if the node's lease ran
+///   out while the handler ran. Messages an entity sends itself
 ///   through its own address are ordinary actix messages and are not fenced.
 /// - **Rebalance.** When its shard leaves this node, every instance of the shard is stopped
 ///   (what was queued for it is refused, see above), the move is confirmed only once they all
