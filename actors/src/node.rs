@@ -17,7 +17,6 @@ use crate::events::ClusterEvent;
 use crate::lease::{self, Clock, LeaseService, SystemClock};
 use crate::membership::{self, Membership, View};
 use crate::serving::{self, FileJournal, Journal, Ownership, ShardHooks};
-use crate::shard::ShardMap;
 use crate::shard_manager::{self, ShardManager};
 use crate::state::{Command, CommandResult};
 use crate::transport::{self, Transport};
@@ -147,7 +146,7 @@ pub struct Node {
     /// The membership view.
     pub view: watch::Receiver<Arc<View>>,
     /// The committed shard map.
-    pub map: watch::Receiver<Arc<ShardMap>>,
+    pub map: consensus::MapView,
     /// What this node serves now (lease, active shards with their epochs).
     pub ownership: Arc<Ownership>,
     /// The lease service (leader side) and timings.
@@ -255,7 +254,8 @@ impl Node {
             lease.clone(),
         ));
         let (events, _) = broadcast::channel(1024);
-        let (sm_actor, map) = ShardManager::new(
+        let map = consensus::MapView::new(applied.clone());
+        let sm_actor = ShardManager::new(
             shard_manager::Core::new(cfg.shard_manager.clone()),
             raft.clone(),
             consensus.clone(),

@@ -1,6 +1,7 @@
 //! The replicated cluster state (the Raft state machine's data) and the commands that change it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,9 +98,9 @@ pub struct ClusterState {
     pub name: Option<ClusterName>,
     /// Members by id, with the metadata they registered.
     pub members: BTreeMap<NodeId, NodeMeta>,
-    /// The shard map.
+    /// The shard map, shared copy-on-write with every reader (docs/architecture.md §6).
     #[serde(with = "map_bytes")]
-    pub shard_map: ShardMap,
+    pub shard_map: Arc<ShardMap>,
     /// Planned moves waiting for their old owner to confirm.
     #[serde(default)]
     pub handoffs: BTreeMap<ShardId, Handoff>,
@@ -109,6 +110,11 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// The shard map to change: copied only if a reader still holds the current one.
+    pub fn map_mut(&mut self) -> &mut ShardMap {
+        Arc::make_mut(&mut self.shard_map)
+    }
+
     /// Applies `cmd`, committed at log `index`.
     pub fn apply(&mut self, cmd: &Command, index: u64) -> CommandResult {
         match cmd {
@@ -117,7 +123,7 @@ impl ClusterState {
                     return CommandResult::BadInit;
                 }
                 self.name = Some(name.clone());
-                self.shard_map = ShardMap::new(*shards, *replica_factor);
+                self.shard_map = Arc::new(ShardMap::new(*shards, *replica_factor));
             }
             Command::RegisterMember { meta } => {
                 self.members.insert(meta.id, meta.clone());
@@ -126,7 +132,7 @@ impl ClusterState {
                 if *based_on != self.shard_map.epoch() {
                     return CommandResult::StaleMap { based_on: *based_on, current: self.shard_map.epoch() };
                 }
-                self.shard_map.apply(changes, Epoch(index));
+                self.map_mut().apply(changes, Epoch(index));
             }
             Command::RemoveMember { id } => {
                 self.members.remove(id);
@@ -145,7 +151,9 @@ impl ClusterState {
                     changes.push((*shard, Assignment { owner: None, replicas }));
                     self.handoffs.insert(*shard, Handoff { from: *from, to: to.clone() });
                 }
-                self.shard_map.apply(&changes, Epoch(index));
+                if !changes.is_empty() {
+                    self.map_mut().apply(&changes, Epoch(index));
+                }
             }
             Command::Released { node, shards } => {
                 let mut changes = Vec::with_capacity(shards.len());
@@ -159,7 +167,9 @@ impl ClusterState {
                         }
                     }
                 }
-                self.shard_map.apply(&changes, Epoch(index));
+                if !changes.is_empty() {
+                    self.map_mut().apply(&changes, Epoch(index));
+                }
             }
             Command::SetDraining { id, draining } => {
                 if *draining {
@@ -174,17 +184,19 @@ impl ClusterState {
 }
 
 mod map_bytes {
+    use std::sync::Arc;
+
     use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::shard::ShardMap;
 
-    pub(super) fn serialize<S: Serializer>(map: &ShardMap, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(map: &Arc<ShardMap>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&map.encode())
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ShardMap, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<ShardMap>, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
-        ShardMap::decode(&bytes).map_err(serde::de::Error::custom)
+        ShardMap::decode(&bytes).map(Arc::new).map_err(serde::de::Error::custom)
     }
 }
 
@@ -208,6 +220,20 @@ mod tests {
         assert_eq!(st.apply(&set, 4), CommandResult::Applied { index: 4 });
         assert_eq!(st.shard_map.shard_epoch(ShardId(2)), Epoch(4));
         assert_eq!(st.apply(&set, 5), CommandResult::StaleMap { based_on: Epoch(0), current: Epoch(4) });
+    }
+
+    #[test]
+    fn the_map_is_shared_until_an_entry_changes_it() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        let reader = st.shard_map.clone();
+        st.apply(&Command::RegisterMember { meta: meta(7) }, 2);
+        assert!(Arc::ptr_eq(&reader, &st.shard_map), "an entry that does not touch the map does not copy it");
+        let a = Assignment { owner: Some(NodeId(7)), replicas: vec![] };
+        st.apply(&Command::SetAssignments { based_on: Epoch(0), changes: vec![(ShardId(1), a)] }, 3);
+        assert!(!Arc::ptr_eq(&reader, &st.shard_map), "a reader keeps the map it took");
+        assert_eq!(reader.owner(ShardId(1)), None);
+        assert_eq!(st.shard_map.owner(ShardId(1)), Some(NodeId(7)));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod actor;
 pub mod auto;
 pub mod handover;
+pub mod map_view;
 mod network;
 mod state_machine;
 pub mod store;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub(crate) use actor::bootstrap as actor_bootstrap;
 pub use actor::{Consensus, Propose, ProposeError};
+pub use map_view::MapView;
 pub use state_machine::{AppliedState, BeforePublish, StateMachine};
 
 /// Raft timings.

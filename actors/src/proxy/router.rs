@@ -13,7 +13,7 @@ use tracing::warn;
 use super::frame::{Envelope, Refusal};
 use super::link::Link;
 use super::{Config, Dispatch, Error};
-use crate::consensus::AppliedState;
+use crate::consensus::{AppliedState, MapView};
 use crate::serving::Ownership;
 use crate::shard::ShardMap;
 use crate::transport::{self, parse_peer};
@@ -61,7 +61,7 @@ struct Inner {
     local: NodeId,
     cfg: Config,
     protocol: StreamProtocol,
-    map: watch::Receiver<Arc<ShardMap>>,
+    map: MapView,
     applied: watch::Receiver<Arc<AppliedState>>,
     transport: transport::Handle,
     control: tokio::sync::Mutex<libp2p_stream::Control>,
@@ -87,7 +87,7 @@ impl Router {
         local: NodeId,
         cfg: Config,
         cluster: &crate::types::ClusterName,
-        map: watch::Receiver<Arc<ShardMap>>,
+        map: MapView,
         applied: watch::Receiver<Arc<AppliedState>>,
         transport: transport::Handle,
         dispatch: Arc<dyn Dispatch>,
@@ -189,7 +189,7 @@ impl Router {
     /// for `nap` if given (then returns normally).
     async fn wait_for_map(
         &self,
-        map: &mut watch::Receiver<Arc<ShardMap>>,
+        map: &mut MapView,
         start: Instant,
         shard: ShardId,
         nap: Option<Duration>,

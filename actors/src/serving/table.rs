@@ -193,7 +193,7 @@ impl Ownership {
     /// Called by the state machine with every applied map *before* the applied state is
     /// published: stops serving (journal `deactivate`) every active shard the map no longer gives
     /// this node at the epoch it is active at, and remembers the map for [`Self::activate_if_owned`].
-    pub fn revoke(&self, map: &ShardMap) {
+    pub fn revoke(&self, map: &Arc<ShardMap>) {
         let mut cur = self.applied_map.lock().expect("applied map lock is never poisoned");
         if cur.as_ref().is_some_and(|m| m.epoch() == map.epoch() && m.shard_count() == map.shard_count()) {
             return;
@@ -211,7 +211,7 @@ impl Ownership {
                 }
             }
         }
-        *cur = Some(Arc::new(map.clone()));
+        *cur = Some(map.clone());
     }
 
     /// Activates `shard` at `epoch` only if the lease is valid and the latest applied map gives
@@ -299,23 +299,23 @@ mod tests {
         let journal = Arc::new(MemoryJournal::default());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let own = Ownership::new(NodeId(1), clock.clone(), Some(journal.clone()));
-        let mut map = ShardMap::new(4, 1);
-        owned_by(&mut map, 2, 1, 10);
+        let mut map = Arc::new(ShardMap::new(4, 1));
+        owned_by(Arc::make_mut(&mut map), 2, 1, 10);
         own.revoke(&map);
         assert!(!own.activate_if_owned(ShardId(2), Epoch(10)), "no lease: no activation");
         own.set_lease(Some(clock.now() + Duration::from_secs(5)));
         assert!(!own.activate_if_owned(ShardId(1), Epoch(10)), "not ours in the applied map");
         assert!(!own.activate_if_owned(ShardId(2), Epoch(9)), "an older epoch than the applied map's");
         assert!(own.activate_if_owned(ShardId(2), Epoch(10)));
-        assert_eq!(own.check(ShardId(2), Epoch(10), || Arc::new(map.clone())), Ok(Epoch(10)));
+        assert_eq!(own.check(ShardId(2), Epoch(10), || map.clone()), Ok(Epoch(10)));
         assert_eq!(own.fence(ShardId(2), Epoch(10)), Ok(()), "checked again at execution");
         assert!(own.fence(ShardId(2), Epoch(9)).is_err(), "admitted under another epoch");
 
         // The shard moves: applying the map stops serving it before anyone can see the new state.
-        owned_by(&mut map, 2, 7, 12);
+        owned_by(Arc::make_mut(&mut map), 2, 7, 12);
         own.revoke(&map);
         assert_eq!(own.active_epoch(ShardId(2)), None);
-        assert!(own.check(ShardId(2), Epoch(10), || Arc::new(map.clone())).is_err());
+        assert!(own.check(ShardId(2), Epoch(10), || map.clone()).is_err());
         assert_eq!(
             own.fence(ShardId(2), Epoch(10)),
             Err(Refusal::NotOwner { shard: ShardId(2), epoch: Epoch(12), owner: Some(NodeId(7)) }),

@@ -15,7 +15,7 @@ use crate::consensus::{AppliedState, Consensus, Propose};
 use crate::events::ClusterEvent;
 use crate::lease::LeaseService;
 use crate::membership::{MemberState, View};
-use crate::shard::{Plan, ShardMap};
+use crate::shard::Plan;
 use crate::state::CommandResult;
 use crate::types::NodeId;
 
@@ -29,7 +29,6 @@ pub struct ShardManager {
     lease: Arc<LeaseService>,
     applied: watch::Receiver<Arc<AppliedState>>,
     view: watch::Receiver<Arc<View>>,
-    map: watch::Sender<Arc<ShardMap>>,
     events: broadcast::Sender<ClusterEvent>,
     leader: Option<NodeId>,
     up: BTreeSet<NodeId>,
@@ -38,7 +37,8 @@ pub struct ShardManager {
 }
 
 impl ShardManager {
-    /// A shard manager publishing the committed map on the returned watch and events on `events`.
+    /// A shard manager reporting events on `events`. (The committed map is the applied state's:
+    /// readers take it through [`crate::consensus::MapView`].)
     pub fn new(
         core: Core,
         raft: Raft,
@@ -47,24 +47,20 @@ impl ShardManager {
         applied: watch::Receiver<Arc<AppliedState>>,
         view: watch::Receiver<Arc<View>>,
         events: broadcast::Sender<ClusterEvent>,
-    ) -> (ShardManager, watch::Receiver<Arc<ShardMap>>) {
-        let initial = Arc::new(applied.borrow().state.shard_map.clone());
-        let (tx, rx) = watch::channel(initial);
-        let sm = ShardManager {
+    ) -> ShardManager {
+        ShardManager {
             core,
             raft,
             consensus,
             lease,
             applied,
             view,
-            map: tx,
             events,
             leader: None,
             up: BTreeSet::new(),
             open_plan: None,
             busy: false,
-        };
-        (sm, rx)
+        }
     }
 
     fn emit(&self, ev: ClusterEvent) {
@@ -148,22 +144,5 @@ impl Actor for ShardManager {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |act, ctx| act.on_tick(ctx));
-        // The committed map is published as soon as it is applied, not on the next tick.
-        let (mut applied, map) = (self.applied.clone(), self.map.clone());
-        ctx.spawn(
-            async move {
-                loop {
-                    let next = applied.borrow_and_update().state.shard_map.clone();
-                    let cur = map.borrow().clone();
-                    if next.epoch() != cur.epoch() || next.shard_count() != cur.shard_count() {
-                        map.send_replace(Arc::new(next));
-                    }
-                    if applied.changed().await.is_err() {
-                        return;
-                    }
-                }
-            }
-            .into_actor(self),
-        );
     }
 }

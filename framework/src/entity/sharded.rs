@@ -7,7 +7,6 @@ use actix::Handler;
 use clusterfunk_actors::proxy::{route, Envelope, Refusal, Route, Router};
 use clusterfunk_actors::shard::shard_for;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
-use tokio::sync::watch;
 
 use super::host::{Admission, EntityHost, Undelivered};
 use super::registry::Registry;
@@ -57,7 +56,7 @@ pub struct Sharded<E: ShardedActor> {
     pub(crate) host: Arc<EntityHost<E>>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) router: Router,
-    pub(crate) map: watch::Receiver<Arc<clusterfunk_actors::shard::ShardMap>>,
+    pub(crate) map: clusterfunk_actors::consensus::MapView,
 }
 
 impl<E: ShardedActor> Clone for Sharded<E> {

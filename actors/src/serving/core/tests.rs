@@ -10,9 +10,9 @@ const ME: NodeId = NodeId(1);
 const OTHER: NodeId = NodeId(2);
 
 fn state(owners: &[(u32, Option<NodeId>, u64)]) -> ClusterState {
-    let mut st = ClusterState { shard_map: ShardMap::new(4, 1), ..ClusterState::default() };
+    let mut st = ClusterState { shard_map: std::sync::Arc::new(ShardMap::new(4, 1)), ..ClusterState::default() };
     for (s, o, e) in owners {
-        st.shard_map.assign(ShardId(*s), &Assignment { owner: *o, replicas: vec![] }, Epoch(*e));
+        st.map_mut().assign(ShardId(*s), &Assignment { owner: *o, replicas: vec![] }, Epoch(*e));
     }
     st
 }
@@ -67,7 +67,7 @@ fn a_planned_move_stops_entities_before_its_hook_and_confirms_last() {
     let mut st = state(&[(0, Some(ME), 5)]);
     serving(&mut core, &st, lease, t0);
     // BeginHandoff at index 9: the shard has no owner until this node confirms.
-    st.shard_map.assign(ShardId(0), &Assignment { owner: None, replicas: vec![] }, Epoch(9));
+    st.map_mut().assign(ShardId(0), &Assignment { owner: None, replicas: vec![] }, Epoch(9));
     st.handoffs.insert(ShardId(0), Handoff { from: ME, to: Assignment { owner: Some(OTHER), replicas: vec![] } });
     assert_eq!(
         observe(&mut core, lease, &st, t0),
@@ -120,7 +120,7 @@ fn a_lease_lapse_keeps_entities_and_a_later_move_stops_them_before_the_confirmat
     activated(&mut core, vec![], &st);
     assert_eq!(core.paused().get(&ShardId(0)), Some(&Epoch(5)));
     // The leader hands the shard off meanwhile: the kept entities stop before the confirmation.
-    st.shard_map.assign(ShardId(0), &Assignment { owner: None, replicas: vec![] }, Epoch(9));
+    st.map_mut().assign(ShardId(0), &Assignment { owner: None, replicas: vec![] }, Epoch(9));
     st.handoffs.insert(ShardId(0), Handoff { from: ME, to: Assignment { owner: Some(OTHER), replicas: vec![] } });
     assert_eq!(
         observe(&mut core, None, &st, later),
@@ -142,8 +142,8 @@ fn the_same_epoch_again_keeps_paused_entities_another_epoch_stops_them_first() {
     observe(&mut core, None, &st, later);
     activated(&mut core, vec![], &st);
     // Shard 1 comes back to this node at a new epoch (moved away and back while it was cut off).
-    st.shard_map.assign(ShardId(1), &Assignment { owner: Some(OTHER), replicas: vec![] }, Epoch(7));
-    st.shard_map.assign(ShardId(1), &Assignment { owner: Some(ME), replicas: vec![] }, Epoch(8));
+    st.map_mut().assign(ShardId(1), &Assignment { owner: Some(OTHER), replicas: vec![] }, Epoch(7));
+    st.map_mut().assign(ShardId(1), &Assignment { owner: Some(ME), replicas: vec![] }, Epoch(8));
     let lease = Some(later + Duration::from_millis(500));
     assert_eq!(
         observe(&mut core, lease, &st, later),
@@ -179,8 +179,8 @@ fn an_activation_the_table_refused_is_reported_unassigned() {
 fn follower_roles_come_last_and_a_removed_follower_stops_its_replica_instances() {
     let (t0, mut core) = (Instant::now(), Core::new(ME));
     let lease = Some(t0 + Duration::from_millis(500));
-    let mut st = ClusterState { shard_map: ShardMap::new(2, 2), ..ClusterState::default() };
-    st.shard_map.assign(ShardId(0), &Assignment { owner: Some(OTHER), replicas: vec![ME] }, Epoch(3));
+    let mut st = ClusterState { shard_map: std::sync::Arc::new(ShardMap::new(2, 2)), ..ClusterState::default() };
+    st.map_mut().assign(ShardId(0), &Assignment { owner: Some(OTHER), replicas: vec![ME] }, Epoch(3));
     assert_eq!(observe(&mut core, lease, &st, t0), vec![Effect::Activate(vec![])]);
     assert_eq!(
         activated(&mut core, vec![], &st),
@@ -190,7 +190,7 @@ fn follower_roles_come_last_and_a_removed_follower_stops_its_replica_instances()
             leader: Some(OTHER)
         }])]
     );
-    st.shard_map.assign(ShardId(0), &Assignment { owner: Some(OTHER), replicas: vec![NodeId(3)] }, Epoch(4));
+    st.map_mut().assign(ShardId(0), &Assignment { owner: Some(OTHER), replicas: vec![NodeId(3)] }, Epoch(4));
     observe(&mut core, lease, &st, t0);
     assert_eq!(
         activated(&mut core, vec![], &st),
@@ -205,10 +205,10 @@ fn follower_roles_come_last_and_a_removed_follower_stops_its_replica_instances()
 fn a_promoted_follower_keeps_its_replica_instances() {
     let (t0, mut core) = (Instant::now(), Core::new(ME));
     let lease = Some(t0 + Duration::from_millis(500));
-    let mut st = ClusterState { shard_map: ShardMap::new(2, 2), ..ClusterState::default() };
-    st.shard_map.assign(ShardId(0), &Assignment { owner: Some(OTHER), replicas: vec![ME] }, Epoch(3));
+    let mut st = ClusterState { shard_map: std::sync::Arc::new(ShardMap::new(2, 2)), ..ClusterState::default() };
+    st.map_mut().assign(ShardId(0), &Assignment { owner: Some(OTHER), replicas: vec![ME] }, Epoch(3));
     serving(&mut core, &st, lease, t0);
-    st.shard_map.assign(ShardId(0), &Assignment { owner: Some(ME), replicas: vec![] }, Epoch(4));
+    st.map_mut().assign(ShardId(0), &Assignment { owner: Some(ME), replicas: vec![] }, Epoch(4));
     assert_eq!(
         observe(&mut core, lease, &st, t0),
         vec![
