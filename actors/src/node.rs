@@ -265,10 +265,11 @@ impl Node {
             events.clone(),
         );
         sm_actor.start();
+        let own = ownership.clone();
         let lease_until = lease::spawn_keeper(
             lease.clone(),
             id,
-            ownership.clone(),
+            Arc::new(move |until| own.set_lease(until)),
             transport.clone(),
             applied.clone(),
             &raft_arbiter.handle(),

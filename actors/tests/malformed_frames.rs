@@ -6,10 +6,11 @@ use std::time::Duration;
 
 mod common;
 
+use clusterfunk_actors::consensus::rpc::{RaftRequest, RaftResponse};
 use clusterfunk_actors::node::Node;
 use clusterfunk_actors::testing::{framed, RawCodec};
 use clusterfunk_actors::types::NodeId;
-use clusterfunk_actors::wire::{self, RaftRequest, RaftResponse};
+use clusterfunk_actors::wire;
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;

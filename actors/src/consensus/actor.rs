@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::auto::{self, Action, Settings};
 use super::network::Network;
+use super::rpc::{self, LeaseGranter, RaftRequest, RaftResponse};
 use super::state_machine::{AppliedState, StateMachine};
 use super::store::Store;
 use super::types::{ClientWriteError, Raft, RaftError, RaftMetrics, RaftNode};
@@ -19,7 +20,7 @@ use crate::membership::View;
 use crate::state::{Command, CommandResult};
 use crate::transport::{self, parse_peer, InboundRaft};
 use crate::types::NodeId;
-use crate::wire::{RaftRequest, RaftResponse};
+use crate::wire;
 
 const MAILBOX: usize = 1024;
 const TICK: Duration = Duration::from_millis(100);
@@ -54,7 +55,7 @@ pub struct Consensus {
     applied: watch::Receiver<Arc<AppliedState>>,
     view: watch::Receiver<Arc<View>>,
     settings: Settings,
-    lease: Arc<crate::lease::LeaseService>,
+    lease: Arc<dyn LeaseGranter>,
     membership_busy: bool,
 }
 
@@ -85,7 +86,7 @@ impl Consensus {
         applied: watch::Receiver<Arc<AppliedState>>,
         view: watch::Receiver<Arc<View>>,
         settings: Settings,
-        lease: Arc<crate::lease::LeaseService>,
+        lease: Arc<dyn LeaseGranter>,
     ) -> Consensus {
         Consensus { raft, transport, applied, view, settings, lease, membership_busy: false }
     }
@@ -144,21 +145,28 @@ impl Handler<InboundRaft> for Consensus {
     type Result = ();
 
     fn handle(&mut self, msg: InboundRaft, _: &mut Context<Self>) {
-        if let RaftRequest::Lease(req) = &msg.request {
-            let _ = msg.reply.send(RaftResponse::Lease(self.lease.grant(req)));
-            return;
+        // Decoded here, not in the transport (which knows no protocol above it): a request that
+        // does not decode closes the connection to its sender, and the reply is dropped.
+        let request: RaftRequest = match wire::decode(&msg.request) {
+            Ok(r) => r,
+            Err(e) => return self.transport.malformed(msg.from, &e),
+        };
+        let reply = move |resp: RaftResponse| {
+            let _ = msg.reply.send(wire::encode(&resp));
+        };
+        if let RaftRequest::Lease(req) = &request {
+            return reply(RaftResponse::Lease(self.lease.grant(req)));
         }
-        if let RaftRequest::Elect = &msg.request {
+        if let RaftRequest::Elect = &request {
             let accepted = super::handover::from_leader(&self.raft, &msg.from);
             if accepted {
                 actix::spawn(super::handover::stand_for_election(self.raft.clone()));
             }
-            let _ = msg.reply.send(RaftResponse::Elect(accepted));
-            return;
+            return reply(RaftResponse::Elect(accepted));
         }
         let raft = self.raft.clone();
         actix::spawn(async move {
-            let resp = match msg.request {
+            let resp = match request {
                 RaftRequest::Lease(_) | RaftRequest::Elect => unreachable!("answered above"),
                 RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
                 RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
@@ -167,7 +175,7 @@ impl Handler<InboundRaft> for Consensus {
                     RaftResponse::ClientWrite(raft.client_write(cmd).await.map(|r| r.data))
                 }
             };
-            let _ = msg.reply.send(resp);
+            reply(resp);
         });
     }
 }
@@ -184,7 +192,7 @@ impl Handler<Propose> for Consensus {
                 Err(RE::APIError(CWE::ForwardToLeader(fwd))) => {
                     let node: RaftNode = fwd.leader_node.ok_or(ProposeError::NoLeader)?;
                     let (peer, addrs) = parse_peer(&node.peer_id, &node.addrs)?;
-                    match transport.raft(peer, addrs, RaftRequest::ClientWrite(msg.0)).await? {
+                    match rpc::call(&transport, peer, addrs, &RaftRequest::ClientWrite(msg.0)).await? {
                         RaftResponse::ClientWrite(r) => Ok(r?),
                         _ => Err(ProposeError::Unexpected),
                     }

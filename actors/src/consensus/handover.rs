@@ -13,10 +13,10 @@ use std::time::Duration;
 use libp2p::PeerId;
 use tracing::{info, warn};
 
+use super::rpc::{self, RaftRequest, RaftResponse};
 use super::types::Raft;
 use crate::transport::{self, parse_peer};
 use crate::types::NodeId;
-use crate::wire::{RaftRequest, RaftResponse};
 
 /// Whether an `Elect` request from `from` comes from the leader this node follows (only the
 /// leader may hand over its leadership; anybody else asking would just disrupt the group).
@@ -75,7 +75,7 @@ pub async fn hand_over(raft: &Raft, transport: &transport::Handle, timeout: Dura
     info!(node = %me, to = %target, "leaving as Raft leader: handing leadership over");
     let started = std::time::Instant::now();
     raft.runtime_config().heartbeat(false);
-    let asked = tokio::time::timeout(timeout, transport.raft(peer, addrs, RaftRequest::Elect)).await;
+    let asked = tokio::time::timeout(timeout, rpc::call(transport, peer, addrs, &RaftRequest::Elect)).await;
     if !matches!(asked, Ok(Ok(RaftResponse::Elect(true)))) {
         warn!(node = %me, to = %target, "leadership handover refused or unanswered");
         raft.runtime_config().heartbeat(true);

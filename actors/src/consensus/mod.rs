@@ -10,6 +10,7 @@ pub mod auto;
 pub mod handover;
 pub mod map_view;
 mod network;
+pub mod rpc;
 mod state_machine;
 pub mod store;
 pub mod types;

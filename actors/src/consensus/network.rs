@@ -7,10 +7,10 @@ use openraft::raft::{
     VoteResponse,
 };
 
+use super::rpc::{self, RaftRequest, RaftResponse};
 use super::types::{RaftError, RaftNode, RpcError, TypeConfig};
 use crate::transport::{self, parse_peer};
 use crate::types::NodeId;
-use crate::wire::{RaftRequest, RaftResponse};
 
 /// Makes a [`Conn`] per target node.
 pub(crate) struct Network {
@@ -47,7 +47,7 @@ impl Conn {
     ) -> Result<RaftResponse, RpcError<E>> {
         let (peer, addrs) = parse_peer(&self.node.peer_id, &self.node.addrs)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        match tokio::time::timeout(option.hard_ttl(), self.transport.raft(peer, addrs, req)).await {
+        match tokio::time::timeout(option.hard_ttl(), rpc::call(&self.transport, peer, addrs, &req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e @ transport::Error::Request { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&e))),

@@ -8,12 +8,11 @@ use tracing::{debug, info, warn};
 
 use super::core::{may_grant, Holder, Table};
 use super::{Clock, Config, LeaseReply, LeaseRequest};
+use crate::consensus::rpc::{self, LeaseGranter, RaftRequest, RaftResponse};
 use crate::consensus::types::Raft;
 use crate::consensus::AppliedState;
-use crate::serving::Ownership;
 use crate::transport::{self, parse_peer};
 use crate::types::NodeId;
-use crate::wire::{RaftRequest, RaftResponse};
 
 /// The leader's side: grants renewals (CheckQuorum) and knows whose leases have surely run out.
 pub struct LeaseService {
@@ -108,25 +107,35 @@ impl LeaseService {
     }
 }
 
+/// Where the keeper publishes until when this node may serve.
+pub type Publish = Arc<dyn Fn(Option<Instant>) + Send + Sync>;
+
+impl LeaseGranter for LeaseService {
+    fn grant(&self, request: &LeaseRequest) -> LeaseReply {
+        LeaseService::grant(self, request)
+    }
+}
+
 /// Renews this node's lease every L/3 (and at once when the leader changes), and publishes
-/// until when it may serve on `ownership` and on the returned watch.
+/// until when it may serve through `publish` (the serving table, a layer above: it is told
+/// first, synchronously) and on the returned watch.
 pub(crate) fn spawn(
     svc: Arc<LeaseService>,
     local: NodeId,
-    ownership: Arc<Ownership>,
+    publish: Publish,
     transport: transport::Handle,
     applied: watch::Receiver<Arc<AppliedState>>,
     arbiter: &actix::ArbiterHandle,
 ) -> watch::Receiver<Option<Instant>> {
     let (tx, rx) = watch::channel(None);
-    arbiter.spawn(run(svc, local, ownership, transport, applied, tx));
+    arbiter.spawn(run(svc, local, publish, transport, applied, tx));
     rx
 }
 
 async fn run(
     svc: Arc<LeaseService>,
     local: NodeId,
-    ownership: Arc<Ownership>,
+    publish: Publish,
     transport: transport::Handle,
     mut applied: watch::Receiver<Arc<AppliedState>>,
     lease: watch::Sender<Option<Instant>>,
@@ -168,7 +177,7 @@ async fn run(
         }
         let index = applied.borrow().last_applied.map_or(0, |l| l.index);
         let until = holder.serving_until(index).filter(|u| *u > clock.now());
-        ownership.set_lease(until);
+        publish(until);
         lease.send_if_modified(|cur| {
             let changed = *cur != until;
             *cur = until;
@@ -183,7 +192,7 @@ async fn run(
             }
         }
     }
-    ownership.set_lease(None);
+    publish(None);
     let _ = lease.send(None);
 }
 
@@ -211,7 +220,7 @@ fn renew(
     let Ok((peer, addrs)) = parse_peer(&node.peer_id, &node.addrs) else { return };
     let (transport, done, timeout) = (transport.clone(), done.clone(), svc.cfg.renew_every());
     actix::spawn(async move {
-        match tokio::time::timeout(timeout, transport.raft(peer, addrs, RaftRequest::Lease(req))).await {
+        match tokio::time::timeout(timeout, rpc::call(&transport, peer, addrs, &RaftRequest::Lease(req))).await {
             Ok(Ok(RaftResponse::Lease(reply))) => {
                 let _ = done.try_send((sent, reply));
             }

@@ -24,10 +24,7 @@ use std::time::Duration;
 
 pub use clock::{monotonic_ns, Clock, SkewedClock, SystemClock};
 pub use core::{may_grant, Holder, Table};
-pub use keeper::LeaseService;
-use serde::{Deserialize, Serialize};
-
-use crate::types::NodeId;
+pub use keeper::{LeaseService, Publish};
 
 /// Lease timings (L, ρ, G and the serving margin δ).
 #[derive(Clone, Debug)]
@@ -109,52 +106,4 @@ pub enum ConfigError {
     },
 }
 
-/// A renewal, sent by a node to the Raft leader it knows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseRequest {
-    /// The renewing node.
-    pub node: NodeId,
-    /// The Raft term the node is in; a leader of another term refuses.
-    pub term: u64,
-}
-
-/// The leader's answer to a [`LeaseRequest`]. ONLY APPEND.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LeaseReply {
-    /// Granted: valid for L from when the request was sent, once the node applied `min_applied`.
-    Granted {
-        /// The leader's applied log index when it granted.
-        min_applied: u64,
-    },
-    /// Refused: not the leader, another term, or no quorum heard recently.
-    Refused {
-        /// Why.
-        reason: Refusal,
-    },
-}
-
-/// Why a leader refused a renewal. ONLY APPEND.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The receiver does not lead the Raft group.
-    #[error("not the leader")]
-    NotLeader,
-    /// The receiver leads another term than the renewal's.
-    #[error("leader of term {leader}, request of term {request}")]
-    OtherTerm {
-        /// The leader's term.
-        leader: u64,
-        /// The renewal's term.
-        request: u64,
-    },
-    /// No quorum acknowledged the leader within the window (CheckQuorum).
-    #[error("no quorum heard for {0:?}")]
-    NoQuorum(Duration),
-    /// No quorum has acknowledged the leader yet.
-    #[error("no quorum has acknowledged this leader yet")]
-    NoQuorumYet,
-    /// The node's lease ran out and its shards are being moved.
-    #[error("its lease ran out and its shards are being moved")]
-    Fenced,
-}
+pub use crate::consensus::rpc::{LeaseReply, LeaseRequest, Refusal};

@@ -1,11 +1,12 @@
-//! The request-response codec for Raft RPCs: length-prefixed rmp-serde frames (see `wire`).
+//! The request-response codec for Raft RPCs: length-prefixed frames (see `wire`), carried as
+//! bytes; the Raft protocol above decodes them (`consensus::rpc`).
 
 use std::io;
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 
-use crate::wire::{self, RaftRequest, RaftResponse};
+use crate::wire;
 
 /// An inbound request as the codec read it.
 ///
@@ -14,11 +15,11 @@ use crate::wire::{self, RaftRequest, RaftResponse};
 /// with a debug log and no peer id, and we must count the frame and drop that peer.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    Request(RaftRequest),
+    Request(Vec<u8>),
     Malformed(io::Error),
 }
 
-/// Encodes [`RaftRequest`]s and [`RaftResponse`]s, refusing frames over `max_frame`.
+/// Frames Raft requests and responses, refusing frames over `max_frame`.
 #[derive(Clone)]
 pub(crate) struct RaftCodec {
     pub(crate) max_frame: usize,
@@ -27,24 +28,24 @@ pub(crate) struct RaftCodec {
 impl libp2p::request_response::Codec for RaftCodec {
     type Protocol = StreamProtocol;
     type Request = Inbound;
-    type Response = RaftResponse;
+    type Response = Vec<u8>;
 
     async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Inbound>
     where
         T: AsyncRead + Unpin + Send,
     {
-        match wire::read_frame(io, self.max_frame).await.and_then(|f| wire::decode(&f)) {
+        match wire::read_frame(io, self.max_frame).await {
             Ok(req) => Ok(Inbound::Request(req)),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Inbound::Malformed(e)),
             Err(e) => Err(e),
         }
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RaftResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        wire::decode(&wire::read_frame(io, self.max_frame).await?)
+        wire::read_frame(io, self.max_frame).await
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Inbound) -> io::Result<()>
@@ -52,17 +53,17 @@ impl libp2p::request_response::Codec for RaftCodec {
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            Inbound::Request(req) => wire::write_frame(io, &wire::encode(&req)).await,
+            Inbound::Request(req) => wire::write_frame(io, &req).await,
             Inbound::Malformed(_) => {
                 Err(io::Error::new(io::ErrorKind::InvalidInput, "a malformed request is never sent"))
             }
         }
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: RaftResponse) -> io::Result<()>
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        wire::write_frame(io, &wire::encode(&res)).await
+        wire::write_frame(io, &res).await
     }
 }

@@ -19,9 +19,9 @@ use tracing::{debug, info, warn};
 use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::codec::Inbound;
 use super::{Command, Config, Error, Event, Handle, InboundRaft, Outputs, Stats};
-use crate::wire::{self, Gossip, RaftRequest, RaftResponse};
+use crate::wire::{self, Gossip};
 
-type Reply = BoxFuture<'static, (PeerId, ResponseChannel<RaftResponse>, Option<RaftResponse>)>;
+type Reply = BoxFuture<'static, (PeerId, ResponseChannel<Vec<u8>>, Option<Vec<u8>>)>;
 
 /// Capacity of the command channel into the transport.
 const COMMAND_CAPACITY: usize = 1024;
@@ -34,7 +34,7 @@ pub struct Transport {
     stats: Arc<Stats>,
     topic: gossipsub::IdentTopic,
     rx: mpsc::Receiver<Command>,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<RaftResponse, Error>>>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, Error>>>,
     replies: FuturesUnordered<Reply>,
     /// Peers whose identify confirmed they are of this cluster.
     members: HashSet<PeerId>,
@@ -154,7 +154,7 @@ impl Transport {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Raft { peer, addrs, request, reply } => self.send_raft(peer, addrs, *request, reply),
+            Command::Raft { peer, addrs, request, reply } => self.send_raft(peer, addrs, request, reply),
             Command::Publish(bytes) => {
                 let topic = self.topic.clone();
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -183,8 +183,8 @@ impl Transport {
         &mut self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
-        request: RaftRequest,
-        reply: oneshot::Sender<Result<RaftResponse, Error>>,
+        request: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
     ) {
         if !self.swarm.is_connected(&peer) {
             self.dial_peer(peer, addrs);
@@ -228,7 +228,7 @@ impl Transport {
         }
     }
 
-    fn on_reply(&mut self, peer: PeerId, channel: ResponseChannel<RaftResponse>, resp: Option<RaftResponse>) {
+    fn on_reply(&mut self, peer: PeerId, channel: ResponseChannel<Vec<u8>>, resp: Option<Vec<u8>>) {
         match resp {
             Some(resp) => {
                 if self.swarm.behaviour_mut().raft.send_response(channel, resp).is_err() {
@@ -339,7 +339,7 @@ impl Transport {
         );
     }
 
-    fn on_raft(&mut self, e: request_response::Event<Inbound, RaftResponse>) {
+    fn on_raft(&mut self, e: request_response::Event<Inbound, Vec<u8>>) {
         use request_response::{Event as E, Message as M};
         match e {
             E::Message { peer, message: M::Request { request: Inbound::Request(request), channel, .. }, .. } => {
@@ -372,7 +372,7 @@ impl Transport {
         }
     }
 
-    fn on_raft_request(&mut self, from: PeerId, request: RaftRequest, channel: ResponseChannel<RaftResponse>) {
+    fn on_raft_request(&mut self, from: PeerId, request: Vec<u8>, channel: ResponseChannel<Vec<u8>>) {
         let (reply, rx) = oneshot::channel();
         match self.out.raft.try_send(InboundRaft { from, request, reply }) {
             Ok(()) => self.replies.push(Box::pin(async move { (from, channel, rx.await.ok()) })),

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::faults::{Fate, FaultPlan, MessageFaults};
 use crate::types::ClusterName;
-use crate::wire::{Heartbeat, RaftRequest, RaftResponse};
+use crate::wire::Heartbeat;
 
 /// Transport settings.
 #[derive(Clone)]
@@ -99,31 +99,20 @@ pub enum Event {
 pub struct InboundRaft {
     /// The sender.
     pub from: PeerId,
-    /// The request.
-    pub request: RaftRequest,
-    /// Where the response goes; dropping it fails the peer's request.
-    pub reply: oneshot::Sender<RaftResponse>,
+    /// The request: one frame of the Raft protocol, not yet decoded (`consensus::rpc`).
+    pub request: Vec<u8>,
+    /// Where the encoded response goes; dropping it fails the peer's request.
+    pub reply: oneshot::Sender<Vec<u8>>,
 }
 
 /// Commands to the transport.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Raft {
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        request: Box<RaftRequest>,
-        reply: oneshot::Sender<Result<RaftResponse, Error>>,
-    },
+    Raft { peer: PeerId, addrs: Vec<Multiaddr>, request: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, Error>> },
     Publish(Vec<u8>),
-    Dial {
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-    },
+    Dial { peer: PeerId, addrs: Vec<Multiaddr> },
     Disconnect(PeerId),
-    Block {
-        peer: PeerId,
-        blocked: bool,
-    },
+    Block { peer: PeerId, blocked: bool },
     Shutdown,
 }
 
@@ -152,6 +141,12 @@ pub enum Error {
     /// The fault injector dropped the request (it was never sent).
     #[error("request dropped by fault injection")]
     Dropped,
+    /// The peer's answer did not decode; the connection to it was closed.
+    #[error("malformed answer from {peer}")]
+    Malformed {
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 /// Counters the transport keeps; read by the dashboard and metrics.
@@ -229,8 +224,9 @@ impl Handle {
         &self.faults
     }
 
-    /// Sends a Raft RPC to `peer` (dialing `addrs` if not connected) and waits for its response.
-    pub async fn raft(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest) -> Result<RaftResponse, Error> {
+    /// Sends one encoded Raft RPC to `peer` (dialing `addrs` if not connected) and waits for its
+    /// encoded response (see `consensus::rpc::call`).
+    pub async fn raft(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: Vec<u8>) -> Result<Vec<u8>, Error> {
         match self.faults.fate() {
             None => self.raft_now(peer, addrs, request).await,
             Some(Fate::Drop) => {
@@ -251,9 +247,9 @@ impl Handle {
         }
     }
 
-    async fn raft_now(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: RaftRequest) -> Result<RaftResponse, Error> {
+    async fn raft_now(&self, peer: PeerId, addrs: Vec<Multiaddr>, request: Vec<u8>) -> Result<Vec<u8>, Error> {
         let (reply, rx) = oneshot::channel();
-        self.try_command(Command::Raft { peer, addrs, request: Box::new(request), reply })?;
+        self.try_command(Command::Raft { peer, addrs, request, reply })?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -282,6 +278,14 @@ impl Handle {
     /// Closes every connection to `peer` (after it sent something malformed).
     pub fn disconnect(&self, peer: PeerId) {
         let _ = self.try_command(Command::Disconnect(peer));
+    }
+
+    /// `peer` sent a frame that does not decode (found by a protocol above the transport):
+    /// counted with the transport's malformed frames, and every connection to it closed.
+    pub fn malformed(&self, peer: PeerId, error: &dyn std::fmt::Display) {
+        Stats::bump(&self.stats.malformed_frames);
+        tracing::warn!(%peer, %error, "malformed frame: closing the connection to this peer");
+        self.disconnect(peer);
     }
 
     /// Fault injection (and an operator's tool): closes every connection to `peer` and refuses

@@ -1,0 +1,60 @@
+//! The gossip protocol (topic `clusterfunk/<key>/<env>/members`). ONLY APPEND.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ClusterName, NodeMeta};
+
+/// A gossip message (topic `clusterfunk/<key>/<env>/members`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gossip {
+    /// A node announcing itself; sent every heartbeat interval.
+    Heartbeat(Heartbeat),
+}
+
+/// A node's periodic announcement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's cluster; messages from another cluster are dropped and counted.
+    pub cluster: ClusterName,
+    /// The sender's metadata.
+    pub meta: NodeMeta,
+    /// Increases with every heartbeat of one process run.
+    pub seq: u64,
+    /// Random per process run: a restart is a new incarnation.
+    pub incarnation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::NodeId;
+    use crate::wire::{decode, encode};
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn heartbeat() -> Gossip {
+        Gossip::Heartbeat(Heartbeat {
+            cluster: ClusterName::new("shop", "dev"),
+            meta: NodeMeta {
+                id: NodeId(1),
+                peer_id: "p".into(),
+                addrs: vec![],
+                weight: 1,
+                workers: 2,
+                zone: None,
+                dashboard: None,
+            },
+            seq: 3,
+            incarnation: 4,
+        })
+    }
+
+    #[test]
+    fn gossip_round_trip_and_golden() {
+        let bytes = encode(&heartbeat());
+        assert_eq!(decode::<Gossip>(&bytes).unwrap(), heartbeat());
+        assert_eq!(hex(&bytes), "81a94865617274626561749492a473686f70a36465769701a170900102c0c00304");
+    }
+}
