@@ -54,6 +54,24 @@ impl Handler<Passivate> for Fragile {
     }
 }
 
+/// Waits 100 ms inside the context (an `AtomicResponse`), then sets the count to 100: no other
+/// message may run meanwhile.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "u64")]
+struct Hold;
+
+impl Handler<Hold> for Fragile {
+    type Result = AtomicResponse<Self, u64>;
+    fn handle(&mut self, _: Hold, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(Box::pin(
+            actix::fut::wrap_future::<_, Self>(tokio::time::sleep(Duration::from_millis(100))).map(|_, act, _| {
+                act.0 = 100;
+                act.0
+            }),
+        ))
+    }
+}
+
 fn builder(dir: &std::path::Path) -> clusterfunk::Builder {
     Cluster::builder()
         .name("lifecycle")
@@ -98,6 +116,27 @@ async fn panic_fails_one_call_and_the_next_gets_a_fresh_instance() {
     };
     assert_eq!(after, 1, "re-created after stopping itself");
     assert!(c.status().traffic.activations >= 3);
+    c.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_waiting_handler_holds_back_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = builder(dir.path())
+        .entity::<Fragile>(|e| e.handles::<Inc>().handles::<Hold>())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    c.wait_until(Duration::from_secs(30), "a complete map", |s| s.shard_map.epoch > 0 && s.shard_map.unassigned == 0)
+        .await
+        .unwrap();
+    let f = c.sharded::<Fragile>();
+    let k = "w".to_string();
+    let (hold, inc) = futures::join!(f.send(&k, Hold), f.send(&k, Inc));
+    assert_eq!(hold.unwrap(), 100);
+    assert_eq!(inc.unwrap(), 101, "the next message ran only after the atomic handler finished");
     c.shutdown().await;
 }
 

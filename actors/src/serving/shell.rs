@@ -98,6 +98,15 @@ pub(crate) async fn run(counters: Arc<Counters>, mut io: Inputs) {
     debug!("serving task stopped");
 }
 
+/// `fut`, with a panic in it logged instead of ending the serving task (a dead serving task
+/// would leave this node's handoffs unconfirmed while its lease lives).
+async fn guarded(fut: BoxFuture<'static, ()>, what: &'static str) {
+    use futures::FutureExt;
+    if std::panic::AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+        error!(what, "panicked; the shard proceeds without it");
+    }
+}
+
 struct Shell {
     counters: Arc<Counters>,
     hooks: Arc<dyn ShardHooks>,
@@ -161,7 +170,7 @@ impl Shell {
     /// let two instances of a key run at once. A stop slower than the hook budget is logged and
     /// counted; after [`FORCE_STOP`] the instance is abandoned (see there).
     async fn stop_entities(&self, shards: Vec<ShardId>) {
-        let stops = join_all(shards.iter().map(|s| self.hooks.stop_entities(*s)));
+        let stops = join_all(shards.iter().map(|s| guarded(self.hooks.stop_entities(*s), "entity stop")));
         tokio::pin!(stops);
         let started = tokio::time::Instant::now();
         loop {
@@ -184,7 +193,7 @@ impl Shell {
     async fn run_hooks(&self, changes: Vec<ShardChange>) {
         let budget = self.io.budget;
         let runs = changes.into_iter().map(|c| {
-            let fut = self.hooks.on_change(c.clone());
+            let fut = guarded(self.hooks.on_change(c.clone()), "shard hook");
             async move {
                 if tokio::time::timeout(budget, fut).await.is_err() {
                     self.counters.hooks_overrun.fetch_add(1, Ordering::Relaxed);
@@ -197,6 +206,9 @@ impl Shell {
 
     fn confirm(&self, shards: Vec<(ShardId, Epoch)>) {
         let local = self.io.ownership.local();
+        for (s, e) in &shards {
+            self.io.ownership.mark_released(*s, *e);
+        }
         let send = self.io.consensus.send(Propose(Command::Released { node: local, shards: shards.clone() }));
         // Not awaited: the next observation must not wait on a Raft round trip. A confirmation
         // that fails goes back to the core, which confirms again (the leader releases a live

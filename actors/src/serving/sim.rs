@@ -29,6 +29,8 @@ use crate::state::{ClusterState, Command};
 use crate::types::{ClusterName, Epoch, NodeId, NodeMeta, ShardId};
 
 const MS: u64 = 1_000_000;
+/// The force-stop time of the simulated shell: shorter than the longest handlers.
+const FORCE_STOP: u64 = 150 * MS;
 
 /// A node's clock: true simulated time times its rate.
 struct SimClock {
@@ -54,6 +56,9 @@ struct Mutation {
     ignore_min_applied: bool,
     /// Handlers are acknowledged even when the lease ran out while they ran.
     ack_always: bool,
+    /// A confirmed handoff does not mark the shard released in the table (so a handler whose
+    /// stop was abandoned after the force-stop time is still acknowledged).
+    no_release_mark: bool,
 }
 
 enum Msg {
@@ -101,8 +106,11 @@ struct SimNode {
     /// Admitted messages waiting to run: (shard, admitted epoch, run at, lease token).
     admitted: Vec<(ShardId, Epoch, u64, u64)>,
     running: Vec<Exec>,
-    /// Entity stops waiting for running handlers of these shards.
+    /// Entity stops waiting for running handlers of these shards, since when.
     stopping: Vec<ShardId>,
+    stop_began: u64,
+    /// Shards whose stop was abandoned after the force-stop time (their handlers still run).
+    abandoned: Vec<ShardId>,
     last_epoch: BTreeMap<ShardId, Epoch>,
     /// How likely it applies the next entry in a step (a slow follower is low).
     apply_p: f64,
@@ -175,6 +183,8 @@ impl World {
                 admitted: Vec::new(),
                 running: Vec::new(),
                 stopping: Vec::new(),
+                stop_began: 0,
+                abandoned: Vec::new(),
                 last_epoch: BTreeMap::new(),
                 apply_p: rng.gen_range(0.02..0.7),
                 observed: None,
@@ -363,7 +373,7 @@ impl World {
         let (done, running): (Vec<Exec>, Vec<Exec>) = node.running.drain(..).partition(|e| e.end <= now);
         node.running = running;
         for e in done {
-            if self.mutation.ack_always || node.own.lease_held_since(e.token) {
+            if self.mutation.ack_always || node.own.may_answer(e.shard, e.epoch, e.token) {
                 self.acked.entry(e.shard).or_default().push((e.start, e.end, i, e.epoch));
             }
         }
@@ -393,11 +403,16 @@ impl World {
         if self.nodes[i].busy_until > now {
             return;
         }
-        // An entity stop ends when no handler of its shards runs any more.
+        // An entity stop ends when no handler of its shards runs any more, or is abandoned after
+        // the force-stop time (scaled down here so handlers outlast it).
         if !self.nodes[i].stopping.is_empty() {
             let node = &mut self.nodes[i];
             if node.running.iter().any(|e| node.stopping.contains(&e.shard)) {
-                return;
+                if now < node.stop_began + FORCE_STOP {
+                    return;
+                }
+                let stopping = node.stopping.clone();
+                node.abandoned.extend(stopping);
             }
             node.stopping.clear();
         }
@@ -425,6 +440,7 @@ impl World {
                 }
                 Effect::StopEntities(shards) => {
                     self.nodes[i].stopping = shards;
+                    self.nodes[i].stop_began = now;
                     self.nodes[i].busy_until = now + self.rng.gen_range(0..10 * MS);
                     return;
                 }
@@ -434,8 +450,11 @@ impl World {
                 }
                 Effect::ConfirmReleased(shards) => {
                     let node = &self.nodes[i];
-                    for (s, _) in &shards {
-                        if node.running.iter().any(|e| e.shard == *s) {
+                    for (s, e) in &shards {
+                        if !self.mutation.no_release_mark {
+                            node.own.mark_released(*s, *e);
+                        }
+                        if node.running.iter().any(|e| e.shard == *s) && !node.abandoned.contains(s) {
                             self.violations.push(format!(
                                 "t={}ms node {} confirmed the handoff of shard {s} while a handler of it ran",
                                 now / MS,
@@ -587,5 +606,12 @@ fn a_node_that_serves_before_catching_up_is_caught() {
 fn acknowledging_after_a_lease_lapse_is_caught() {
     let found = explore(0..600, Mutation { ack_always: true, ..Mutation::default() }, 4000 * MS);
     let (_, v) = found.expect("an answer given after the lease ran out must be caught");
+    assert!(v.contains("overlap"), "{v}");
+}
+
+#[test]
+fn acknowledging_an_abandoned_handler_after_its_handoff_is_caught() {
+    let found = explore(0..600, Mutation { no_release_mark: true, ..Mutation::default() }, 4000 * MS);
+    let (_, v) = found.expect("a handler abandoned by its stop and answered after the handoff must be caught");
     assert!(v.contains("overlap"), "{v}");
 }

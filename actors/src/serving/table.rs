@@ -31,6 +31,10 @@ pub struct Ownership {
     active: OnceLock<Box<[AtomicU64]>>,
     /// Per shard: the highest epoch seen (map or message).
     seen: OnceLock<Box<[AtomicU64]>>,
+    /// Per shard: the highest handoff epoch this node confirmed (`Released`): a handler admitted
+    /// under an older epoch that still runs then (abandoned after the force-stop time) is not
+    /// acknowledged.
+    released: OnceLock<Box<[AtomicU64]>>,
     journal: Option<Arc<dyn Journal>>,
     rejected: AtomicU64,
     /// The map of the last applied Raft entry; revocations (on apply) and activations take
@@ -59,6 +63,7 @@ impl Ownership {
             lapses: AtomicU64::new(0),
             active: OnceLock::new(),
             seen: OnceLock::new(),
+            released: OnceLock::new(),
             journal,
             rejected: AtomicU64::new(0),
             applied_map: Mutex::new(None),
@@ -83,6 +88,25 @@ impl Ownership {
     pub fn init(&self, shards: u32) {
         Self::slots(&self.active, shards);
         Self::slots(&self.seen, shards);
+        Self::slots(&self.released, shards);
+    }
+
+    /// This node is about to confirm the handoff of `shard` at `epoch`: from now on an answer
+    /// for a message admitted under an older epoch is withheld ([`Self::may_answer`]).
+    pub fn mark_released(&self, shard: ShardId, epoch: Epoch) {
+        if let Some(slot) = self.released.get().and_then(|r| r.get(shard.0 as usize)) {
+            slot.fetch_max(epoch.0, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether a handler of `shard` admitted under `admitted` with lease token `token` may be
+    /// acknowledged now: the lease never ran out since (no takeover by the lease rule can have
+    /// happened) and this node has not confirmed a handoff of the shard since (no planned move
+    /// can have completed: that happens only when a stop was abandoned after the force-stop time).
+    pub fn may_answer(&self, shard: ShardId, admitted: Epoch, token: u64) -> bool {
+        let released =
+            self.released.get().and_then(|r| r.get(shard.0 as usize)).map_or(0, |a| a.load(Ordering::Acquire));
+        self.lease_held_since(token) && released <= admitted.0
     }
 
     /// Sets the end of the usable lease (`None`: no lease).

@@ -82,8 +82,19 @@ impl ShardManager {
         let leader_for = self.lease.leader_for();
         // Whose lease ran out, asked once per member per tick (the core asks per shard). Those
         // nodes are fenced (no renewal granted) until the decision below is in the log or dropped.
+        // Members, and the old owners of pending handoffs (one that is no longer a member must
+        // still be released on the lease rule).
         let expired: BTreeSet<NodeId> = match leader_for {
-            Some(_) => applied.state.members.keys().copied().filter(|n| self.lease.fence_expired(*n)).collect(),
+            Some(_) => applied
+                .state
+                .members
+                .keys()
+                .chain(applied.state.handoffs.values().map(|h| &h.from))
+                .copied()
+                .collect::<BTreeSet<NodeId>>()
+                .into_iter()
+                .filter(|n| self.lease.fence_expired(*n))
+                .collect(),
             None => BTreeSet::new(),
         };
         let decision = self.core.tick(Instant::now(), leader_for, &applied.state, |n| expired.contains(&n));

@@ -70,17 +70,47 @@ pub fn fencing_epoch() -> Option<Epoch> {
     FENCING_EPOCH.with(|c| c.get())
 }
 
+/// Sets the fencing epoch for the handler running on this thread and clears it when dropped,
+/// even if the handler panics.
+struct FencingEpoch;
+
+impl FencingEpoch {
+    fn set(epoch: Epoch) -> FencingEpoch {
+        FENCING_EPOCH.with(|c| c.set(Some(epoch)));
+        FencingEpoch
+    }
+}
+
+impl Drop for FencingEpoch {
+    fn drop(&mut self) {
+        FENCING_EPOCH.with(|c| c.set(None));
+    }
+}
+
 struct Slot<E: ShardedActor> {
     jobs: mpsc::Sender<Job<E>>,
     shard: ShardId,
     last_used: Arc<AtomicU64>,
+    /// Calls of `deliver` waiting on this instance: it is not passivated while there are any.
+    in_flight: Arc<AtomicU64>,
     /// Resolves (with an error) once the instance's context was dropped: it stopped.
     stopped: oneshot::Receiver<()>,
+}
+
+/// Counts one call in flight on a slot for as long as it lives.
+struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The instances of `E` on this node.
 pub(crate) struct EntityHost<E: ShardedActor> {
     entities: DashMap<E::Key, Slot<E>>,
+    /// Instances passivated and perhaps still stopping: a stop of their shard waits for them too.
+    retired: std::sync::Mutex<Vec<(ShardId, oneshot::Receiver<()>)>>,
     arbiters: Arc<[ArbiterHandle]>,
     node: NodeId,
     ownership: Arc<Ownership>,
@@ -106,6 +136,7 @@ impl<E: ShardedActor> EntityHost<E> {
     pub(crate) fn new(arbiters: Arc<[ArbiterHandle]>, node: NodeId, ownership: Arc<Ownership>, idle: Duration) -> Self {
         EntityHost {
             entities: DashMap::new(),
+            retired: std::sync::Mutex::new(Vec::new()),
             arbiters,
             node,
             ownership,
@@ -120,22 +151,41 @@ impl<E: ShardedActor> EntityHost<E> {
     }
 
     /// The inbox of the live instance for `key`, created on its shard's arbiter if there is
-    /// none. Two first messages racing create one instance: the map entry is locked while it is
-    /// created (no `.await` happens under it).
-    fn inbox(&self, key: &E::Key, shard: ShardId, admission: Admission) -> mpsc::Sender<Job<E>> {
+    /// none, with a count of this call in flight. Two first messages racing create one instance:
+    /// the map entry is locked while it is created (no `.await` happens under it). An instance is
+    /// created only while `admission` still holds, checked under that lock: a stop of the shard
+    /// (which deactivates it first, then removes its slots under the same locks) cannot miss an
+    /// instance created for it. `None`: the admission no longer holds.
+    fn inbox(&self, key: &E::Key, shard: ShardId, admission: Admission) -> Option<(mpsc::Sender<Job<E>>, InFlight)> {
         let now = self.now_ms();
+        let take = |s: &Slot<E>| {
+            s.last_used.store(now, Ordering::Relaxed);
+            s.in_flight.fetch_add(1, Ordering::AcqRel);
+            (s.jobs.clone(), InFlight(s.in_flight.clone()))
+        };
         if let Some(s) = self.entities.get(key) {
             if !s.jobs.is_closed() {
-                s.last_used.store(now, Ordering::Relaxed);
-                return s.jobs.clone();
+                return Some(take(&s));
             }
         }
-        let mut entry = self.entities.entry(key.clone()).or_insert_with(|| self.spawn(key, shard, admission, now));
-        if entry.jobs.is_closed() {
-            *entry = self.spawn(key, shard, admission, now);
+        match self.entities.entry(key.clone()) {
+            dashmap::Entry::Occupied(mut o) => {
+                if o.get().jobs.is_closed() {
+                    if !holds(&self.ownership, shard, admission) {
+                        return None;
+                    }
+                    o.insert(self.spawn(key, shard, admission, now));
+                }
+                Some(take(o.get()))
+            }
+            dashmap::Entry::Vacant(v) => {
+                if !holds(&self.ownership, shard, admission) {
+                    return None;
+                }
+                let slot = v.insert(self.spawn(key, shard, admission, now));
+                Some(take(&slot))
+            }
         }
-        entry.last_used.store(now, Ordering::Relaxed);
-        entry.jobs.clone()
     }
 
     fn spawn(&self, key: &E::Key, shard: ShardId, admission: Admission, now: u64) -> Slot<E> {
@@ -154,7 +204,7 @@ impl<E: ShardedActor> EntityHost<E> {
             E::from_key(&k, info)
         });
         self.activations.fetch_add(1, Ordering::Relaxed);
-        Slot { jobs, shard, last_used: Arc::new(AtomicU64::new(now)), stopped }
+        Slot { jobs, shard, last_used: Arc::new(AtomicU64::new(now)), in_flight: Arc::new(AtomicU64::new(0)), stopped }
     }
 
     /// Delivers `msg` to the instance for `key`, creating it if needed. The serving table is
@@ -174,6 +224,10 @@ impl<E: ShardedActor> EntityHost<E> {
         E: Handler<M>,
     {
         let token = self.ownership.lease_token();
+        let Some((jobs, _in_flight)) = self.inbox(key, shard, admission) else {
+            // The shard stopped here between admission and now: nothing was created or run.
+            return Err(Undelivered::Refused(self.ownership.not_owner(shard), msg));
+        };
         let (tx, rx) = oneshot::channel::<M::Output>();
         let (refuse_tx, mut refused) = oneshot::channel::<(Refusal, M)>();
         let own = self.ownership.clone();
@@ -185,20 +239,19 @@ impl<E: ShardedActor> EntityHost<E> {
                 let _ = refuse_tx.send((r, msg));
                 return;
             }
-            FENCING_EPOCH.with(|c| c.set(Some(admission.epoch())));
+            let _epoch = FencingEpoch::set(admission.epoch());
             let res = <E as Handler<M>>::handle(act, msg, ctx);
             res.handle(ctx, Some(tx));
-            FENCING_EPOCH.with(|c| c.set(None));
         });
-        let jobs = self.inbox(key, shard, admission);
         if jobs.send(job).await.is_err() {
             self.forget(key, &jobs);
             return Err(Undelivered::Failed(Refusal::EntityFailed));
         }
         match rx.await {
-            // Acknowledged only under a lease that never ran out since admission: otherwise a
-            // takeover may have happened while the handler ran.
-            Ok(out) if self.ownership.lease_held_since(token) => Ok(out),
+            // Acknowledged only under a lease that never ran out since admission (otherwise a
+            // takeover may have happened while the handler ran) and if no handoff of the shard
+            // was confirmed meanwhile (a stop abandoned after the force-stop time).
+            Ok(out) if self.may_answer(shard, admission, token) => Ok(out),
             Ok(_) => Err(Undelivered::Failed(Refusal::Indeterminate { shard })),
             Err(_) => match refused.try_recv() {
                 Ok((r, msg)) => Err(Undelivered::Refused(r, msg)),
@@ -214,6 +267,13 @@ impl<E: ShardedActor> EntityHost<E> {
         }
     }
 
+    fn may_answer(&self, shard: ShardId, admission: Admission, token: u64) -> bool {
+        match admission {
+            Admission::Owner(e) => self.ownership.may_answer(shard, e, token),
+            Admission::Replica(_) => self.ownership.lease_held_since(token),
+        }
+    }
+
     /// The shard `key` maps to under the applied map, once there is one.
     pub(crate) fn shard_of(&self, key: &E::Key) -> Option<ShardId> {
         let n = self.ownership.applied_map().map_or(0, |m| m.shard_count());
@@ -222,6 +282,15 @@ impl<E: ShardedActor> EntityHost<E> {
 
     fn forget(&self, key: &E::Key, jobs: &mpsc::Sender<Job<E>>) {
         self.entities.remove_if(key, |_, s| s.jobs.same_channel(jobs));
+    }
+}
+
+/// Whether `admission` still holds (no journal record: this decides whether to create an
+/// instance, not whether a message runs).
+fn holds(own: &Ownership, shard: ShardId, admission: Admission) -> bool {
+    match admission {
+        Admission::Owner(e) => own.serving_epoch(shard) == Some(e),
+        Admission::Replica(e) => own.check_replica(shard, e).is_ok(),
     }
 }
 
@@ -254,7 +323,9 @@ impl<E: ShardedActor> ActorFuture<E> for Inbox<E> {
             match this.rx.poll_recv(task) {
                 Poll::Ready(Some(job)) => {
                     job(act, ctx);
-                    if ctx.state().stopping() {
+                    // A handler that made the context wait (`ctx.wait`, `AtomicResponse`) or
+                    // stop: no other message runs until the context polls this again.
+                    if ctx.waiting() || ctx.state().stopping() {
                         return Poll::Pending;
                     }
                 }
@@ -277,8 +348,12 @@ impl<E: ShardedActor> HostControl for EntityHost<E> {
         // (the shard is no longer served: NotOwner), then the instance stops.
         let keys: Vec<E::Key> =
             self.entities.iter().filter(|s| s.value().shard == shard).map(|s| s.key().clone()).collect();
-        let stopping: Vec<oneshot::Receiver<()>> =
+        let mut stopping: Vec<oneshot::Receiver<()>> =
             keys.iter().filter_map(|k| self.entities.remove(k)).map(|(_, slot)| slot.stopped).collect();
+        let mut retired = self.retired.lock().expect("retired lock is never poisoned");
+        let (theirs, others): (Vec<_>, Vec<_>) = retired.drain(..).partition(|(s, _)| *s == shard);
+        *retired = others;
+        stopping.extend(theirs.into_iter().map(|(_, r)| r));
         Box::pin(async move {
             // Each receiver resolves (with an error) when its instance's context is dropped.
             for s in stopping {
@@ -289,7 +364,28 @@ impl<E: ShardedActor> HostControl for EntityHost<E> {
 
     fn passivate_idle(&self) {
         let cutoff = self.now_ms().saturating_sub(self.idle.as_millis() as u64);
-        self.entities.retain(|_, s| s.last_used.load(Ordering::Relaxed) >= cutoff && !s.jobs.is_closed());
+        let idle: Vec<E::Key> = self
+            .entities
+            .iter()
+            .filter(|s| {
+                let s = s.value();
+                s.jobs.is_closed()
+                    || (s.last_used.load(Ordering::Relaxed) < cutoff && s.in_flight.load(Ordering::Acquire) == 0)
+            })
+            .map(|s| s.key().clone())
+            .collect();
+        let mut retired = self.retired.lock().expect("retired lock is never poisoned");
+        // Those that stopped since the last round are done with.
+        retired.retain_mut(|(_, r)| matches!(r.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        for k in idle {
+            let gone = self.entities.remove_if(&k, |_, s| {
+                s.jobs.is_closed()
+                    || (s.last_used.load(Ordering::Relaxed) < cutoff && s.in_flight.load(Ordering::Acquire) == 0)
+            });
+            if let Some((_, slot)) = gone {
+                retired.push((slot.shard, slot.stopped));
+            }
+        }
     }
 
     fn len(&self) -> usize {
