@@ -1,4 +1,4 @@
-//! Message-level fault injection (DESIGN §9): delay, drop, duplication and reordering of what a
+//! Message-level fault injection (docs/architecture.md §11): delay, drop, duplication and reordering of what a
 //! node sends: Raft RPCs (lease renewals and forwarded commands included), gossip, and proxy
 //! requests. netem is not in the kernel of our hosts; this is where the lab gets those faults.
 //!

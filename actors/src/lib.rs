@@ -1,5 +1,5 @@
 //! Internal actors of [clusterfunk](https://docs.rs/clusterfunk): transport, membership,
-//! consensus and the shard manager, each a pure core plus an actix shell (shared/DESIGN.md §2).
+//! consensus and the shard manager, each a pure core plus an actix shell (docs/architecture.md §2).
 //!
 //! Users depend on the `clusterfunk` crate, which re-exports what they need; nothing here is a
 //! stable API.

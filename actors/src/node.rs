@@ -1,4 +1,4 @@
-//! One node: identity, data directory checks, and the actors wired together (DESIGN §2).
+//! One node: identity, data directory checks, and the actors wired together (docs/architecture.md §2).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -219,14 +219,14 @@ impl Node {
             .await
             .map_err(Box::new)?;
         if cfg.bootstrap {
-            let node = RaftNode { peer_id: peer.to_string(), addrs: vec![cfg.listen.to_string()] };
+            let node = RaftNode { peer_id: Some(peer), addrs: vec![cfg.listen.to_string()] };
             consensus::actor_bootstrap(&raft, id, node).await.map_err(Box::new)?;
             info!(node = %id, "bootstrapped a new cluster");
         }
 
         let meta = NodeMeta {
             id,
-            peer_id: peer.to_string(),
+            peer_id: Some(peer),
             addrs: Vec::new(),
             weight: cfg.weight,
             workers: cfg.workers,

@@ -39,7 +39,7 @@ pub enum Command {
         /// The node.
         id: NodeId,
     },
-    /// Starts planned moves (graceful handoff, DESIGN §4): each shard loses its owner (messages
+    /// Starts planned moves (graceful handoff, docs/architecture.md §7.5): each shard loses its owner (messages
     /// wait) until the old owner confirms it stopped ([`Command::Released`]), then goes to `to`.
     BeginHandoff {
         /// The map epoch the plan was computed from; a stale plan is refused.

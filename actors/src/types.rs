@@ -50,7 +50,7 @@ impl fmt::Display for ShardId {
     }
 }
 
-/// A fencing epoch: the Raft log index of the entry that assigned a shard (DESIGN §3).
+/// A fencing epoch: the Raft log index of the entry that assigned a shard (docs/architecture.md §7.4).
 ///
 /// Durable and monotonic: log indexes are never reused, even across restarts.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
@@ -108,18 +108,44 @@ impl fmt::Display for ClusterName {
 pub struct NodeMeta {
     /// The node's id.
     pub id: NodeId,
-    /// The node's libp2p peer id, in its base58 text form.
-    pub peer_id: String,
+    /// The node's libp2p peer id (`None`: not known). Typed here, so no reader parses it; on
+    /// the wire and on disk it is its base58 text, as it always was.
+    #[serde(with = "peer_text")]
+    pub peer_id: Option<libp2p::PeerId>,
     /// Multiaddresses the node listens on.
     pub addrs: Vec<String>,
     /// Relative capacity: shards are given in proportion to weight. At least 1.
     pub weight: u32,
-    /// Worker threads this node runs (the worker index of DESIGN §6).
+    /// Worker threads this node runs (for the worker index; docs/architecture.md §8).
     pub workers: u32,
     /// Optional failure zone; replicas go to distinct zones when zones are set.
     pub zone: Option<String>,
     /// `host:port` of the node's dashboard and API, if it serves one.
     pub dashboard: Option<String>,
+}
+
+/// A peer id as its base58 text (`""` for none): the format node metadata and Raft node records
+/// always had. Text that is not a peer id does not decode.
+pub mod peer_text {
+    use libp2p::PeerId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes `peer` as text.
+    pub fn serialize<S: Serializer>(peer: &Option<PeerId>, s: S) -> Result<S::Ok, S::Error> {
+        match peer {
+            Some(p) => s.serialize_str(&p.to_base58()),
+            None => s.serialize_str(""),
+        }
+    }
+
+    /// Parses the text form.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PeerId>, D::Error> {
+        let text: std::borrow::Cow<'de, str> = Deserialize::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why a node refused a message. ONLY APPEND.
@@ -168,4 +194,45 @@ pub enum Refusal {
         /// The shard.
         shard: ShardId,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `NodeMeta` as it was stored before the peer id was typed.
+    #[derive(Serialize)]
+    struct OldMeta {
+        id: NodeId,
+        peer_id: String,
+        addrs: Vec<String>,
+        weight: u32,
+        workers: u32,
+        zone: Option<String>,
+        dashboard: Option<String>,
+    }
+
+    fn old(peer_id: &str) -> Vec<u8> {
+        let m = OldMeta {
+            id: NodeId(1),
+            peer_id: peer_id.into(),
+            addrs: vec![],
+            weight: 1,
+            workers: 1,
+            zone: None,
+            dashboard: None,
+        };
+        rmp_serde::to_vec(&m).unwrap()
+    }
+
+    #[test]
+    fn a_typed_peer_id_reads_and_writes_the_text_form() {
+        let text = "12D3KooWCMQ8kvhesHFcJAmuMGijzh3aA9q6wkhEtB1XJLQZtjHF";
+        let meta: NodeMeta = rmp_serde::from_slice(&old(text)).unwrap();
+        assert_eq!(meta.peer_id, Some(text.parse().unwrap()));
+        assert_eq!(rmp_serde::to_vec(&meta).unwrap(), old(text), "written as before");
+        let none: NodeMeta = rmp_serde::from_slice(&old("")).unwrap();
+        assert_eq!(none.peer_id, None);
+        assert!(rmp_serde::from_slice::<NodeMeta>(&old("not-a-peer")).is_err(), "a bad peer id does not decode");
+    }
 }

@@ -250,7 +250,7 @@ pub struct ReplicaSet {
     pub followers: Vec<NodeId>,
 }
 
-/// Fault injection on one node's transport (DESIGN §9): blocking a peer closes every connection
+/// Fault injection on one node's transport (docs/architecture.md §11): blocking a peer closes every connection
 /// to it and refuses new ones, so Raft, gossip, leases and the proxy all lose it. Block on both
 /// sides of a cut for a symmetric partition.
 #[derive(Clone)]
@@ -262,7 +262,7 @@ impl Faults {
     /// Blocks (`true`) or unblocks `node`. Unknown nodes are ignored.
     pub fn block(&self, node: NodeId, blocked: bool) {
         let n = &self.cluster.inner.node;
-        let peer = n.applied.borrow().state.members.get(&node).and_then(|m| m.peer_id.parse().ok());
+        let peer = n.applied.borrow().state.members.get(&node).and_then(|m| m.peer_id);
         if let Some(peer) = peer {
             if let Err(e) = n.transport.block(peer, blocked) {
                 warn!(error = %e, %node, "fault injection: cannot reach the transport");

@@ -270,7 +270,7 @@ impl Builder {
         self
     }
 
-    /// L, the node lease (DESIGN §4): a node serves its shards only while a lease granted by
+    /// L, the node lease (docs/architecture.md §7.1): a node serves its shards only while a lease granted by
     /// the Raft leader is valid, renewed every L/3. Shards of a node that stops renewing move
     /// after `L·(1+ρ)/(1−ρ) + G`. Default 500 ms; at least three Raft heartbeats (150 ms).
     pub fn lease(mut self, l: Duration) -> Self {

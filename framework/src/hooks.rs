@@ -1,5 +1,5 @@
 //! Lifecycle hooks: what a service hears when its node's shards and the cluster change
-//! (DESIGN §4), as typed messages to an actor or as closures.
+//! (docs/architecture.md §10.3), as typed messages to an actor or as closures.
 //!
 //! Order, per node:
 //! - a shard moving here: [`ClusterEvent::ShardAssigned`] (then `ShardLeadershipGained` if this
@@ -86,7 +86,7 @@ impl Hooks {
 }
 
 /// The node's shard hooks: entity stops (the hosts), then the user's hooks. What happens when is
-/// the serving core's decision (docs/architecture.md §5); this only translates.
+/// the serving core's decision (docs/architecture.md §7.3); this only translates.
 pub(crate) struct NodeHooks {
     pub(crate) registry: Arc<Registry>,
     pub(crate) user: Hooks,

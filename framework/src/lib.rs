@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See `docs/` in the repository for the guides, and shared/DESIGN.md for how it fits together.
+//! See `docs/` in the repository for the guides, and docs/architecture.md for how it fits together.
 #![warn(missing_docs, unreachable_pub)]
 
 mod cluster;

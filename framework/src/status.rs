@@ -32,7 +32,7 @@ pub struct ClusterStatus {
     pub transport: TransportStatus,
     /// Entity traffic counters (cumulative; rates are their differences over time).
     pub traffic: TrafficStatus,
-    /// What this node serves: its lease and active shards (DESIGN §4).
+    /// What this node serves: its lease and active shards (docs/architecture.md §7).
     pub ownership: OwnershipStatus,
 }
 
@@ -49,6 +49,10 @@ pub struct OwnershipStatus {
     pub rejected_stale: u64,
     /// Shard hooks that overran their budget.
     pub hooks_overrun: u64,
+    /// Entity stops that took longer than the hook budget (a handoff waits for them).
+    pub slow_stops: u64,
+    /// Entity stops given up after the force-stop time (their answers withheld).
+    pub abandoned_stops: u64,
     /// Planned moves waiting for their old owner to confirm.
     pub handoffs_pending: usize,
     /// Whether this node is leaving the cluster.
@@ -254,6 +258,8 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 serving: o.active,
                 rejected_stale: o.rejected_stale,
                 hooks_overrun: node.serving.hooks_overrun.load(Ordering::Relaxed),
+                slow_stops: node.serving.slow_stops.load(Ordering::Relaxed),
+                abandoned_stops: node.serving.abandoned_stops.load(Ordering::Relaxed),
                 handoffs_pending: applied.state.handoffs.len(),
                 draining: applied.state.draining.contains(&node.id),
             }

@@ -1,4 +1,4 @@
-//! The fault transport's delay, duplication and reordering (DESIGN §9), in process: three nodes
+//! The fault transport's delay, duplication and reordering (docs/architecture.md §11), in process: three nodes
 //! that each delay, duplicate and reorder everything they send (Raft RPCs, lease renewals,
 //! gossip, proxy requests) still form one cluster with one map, and every request runs exactly
 //! once: per key, sequential increments answer 1, 2, 3, … with no repeat and no gap, and the

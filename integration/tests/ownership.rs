@@ -1,4 +1,4 @@
-//! Single ownership (DESIGN §4) with the framework's fault injection, three nodes in one process,
+//! Single ownership (docs/architecture.md §7) with the framework's fault injection, three nodes in one process,
 //! each with an ownership journal:
 //! (a) the leader cut off with a minority stops serving, the majority serves again after the
 //!     lease wait, and no shard is active on two nodes at any instant;
@@ -144,7 +144,7 @@ async fn a_leader_cut_off_with_a_minority_stops_serving_and_no_shard_is_served_t
     assert!(overlaps.is_empty(), "a shard was active on two nodes at once: {:?}", &overlaps[..overlaps.len().min(5)]);
     assert!(journal::moved_shards(&records) as u64 >= owned_before, "the old leader's shards moved");
     // The cut-off leader kept serving at most until its last self-granted lease ran out: L after
-    // a grant it made while its quorum ack was younger than election_timeout_max (DESIGN §4).
+    // a grant it made while its quorum ack was younger than election_timeout_max (docs/architecture.md §7.2).
     let stopped_after = records
         .iter()
         .filter(|r| r.node == old.to_string() && r.event == "deactivate" && r.t_ns > t_cut)

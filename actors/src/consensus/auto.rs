@@ -1,7 +1,7 @@
-//! Auto membership (dev mode, DESIGN §5), a pure decision run on the leader: initialize the
+//! Auto membership (dev mode, docs/architecture.md §8), a pure decision run on the leader: initialize the
 //! cluster state, register discovered nodes, add them as learners, and promote learners until
 //! there are `voters` voters. It never removes or demotes a voter: failure detection changes
-//! placement, never the voter set (DESIGN §4).
+//! placement, never the voter set (docs/architecture.md §8).
 
 use std::collections::BTreeSet;
 
@@ -64,7 +64,7 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
     let in_raft: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
     for meta in &up {
         if st.members.contains_key(&meta.id) && !in_raft.contains(&meta.id) {
-            let node = RaftNode { peer_id: meta.peer_id.clone(), addrs: meta.addrs.clone() };
+            let node = RaftNode { peer_id: meta.peer_id, addrs: meta.addrs.clone() };
             return Some(Action::AddLearner(meta.id, node));
         }
     }
@@ -94,7 +94,9 @@ mod tests {
     fn meta(id: u64) -> NodeMeta {
         NodeMeta {
             id: NodeId(id),
-            peer_id: format!("p{id}"),
+            peer_id: Some(
+                libp2p::identity::Keypair::ed25519_from_bytes([id as u8; 32]).expect("32 bytes").public().to_peer_id(),
+            ),
             addrs: vec![],
             weight: 1,
             workers: 1,

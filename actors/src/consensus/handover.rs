@@ -25,8 +25,8 @@ pub(crate) fn from_leader(raft: &Raft, from: &PeerId) -> bool {
     let Some(leader) = m.current_leader else { return false };
     let membership = m.membership_config.membership();
     let is_voter = membership.voter_ids().any(|v| v == m.id);
-    let leader_peer = membership.get_node(&leader).map(|n| n.peer_id.clone());
-    is_voter && leader != m.id && leader_peer.as_deref() == Some(from.to_string().as_str())
+    let leader_peer = membership.get_node(&leader).and_then(|n| n.peer_id);
+    is_voter && leader != m.id && leader_peer == Some(*from)
 }
 
 /// Stands for election once the voters' leader lease has run out, retrying until this node

@@ -1,5 +1,5 @@
 //! The consensus actor: the Raft group (openraft) over a persistent redb log, with the replicated
-//! [`ClusterState`](crate::state::ClusterState) as its state machine (DESIGN §2).
+//! [`ClusterState`](crate::state::ClusterState) as its state machine (docs/architecture.md §2, §5).
 //!
 //! The Raft core runs on its own arbiter so disk and network waits never stall the other actors;
 //! the actix shell answers inbound RPCs, serializes membership changes (auto mode) and forwards

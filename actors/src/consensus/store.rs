@@ -1,7 +1,7 @@
 //! The Raft log, vote and snapshots, persisted in one redb file in the node's data directory.
 //!
 //! Every write is one redb write transaction committed with `Durability::Immediate` (fsync) in a
-//! blocking thread, so the consensus arbiter never stalls on disk (DEPENDENCIES.md). A vote is
+//! blocking thread, so the consensus arbiter never stalls on disk (docs/architecture.md §3). A vote is
 //! durable before `save_vote` returns; appended entries are durable and readable before the
 //! flush callback fires. A failed commit is a storage error, which openraft treats as fatal.
 

@@ -10,8 +10,9 @@ use crate::types::NodeId;
 /// How Raft reaches a node: its libp2p peer id and addresses.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 pub struct RaftNode {
-    /// The base58 libp2p peer id.
-    pub peer_id: String,
+    /// The libp2p peer id (`None`: not known); base58 text on disk and on the wire.
+    #[serde(with = "crate::types::peer_text")]
+    pub peer_id: Option<libp2p::PeerId>,
     /// Multiaddresses to dial.
     pub addrs: Vec<String>,
 }

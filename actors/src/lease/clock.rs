@@ -1,4 +1,4 @@
-//! Time, through a trait so tests can skew it (DESIGN §4: only monotonic durations are compared).
+//! Time, through a trait so tests can skew it (docs/architecture.md §7.1: only monotonic durations are compared).
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! Node leases (DESIGN §4): a node serves shards only while it holds a lease granted by a Raft
+//! Node leases (docs/architecture.md §7.1, §7.2): a node serves shards only while it holds a lease granted by a Raft
 //! leader that heard from a quorum recently; the leader takes shards from a node only after that
 //! node's lease has surely run out.
 //!

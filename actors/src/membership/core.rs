@@ -297,7 +297,7 @@ mod tests {
     fn meta(p: &PeerId) -> NodeMeta {
         NodeMeta {
             id: node_of(p),
-            peer_id: p.to_string(),
+            peer_id: Some(*p),
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             weight: 1,
             workers: 1,

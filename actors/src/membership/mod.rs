@@ -1,10 +1,10 @@
-//! The membership actor: who is alive and how to reach them (DESIGN §2).
+//! The membership actor: who is alive and how to reach them (docs/architecture.md §2).
 //!
 //! Discovery by mDNS and static seeds (in the transport), gossip heartbeats carrying node
 //! metadata, and a failure detector: a member not heard from for `suspect_after` is *suspect*,
 //! for `down_after` *down*. Membership gives hints only: the consensus actor decides who joins
 //! the Raft group, and the shard manager moves shards away from down nodes. It never changes
-//! voters (DESIGN §4).
+//! voters (docs/architecture.md §8).
 
 mod actor;
 mod core;
@@ -28,7 +28,7 @@ pub struct Config {
     /// Silence after which a member is down. Default 2 s (8 heartbeats).
     pub down_after: Duration,
     /// How long the higher-id side waits for the lower-id side to dial before dialing itself
-    /// (only one side dials, DEPENDENCIES.md). Default 3 s.
+    /// (only one side dials: a TCP simultaneous open fails the noise handshake). Default 3 s.
     pub fallback_dial_after: Duration,
     /// Least time between two dials of the same peer. Default 1 s.
     pub redial_interval: Duration,

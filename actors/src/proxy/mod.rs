@@ -1,5 +1,5 @@
 //! The proxy (shard router): every message for an entity key goes to the node owning the key's
-//! shard (DESIGN §2, §7).
+//! shard (docs/architecture.md §2, §9).
 //!
 //! The hot path is not an actor: a hop through one mailbox per message would cost more than the
 //! whole local delivery. [`Router`] is a cloneable handle; remote traffic to each peer goes over
@@ -31,7 +31,7 @@ pub fn protocol(cluster: &crate::types::ClusterName) -> libp2p::StreamProtocol {
 pub struct Config {
     /// Frames queued per peer before a send fails with [`Error::QueueFull`]. Default 4096.
     pub queue_per_peer: usize,
-    /// Frames coalesced into one write. Default 64 (DEPENDENCIES.md: 64 per write ≈ 23× one per write).
+    /// Frames coalesced into one write. Default 64 (measured: 64 per write ≈ 23× one per write).
     pub batch: usize,
     /// How long a remote request may take. Default 5 s.
     pub request_timeout: Duration,

@@ -1,6 +1,6 @@
 //! The serving core: from this node's lease and the applied cluster state, decides which shards
 //! it activates and stops, when their entities stop, which hooks run, and when a handoff is
-//! confirmed. Pure: events in, effects out, no clock, no I/O (docs/architecture.md §5).
+//! confirmed. Pure: events in, effects out, no clock, no I/O (docs/architecture.md §7.3).
 //!
 //! The shell carries the effects out **in order**, each to its end, before it observes again:
 //!

@@ -1,5 +1,5 @@
 //! The ownership journal: what this node activated, served, stopped and refused, for the lab's
-//! checkers (docs/architecture.md §5). Behind a trait so tests can keep it in memory.
+//! checkers (docs/architecture.md §7.3). Behind a trait so tests can keep it in memory.
 
 use std::io::Write;
 use std::path::Path;

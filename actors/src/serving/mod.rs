@@ -1,4 +1,4 @@
-//! The serving side of single ownership, on every node (docs/architecture.md §5): which shards
+//! The serving side of single ownership, on every node (docs/architecture.md §7.3): which shards
 //! this node serves, when, and under which epoch.
 //!
 //! - [`table`]: the serving table read on every message (lease, active shards, highest epoch seen);

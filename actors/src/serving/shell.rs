@@ -1,5 +1,5 @@
 //! The serving shell: one task per node that feeds the lease and the applied state to the
-//! [`Core`] and carries out its effects, in order (docs/architecture.md §5).
+//! [`Core`] and carries out its effects, in order (docs/architecture.md §7.3).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

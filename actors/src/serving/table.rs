@@ -1,5 +1,5 @@
 //! The serving table: what this node serves right now, its lease and the shards it activated,
-//! each with its epoch (docs/architecture.md §5). Read on every message without locks; written by
+//! each with its epoch (docs/architecture.md §7.3). Read on every message without locks; written by
 //! the state machine (revocations, before an applied state is published) and the serving shell
 //! (activations, deactivations).
 //!
@@ -267,7 +267,7 @@ impl Ownership {
         }
     }
 
-    /// The check **at execution** (docs/architecture.md §5): a message admitted for `shard` while
+    /// The check **at execution** (docs/architecture.md §7.3): a message admitted for `shard` while
     /// it was served here at `admitted` runs only if the shard is still served here at that
     /// epoch (lease valid, shard active) at the moment its handler is about to run. Journals a
     /// `serve` when it passes; a refusal names the owner the applied map knows.

@@ -1,4 +1,4 @@
-//! The weighted, minimal-movement allocator (DESIGN §3). Runs on the Raft leader; pure.
+//! The weighted, minimal-movement allocator (docs/architecture.md §6, docs/sharding.md). Runs on the Raft leader; pure.
 //!
 //! Rules, in order:
 //! 1. Each node's quota is its weighted share of the shards, rounded to a whole number so that the

@@ -1,4 +1,4 @@
-//! Shard math (DESIGN §3): key → shard, the shard map, and the weighted minimal-movement allocator.
+//! Shard math (docs/architecture.md §6, docs/sharding.md): key → shard, the shard map, and the weighted minimal-movement allocator.
 //!
 //! Everything here is pure: no I/O, no clock, no randomness, so it is tested and benchmarked alone.
 

@@ -23,6 +23,8 @@ use crate::state::{ClusterState, Command};
 use crate::types::{NodeId, ShardId};
 
 /// What the core wants done.
+// One decision per 50 ms tick at most: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     /// Nothing to do now.

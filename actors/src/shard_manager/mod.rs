@@ -1,4 +1,4 @@
-//! The shard manager (DESIGN §2, §4): on the leader, turn membership and leases into a shard map
+//! The shard manager (docs/architecture.md §2, §7.5): on the leader, turn membership and leases into a shard map
 //! and commit it through Raft; on every node, publish the committed map and activate and stop the
 //! shards this node owns (hooks, journal, handoff confirmation).
 

@@ -1,4 +1,4 @@
-//! The transport actor: the only owner of the libp2p `Swarm` (DESIGN §2).
+//! The transport actor: the only owner of the libp2p `Swarm` (docs/architecture.md §2, §9).
 //!
 //! TCP + noise + yamux, with a pnet pre-shared key under noise when a cluster secret is set;
 //! identify (its protocol version carries the cluster name, and a peer of another cluster is
@@ -301,9 +301,10 @@ impl Handle {
     }
 }
 
-/// Parses a peer id and multiaddresses as stored in node metadata.
-pub fn parse_peer(peer_id: &str, addrs: &[String]) -> Result<(PeerId, Vec<Multiaddr>), Error> {
-    let peer = peer_id.parse::<PeerId>().map_err(|e| Error::BadAddress(format!("{peer_id}: {e}")))?;
+/// The peer and its dialable addresses, as stored in node metadata (addresses that do not parse
+/// are skipped). An unknown peer id is an error.
+pub fn parse_peer(peer_id: &Option<PeerId>, addrs: &[String]) -> Result<(PeerId, Vec<Multiaddr>), Error> {
+    let peer = peer_id.ok_or_else(|| Error::BadAddress("no peer id".into()))?;
     let addrs = addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()).collect();
     Ok((peer, addrs))
 }

@@ -2,7 +2,7 @@
 //! swarm's event loop: a slow resolver must not stall Raft, gossip and leases. A name is resolved
 //! again every [`REFRESH`] (so it follows DNS changes; one name may give many addresses); a name
 //! that does not resolve is retried with exponential backoff, reported in the status, and never
-//! fatal (docs/architecture.md §8).
+//! fatal (docs/architecture.md §3).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -39,7 +39,7 @@ mod tests {
             cluster: ClusterName::new("shop", "dev"),
             meta: NodeMeta {
                 id: NodeId(1),
-                peer_id: "p".into(),
+                peer_id: Some("12D3KooWCMQ8kvhesHFcJAmuMGijzh3aA9q6wkhEtB1XJLQZtjHF".parse().unwrap()),
                 addrs: vec![],
                 weight: 1,
                 workers: 2,
@@ -55,6 +55,11 @@ mod tests {
     fn gossip_round_trip_and_golden() {
         let bytes = encode(&heartbeat());
         assert_eq!(decode::<Gossip>(&bytes).unwrap(), heartbeat());
-        assert_eq!(hex(&bytes), "81a94865617274626561749492a473686f70a36465769701a170900102c0c00304");
+        // The peer id is its base58 text (`d9 34` + 52 bytes), as when the field was a String.
+        assert_eq!(
+            hex(&bytes),
+            "81a94865617274626561749492a473686f70a36465769701d934313244334b6f6f57434d51386b766865734846634a416d754d\
+             47696a7a68336141397136776b6845744231584a4c515a746a4846900102c0c00304"
+        );
     }
 }

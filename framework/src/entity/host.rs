@@ -2,7 +2,7 @@
 //!
 //! Messages do not go through the actix mailbox: each instance reads a bounded inbox of jobs
 //! from inside its own context, and a job checks the serving table **when it runs**, right
-//! before the handler (docs/architecture.md §5, "fence where it runs"). A message queued while
+//! before the handler (docs/architecture.md §7.3, "fence where it runs"). A message queued while
 //! its shard was served here and still queued when the shard stops is answered `NotOwner` and
 //! handed back, never run; an answer is withheld (`NotOwner`) if the shard stopped being served
 //! here while the handler ran, so a node that paused or lost its lease does not acknowledge.
