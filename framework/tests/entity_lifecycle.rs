@@ -84,19 +84,22 @@ fn builder(dir: &std::path::Path) -> clusterfunk::Builder {
         .bootstrap(true)
 }
 
-#[actix_rt::test]
-async fn panic_fails_one_call_and_the_next_gets_a_fresh_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = builder(dir.path())
-        .entity::<Fragile>(|e| e.handles::<Inc>().handles::<Boom>().handles::<Passivate>())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+/// A one-node cluster with `Fragile` handling what `register` says, once it has a complete map.
+async fn start(
+    dir: &std::path::Path,
+    register: impl FnOnce(clusterfunk::EntityRegistration<Fragile>) -> clusterfunk::EntityRegistration<Fragile> + 'static,
+) -> Cluster {
+    let c = builder(dir).entity::<Fragile>(register).build().unwrap().start().await.unwrap();
     c.wait_until(Duration::from_secs(30), "a complete map", |s| s.shard_map.epoch > 0 && s.shard_map.unassigned == 0)
         .await
         .unwrap();
+    c
+}
+
+#[actix_rt::test]
+async fn panic_fails_one_call_and_the_next_gets_a_fresh_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), |e| e.handles::<Inc>().handles::<Boom>().handles::<Passivate>()).await;
     let f = c.sharded::<Fragile>();
     let k = "k".to_string();
     assert_eq!(f.send(&k, Inc).await.unwrap(), 1);

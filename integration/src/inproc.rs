@@ -161,3 +161,21 @@ pub async fn settled(nodes: &[Cluster], owners: usize, timeout: Duration) -> any
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Cuts node `x` off from every other node of `nodes` (both directions), or heals the cut.
+pub fn cut(nodes: &[Cluster], x: usize, cut: bool) {
+    nodes[x].faults().isolate(cut);
+    for (i, n) in nodes.iter().enumerate() {
+        if i != x {
+            n.faults().block(nodes[x].node_id(), cut);
+        }
+    }
+}
+
+/// Logs of in-process tests go to the test's output (`RUST_LOG` filters them).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

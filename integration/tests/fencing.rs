@@ -14,7 +14,7 @@ use actix::prelude::*;
 use clusterfunk::{Cluster, EntityInfo, NodeId, Refusal, RouteError, SendError, ShardId, ShardedActor};
 use clusterfunk_actors::lease::monotonic_ns;
 use clusterfunk_actors::proxy::Envelope;
-use clusterfunk_integration::inproc::{cluster, settled};
+use clusterfunk_integration::inproc::{cluster, cut, logs, settled};
 use serde::{Deserialize, Serialize};
 
 const T: Duration = Duration::from_secs(30);
@@ -75,13 +75,6 @@ impl Handler<Count> for Slow {
     }
 }
 
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 async fn start(dir: &std::path::Path, name: &str, budget: Duration) -> Vec<Cluster> {
     cluster(dir, name, 3, 3, |b, _| b.hook_budget(budget).entity::<Slow>(|e| e.handles::<Block>().handles::<Count>()))
         .await
@@ -109,15 +102,6 @@ async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn cut(nodes: &[Cluster], x: usize, cut: bool) {
-    nodes[x].faults().isolate(cut);
-    for (i, n) in nodes.iter().enumerate() {
-        if i != x {
-            n.faults().block(nodes[x].node_id(), cut);
-        }
     }
 }
 

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use clusterfunk::{Cluster, ClusterEvent, EntityInfo, NodeId, Refusal, RouteError, ShardId, ShardedActor};
 use clusterfunk_actors::lease::monotonic_ns;
 use clusterfunk_actors::proxy::Envelope;
-use clusterfunk_integration::inproc::{cluster, settled};
+use clusterfunk_integration::inproc::{cluster, cut, logs, settled};
 use clusterfunk_integration::journal;
 use serde::{Deserialize, Serialize};
 
@@ -60,13 +60,6 @@ fn journal_path(dir: &Path, i: usize) -> PathBuf {
 /// 2-core machine, so they take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 async fn start(dir: &Path, name: &str, n: usize, events: &Events) -> anyhow::Result<Vec<Cluster>> {
     cluster(dir, name, n, 3, |b, i| node_builder(b, dir, i, events)).await
 }
@@ -91,15 +84,6 @@ fn leader_of(nodes: &[Cluster]) -> usize {
 async fn shutdown(nodes: &[Cluster]) {
     for n in nodes {
         n.shutdown().await;
-    }
-}
-
-fn cut(nodes: &[Cluster], x: usize, cut: bool) {
-    nodes[x].faults().isolate(cut);
-    for (i, n) in nodes.iter().enumerate() {
-        if i != x {
-            n.faults().block(nodes[x].node_id(), cut);
-        }
     }
 }
 

@@ -64,7 +64,12 @@ impl ChaosLab {
             bail!("the lab cannot run here: {why}");
         }
         let net = Lab::new(opts.nodes)?;
-        let dir = tempfile::Builder::new().prefix("cf-chaos-").tempdir()?;
+        let mut dir = tempfile::Builder::new().prefix("cf-chaos-").tempdir()?;
+        // CF_CHAOS_KEEP=1 keeps the lab's data dirs, logs and journals for a post-mortem.
+        if std::env::var_os("CF_CHAOS_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("  keeping {}", dir.path().display());
+        }
         let seed = format!("{}:{P2P_PORT}", net.ips[0]);
         let mut nodes = Vec::new();
         let mut journals = Vec::new();

@@ -64,7 +64,37 @@ pub fn overlap_in(journals: &[impl AsRef<Path>]) -> anyhow::Result<usize> {
             all.extend(crate::journal::read(j.as_ref())?);
         }
     }
-    Ok(crate::journal::overlaps(&all).len())
+    let overlaps = crate::journal::overlaps(&all);
+    // A failure must say what it saw: the first few pairs, with their times.
+    for (a, b) in overlaps.iter().take(3) {
+        let (from, to) = (a.from.max(b.from), a.to.min(b.to));
+        let served = |node: &str| {
+            all.iter()
+                .filter(|r| r.event == "serve" && r.node == node && r.shard == a.shard && (from..=to).contains(&r.t_ns))
+                .count()
+        };
+        eprintln!(
+            "  overlap: messages run while both were active: {} on {}, {} on {}",
+            served(&a.node),
+            a.node,
+            served(&b.node),
+            b.node
+        );
+        eprintln!(
+            "  overlap: shard {} on {} epoch {} [{}, {}] and on {} epoch {} [{}, {}] ({} ns together)",
+            a.shard,
+            a.node,
+            a.epoch,
+            a.from,
+            a.to,
+            b.node,
+            b.epoch,
+            b.from,
+            b.to,
+            a.to.min(b.to).saturating_sub(a.from.max(b.from))
+        );
+    }
+    Ok(overlaps.len())
 }
 
 /// Acknowledged appends missing from the final sets: `(lost, lost_to_moves)`. `finals` maps a set
