@@ -1,5 +1,5 @@
 //! Fencing where it runs (docs/architecture.md §7), three nodes in one process:
-//! (a) messages queued behind a long handler when the node loses its lease are answered
+//! (a) messages queued behind a long (3 s) handler when the node loses its lease are answered
 //!     `NotOwner` and never run, and the long handler's own answer is withheld;
 //! (b) a planned move is confirmed only after the shard's entities stopped, even when stopping
 //!     takes longer than the hook budget: the new owner's instance starts after the old one ended;
@@ -117,7 +117,7 @@ async fn messages_queued_when_the_lease_is_lost_never_run() {
 
     tracing::info!("--- a long handler runs on the owner; five messages queue behind it");
     let (s, k) = (sa.clone(), key.clone());
-    let block = actix_rt::spawn(async move { s.send(&k, Block(1500)).await });
+    let block = actix_rt::spawn(async move { s.send(&k, Block(3000)).await });
     wait_for("the long handler to start", || BLOCKING.load(Ordering::SeqCst)).await;
     let mut queued = Vec::new();
     for _ in 0..5 {
