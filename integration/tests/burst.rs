@@ -37,7 +37,10 @@ async fn burst_of_100k_to_remote_entities_loses_nothing() {
         assert_eq!(counted, per_key.get(k).copied().unwrap_or(0), "key {k}: entity count equals messages delivered");
     }
     let st = a.status();
-    assert_eq!(st.traffic.forwarded as usize, N + keys.len(), "all went over the proxy: {:?}", st.traffic);
+    assert_eq!(st.traffic.local, 0, "all went over the proxy: {:?}", st.traffic);
+    // At least once each; a message refused before it ran (the receiver's lease lapsing for a
+    // moment on a loaded machine: queued messages are refused, never run late) is sent again.
+    assert!(st.traffic.forwarded as usize >= N + keys.len(), "all went over the proxy: {:?}", st.traffic);
     a.shutdown().await;
     b.shutdown().await;
 }
