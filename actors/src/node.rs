@@ -110,6 +110,14 @@ pub enum StartError {
     /// The Raft store cannot be used.
     #[error("data_dir: {0}")]
     Store(#[from] OpenError),
+    /// The node key survived but the Raft store next to it did not (docs/architecture.md §13).
+    #[error(
+        "data_dir {}: the node key is there but the Raft store (raft.redb) is gone: this node id would come back \
+         without the votes it cast, and could vote twice in one term. Start the node with a new data_dir (it \
+         gets a new id) and remove the old id from the cluster",
+        .0.display()
+    )]
+    LostStore(PathBuf),
     /// `bootstrap` was asked for on a data directory that already holds a cluster.
     #[error("bootstrap: the data directory {0} already holds a cluster; start without --bootstrap to rejoin it")]
     AlreadyBootstrapped(PathBuf),
@@ -155,6 +163,8 @@ pub struct Node {
     pub lease_until: watch::Receiver<Option<std::time::Instant>>,
     /// The serving task's counters.
     pub serving: Arc<serving::Counters>,
+    /// Raft, lease and forwarded-command requests refused by the authorization rule, per reason.
+    pub refusals: Arc<consensus::authorize::Refusals>,
     /// Cluster-level events as this node sees them.
     pub events: broadcast::Sender<ClusterEvent>,
     hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
@@ -173,14 +183,25 @@ impl Node {
     pub async fn start_with_clock(mut cfg: Config, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
         cfg.lease.validate(cfg.raft.heartbeat_interval).map_err(StartError::Lease)?;
         cfg.shard_manager.takeover = cfg.lease.takeover_after();
-        let keypair = load_or_create_key(&cfg.data_dir)?;
-        let peer = keypair.public().to_peer_id();
-        let id = NodeId::from_peer_bytes(&peer.to_bytes());
+        // The store is created before the key: a key without its store is then always a lost
+        // store, never a first start that stopped between the two.
+        let dir = &cfg.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+            path: dir.clone(),
+            action: "create",
+            source,
+        })?;
+        if dir.join(KEY_FILE).exists() && !dir.join(consensus::store::FILE).exists() {
+            return Err(StartError::LostStore(dir.clone()));
+        }
         let disk = match cfg.fail_disk_after {
             Some(n) => crate::faults::DiskFaults::fail_after(n),
             None => crate::faults::DiskFaults::off(),
         };
         let store = Store::open_with_faults(&cfg.data_dir, &cfg.cluster, Arc::new(disk))?;
+        let keypair = load_or_create_key(&cfg.data_dir)?;
+        let peer = keypair.public().to_peer_id();
+        let id = NodeId::from_peer_bytes(&peer.to_bytes());
         let has_state =
             store.has_raft_state().map_err(|source| StartError::StoreRead { path: cfg.data_dir.clone(), source })?;
         if cfg.bootstrap && has_state {
@@ -245,6 +266,7 @@ impl Node {
         };
         let lease =
             Arc::new(LeaseService::new(cfg.lease.clone(), raft.clone(), clock.clone(), cfg.raft.election_timeout.1));
+        let refusals = Arc::new(consensus::authorize::Refusals::default());
         let consensus = consensus_ctx.run(Consensus::new(
             raft.clone(),
             transport.clone(),
@@ -252,6 +274,7 @@ impl Node {
             view.clone(),
             settings,
             lease.clone(),
+            refusals.clone(),
         ));
         let (events, _) = broadcast::channel(1024);
         let map = consensus::MapView::new(applied.clone());
@@ -300,6 +323,7 @@ impl Node {
             lease,
             lease_until,
             serving: counters,
+            refusals,
             events,
             hooks,
             consensus,
@@ -369,10 +393,12 @@ impl Node {
     }
 }
 
+/// The node key's file name in the data directory.
+const KEY_FILE: &str = "node.key";
+
 fn load_or_create_key(dir: &Path) -> Result<Keypair, StartError> {
     let io = |path: &Path, action, source| StartError::DataDir { path: path.to_path_buf(), action, source };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, "create", e))?;
-    let path = dir.join("node.key");
+    let path = dir.join(KEY_FILE);
     let key_err = |source| StartError::NodeKey { path: path.clone(), source };
     match std::fs::read(&path) {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(key_err),

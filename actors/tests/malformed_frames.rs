@@ -1,15 +1,18 @@
 //! A peer that sends malformed or oversized frames on the Raft protocol gets its connection
-//! closed and counted; the node goes on and answers a well-formed request afterwards.
+//! closed and counted; the node goes on and answers a well-formed request afterwards. A peer
+//! outside the Raft configuration, or a member asking for another node, drives nothing.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 mod common;
 
-use clusterfunk_actors::consensus::rpc::{RaftRequest, RaftResponse};
+use clusterfunk_actors::consensus::authorize::Unauthorized;
+use clusterfunk_actors::consensus::rpc::{self, LeaseRequest, RaftRequest, RaftResponse};
 use clusterfunk_actors::node::Node;
+use clusterfunk_actors::state::Command;
 use clusterfunk_actors::testing::{framed, RawCodec};
-use clusterfunk_actors::types::NodeId;
+use clusterfunk_actors::types::{NodeId, ShardId};
 use clusterfunk_actors::wire;
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
@@ -55,20 +58,7 @@ async fn malformed_frames_drop_the_peer_not_the_node() {
     let addr = common::listen_addr(&node).await;
     let server = node.transport.local_peer_id();
 
-    let protocol = StreamProtocol::new("/clusterfunk/frames/test/raft/1");
-    let mut client = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(protocol, ProtocolSupport::Outbound)],
-                Default::default(),
-            )
-        })
-        .unwrap()
-        .build();
+    let mut client = raw_client("/clusterfunk/frames/test/raft/1");
     client.add_peer_address(server, addr);
     let stats = node.transport.stats().clone();
 
@@ -82,12 +72,124 @@ async fn malformed_frames_drop_the_peer_not_the_node() {
     assert!(r.as_ref().map_or(true, Vec::is_empty), "no answer to an oversized frame: {r:?}");
     wait_for("the oversized frame to be counted", || stats.malformed_frames.load(Ordering::Relaxed) == 2).await;
 
-    // The node goes on: a well-formed vote request gets a well-formed answer.
+    // The node goes on: a well-formed request gets a well-formed answer, and from this peer,
+    // which is not in the Raft configuration, that answer is a refusal.
     let vote =
         RaftRequest::Vote(openraft::raft::VoteRequest { vote: openraft::Vote::new(0, NodeId(1)), last_log_id: None });
     let resp = request(&mut client, server, framed(&wire::encode(&vote))).await.expect("answered");
     let resp: RaftResponse = wire::decode(&resp[4..]).expect("a framed RaftResponse");
-    assert!(matches!(resp, RaftResponse::Vote(Ok(_))), "{resp:?}");
+    assert!(matches!(resp, RaftResponse::Refused(Unauthorized::NotMember)), "{resp:?}");
     assert!(node.metrics().running_state.is_ok());
     node.shutdown().await;
+}
+
+/// A peer that reaches the node but is not in its Raft configuration drives nothing: a
+/// high-term AppendEntries or Vote (which would depose the leader), a forged `Released` or
+/// `SetAssignments` (which would move shards), a lease for the node itself: all refused,
+/// counted, and the leader still leads in its term. Before the authorization rule the
+/// AppendEntries alone made the node a follower of a leader that does not exist.
+#[actix_rt::test]
+async fn an_outsider_drives_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(common::node_config(dir.path(), "outsider")).await.expect("node starts");
+    let addr = common::listen_addr(&node).await;
+    let server = node.transport.local_peer_id();
+    wait_for("the node to lead", || node.metrics().current_leader == Some(node.id)).await;
+    let term = node.metrics().current_term;
+    let mut client = raw_client("/clusterfunk/outsider/test/raft/1");
+    client.add_peer_address(server, addr);
+    let epoch = node.map.borrow().epoch();
+    let hostile = [
+        RaftRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(term + 100, NodeId(4242)),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        }),
+        RaftRequest::Vote(openraft::raft::VoteRequest {
+            vote: openraft::Vote::new(term + 100, NodeId(4242)),
+            last_log_id: None,
+        }),
+        RaftRequest::ClientWrite(Command::Released { node: node.id, shards: vec![(ShardId(0), epoch)] }),
+        RaftRequest::ClientWrite(Command::SetAssignments { based_on: epoch, changes: vec![] }),
+        RaftRequest::Lease(LeaseRequest { node: node.id, term }),
+    ];
+    for req in &hostile {
+        let resp = request(&mut client, server, framed(&wire::encode(req))).await.expect("answered");
+        let resp: RaftResponse = wire::decode(&resp[4..]).expect("a framed RaftResponse");
+        assert!(matches!(resp, RaftResponse::Refused(Unauthorized::NotMember)), "{} answered {resp:?}", req.kind());
+    }
+    assert_eq!(node.refusals.get(Unauthorized::NotMember), hostile.len() as u64);
+    let m = node.metrics();
+    assert_eq!((m.current_term, m.current_leader), (term, Some(node.id)), "the leader still leads in its term");
+    assert_eq!(node.map.borrow().epoch(), epoch, "no shard moved");
+    node.shutdown().await;
+}
+
+/// A member asks only for itself: a lease or a `Released` for another node, and any command
+/// only a leader decides, are refused by the leader, which stays as it was.
+#[actix_rt::test]
+async fn a_member_asks_only_for_itself() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = Node::start(common::node_config(d1.path(), "member")).await.expect("node starts");
+    let addr = common::listen_addr(&leader).await;
+    let mut cfg = common::node_config(d2.path(), "member");
+    cfg.bootstrap = false;
+    cfg.seeds = vec![addr.iter().fold(String::new(), |mut s, p| {
+        use libp2p::multiaddr::Protocol;
+        match p {
+            Protocol::Ip4(ip) => s = format!("{ip}"),
+            Protocol::Tcp(port) => s = format!("{s}:{port}"),
+            _ => {}
+        }
+        s
+    })];
+    let member = Node::start(cfg).await.expect("second node starts");
+    let joined = || leader.applied.borrow().membership.membership().get_node(&member.id).is_some();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !joined() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the second node joins the raft configuration");
+    let (term, epoch) = (leader.metrics().current_term, leader.map.borrow().epoch());
+    let peer = leader.transport.local_peer_id();
+    let ask = |req: RaftRequest| {
+        let (t, addrs) = (member.transport.clone(), vec![addr.clone()]);
+        async move { rpc::call(&t, peer, addrs, &req).await.expect("answered") }
+    };
+    let refused =
+        |r: RaftResponse, why: Unauthorized| assert!(matches!(r, RaftResponse::Refused(w) if w == why), "{r:?}");
+    refused(ask(RaftRequest::Lease(LeaseRequest { node: leader.id, term })).await, Unauthorized::OtherNode);
+    let released = Command::Released { node: leader.id, shards: vec![(ShardId(0), epoch)] };
+    refused(ask(RaftRequest::ClientWrite(released)).await, Unauthorized::OtherNode);
+    let moves = Command::SetAssignments { based_on: epoch, changes: vec![] };
+    refused(ask(RaftRequest::ClientWrite(moves)).await, Unauthorized::LeaderOnly);
+    refused(ask(RaftRequest::ClientWrite(Command::RemoveMember { id: leader.id })).await, Unauthorized::LeaderOnly);
+    // Its own lease is granted (or refused for a lease reason), never refused as unauthorized.
+    let own = ask(RaftRequest::Lease(LeaseRequest { node: member.id, term })).await;
+    assert!(matches!(own, RaftResponse::Lease(_)), "{own:?}");
+    assert_eq!(leader.refusals.get(Unauthorized::OtherNode), 2);
+    assert_eq!(leader.refusals.get(Unauthorized::LeaderOnly), 2);
+    assert_eq!(leader.metrics().current_term, term);
+    assert_eq!(leader.map.borrow().epoch(), epoch, "no shard moved");
+    member.shutdown().await;
+    leader.shutdown().await;
+}
+
+fn raw_client(protocol: &'static str) -> Swarm<request_response::Behaviour<RawCodec>> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(StreamProtocol::new(protocol), ProtocolSupport::Outbound)],
+                Default::default(),
+            )
+        })
+        .unwrap()
+        .build()
 }

@@ -74,6 +74,8 @@ pub struct TrafficStatus {
     pub malformed: u64,
     /// Requests that arrived twice on one stream and ran once.
     pub duplicates: u64,
+    /// Proxy streams refused because their peer is not in the Raft configuration.
+    pub unauthorized: u64,
     /// Entity instances alive here now.
     pub entities: u64,
     /// Entity instances created here so far.
@@ -98,6 +100,9 @@ pub struct RaftInfo {
     pub last_log_index: Option<u64>,
     /// The last applied index on this node.
     pub last_applied: Option<u64>,
+    /// Raft, lease and forwarded-command requests refused because the sender may not ask them,
+    /// per reason (`not_member`, `other_node`, `leader_only`).
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// One member.
@@ -147,6 +152,8 @@ pub struct TransportStatus {
     pub foreign_peers: u64,
     /// Events dropped on a full mailbox.
     pub events_dropped: u64,
+    /// Gossip heartbeats dropped because they described another peer than their signer.
+    pub forged_heartbeats: u64,
     /// The message fault plan in force (tests and the chaos lab), and what it did so far.
     pub faults: Option<FaultsStatus>,
     /// The static seeds: what each resolved to, and the error of one that does not resolve.
@@ -206,6 +213,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             state: format!("{:?}", m.state),
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
+            refused: node.refusals.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         },
         members,
         shard_map: ShardMapStatus {
@@ -220,6 +228,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             malformed_frames: stats.malformed_frames.load(Ordering::Relaxed),
             foreign_peers: stats.foreign_peers.load(Ordering::Relaxed),
             events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+            forged_heartbeats: stats.forged_heartbeats.load(Ordering::Relaxed),
             seeds: node.transport.seeds(),
             faults: {
                 let f = node.transport.faults();
@@ -244,6 +253,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 failed: r.failed.load(Ordering::Relaxed),
                 malformed: r.malformed.load(Ordering::Relaxed),
                 duplicates: r.duplicates.load(Ordering::Relaxed),
+                unauthorized: r.unauthorized.load(Ordering::Relaxed),
                 entities: inner.registry.controls.iter().map(|h| h.len() as u64).sum(),
                 activations: inner.registry.controls.iter().map(|h| h.activations()).sum(),
             }

@@ -10,6 +10,7 @@ use openraft::ChangeMembers;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::authorize::{self, Refusals, Unauthorized};
 use super::auto::{self, Action, Settings};
 use super::network::Network;
 use super::rpc::{self, LeaseGranter, RaftRequest, RaftResponse};
@@ -46,6 +47,13 @@ pub enum ProposeError {
     /// The leader answered with something else.
     #[error("unexpected response from the leader")]
     Unexpected,
+    /// This node is not the leader, and the command is one only a leader decides in its own
+    /// term: it is not forwarded (docs/architecture.md §13).
+    #[error("not the leader: a leader's decision is never forwarded to another leader")]
+    NotLeader,
+    /// The leader refused the forwarded command.
+    #[error("the leader refused the command: {0}")]
+    Refused(Unauthorized),
 }
 
 /// The consensus actor.
@@ -57,6 +65,7 @@ pub struct Consensus {
     settings: Settings,
     lease: Arc<dyn LeaseGranter>,
     membership_busy: bool,
+    refusals: Arc<Refusals>,
 }
 
 impl Consensus {
@@ -87,8 +96,17 @@ impl Consensus {
         view: watch::Receiver<Arc<View>>,
         settings: Settings,
         lease: Arc<dyn LeaseGranter>,
+        refusals: Arc<Refusals>,
     ) -> Consensus {
-        Consensus { raft, transport, applied, view, settings, lease, membership_busy: false }
+        Consensus { raft, transport, applied, view, settings, lease, membership_busy: false, refusals }
+    }
+
+    /// Applies the authorization rule (docs/architecture.md §13) to a request from `from`.
+    fn authorize(&self, request: &RaftRequest, from: &libp2p::PeerId) -> Result<(), Unauthorized> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let local_is_member = membership.get_node(&m.id).is_some();
+        authorize::authorize(request, authorize::sender(from, membership.nodes()), local_is_member)
     }
 
     fn metrics(&self) -> RaftMetrics {
@@ -154,6 +172,11 @@ impl Handler<InboundRaft> for Consensus {
         let reply = move |resp: RaftResponse| {
             let _ = msg.reply.send(wire::encode(&resp));
         };
+        if let Err(why) = self.authorize(&request, &msg.from) {
+            self.refusals.bump(why);
+            warn!(peer = %msg.from, reason = why.name(), request = request.kind(), "raft request refused");
+            return reply(RaftResponse::Refused(why));
+        }
         if let RaftRequest::Lease(req) = &request {
             return reply(RaftResponse::Lease(self.lease.grant(req)));
         }
@@ -186,14 +209,23 @@ impl Handler<Propose> for Consensus {
     fn handle(&mut self, msg: Propose, _: &mut Context<Self>) -> Self::Result {
         let raft = self.raft.clone();
         let transport = self.transport.clone();
+        let local = self.raft.metrics().borrow().id;
         Box::pin(async move {
             match raft.client_write(msg.0.clone()).await {
                 Ok(r) => Ok(r.data),
                 Err(RE::APIError(CWE::ForwardToLeader(fwd))) => {
+                    // Only what concerns this node itself is forwarded. A shard move decided
+                    // here while leader was decided on this leader's lease table: forwarded to
+                    // the next leader it would be committed in a term whose leases it never saw
+                    // (found by the chaos lab's flapping scenario: two owners for 0.1-0.4 ms).
+                    if authorize::forwardable(&msg.0, local).is_err() {
+                        return Err(ProposeError::NotLeader);
+                    }
                     let node: RaftNode = fwd.leader_node.ok_or(ProposeError::NoLeader)?;
                     let (peer, addrs) = parse_peer(&node.peer_id, &node.addrs)?;
                     match rpc::call(&transport, peer, addrs, &RaftRequest::ClientWrite(msg.0)).await? {
                         RaftResponse::ClientWrite(r) => Ok(r?),
+                        RaftResponse::Refused(why) => Err(ProposeError::Refused(why)),
                         _ => Err(ProposeError::Unexpected),
                     }
                 }

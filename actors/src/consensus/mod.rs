@@ -6,11 +6,13 @@
 //! proposals to the leader.
 
 mod actor;
+pub mod authorize;
 pub mod auto;
 pub mod handover;
 pub mod map_view;
 mod network;
 pub mod rpc;
+pub mod snapshot;
 mod state_machine;
 pub mod store;
 pub mod types;

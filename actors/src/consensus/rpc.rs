@@ -37,6 +37,20 @@ pub enum RaftRequest {
     Elect,
 }
 
+impl RaftRequest {
+    /// The request's kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RaftRequest::AppendEntries(_) => "append_entries",
+            RaftRequest::Vote(_) => "vote",
+            RaftRequest::InstallSnapshot(_) => "install_snapshot",
+            RaftRequest::ClientWrite(_) => "client_write",
+            RaftRequest::Lease(_) => "lease",
+            RaftRequest::Elect => "elect",
+        }
+    }
+}
+
 /// The response to a [`RaftRequest`], same variant.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftResponse {
@@ -53,6 +67,9 @@ pub enum RaftResponse {
     /// Whether the node will stand for election (it is a voter and the request came from the
     /// leader it knows).
     Elect(bool),
+    /// The request was refused before Raft saw it: the sender may not ask it
+    /// (docs/architecture.md §13).
+    Refused(super::authorize::Unauthorized),
 }
 
 /// A renewal, sent by a node to the Raft leader it knows.

@@ -4,7 +4,6 @@
 //! Restart: the last persisted snapshot is loaded at open; openraft then re-applies the log from
 //! the snapshot up to the durable commit index.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -12,6 +11,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::snapshot::{SnapshotData, MAX_SNAPSHOT};
 use super::store::{Store, SNAPSHOT};
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{ClusterState, CommandResult};
@@ -71,6 +71,12 @@ impl StateMachine {
     }
 }
 
+/// Whether received snapshot bytes decode as an applied state (checked before openraft hands
+/// them to [`StateMachine`], where a failure would stop the node).
+fn decodes(data: &[u8]) -> Result<(), String> {
+    rmp_serde::from_slice::<AppliedState>(data).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// Builds a snapshot from a copy of the applied state.
 pub struct SnapshotBuilder {
     store: Store,
@@ -93,7 +99,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .put_meta_durable(SNAPSHOT, bytes)
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::from_bytes(data)) })
     }
 }
 
@@ -132,15 +138,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { store: self.store.clone(), applied: self.applied.clone(), seq: self.snapshot_seq }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(SnapshotData::receiving(MAX_SNAPSHOT, decodes)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let applied: AppliedState =
             rmp_serde::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
@@ -159,6 +161,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let stored: Option<StoredSnapshot> =
             self.store.get_meta(SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(SnapshotData::from_bytes(s.data)) }))
     }
 }

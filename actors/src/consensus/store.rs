@@ -27,6 +27,8 @@ const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
 const CLUSTER: &str = "cluster";
 pub(crate) const SNAPSHOT: &str = "snapshot";
+/// The store's file name in the data directory.
+pub const FILE: &str = "raft.redb";
 
 /// Why the data directory's store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,7 @@ impl Store {
         cluster: &ClusterName,
         faults: Arc<crate::faults::DiskFaults>,
     ) -> Result<Store, OpenError> {
-        let path = dir.join("raft.redb");
+        let path = dir.join(FILE);
         let open_err = |e: redb::Error| OpenError::Open { path: path.display().to_string(), source: e };
         let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
         let store = Store { db: Arc::new(db), faults };

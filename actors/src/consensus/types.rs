@@ -1,7 +1,5 @@
 //! openraft type configuration and aliases for its deeply generic types.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::state::{Command, CommandResult};
@@ -25,7 +23,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = RaftNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = super::snapshot::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -8,14 +8,32 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
 }
 
-/// The system's monotonic clock.
+/// The system's clock for leases: `CLOCK_BOOTTIME`, as an [`Instant`].
+///
+/// Not `Instant::now()` (`CLOCK_MONOTONIC`): that clock stops while the machine or VM is
+/// suspended, so a node resumed after a suspend longer than its lease would still believe its
+/// lease valid while the leader, whose clock ran, has given its shards to another node.
+/// `CLOCK_BOOTTIME` counts the suspended time too (docs/architecture.md §13). The value is
+/// mapped onto `Instant` (the first reading's `Instant` plus the boot time elapsed since), so
+/// it compares with every other lease instant; after a suspend it runs ahead of
+/// `Instant::now()` by the time suspended, which only makes leases end sooner.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
-        Instant::now()
+        static BASE: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+        let (at, boot) = *BASE.get_or_init(|| (Instant::now(), boottime_ns()));
+        at + Duration::from_nanos(boottime_ns().saturating_sub(boot))
     }
+}
+
+/// Nanoseconds on `CLOCK_BOOTTIME` (monotonic, and counting time suspended).
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_BOOTTIME exists on Linux since 2.6.39.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A clock running `rate` times as fast as the system's (for tests of drift).
@@ -46,4 +64,22 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_clock_is_boottime_and_keeps_pace_with_instant() {
+        let (c, i0) = (SystemClock, Instant::now());
+        let (b0, t0) = (boottime_ns(), c.now());
+        std::thread::sleep(Duration::from_millis(20));
+        let (b1, t1) = (boottime_ns(), c.now());
+        let i1 = Instant::now();
+        let lease = t1.duration_since(t0).as_nanos() as i128;
+        assert!((lease - (b1 - b0) as i128).abs() < 2_000_000, "follows CLOCK_BOOTTIME");
+        // No suspend happens during a test: the two clocks agree to a millisecond or two.
+        assert!((lease - i1.duration_since(i0).as_nanos() as i128).abs() < 2_000_000);
+    }
 }

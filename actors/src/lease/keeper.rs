@@ -21,6 +21,44 @@ pub struct LeaseService {
     clock: Arc<dyn Clock>,
     quorum_window: Duration,
     table: Mutex<Table>,
+    evidence: Mutex<Evidence>,
+}
+
+/// The last Raft metrics report this service saw, and when it saw it.
+///
+/// openraft computes `millis_since_quorum_ack` when its core publishes a report, which it does
+/// after every batch of events. A core parked on a slow fsync publishes nothing, and its last
+/// report ages without saying so: read as it stands, it would let a deposed leader grant leases
+/// while the others elect (docs/architecture.md §13). So the age is the reported one plus the
+/// time since the report arrived, and a stalled core's evidence runs out by itself.
+struct Evidence {
+    metrics: watch::Receiver<crate::consensus::types::RaftMetrics>,
+    seen_at: Instant,
+    leader_term: Option<u64>,
+    last_log: u64,
+    quorum_age: Option<Duration>,
+}
+
+impl Evidence {
+    fn new(metrics: watch::Receiver<crate::consensus::types::RaftMetrics>, now: Instant) -> Evidence {
+        let mut ev = Evidence { metrics, seen_at: now, leader_term: None, last_log: 0, quorum_age: None };
+        ev.metrics.mark_changed();
+        ev
+    }
+
+    /// Takes a new report if one was published, and answers leadership, the last log index and
+    /// the quorum-ack age as of `now`.
+    fn at(&mut self, now: Instant) -> (Option<u64>, u64, Option<Duration>) {
+        if self.metrics.has_changed().unwrap_or(false) {
+            let m = self.metrics.borrow_and_update();
+            self.seen_at = now;
+            self.leader_term = (m.current_leader == Some(m.id)).then_some(m.current_term);
+            self.last_log = m.last_log_index.unwrap_or(0);
+            self.quorum_age = m.millis_since_quorum_ack.map(Duration::from_millis);
+        }
+        let since = now.saturating_duration_since(self.seen_at);
+        (self.leader_term, self.last_log, self.quorum_age.map(|a| a + since))
+    }
 }
 
 impl LeaseService {
@@ -29,7 +67,8 @@ impl LeaseService {
     /// after it acknowledged this leader).
     pub fn new(cfg: Config, raft: Raft, clock: Arc<dyn Clock>, quorum_window: Duration) -> LeaseService {
         let table = Table::new(cfg.clone());
-        LeaseService { cfg, raft, clock, quorum_window, table: Mutex::new(table) }
+        let evidence = Mutex::new(Evidence::new(raft.metrics(), clock.now()));
+        LeaseService { cfg, raft, clock, quorum_window, table: Mutex::new(table), evidence }
     }
 
     /// The lease timings.
@@ -42,18 +81,12 @@ impl LeaseService {
     }
 
     /// Reads the Raft metrics: leadership (`Some(term)` while leader), the last log index and
-    /// the quorum-ack age (openraft computes it when it publishes its metrics, which its core
-    /// does on every tick and event: a core that stopped publishing is not detected here).
+    /// the quorum-ack age now: the reported age plus the time since that report ([`Evidence`]).
     fn observe(&self) -> (Option<u64>, u64, Option<Duration>) {
         let now = self.clock.now();
-        let (leader_term, last_log, quorum) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            let leader_term = (m.current_leader == Some(m.id)).then_some(m.current_term);
-            (leader_term, m.last_log_index.unwrap_or(0), m.millis_since_quorum_ack.map(Duration::from_millis))
-        };
-        self.lock().set_leader(leader_term, now);
-        (leader_term, last_log, quorum)
+        let seen = self.evidence.lock().expect("lease evidence lock is never poisoned").at(now);
+        self.lock().set_leader(seen.0, now);
+        seen
     }
 
     /// Answers a renewal.
@@ -224,9 +257,42 @@ fn renew(
             Ok(Ok(RaftResponse::Lease(reply))) => {
                 let _ = done.try_send((sent, reply));
             }
+            Ok(Ok(RaftResponse::Refused(why))) => warn!(%leader, reason = %why, "lease renewal refused by the leader"),
             Ok(Ok(_)) => warn!(%leader, "lease renewal: unexpected answer"),
             Ok(Err(e)) => debug!(%leader, error = %e, "lease renewal failed"),
             Err(_) => debug!(%leader, "lease renewal timed out"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::types::RaftMetrics;
+
+    /// A leader whose core stops publishing (parked on an fsync) must not go on granting on
+    /// its last report: the evidence ages with the time since that report.
+    #[test]
+    fn evidence_ages_while_the_core_publishes_nothing() {
+        let mut m = RaftMetrics::new_initial(NodeId(1));
+        m.current_leader = Some(NodeId(1));
+        m.current_term = 3;
+        m.millis_since_quorum_ack = Some(10);
+        let (tx, rx) = watch::channel(m.clone());
+        let t0 = Instant::now();
+        let mut ev = Evidence::new(rx, t0);
+        let window = Duration::from_millis(300);
+        let (term, _, age) = ev.at(t0);
+        assert_eq!((term, age), (Some(3), Some(Duration::from_millis(10))));
+        assert!(may_grant(term, 3, age, window).is_ok());
+        // No report for 400 ms: the last one said 10 ms, the evidence is 410 ms old.
+        let (term, _, age) = ev.at(t0 + Duration::from_millis(400));
+        assert_eq!(age, Some(Duration::from_millis(410)));
+        assert_eq!(may_grant(term, 3, age, window), Err(super::super::Refusal::NoQuorum(Duration::from_millis(410))));
+        // A fresh report restarts from what it says.
+        m.millis_since_quorum_ack = Some(5);
+        tx.send(m).unwrap();
+        let (_, _, age) = ev.at(t0 + Duration::from_millis(401));
+        assert_eq!(age, Some(Duration::from_millis(5)));
+    }
 }

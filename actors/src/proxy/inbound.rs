@@ -22,6 +22,10 @@ pub(crate) async fn accept_loop(router: Router, mut incoming: libp2p_stream::Inc
 }
 
 async fn serve(router: Router, peer: PeerId, stream: Stream) {
+    if !router.authorize(&peer) {
+        // Dropping the stream closes it: the sender sees its requests fail.
+        return;
+    }
     let cfg = router.config().clone();
     let (mut read, write) = stream.split();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(cfg.queue_per_peer);

@@ -55,6 +55,8 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Requests that arrived twice on one stream (same id) and were answered once.
     pub duplicates: AtomicU64,
+    /// Streams refused because their peer is not in the Raft configuration (docs/architecture.md §13).
+    pub unauthorized: AtomicU64,
 }
 
 struct Inner {
@@ -313,6 +315,19 @@ impl Router {
         let counter = if result.is_ok() { &self.inner.stats.served } else { &self.inner.stats.failed };
         counter.fetch_add(1, Ordering::Relaxed);
         result
+    }
+
+    /// Whether `peer` is in the Raft configuration this node applied (voter or learner): only
+    /// members may send entity messages (docs/architecture.md §13).
+    pub(crate) fn authorize(&self, peer: &PeerId) -> bool {
+        let applied = self.inner.applied.borrow();
+        let member = crate::consensus::authorize::sender(peer, applied.membership.membership().nodes());
+        let ok = member != crate::consensus::authorize::Sender::Outsider;
+        if !ok {
+            self.inner.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "proxy stream from a peer outside the raft configuration refused");
+        }
+        ok
     }
 
     pub(crate) fn malformed(&self, peer: PeerId, error: &dyn std::fmt::Display) {

@@ -312,6 +312,17 @@ impl Transport {
     fn on_gossip(&mut self, e: gossipsub::Event) {
         let gossipsub::Event::Message { propagation_source, message_id, message } = e else { return };
         let accept = match wire::decode::<Gossip>(&message.data) {
+            // Strict validation: every message is signed by its author. A heartbeat speaks for
+            // the node that signed it only (docs/architecture.md §13), or a member could pose
+            // as another (its addresses, its liveness).
+            Ok(Gossip::Heartbeat(hb)) if !speaks_for_itself(&hb, message.source.as_ref()) => {
+                Stats::bump(&self.stats.forged_heartbeats);
+                warn!(
+                    author = ?message.source, claims = ?hb.meta.peer_id, node = %hb.meta.id,
+                    "heartbeat for another peer than its author dropped"
+                );
+                gossipsub::MessageAcceptance::Reject
+            }
             Ok(Gossip::Heartbeat(hb)) if hb.cluster == self.cfg.cluster => {
                 self.emit(Event::Heartbeat(hb));
                 gossipsub::MessageAcceptance::Accept
@@ -396,5 +407,42 @@ impl Transport {
             Stats::bump(&self.stats.events_dropped);
             warn!("membership mailbox full: transport event dropped");
         }
+    }
+}
+
+/// Whether a heartbeat describes the peer that signed it: its peer id is the author's and its
+/// node id the one derived from the author's key.
+fn speaks_for_itself(hb: &wire::Heartbeat, author: Option<&PeerId>) -> bool {
+    match (author, hb.meta.peer_id.as_ref()) {
+        (Some(author), Some(claimed)) => {
+            author == claimed && hb.meta.id == crate::types::NodeId::from_peer_bytes(&author.to_bytes())
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{ClusterName, NodeId, NodeMeta};
+
+    fn heartbeat(peer: Option<PeerId>, id: NodeId) -> wire::Heartbeat {
+        wire::Heartbeat {
+            cluster: ClusterName::new("shop", "dev"),
+            meta: NodeMeta { id, peer_id: peer, ..NodeMeta::default() },
+            seq: 1,
+            incarnation: 1,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_speaks_only_for_its_author() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let id = |p: &PeerId| NodeId::from_peer_bytes(&p.to_bytes());
+        assert!(speaks_for_itself(&heartbeat(Some(a), id(&a)), Some(&a)));
+        assert!(!speaks_for_itself(&heartbeat(Some(b), id(&b)), Some(&a)), "another peer's heartbeat");
+        assert!(!speaks_for_itself(&heartbeat(Some(a), id(&b)), Some(&a)), "another node id");
+        assert!(!speaks_for_itself(&heartbeat(None, id(&a)), Some(&a)), "no peer id");
+        assert!(!speaks_for_itself(&heartbeat(Some(a), id(&a)), None), "unsigned");
     }
 }

@@ -160,6 +160,8 @@ pub struct Stats {
     pub events_dropped: AtomicU64,
     /// Peers connected now.
     pub connected_peers: AtomicU64,
+    /// Gossip heartbeats signed by another peer than the one they describe, dropped.
+    pub forged_heartbeats: AtomicU64,
 }
 
 impl Stats {

@@ -33,6 +33,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
 }
 
 /// The node's first listen address, once it has one.
+#[allow(dead_code)] // not every test binary uses it
 pub async fn listen_addr(node: &clusterfunk_actors::node::Node) -> clusterfunk_actors::Multiaddr {
     let mut view = node.view.clone();
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
