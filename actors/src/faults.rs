@@ -292,17 +292,31 @@ fn decide(plan: &FaultPlan, rng: &mut StdRng) -> (Fate, bool) {
 pub struct DiskFaults {
     /// Durable writes left before one fails; `u64::MAX` = off.
     left: AtomicU64,
+    /// The next durable write stalls this many milliseconds before its fsync (0 = none).
+    stall_ms: AtomicU64,
 }
 
 impl DiskFaults {
     /// No fault.
     pub fn off() -> DiskFaults {
-        DiskFaults { left: AtomicU64::new(u64::MAX) }
+        DiskFaults { left: AtomicU64::new(u64::MAX), stall_ms: AtomicU64::new(0) }
     }
 
     /// The write after the next `n` fails.
     pub fn fail_after(n: u64) -> DiskFaults {
-        DiskFaults { left: AtomicU64::new(n) }
+        DiskFaults { left: AtomicU64::new(n), stall_ms: AtomicU64::new(0) }
+    }
+
+    /// The next durable write stalls for `d` before it commits, as a disk that stops answering
+    /// would (the writer, and openraft's core waiting on it, are parked meanwhile).
+    pub fn stall_next(&self, d: Duration) {
+        self.stall_ms.store(d.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// The stall the current write must suffer, once.
+    pub fn take_stall(&self) -> Option<Duration> {
+        let ms = self.stall_ms.swap(0, Ordering::Relaxed);
+        (ms > 0).then(|| Duration::from_millis(ms))
     }
 
     /// Called before every durable write: whether this one fails (and every one after it: the

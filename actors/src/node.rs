@@ -7,7 +7,7 @@ use actix::prelude::*;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
 use tokio::sync::{broadcast, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::consensus::auto::Settings;
 use crate::consensus::store::{OpenError, Store};
@@ -72,6 +72,13 @@ pub struct Config {
     /// Storage fault injection: the Raft store fails its write after this many (tests and the
     /// chaos lab: the node must exit with code 70). Default none.
     pub fail_disk_after: Option<u64>,
+    /// Storage fault injection: while this file exists the node reads a number of milliseconds
+    /// from it, deletes it, and stalls its next durable write that long (as the leader, it then
+    /// writes one entry so the stall hits its Raft core). Tests and the chaos lab. Default none.
+    pub disk_stall_trigger: Option<PathBuf>,
+    /// Runs the lease clock at this rate (1.0 = true time): a clock drifting past ρ, for the
+    /// chaos lab. Default none.
+    pub lease_clock_rate: Option<f64>,
 }
 
 /// Why a node could not start.
@@ -112,12 +119,19 @@ pub enum StartError {
     Store(#[from] OpenError),
     /// The node key survived but the Raft store next to it did not (docs/architecture.md §13).
     #[error(
-        "data_dir {}: the node key is there but the Raft store (raft.redb) is gone: this node id would come back \
-         without the votes it cast, and could vote twice in one term. Start the node with a new data_dir (it \
-         gets a new id) and remove the old id from the cluster",
+        "data_dir {}: the node key is there but the Raft store (raft.redb) is gone or empty: this node id would \
+         come back without the votes it cast, and could vote twice in one term. Start the node with a new \
+         data_dir (it gets a new id); the old id stays in the cluster's configuration until an operator removes it",
         .0.display()
     )]
     LostStore(PathBuf),
+    /// The Raft store holds state but the node key next to it is gone (docs/architecture.md §13).
+    #[error(
+        "data_dir {}: the Raft store holds a node's votes and log but the node key (node.key) is gone: a new key \
+         would be a new node on another node's votes. Restore node.key, or start with a new data_dir",
+        .0.display()
+    )]
+    LostKey(PathBuf),
     /// `bootstrap` was asked for on a data directory that already holds a cluster.
     #[error("bootstrap: the data directory {0} already holds a cluster; start without --bootstrap to rejoin it")]
     AlreadyBootstrapped(PathBuf),
@@ -170,35 +184,58 @@ pub struct Node {
     hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
     consensus: Addr<Consensus>,
     leaving: Arc<std::sync::atomic::AtomicBool>,
+    store: Store,
     arbiters: Vec<Arbiter>,
 }
+
+/// A durable write pending longer than this makes the node unhealthy.
+pub const WRITE_STALLED: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Node {
     /// Starts a node. Must run inside an actix `System`.
     pub async fn start(cfg: Config) -> Result<Node, StartError> {
-        Node::start_with_clock(cfg, Arc::new(SystemClock)).await
+        let clock: Arc<dyn Clock> = match cfg.lease_clock_rate {
+            Some(rate) => {
+                warn!(rate, "fault injection: the lease clock runs at this rate of true time");
+                Arc::new(crate::lease::SkewedClock::new(rate))
+            }
+            None => Arc::new(SystemClock),
+        };
+        Node::start_with_clock(cfg, clock).await
     }
 
     /// Starts a node measuring leases on `clock` (tests skew it).
     pub async fn start_with_clock(mut cfg: Config, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
         cfg.lease.validate(cfg.raft.heartbeat_interval).map_err(StartError::Lease)?;
         cfg.shard_manager.takeover = cfg.lease.takeover_after();
-        // The store is created before the key: a key without its store is then always a lost
-        // store, never a first start that stopped between the two.
+        // The store is created (and its directory entry synced) before the key: a key without
+        // its store is then always a lost store, never a first start that stopped between the
+        // two (docs/architecture.md §13).
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
             path: dir.clone(),
             action: "create",
             source,
         })?;
-        if dir.join(KEY_FILE).exists() && !dir.join(consensus::store::FILE).exists() {
+        let key_exists = dir.join(KEY_FILE).exists();
+        let store_len = std::fs::metadata(dir.join(consensus::store::FILE)).map_or(0, |m| m.len());
+        if key_exists && store_len == 0 {
             return Err(StartError::LostStore(dir.clone()));
         }
         let disk = match cfg.fail_disk_after {
             Some(n) => crate::faults::DiskFaults::fail_after(n),
             None => crate::faults::DiskFaults::off(),
         };
-        let store = Store::open_with_faults(&cfg.data_dir, &cfg.cluster, Arc::new(disk))?;
+        let store = match Store::open_checked(&cfg.data_dir, &cfg.cluster, Arc::new(disk), key_exists) {
+            Err(OpenError::Lost(_)) => return Err(StartError::LostStore(dir.clone())),
+            r => r?,
+        };
+        if !key_exists {
+            if store.has_raft_state().map_err(|source| StartError::StoreRead { path: dir.clone(), source })? {
+                return Err(StartError::LostKey(dir.clone()));
+            }
+            sync_dir(dir).map_err(|source| StartError::DataDir { path: dir.clone(), action: "sync", source })?;
+        }
         let keypair = load_or_create_key(&cfg.data_dir)?;
         let peer = keypair.public().to_peer_id();
         let id = NodeId::from_peer_bytes(&peer.to_bytes());
@@ -217,9 +254,16 @@ impl Node {
         let own = ownership.clone();
         sm.before_publish(Box::new(move |a| own.revoke(&a.state.shard_map)));
         info!(node = %id, %peer, cluster = %cfg.cluster, data_dir = %cfg.data_dir.display(), restarted = has_state, "starting node");
+        if cfg.secret.is_none() && cfg.auto_join {
+            warn!(
+                "no cluster secret: any host that reaches this node can join the cluster and be given shards \
+                 (automatic membership); set a cluster secret outside a network you trust (docs/operations.md)"
+            );
+        }
 
         let mut membership_ctx = Context::<Membership>::new();
         membership_ctx.set_mailbox_capacity(1024);
+        let membership_addr = membership_ctx.address();
         let mut consensus_ctx = Context::<Consensus>::new();
         consensus_ctx.set_mailbox_capacity(1024);
         let outputs = transport::Outputs {
@@ -236,12 +280,16 @@ impl Node {
         let transport = Transport::spawn(tcfg, outputs, &transport_arbiter.handle()).await?;
 
         let raft_cfg = cfg.raft.to_openraft(&cfg.cluster.to_string())?;
+        let kept_store = store.clone();
         let raft = Consensus::start_raft(id, raft_cfg, store, sm, transport.clone(), &raft_arbiter.handle())
             .await
             .map_err(Box::new)?;
-        if cfg.bootstrap {
-            let node = RaftNode { peer_id: Some(peer), addrs: vec![cfg.listen.to_string()] };
-            consensus::actor_bootstrap(&raft, id, node).await.map_err(Box::new)?;
+        // With nobody to discover (no seeds, no mDNS) a bootstrap node creates its cluster at
+        // once; otherwise it first looks around (`bootstrap_when_alone`).
+        let discovers = !cfg.seeds.is_empty() || cfg.mdns;
+        let raft_node = RaftNode { peer_id: Some(peer), addrs: vec![cfg.listen.to_string()] };
+        if cfg.bootstrap && !discovers {
+            consensus::actor_bootstrap(&raft, id, raft_node.clone()).await.map_err(Box::new)?;
             info!(node = %id, "bootstrapped a new cluster");
         }
 
@@ -275,6 +323,7 @@ impl Node {
             settings,
             lease.clone(),
             refusals.clone(),
+            membership_addr.clone().recipient(),
         ));
         let (events, _) = broadcast::channel(1024);
         let map = consensus::MapView::new(applied.clone());
@@ -310,8 +359,14 @@ impl Node {
                 budget: cfg.hook_budget,
             },
         ));
+        if cfg.bootstrap && discovers {
+            actix::spawn(bootstrap_when_alone(id, raft.clone(), raft_node, view.clone(), membership_addr.clone()));
+        }
         let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         actix::spawn(serving::rejoin(id, consensus.clone(), applied.clone(), leaving.clone()));
+        if let Some(path) = cfg.disk_stall_trigger.clone() {
+            actix::spawn(stall_trigger(path, kept_store.faults().clone(), raft.clone(), view.clone()));
+        }
         Ok(Node {
             id,
             transport,
@@ -328,6 +383,7 @@ impl Node {
             hooks,
             consensus,
             leaving,
+            store: kept_store,
             arbiters: vec![transport_arbiter, raft_arbiter],
         })
     }
@@ -346,6 +402,21 @@ impl Node {
     /// a thread hop per frame.
     pub fn transport_arbiter(&self) -> actix::ArbiterHandle {
         self.arbiters[0].handle()
+    }
+
+    /// Whether Raft runs and the disk answers: `Err` names what is wrong (a durable write
+    /// pending longer than [`WRITE_STALLED`], Raft stopped). A failed write ends the process
+    /// (exit 70), so it never shows here.
+    pub fn health(&self) -> Result<(), String> {
+        if let Err(e) = &self.metrics().running_state {
+            return Err(format!("raft: stopped: {e}"));
+        }
+        match self.store.write_pending_for() {
+            Some(d) if d > WRITE_STALLED => {
+                Err(format!("storage: a durable write has been waiting {} ms for the disk", d.as_millis()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The latest Raft metrics.
@@ -406,10 +477,115 @@ fn load_or_create_key(dir: &Path) -> Result<Keypair, StartError> {
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().map_err(key_err)?;
             write_private(&path, &bytes).map_err(|e| io(&path, "write", e))?;
+            sync_dir(dir).map_err(|e| io(dir, "sync", e))?;
             Ok(key)
         }
         Err(e) => Err(io(&path, "read", e)),
     }
+}
+
+/// How long a bootstrap node that can discover others looks around, from the first node it
+/// hears of, before it decides.
+pub const BOOTSTRAP_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long it waits to hear of any other node before it creates a cluster alone.
+pub const BOOTSTRAP_ALONE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A node started to create a new cluster that can discover others (docs/architecture.md §8):
+/// it announces that it is bootstrapping and looks around for [`BOOTSTRAP_LOOK`] from the first
+/// node it hears of (at most [`BOOTSTRAP_ALONE`] if it hears of none). If some node
+/// it sees already belongs to a cluster, or another bootstrapping node has a lower id, it does
+/// not create one and joins instead (automatic membership adds it); otherwise it creates it.
+/// Of several nodes started with `--bootstrap` at once that see each other, one cluster forms.
+async fn bootstrap_when_alone(
+    id: NodeId,
+    raft: Raft,
+    node: RaftNode,
+    view: watch::Receiver<Arc<View>>,
+    membership: actix::Addr<Membership>,
+) {
+    let announce = |b: bool| {
+        if membership.try_send(membership::Bootstrapping(b)).is_err() {
+            warn!(bootstrapping = b, "membership mailbox full: bootstrap intent not announced");
+        }
+    };
+    announce(true);
+    // The look starts at the first other node heard of (a seed may not listen yet when this
+    // node starts: its redial comes seconds later), and ends alone after BOOTSTRAP_ALONE.
+    let start = tokio::time::Instant::now();
+    let mut first_heard = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = tokio::time::Instant::now();
+        if view.borrow().members.len() > 1 {
+            first_heard.get_or_insert(now);
+        }
+        let looked = first_heard.is_some_and(|t| now - t >= BOOTSTRAP_LOOK);
+        if looked || now - start >= BOOTSTRAP_ALONE {
+            break;
+        }
+    }
+    let seen = view.borrow().clone();
+    let others = || seen.members.values().filter(|m| m.meta.id != id);
+    let member = others().find(|m| !m.raft_members.is_empty()).map(|m| m.meta.id);
+    let lower = others().filter(|m| m.bootstrapping && m.meta.id < id).map(|m| m.meta.id).min();
+    match (member, lower) {
+        (Some(m), _) => {
+            warn!(node = %id, member = %m, "bootstrap: node {m} already belongs to a cluster of this name; joining it instead of creating another")
+        }
+        (None, Some(l)) => {
+            info!(node = %id, winner = %l, "bootstrap: node {l} (a lower id) is creating this cluster at the same time; joining it")
+        }
+        (None, None) => match consensus::actor_bootstrap(&raft, id, node).await {
+            Ok(()) => {
+                info!(node = %id, looked_ms = start.elapsed().as_millis() as u64, seen = seen.members.len() - 1, "bootstrapped a new cluster")
+            }
+            Err(e) => warn!(node = %id, error = %e, "bootstrap: not initialized (joined meanwhile?)"),
+        },
+    }
+    announce(false);
+}
+
+/// Fault injection (`Config::disk_stall_trigger`): polls `path`; when it appears, stalls the
+/// next durable write for the milliseconds it holds, and as the leader writes entries (its own
+/// registration, unchanged: one, or as many as a second number in the file says) so that the
+/// stall parks its Raft core and the followers append too.
+async fn stall_trigger(
+    path: PathBuf,
+    disk: Arc<crate::faults::DiskFaults>,
+    raft: Raft,
+    view: watch::Receiver<Arc<View>>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let _ = std::fs::remove_file(&path);
+        let mut words = text.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(ms)), writes) = (words.next(), words.next().unwrap_or(Ok(1))) else {
+            warn!(path = %path.display(), %text, "disk stall trigger: expected `<ms> [writes]`");
+            continue;
+        };
+        disk.stall_next(std::time::Duration::from_millis(ms));
+        let m = raft.metrics().borrow().clone();
+        let leads = m.current_leader == Some(m.id);
+        warn!(stall_ms = ms, leads, "fault injection: the next durable write stalls");
+        let meta = view.borrow().members.get(&m.id).map(|v| consensus::auto::admitted(&v.meta));
+        if let (true, Some(meta), Ok(writes)) = (leads, meta, writes) {
+            let raft = raft.clone();
+            actix::spawn(async move {
+                for _ in 0..writes {
+                    if raft.client_write(Command::RegisterMember { meta: meta.clone() }).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Makes the directory's entries (a file just created in it) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

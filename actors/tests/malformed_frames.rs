@@ -78,7 +78,7 @@ async fn malformed_frames_drop_the_peer_not_the_node() {
         RaftRequest::Vote(openraft::raft::VoteRequest { vote: openraft::Vote::new(0, NodeId(1)), last_log_id: None });
     let resp = request(&mut client, server, framed(&wire::encode(&vote))).await.expect("answered");
     let resp: RaftResponse = wire::decode(&resp[4..]).expect("a framed RaftResponse");
-    assert!(matches!(resp, RaftResponse::Refused(Unauthorized::NotMember)), "{resp:?}");
+    assert!(matches!(resp, RaftResponse::Refused(Unauthorized::OtherNode)), "a vote for node 1 from another: {resp:?}");
     assert!(node.metrics().running_state.is_ok());
     node.shutdown().await;
 }
@@ -98,28 +98,55 @@ async fn an_outsider_drives_nothing() {
     let term = node.metrics().current_term;
     let mut client = raw_client("/clusterfunk/outsider/test/raft/1");
     client.add_peer_address(server, addr);
+    // The attacker speaks as itself (its node id is derived from its key), at a high term.
+    let me = NodeId::from_peer_bytes(&client.local_peer_id().to_bytes());
     let epoch = node.map.borrow().epoch();
-    let hostile = [
+    let append = |leader| {
         RaftRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
-            vote: openraft::Vote::new_committed(term + 100, NodeId(4242)),
+            vote: openraft::Vote::new_committed(term + 100, leader),
             prev_log_id: None,
             entries: vec![],
             leader_commit: None,
-        }),
-        RaftRequest::Vote(openraft::raft::VoteRequest {
-            vote: openraft::Vote::new(term + 100, NodeId(4242)),
-            last_log_id: None,
-        }),
-        RaftRequest::ClientWrite(Command::Released { node: node.id, shards: vec![(ShardId(0), epoch)] }),
-        RaftRequest::ClientWrite(Command::SetAssignments { based_on: epoch, changes: vec![] }),
-        RaftRequest::Lease(LeaseRequest { node: node.id, term }),
+        })
+    };
+    let hostile = [
+        (append(me), Unauthorized::NotMember),
+        (
+            RaftRequest::Vote(openraft::raft::VoteRequest {
+                vote: openraft::Vote::new(term + 100, me),
+                last_log_id: None,
+            }),
+            Unauthorized::NotMember,
+        ),
+        (
+            RaftRequest::ClientWrite(Command::Released { node: node.id, shards: vec![(ShardId(0), epoch)] }),
+            Unauthorized::NotMember,
+        ),
+        (
+            RaftRequest::ClientWrite(Command::SetAssignments { based_on: epoch, changes: vec![] }),
+            Unauthorized::NotMember,
+        ),
+        (RaftRequest::Lease(LeaseRequest { node: node.id, term }), Unauthorized::NotMember),
+        // Posing as the node itself, or at a term no election reaches.
+        (append(node.id), Unauthorized::OtherNode),
+        (
+            RaftRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
+                vote: openraft::Vote::new_committed(u64::MAX - 1, me),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            }),
+            Unauthorized::ImplausibleTerm,
+        ),
     ];
-    for req in &hostile {
+    for (req, why) in &hostile {
         let resp = request(&mut client, server, framed(&wire::encode(req))).await.expect("answered");
         let resp: RaftResponse = wire::decode(&resp[4..]).expect("a framed RaftResponse");
-        assert!(matches!(resp, RaftResponse::Refused(Unauthorized::NotMember)), "{} answered {resp:?}", req.kind());
+        assert!(matches!(resp, RaftResponse::Refused(w) if w == *why), "{} answered {resp:?}", req.kind());
     }
-    assert_eq!(node.refusals.get(Unauthorized::NotMember), hostile.len() as u64);
+    assert_eq!(node.refusals.get(Unauthorized::NotMember), 5);
+    assert_eq!(node.refusals.get(Unauthorized::OtherNode), 1);
+    assert_eq!(node.refusals.get(Unauthorized::ImplausibleTerm), 1);
     let m = node.metrics();
     assert_eq!((m.current_term, m.current_leader), (term, Some(node.id)), "the leader still leads in its term");
     assert_eq!(node.map.borrow().epoch(), epoch, "no shard moved");
@@ -153,6 +180,16 @@ async fn a_member_asks_only_for_itself() {
     })
     .await
     .expect("the second node joins the raft configuration");
+    // Each announces its configuration's members in its heartbeats (what lets a node that
+    // lags behind a membership change accept a newer member vouched for by one it knows).
+    let vouches = || leader.view.borrow().members.get(&member.id).is_some_and(|v| v.raft_members.contains(&leader.id));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !vouches() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the member's heartbeats list its configuration");
     let (term, epoch) = (leader.metrics().current_term, leader.map.borrow().epoch());
     let peer = leader.transport.local_peer_id();
     let ask = |req: RaftRequest| {

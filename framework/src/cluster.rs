@@ -161,6 +161,13 @@ impl Cluster {
         self.inner.status()
     }
 
+    /// Whether this node is healthy (what `GET /health` serves): Raft runs and the disk
+    /// answers. `Err` says what is wrong, e.g. a durable write waiting on the disk for over a
+    /// second. (A failed write ends the process with exit code 70 instead.)
+    pub fn health(&self) -> Result<(), String> {
+        self.inner.node.health()
+    }
+
     /// The address the dashboard is bound to, if it runs.
     pub fn dashboard_addr(&self) -> Option<SocketAddr> {
         self.inner.dashboard.get().copied()

@@ -33,6 +33,9 @@ pub enum ConfigError {
     /// `weight` must be at least 1.
     #[error("weight: 0 would give this node no shards at all; use a weight of at least 1")]
     Weight,
+    /// `weight` is over the largest a leader registers.
+    #[error("weight: {0} is over 10000, the largest weight a node is registered with")]
+    WeightTooLarge(u32),
     /// `workers` must be at least 1.
     #[error("workers: a node runs at least 1 worker")]
     Workers,
@@ -124,6 +127,8 @@ pub struct Builder {
     hooks: Hooks,
     faults: Option<FaultPlan>,
     fail_disk_after: Option<u64>,
+    disk_stall_trigger: Option<PathBuf>,
+    lease_clock_rate: Option<f64>,
 }
 
 impl Default for Builder {
@@ -152,6 +157,8 @@ impl Default for Builder {
             hooks: Hooks::default(),
             faults: None,
             fail_disk_after: None,
+            disk_stall_trigger: None,
+            lease_clock_rate: None,
         }
     }
 }
@@ -327,6 +334,23 @@ impl Builder {
         self
     }
 
+    /// Storage fault injection, for tests and the chaos lab: when `file` appears, its number of
+    /// milliseconds stalls the Raft store's next durable write (the leader then writes once so
+    /// the stall parks its Raft core). Never in production.
+    #[doc(hidden)]
+    pub fn disk_stall_trigger(mut self, file: impl Into<PathBuf>) -> Self {
+        self.disk_stall_trigger = Some(file.into());
+        self
+    }
+
+    /// Clock fault injection, for the chaos lab: the lease clock runs at `rate` of true time
+    /// (a drift past the configured ρ). Never in production.
+    #[doc(hidden)]
+    pub fn lease_clock_rate(mut self, rate: f64) -> Self {
+        self.lease_clock_rate = Some(rate);
+        self
+    }
+
     /// Calls `f` for every [`ClusterEvent`] on this node (see [`crate::hooks`] for the order).
     /// Shard hooks are awaited: a shard serves only after its `ShardAssigned` hooks returned.
     ///
@@ -366,6 +390,9 @@ impl Builder {
         }
         if self.weight == 0 {
             return Err(ConfigError::Weight);
+        }
+        if self.weight > clusterfunk_actors::consensus::auto::MAX_WEIGHT {
+            return Err(ConfigError::WeightTooLarge(self.weight));
         }
         if self.workers == 0 {
             return Err(ConfigError::Workers);
@@ -418,6 +445,8 @@ impl Builder {
             hook_budget: self.hook_budget,
             faults: self.faults,
             fail_disk_after: self.fail_disk_after,
+            disk_stall_trigger: self.disk_stall_trigger,
+            lease_clock_rate: self.lease_clock_rate,
         };
         Ok(ClusterConfig {
             node,
@@ -474,6 +503,8 @@ mod tests {
         let b = Builder::default;
         assert_eq!(b().shards(0).build().unwrap_err(), ConfigError::Shards(0));
         assert_eq!(b().weight(0).build().unwrap_err(), ConfigError::Weight);
+        assert_eq!(b().weight(10_001).build().unwrap_err(), ConfigError::WeightTooLarge(10_001));
+        assert!(b().weight(10_000).build().is_ok());
         assert_eq!(b().voters(2).build().unwrap_err(), ConfigError::Voters(2));
         assert!(b().name("a/b").build().unwrap_err().to_string().starts_with("name:"));
         assert!(b().env("").build().unwrap_err().to_string().starts_with("env:"));

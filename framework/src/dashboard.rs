@@ -11,10 +11,14 @@ async fn api_cluster(cluster: web::Data<Cluster>) -> impl Responder {
     HttpResponse::Ok().json(cluster.status())
 }
 
-/// Liveness: the process serves HTTP.
+/// Health: Raft runs and the disk answers (a durable write waiting over a second is a
+/// stalled disk). 503 with the reason otherwise.
 #[get("/health")]
-async fn health() -> impl Responder {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+async fn health(cluster: web::Data<Cluster>) -> impl Responder {
+    match cluster.health() {
+        Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
+        Err(why) => HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("unhealthy: {why}\n")),
+    }
 }
 
 /// Readiness: a leader is known and every shard has an owner.

@@ -17,7 +17,7 @@ use super::rpc::{self, LeaseGranter, RaftRequest, RaftResponse};
 use super::state_machine::{AppliedState, StateMachine};
 use super::store::Store;
 use super::types::{ClientWriteError, Raft, RaftError, RaftMetrics, RaftNode};
-use crate::membership::View;
+use crate::membership::{RaftMembers, View};
 use crate::state::{Command, CommandResult};
 use crate::transport::{self, parse_peer, InboundRaft};
 use crate::types::NodeId;
@@ -66,6 +66,8 @@ pub struct Consensus {
     lease: Arc<dyn LeaseGranter>,
     membership_busy: bool,
     refusals: Arc<Refusals>,
+    membership: Recipient<RaftMembers>,
+    announced: Vec<NodeId>,
 }
 
 impl Consensus {
@@ -89,6 +91,7 @@ impl Consensus {
     }
 
     /// A consensus shell around a started `raft`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raft: Raft,
         transport: transport::Handle,
@@ -97,16 +100,47 @@ impl Consensus {
         settings: Settings,
         lease: Arc<dyn LeaseGranter>,
         refusals: Arc<Refusals>,
+        membership: Recipient<RaftMembers>,
     ) -> Consensus {
-        Consensus { raft, transport, applied, view, settings, lease, membership_busy: false, refusals }
+        let announced = Vec::new();
+        Consensus {
+            raft,
+            transport,
+            applied,
+            view,
+            settings,
+            lease,
+            membership_busy: false,
+            refusals,
+            membership,
+            announced,
+        }
     }
 
     /// Applies the authorization rule (docs/architecture.md §13) to a request from `from`.
     fn authorize(&self, request: &RaftRequest, from: &libp2p::PeerId) -> Result<(), Unauthorized> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics();
+        let m = m.borrow();
         let membership = m.membership_config.membership();
-        let local_is_member = membership.get_node(&m.id).is_some();
-        authorize::authorize(request, authorize::sender(from, membership.nodes()), local_is_member)
+        let local = authorize::Local { unjoined: membership.nodes().next().is_none(), term: m.current_term };
+        let view = self.view.borrow();
+        // Vouched: a member of this node's configuration lists the sender in its own.
+        let vouched = |id| {
+            membership.nodes().any(|(member, _)| {
+                view.members.get(member).is_some_and(|v| *member != m.id && v.raft_members.contains(&id))
+            })
+        };
+        authorize::authorize(request, authorize::sender(from, membership.nodes(), vouched), local)
+    }
+
+    /// Tells the membership actor this node's configuration members when they change (they go
+    /// into its heartbeats, for nodes that lag behind a membership change).
+    fn announce_members(&mut self, m: &RaftMetrics) {
+        let ids: Vec<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        // A full mailbox leaves `announced` as it was: tried again on the next tick.
+        if ids != self.announced && self.membership.try_send(RaftMembers(ids.clone())).is_ok() {
+            self.announced = ids;
+        }
     }
 
     fn metrics(&self) -> RaftMetrics {
@@ -123,6 +157,7 @@ impl Consensus {
         if let Err(fatal) = &m.running_state {
             crate::fatal::exit(&format!("raft stopped with a fatal error: {fatal}"));
         }
+        self.announce_members(&m);
         if m.current_leader != Some(m.id) || self.membership_busy {
             return;
         }
@@ -173,8 +208,12 @@ impl Handler<InboundRaft> for Consensus {
             let _ = msg.reply.send(wire::encode(&resp));
         };
         if let Err(why) = self.authorize(&request, &msg.from) {
-            self.refusals.bump(why);
-            warn!(peer = %msg.from, reason = why.name(), request = request.kind(), "raft request refused");
+            // Logged at the first refusal of a reason and then at every power of two, so a
+            // peer repeating itself cannot flood the log; the counter has every one.
+            let n = self.refusals.bump(why);
+            if n.is_power_of_two() {
+                warn!(peer = %msg.from, reason = why.name(), request = request.kind(), refused = n, "raft request refused");
+            }
             return reply(RaftResponse::Refused(why));
         }
         if let RaftRequest::Lease(req) = &request {

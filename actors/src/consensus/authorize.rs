@@ -22,21 +22,28 @@ use crate::types::NodeId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum Unauthorized {
-    /// The sender's peer id is not in this node's Raft configuration.
+    /// The sender's peer id is not in this node's Raft configuration, and no member vouches
+    /// for it.
     #[error("the sender is not a member of the raft configuration")]
     NotMember,
-    /// A lease or a forwarded command named another node than the sender's.
+    /// A lease, a forwarded command or a Raft vote named another node than the sender's
+    /// (a peer may speak only for itself: its node id is derived from its key).
     #[error("the request names another node than the sender's")]
     OtherNode,
     /// A forwarded command that only the leader decides (shard moves, members): a leader
     /// writes those itself, in its own term, and never forwards them.
     #[error("only the leader decides this command; it is never forwarded")]
     LeaderOnly,
+    /// A vote far beyond this node's term: no real election gets there, and a term near
+    /// `u64::MAX` would leave the group unable to elect anyone.
+    #[error("a raft term implausibly far beyond this node's")]
+    ImplausibleTerm,
 }
 
 impl Unauthorized {
     /// Every reason, in counter order.
-    pub const ALL: [Unauthorized; 3] = [Unauthorized::NotMember, Unauthorized::OtherNode, Unauthorized::LeaderOnly];
+    pub const ALL: [Unauthorized; 4] =
+        [Unauthorized::NotMember, Unauthorized::OtherNode, Unauthorized::LeaderOnly, Unauthorized::ImplausibleTerm];
 
     /// A short name for counters and logs.
     pub fn name(self) -> &'static str {
@@ -44,25 +51,59 @@ impl Unauthorized {
             Unauthorized::NotMember => "not_member",
             Unauthorized::OtherNode => "other_node",
             Unauthorized::LeaderOnly => "leader_only",
+            Unauthorized::ImplausibleTerm => "implausible_term",
         }
     }
 }
 
-/// Who sent a request, as this node's Raft configuration knows it.
+/// How far past this node's term a Raft request may be. Terms grow by one per election; a
+/// million elections is years of a cluster doing nothing else.
+pub const MAX_TERM_JUMP: u64 = 1_000_000;
+
+/// Who sent a request. The node id is always the one derived from the sender's peer id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sender {
-    /// A member (voter or learner) with this id.
+    /// A member (voter or learner) of this node's Raft configuration.
     Member(NodeId),
-    /// A peer the configuration does not list.
-    Outsider,
+    /// Not in this node's configuration, but a member's signed heartbeat lists it in that
+    /// member's (newer) configuration: this node lags behind a membership change.
+    Vouched(NodeId),
+    /// Neither.
+    Outsider(NodeId),
 }
 
-/// Looks `peer` up in the configuration's `nodes`.
-pub fn sender<'a>(peer: &PeerId, nodes: impl IntoIterator<Item = (&'a NodeId, &'a RaftNode)>) -> Sender {
-    nodes
-        .into_iter()
-        .find(|(_, n)| n.peer_id.as_ref() == Some(peer))
-        .map_or(Sender::Outsider, |(id, _)| Sender::Member(*id))
+impl Sender {
+    fn id(self) -> NodeId {
+        match self {
+            Sender::Member(id) | Sender::Vouched(id) | Sender::Outsider(id) => id,
+        }
+    }
+}
+
+/// What this node knows of itself, for [`authorize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local {
+    /// Its Raft configuration lists no node at all: it never joined (or bootstrapped) a cluster.
+    pub unjoined: bool,
+    /// Its current Raft term.
+    pub term: u64,
+}
+
+/// Classifies `peer`: a member if its peer id is in the configuration's `nodes`, vouched if a
+/// member's heartbeat lists it (`vouched`), an outsider otherwise.
+pub fn sender<'a>(
+    peer: &PeerId,
+    nodes: impl IntoIterator<Item = (&'a NodeId, &'a RaftNode)>,
+    vouched: impl FnOnce(NodeId) -> bool,
+) -> Sender {
+    let id = NodeId::from_peer_bytes(&peer.to_bytes());
+    if nodes.into_iter().any(|(_, n)| n.peer_id.as_ref() == Some(peer)) {
+        Sender::Member(id)
+    } else if vouched(id) {
+        Sender::Vouched(id)
+    } else {
+        Sender::Outsider(id)
+    }
 }
 
 /// Whether a member may forward `cmd` to the leader: only what concerns the sender itself (its
@@ -75,28 +116,50 @@ pub fn forwardable(cmd: &Command, from: NodeId) -> Result<(), Unauthorized> {
     }
 }
 
-/// Whether `request` from `sender` may be served. `local_is_member`: this node is in its own
-/// configuration. A node outside it (new, or removed and coming back) accepts replication from
-/// any peer of the cluster, as that is how it joins; it takes nothing else from an outsider.
-pub fn authorize(request: &RaftRequest, sender: Sender, local_is_member: bool) -> Result<(), Unauthorized> {
-    let joining = !local_is_member;
-    match (request, sender) {
-        (RaftRequest::AppendEntries(_) | RaftRequest::InstallSnapshot(_), Sender::Outsider) if joining => Ok(()),
-        (_, Sender::Outsider) => Err(Unauthorized::NotMember),
-        (RaftRequest::ClientWrite(cmd), Sender::Member(from)) => forwardable(cmd, from),
-        (RaftRequest::Lease(req), Sender::Member(from)) if req.node != from => Err(Unauthorized::OtherNode),
-        (_, Sender::Member(_)) => Ok(()),
+/// Whether `request` from `sender` may be served by a node in state `local`.
+///
+/// - Raft's own RPCs (AppendEntries, InstallSnapshot, Vote) must name the sender as the leader
+///   or candidate, stay within [`MAX_TERM_JUMP`] of this node's term, and come from a member or
+///   a vouched peer; a node that never joined takes replication (not votes) from anyone, as
+///   that is how it joins.
+/// - Lease renewals and forwarded commands: members only, and only for themselves.
+/// - Elect: members only (the handover checks further that it is the leader).
+pub fn authorize(request: &RaftRequest, sender: Sender, local: Local) -> Result<(), Unauthorized> {
+    let claim = match request {
+        RaftRequest::AppendEntries(r) => Some((r.vote.leader_id(), true)),
+        RaftRequest::InstallSnapshot(r) => Some((r.vote.leader_id(), true)),
+        RaftRequest::Vote(r) => Some((r.vote.leader_id(), false)),
+        _ => None,
+    };
+    if let Some((leader, replication)) = claim {
+        if leader.voted_for() != Some(sender.id()) {
+            return Err(Unauthorized::OtherNode);
+        }
+        if leader.get_term() > local.term.saturating_add(MAX_TERM_JUMP) {
+            return Err(Unauthorized::ImplausibleTerm);
+        }
+        return match sender {
+            Sender::Member(_) | Sender::Vouched(_) => Ok(()),
+            Sender::Outsider(_) if replication && local.unjoined => Ok(()),
+            Sender::Outsider(_) => Err(Unauthorized::NotMember),
+        };
+    }
+    let Sender::Member(from) = sender else { return Err(Unauthorized::NotMember) };
+    match request {
+        RaftRequest::ClientWrite(cmd) => forwardable(cmd, from),
+        RaftRequest::Lease(req) if req.node != from => Err(Unauthorized::OtherNode),
+        _ => Ok(()),
     }
 }
 
 /// Refusals counted per reason.
 #[derive(Debug, Default)]
-pub struct Refusals([AtomicU64; 3]);
+pub struct Refusals([AtomicU64; 4]);
 
 impl Refusals {
-    /// Counts one refusal.
-    pub fn bump(&self, why: Unauthorized) {
-        self.0[why as usize].fetch_add(1, Ordering::Relaxed);
+    /// Counts one refusal; returns the count for that reason, this one included.
+    pub fn bump(&self, why: Unauthorized) -> u64 {
+        self.0[why as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The count for one reason.
@@ -116,13 +179,16 @@ mod tests {
     use crate::consensus::rpc::LeaseRequest;
     use crate::types::{Epoch, ShardId};
 
-    fn vote() -> RaftRequest {
-        RaftRequest::Vote(openraft::raft::VoteRequest { vote: openraft::Vote::new(99, NodeId(7)), last_log_id: None })
+    const A: NodeId = NodeId(7);
+    const JOINED: Local = Local { unjoined: false, term: 5 };
+
+    fn vote(term: u64, candidate: NodeId) -> RaftRequest {
+        RaftRequest::Vote(openraft::raft::VoteRequest { vote: openraft::Vote::new(term, candidate), last_log_id: None })
     }
 
-    fn append() -> RaftRequest {
+    fn append(term: u64, leader: NodeId) -> RaftRequest {
         RaftRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
-            vote: openraft::Vote::new_committed(99, NodeId(7)),
+            vote: openraft::Vote::new_committed(term, leader),
             prev_log_id: None,
             entries: vec![],
             leader_commit: None,
@@ -135,50 +201,88 @@ mod tests {
 
     #[test]
     fn an_outsider_drives_nothing_of_a_member() {
-        for req in [vote(), append(), released(2), RaftRequest::Lease(LeaseRequest { node: NodeId(2), term: 1 })] {
-            assert_eq!(authorize(&req, Sender::Outsider, true), Err(Unauthorized::NotMember), "{req:?}");
+        let o = Sender::Outsider(A);
+        for req in [vote(99, A), append(99, A), released(7), RaftRequest::Lease(LeaseRequest { node: A, term: 1 })] {
+            assert_eq!(authorize(&req, o, JOINED), Err(Unauthorized::NotMember), "{req:?}");
         }
-        assert_eq!(authorize(&RaftRequest::Elect, Sender::Outsider, true), Err(Unauthorized::NotMember));
+        assert_eq!(authorize(&RaftRequest::Elect, o, JOINED), Err(Unauthorized::NotMember));
     }
 
     #[test]
-    fn a_joining_node_takes_replication_only() {
-        assert_eq!(authorize(&append(), Sender::Outsider, false), Ok(()));
-        assert_eq!(authorize(&vote(), Sender::Outsider, false), Err(Unauthorized::NotMember));
-        assert_eq!(authorize(&released(2), Sender::Outsider, false), Err(Unauthorized::NotMember));
+    fn a_node_that_never_joined_takes_replication_only() {
+        let (o, fresh) = (Sender::Outsider(A), Local { unjoined: true, term: 0 });
+        assert_eq!(authorize(&append(3, A), o, fresh), Ok(()));
+        assert_eq!(authorize(&vote(3, A), o, fresh), Err(Unauthorized::NotMember));
+        assert_eq!(authorize(&released(7), o, fresh), Err(Unauthorized::NotMember));
+        assert_eq!(authorize(&append(3, NodeId(1)), o, fresh), Err(Unauthorized::OtherNode), "only as itself");
+        assert_eq!(authorize(&append(u64::MAX - 1, A), o, fresh), Err(Unauthorized::ImplausibleTerm));
+    }
+
+    #[test]
+    fn raft_rpcs_speak_only_for_the_sender_and_within_reach_of_the_term() {
+        let m = Sender::Member(A);
+        assert_eq!(authorize(&vote(6, A), m, JOINED), Ok(()));
+        assert_eq!(authorize(&append(6, A), m, JOINED), Ok(()));
+        assert_eq!(
+            authorize(&vote(6, NodeId(1)), m, JOINED),
+            Err(Unauthorized::OtherNode),
+            "a vote for another candidate"
+        );
+        assert_eq!(authorize(&append(6, NodeId(1)), m, JOINED), Err(Unauthorized::OtherNode), "posing as the leader");
+        assert_eq!(authorize(&append(5 + MAX_TERM_JUMP, A), m, JOINED), Ok(()));
+        assert_eq!(authorize(&append(6 + MAX_TERM_JUMP, A), m, JOINED), Err(Unauthorized::ImplausibleTerm));
+    }
+
+    #[test]
+    fn a_vouched_peer_gets_raft_rpcs_only() {
+        let v = Sender::Vouched(A);
+        assert_eq!(authorize(&append(9, A), v, JOINED), Ok(()), "a lagging node catches up from a newer leader");
+        assert_eq!(authorize(&vote(9, A), v, JOINED), Ok(()), "and can vote for a newer member");
+        assert_eq!(authorize(&released(7), v, JOINED), Err(Unauthorized::NotMember));
+        assert_eq!(
+            authorize(&RaftRequest::Lease(LeaseRequest { node: A, term: 9 }), v, JOINED),
+            Err(Unauthorized::NotMember)
+        );
     }
 
     #[test]
     fn a_member_asks_only_for_itself() {
         let m = Sender::Member(NodeId(2));
-        assert_eq!(authorize(&vote(), m, true), Ok(()));
-        assert_eq!(authorize(&append(), m, true), Ok(()));
-        assert_eq!(authorize(&released(2), m, true), Ok(()));
-        assert_eq!(authorize(&released(1), m, true), Err(Unauthorized::OtherNode));
+        assert_eq!(authorize(&released(2), m, JOINED), Ok(()));
+        assert_eq!(authorize(&released(1), m, JOINED), Err(Unauthorized::OtherNode));
         let drain = |id| RaftRequest::ClientWrite(Command::SetDraining { id: NodeId(id), draining: true });
-        assert_eq!(authorize(&drain(2), m, true), Ok(()));
-        assert_eq!(authorize(&drain(3), m, true), Err(Unauthorized::OtherNode));
+        assert_eq!(authorize(&drain(2), m, JOINED), Ok(()));
+        assert_eq!(authorize(&drain(3), m, JOINED), Err(Unauthorized::OtherNode));
         let lease = |node| RaftRequest::Lease(LeaseRequest { node: NodeId(node), term: 4 });
-        assert_eq!(authorize(&lease(2), m, true), Ok(()));
-        assert_eq!(authorize(&lease(1), m, true), Err(Unauthorized::OtherNode));
+        assert_eq!(authorize(&lease(2), m, JOINED), Ok(()));
+        assert_eq!(authorize(&lease(1), m, JOINED), Err(Unauthorized::OtherNode));
+        assert_eq!(authorize(&RaftRequest::Elect, m, JOINED), Ok(()));
         for cmd in [
             Command::SetAssignments { based_on: Epoch(3), changes: vec![] },
             Command::BeginHandoff { based_on: Epoch(3), moves: vec![] },
             Command::RemoveMember { id: NodeId(2) },
             Command::RegisterMember { meta: Default::default() },
         ] {
-            assert_eq!(authorize(&RaftRequest::ClientWrite(cmd), m, true), Err(Unauthorized::LeaderOnly));
+            assert_eq!(authorize(&RaftRequest::ClientWrite(cmd), m, JOINED), Err(Unauthorized::LeaderOnly));
         }
     }
 
     #[test]
-    fn senders_are_found_by_peer_id() {
+    fn senders_are_found_by_peer_id_or_vouched_for() {
         let a = PeerId::random();
-        let nodes = [(NodeId(1), RaftNode { peer_id: Some(a), addrs: vec![] }), (NodeId(2), RaftNode::default())];
-        assert_eq!(sender(&a, nodes.iter().map(|(i, n)| (i, n))), Sender::Member(NodeId(1)));
-        assert_eq!(sender(&PeerId::random(), nodes.iter().map(|(i, n)| (i, n))), Sender::Outsider);
+        let id = NodeId::from_peer_bytes(&a.to_bytes());
+        let nodes = [(id, RaftNode { peer_id: Some(a), addrs: vec![] }), (NodeId(2), RaftNode::default())];
+        let it = || nodes.iter().map(|(i, n)| (i, n));
+        assert_eq!(sender(&a, it(), |_| false), Sender::Member(id));
+        let b = PeerId::random();
+        let bid = NodeId::from_peer_bytes(&b.to_bytes());
+        assert_eq!(sender(&b, it(), |_| false), Sender::Outsider(bid));
+        assert_eq!(sender(&b, it(), |v| v == bid), Sender::Vouched(bid));
         let r = Refusals::default();
         r.bump(Unauthorized::OtherNode);
-        assert_eq!(r.snapshot(), vec![("not_member", 0), ("other_node", 1), ("leader_only", 0)]);
+        assert_eq!(
+            r.snapshot(),
+            vec![("not_member", 0), ("other_node", 1), ("leader_only", 0), ("implausible_term", 0)]
+        );
     }
 }

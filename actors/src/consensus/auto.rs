@@ -26,6 +26,16 @@ pub struct Settings {
     pub auto_join: bool,
 }
 
+/// The largest weight a node is registered with: a heartbeat claiming more (a misconfigured or
+/// hostile node drawing every shard to itself) is registered at this.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// What the leader registers of what a node said about itself: its weight capped at
+/// [`MAX_WEIGHT`] (and at least 1).
+pub fn admitted(meta: &NodeMeta) -> NodeMeta {
+    NodeMeta { weight: meta.weight.clamp(1, MAX_WEIGHT), ..meta.clone() }
+}
+
 /// The next membership step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -49,15 +59,15 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
         }));
     }
     let local = view.members.get(&view.local)?;
-    let registered = |m: &NodeMeta| st.members.get(&m.id) == Some(m);
+    let registered = |m: &NodeMeta| st.members.get(&m.id) == Some(&admitted(m));
     if !registered(&local.meta) {
-        return Some(Action::Write(Command::RegisterMember { meta: local.meta.clone() }));
+        return Some(Action::Write(Command::RegisterMember { meta: admitted(&local.meta) }));
     }
     let up: Vec<&NodeMeta> = view.members.values().filter(|m| m.state == MemberState::Up).map(|m| &m.meta).collect();
     for meta in &up {
         let known = st.members.contains_key(&meta.id);
         if !registered(meta) && (known || s.auto_join) {
-            return Some(Action::Write(Command::RegisterMember { meta: (*meta).clone() }));
+            return Some(Action::Write(Command::RegisterMember { meta: admitted(meta) }));
         }
     }
     let membership = applied.membership.membership();
@@ -112,7 +122,20 @@ mod tests {
     fn view(ids: &[u64]) -> View {
         View {
             local: NodeId(ids[0]),
-            members: ids.iter().map(|i| (NodeId(*i), MemberView { meta: meta(*i), state: MemberState::Up })).collect(),
+            members: ids
+                .iter()
+                .map(|i| {
+                    (
+                        NodeId(*i),
+                        MemberView {
+                            meta: meta(*i),
+                            state: MemberState::Up,
+                            raft_members: vec![],
+                            bootstrapping: false,
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -126,6 +149,14 @@ mod tests {
             voters.iter().chain(learners).map(|i| (NodeId(*i), RaftNode::default())).collect();
         let m = Membership::new(vec![voters.iter().map(|i| NodeId(*i)).collect()], nodes);
         AppliedState { last_applied: None, membership: StoredMembership::new(Some(LogId::default()), m), state }
+    }
+
+    #[test]
+    fn a_claimed_weight_is_registered_capped() {
+        let m = NodeMeta { id: NodeId(3), weight: u32::MAX, ..NodeMeta::default() };
+        assert_eq!(admitted(&m).weight, MAX_WEIGHT);
+        assert_eq!(admitted(&NodeMeta { weight: 0, ..m.clone() }).weight, 1);
+        assert_eq!(admitted(&NodeMeta { weight: 7, ..m }).weight, 7);
     }
 
     #[test]

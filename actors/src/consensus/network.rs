@@ -48,7 +48,8 @@ impl Conn {
         let (peer, addrs) = parse_peer(&self.node.peer_id, &self.node.addrs)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         match tokio::time::timeout(option.hard_ttl(), rpc::call(&self.transport, peer, addrs, &req)).await {
-            Ok(Ok(RaftResponse::Refused(why))) => Err(RPCError::Network(NetworkError::new(&why))),
+            // Unreachable: openraft backs off before trying this target again.
+            Ok(Ok(RaftResponse::Refused(why))) => Err(RPCError::Unreachable(Unreachable::new(&why))),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e @ transport::Error::Request { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&e))),

@@ -9,6 +9,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
@@ -54,6 +55,9 @@ pub enum OpenError {
     /// The store's contents do not decode.
     #[error("the Raft store is corrupt: {0}")]
     Corrupt(#[from] StoreError),
+    /// A store that must exist (the node key next to it does) was created empty just now.
+    #[error("the Raft store {0} is new, but the node key next to it is not")]
+    Lost(String),
 }
 
 /// The shared redb database behind the log store and the state machine.
@@ -61,6 +65,30 @@ pub enum OpenError {
 pub struct Store {
     db: Arc<Database>,
     faults: Arc<crate::faults::DiskFaults>,
+    /// When the durable write in progress started (`monotonic_ns`), 0 when none is.
+    pending: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Nanoseconds since this process first asked (never 0).
+fn mono_ns() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+/// Marks a durable write in progress for as long as it lives.
+struct Pending<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Pending<'a> {
+    fn start(at: &'a std::sync::atomic::AtomicU64) -> Pending<'a> {
+        at.store(mono_ns(), std::sync::atomic::Ordering::Relaxed);
+        Pending(at)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Store {
@@ -76,18 +104,41 @@ impl Store {
         cluster: &ClusterName,
         faults: Arc<crate::faults::DiskFaults>,
     ) -> Result<Store, OpenError> {
+        Store::open_checked(dir, cluster, faults, false)
+    }
+
+    /// As [`Store::open_with_faults`]; with `must_exist`, a store that records no cluster yet
+    /// (new, or emptied) is refused ([`OpenError::Lost`]) and nothing is written to it.
+    pub fn open_checked(
+        dir: &Path,
+        cluster: &ClusterName,
+        faults: Arc<crate::faults::DiskFaults>,
+        must_exist: bool,
+    ) -> Result<Store, OpenError> {
         let path = dir.join(FILE);
         let open_err = |e: redb::Error| OpenError::Open { path: path.display().to_string(), source: e };
         let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
-        let store = Store { db: Arc::new(db), faults };
+        let store = Store { db: Arc::new(db), faults, pending: Default::default() };
         match store.get_meta::<ClusterName>(CLUSTER)? {
             Some(found) if &found != cluster => {
                 return Err(OpenError::OtherCluster { found, expected: cluster.clone() })
             }
             Some(_) => {}
+            None if must_exist => return Err(OpenError::Lost(path.display().to_string())),
             None => store.put_meta(CLUSTER, cluster).map_err(open_err)?,
         }
         Ok(store)
+    }
+
+    /// How long the durable write in progress has been waiting (its fsync), if one is.
+    pub fn write_pending_for(&self) -> Option<Duration> {
+        let since = self.pending.load(std::sync::atomic::Ordering::Relaxed);
+        (since != 0).then(|| Duration::from_nanos(mono_ns().saturating_sub(since)))
+    }
+
+    /// The disk fault injector (tests and the chaos lab).
+    pub fn faults(&self) -> &Arc<crate::faults::DiskFaults> {
+        &self.faults
     }
 
     /// Whether this store already holds Raft state (a vote, a snapshot or any log entry).
@@ -183,12 +234,20 @@ impl Store {
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     {
-        let (db, faults) = (self.db.clone(), self.faults.clone());
+        let (db, faults, pending) = (self.db.clone(), self.faults.clone(), self.pending.clone());
         let run = move || -> Result<(), redb::Error> {
+            let _pending = Pending::start(&pending);
             let tx = db.begin_write()?;
             f(&tx)?;
             if faults.write_fails() {
                 return Err(redb::Error::Io(std::io::Error::other("injected fault: fsync failed")));
+            }
+            if let Some(d) = faults.take_stall() {
+                tracing::warn!(
+                    stall_ms = d.as_millis() as u64,
+                    "fault injection: a durable write stalls before its fsync"
+                );
+                std::thread::sleep(d);
             }
             tx.commit()?;
             Ok(())

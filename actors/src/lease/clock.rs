@@ -4,8 +4,14 @@ use std::time::{Duration, Instant};
 
 /// A monotonic clock.
 pub trait Clock: Send + Sync + 'static {
-    /// Now.
+    /// Now, for measuring a lease this node holds: must never lag real time (it ends leases).
     fn now(&self) -> Instant;
+
+    /// Now, for a wait the leader must not cut short (takeover after a silent node's lease):
+    /// may lag real time, never run ahead. Comparable only with other `waiting_now` readings.
+    fn waiting_now(&self) -> Instant {
+        self.now()
+    }
 }
 
 /// The system's clock for leases: `CLOCK_BOOTTIME`, as an [`Instant`].
@@ -21,6 +27,11 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// `CLOCK_MONOTONIC`: it stops in a suspend, so a leader resumed from one waits longer.
+    fn waiting_now(&self) -> Instant {
+        Instant::now()
+    }
+
     fn now(&self) -> Instant {
         static BASE: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
         let (at, boot) = *BASE.get_or_init(|| (Instant::now(), boottime_ns()));
@@ -29,11 +40,20 @@ impl Clock for SystemClock {
 }
 
 /// Nanoseconds on `CLOCK_BOOTTIME` (monotonic, and counting time suspended).
+#[cfg(target_os = "linux")]
 fn boottime_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_BOOTTIME exists on Linux since 2.6.39.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed: {}", std::io::Error::last_os_error());
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Elsewhere `Instant` (which may stop in a suspend: leases are safe across suspends on Linux only).
+#[cfg(not(target_os = "linux"))]
+fn boottime_ns() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// A clock running `rate` times as fast as the system's (for tests of drift).

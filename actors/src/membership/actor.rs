@@ -75,3 +75,30 @@ impl Handler<Event> for Membership {
         self.step(input);
     }
 }
+
+/// The members of this node's Raft configuration changed (sent by the consensus actor, a layer
+/// above): announced in heartbeats from now on.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct RaftMembers(pub Vec<crate::types::NodeId>);
+
+impl Handler<RaftMembers> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, msg: RaftMembers, _: &mut Context<Self>) {
+        self.step(Input::RaftMembers(msg.0));
+    }
+}
+
+/// Whether this node is deciding whether to create a new cluster (announced in heartbeats).
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Bootstrapping(pub bool);
+
+impl Handler<Bootstrapping> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, msg: Bootstrapping, _: &mut Context<Self>) {
+        self.step(Input::Bootstrapping(msg.0));
+    }
+}

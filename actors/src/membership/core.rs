@@ -31,6 +31,10 @@ pub struct MemberView {
     pub meta: NodeMeta,
     /// Its liveness.
     pub state: MemberState,
+    /// The members of its Raft configuration, as its last heartbeat listed them.
+    pub raft_members: Vec<NodeId>,
+    /// Its last heartbeat said it is deciding whether to create a new cluster.
+    pub bootstrapping: bool,
 }
 
 /// This node's view of the members (itself included, always up).
@@ -64,6 +68,10 @@ pub enum Input {
     Discovered(PeerId, Vec<Multiaddr>),
     /// The transport listens on a new address.
     Listening(Multiaddr),
+    /// The members of this node's Raft configuration now (announced in heartbeats).
+    RaftMembers(Vec<NodeId>),
+    /// Whether this node is deciding whether to create a new cluster (announced in heartbeats).
+    Bootstrapping(bool),
 }
 
 /// What the shell must do.
@@ -97,6 +105,10 @@ pub struct Core {
     remotes: HashMap<NodeId, Remote>,
     connected: HashSet<PeerId>,
     effects: Vec<Effect>,
+    /// This node's Raft configuration members, announced in its heartbeats.
+    raft_members: Vec<NodeId>,
+    /// Whether this node is deciding whether to bootstrap, announced in its heartbeats.
+    bootstrapping: bool,
 }
 
 impl Core {
@@ -104,7 +116,8 @@ impl Core {
     pub fn new(cfg: Config, cluster: ClusterName, local_peer: PeerId, meta: NodeMeta, incarnation: u64) -> Core {
         let local = meta.id;
         let mut members = BTreeMap::new();
-        members.insert(local, MemberView { meta, state: MemberState::Up });
+        members
+            .insert(local, MemberView { meta, state: MemberState::Up, raft_members: Vec::new(), bootstrapping: false });
         Core {
             cfg,
             cluster,
@@ -116,6 +129,8 @@ impl Core {
             remotes: HashMap::new(),
             connected: HashSet::new(),
             effects: Vec::new(),
+            raft_members: Vec::new(),
+            bootstrapping: false,
         }
     }
 
@@ -147,6 +162,8 @@ impl Core {
                 }
             }
             Input::Discovered(peer, addrs) => self.on_discovered(peer, addrs, now),
+            Input::RaftMembers(ids) => self.raft_members = ids,
+            Input::Bootstrapping(b) => self.bootstrapping = b,
             Input::Listening(addr) => {
                 let local = self.view.local;
                 if let Some(me) = self.view.members.get_mut(&local) {
@@ -200,17 +217,25 @@ impl Core {
         r.addrs = addrs;
         let changed = match self.view.members.get_mut(&id) {
             Some(m) => {
-                let was = (m.state, m.meta.clone());
+                let was = (m.state, m.meta.clone(), m.raft_members.clone(), m.bootstrapping);
                 m.state = MemberState::Up;
                 m.meta = hb.meta;
+                m.raft_members = hb.raft_members;
+                m.bootstrapping = hb.bootstrapping;
                 if was.0 != MemberState::Up {
                     info!(node = %id, from = ?was.0, "member up");
                 }
-                was != (m.state, m.meta.clone())
+                was != (m.state, m.meta.clone(), m.raft_members.clone(), m.bootstrapping)
             }
             None => {
                 info!(node = %id, addrs = ?hb.meta.addrs, "member joined the view");
-                self.view.members.insert(id, MemberView { meta: hb.meta, state: MemberState::Up });
+                let m = MemberView {
+                    meta: hb.meta,
+                    state: MemberState::Up,
+                    raft_members: hb.raft_members,
+                    bootstrapping: hb.bootstrapping,
+                };
+                self.view.members.insert(id, m);
                 true
             }
         };
@@ -230,6 +255,8 @@ impl Core {
                 meta,
                 seq: self.seq,
                 incarnation: self.incarnation,
+                raft_members: self.raft_members.clone(),
+                bootstrapping: self.bootstrapping,
             }));
         }
         let mut changed = false;
@@ -311,7 +338,14 @@ mod tests {
     }
 
     fn hb(p: &PeerId) -> Heartbeat {
-        Heartbeat { cluster: ClusterName::new("a", "b"), meta: meta(p), seq: 1, incarnation: 1 }
+        Heartbeat {
+            cluster: ClusterName::new("a", "b"),
+            meta: meta(p),
+            seq: 1,
+            incarnation: 1,
+            raft_members: vec![],
+            bootstrapping: false,
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod core;
 
 use std::time::Duration;
 
-pub use actor::Membership;
+pub use actor::{Bootstrapping, Membership, RaftMembers};
 pub use core::{Core, Effect, Input, MemberState, MemberView, View};
 
 /// Membership timings.

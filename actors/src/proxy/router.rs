@@ -321,8 +321,8 @@ impl Router {
     /// members may send entity messages (docs/architecture.md §13).
     pub(crate) fn authorize(&self, peer: &PeerId) -> bool {
         let applied = self.inner.applied.borrow();
-        let member = crate::consensus::authorize::sender(peer, applied.membership.membership().nodes());
-        let ok = member != crate::consensus::authorize::Sender::Outsider;
+        let member = crate::consensus::authorize::sender(peer, applied.membership.membership().nodes(), |_| false);
+        let ok = matches!(member, crate::consensus::authorize::Sender::Member(_));
         if !ok {
             self.inner.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
             warn!(%peer, "proxy stream from a peer outside the raft configuration refused");

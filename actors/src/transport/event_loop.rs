@@ -432,6 +432,8 @@ mod tests {
             meta: NodeMeta { id, peer_id: peer, ..NodeMeta::default() },
             seq: 1,
             incarnation: 1,
+            raft_members: vec![],
+            bootstrapping: false,
         }
     }
 

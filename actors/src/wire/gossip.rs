@@ -22,6 +22,15 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Random per process run: a restart is a new incarnation.
     pub incarnation: u64,
+    /// The members (voters and learners) of the sender's Raft configuration. A node whose own
+    /// configuration is older accepts Raft traffic from a peer one of its members lists here
+    /// (docs/architecture.md §13): a lagging node learns of newer members from one it knows.
+    #[serde(default)]
+    pub raft_members: Vec<crate::types::NodeId>,
+    /// The sender was started to create a new cluster and has not decided yet whether to
+    /// (docs/architecture.md §8): of several such nodes that see each other, the lowest id does.
+    #[serde(default)]
+    pub bootstrapping: bool,
 }
 
 #[cfg(test)]
@@ -48,6 +57,8 @@ mod tests {
             },
             seq: 3,
             incarnation: 4,
+            raft_members: vec![NodeId(1), NodeId(2)],
+            bootstrapping: true,
         })
     }
 
@@ -55,11 +66,25 @@ mod tests {
     fn gossip_round_trip_and_golden() {
         let bytes = encode(&heartbeat());
         assert_eq!(decode::<Gossip>(&bytes).unwrap(), heartbeat());
-        // The peer id is its base58 text (`d9 34` + 52 bytes), as when the field was a String.
+        // The peer id is its base58 text (`d9 34` + 52 bytes), as when the field was a String;
+        // `raft_members` and `bootstrapping` (appended) are the fifth and sixth elements:
+        // `96` ... `92 01 02 c3`.
         assert_eq!(
             hex(&bytes),
-            "81a94865617274626561749492a473686f70a36465769701d934313244334b6f6f57434d51386b766865734846634a416d754d\
-             47696a7a68336141397136776b6845744231584a4c515a746a4846900102c0c00304"
+            "81a94865617274626561749692a473686f70a36465769701d934313244334b6f6f57434d51386b766865734846634a416d754d\
+             47696a7a68336141397136776b6845744231584a4c515a746a4846900102c0c00304920102c3"
         );
+    }
+
+    #[test]
+    fn a_heartbeat_without_raft_members_still_decodes() {
+        // The golden bytes of the version before `raft_members` was appended.
+        let old =
+            "81a94865617274626561749492a473686f70a36465769701d934313244334b6f6f57434d51386b766865734846634a416d754d\
+                   47696a7a68336141397136776b6845744231584a4c515a746a4846900102c0c00304";
+        let bytes: Vec<u8> =
+            (0..old.len()).step_by(2).map(|i| u8::from_str_radix(&old[i..i + 2], 16).unwrap()).collect();
+        let Gossip::Heartbeat(hb) = decode::<Gossip>(&bytes).unwrap();
+        assert!(hb.raft_members.is_empty());
     }
 }

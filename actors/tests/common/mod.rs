@@ -29,6 +29,8 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         hook_budget: std::time::Duration::from_secs(2),
         faults: None,
         fail_disk_after: None,
+        disk_stall_trigger: None,
+        lease_clock_rate: None,
     }
 }
 

@@ -73,6 +73,13 @@ pub struct Args {
     /// its durable write after this many, and the node exits with code 70.
     #[arg(long, hide = true)]
     pub fail_disk_after: Option<u64>,
+    /// Fault injection for the chaos lab: when this file appears, the Raft store's next durable
+    /// write stalls for the milliseconds it holds.
+    #[arg(long, hide = true)]
+    pub stall_disk_trigger: Option<std::path::PathBuf>,
+    /// Fault injection for the chaos lab: the lease clock runs at this rate of true time.
+    #[arg(long, hide = true)]
+    pub lease_clock_rate: Option<f64>,
     /// Demo traffic: messages per second this node sends to random counters (0 = none).
     #[arg(long, default_value_t = 50)]
     pub traffic: u32,
@@ -160,6 +167,12 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     if let Some(n) = args.fail_disk_after {
         tracing::warn!(writes = n, "storage fault injection is on: the Raft store fails after this many writes");
         b = b.fail_disk_after(n);
+    }
+    if let Some(p) = &args.stall_disk_trigger {
+        b = b.disk_stall_trigger(p.clone());
+    }
+    if let Some(rate) = args.lease_clock_rate {
+        b = b.lease_clock_rate(rate);
     }
     for j in &args.join {
         b = b.join(j);

@@ -2,21 +2,30 @@
 //! secret and the cluster's identify version, so its connection gets past pnet, noise and the
 //! cluster check, and then it sends, on every protocol a node serves, frames no node would send:
 //! random bytes under a valid length, length prefixes over the limit, frames cut short, well-formed
-//! proxy requests for unknown entities and out-of-range shards, and random gossip.
+//! proxy requests for unknown entities and out-of-range shards, and random gossip. Then
+//! *well-formed hostile* requests: a high-term AppendEntries and Vote, forwarded `Released` and
+//! `SetAssignments` commands, a lease for the node itself, and heartbeats forged for the node:
+//! every Raft request must be answered `Refused` (it is not a member of the Raft configuration).
 //!
 //! `cf-garbage --name chaos --env lab [--secret HEX] [--seed N] [--rounds N] HOST:PORT...`
 //!
-//! It prints one `GARBAGE` line per target with what it sent and how the node answered, and exits
-//! 0 once it sent everything (being dropped is the expected answer, not a failure); 2 on bad
-//! arguments, 1 if a target could never be reached.
+//! It prints one `GARBAGE` line per target with what it sent and how the node answered, and one
+//! `HOSTILE` line with how many well-formed hostile requests were refused, and exits 0 once it
+//! sent everything and every hostile request was refused (being dropped is the expected answer
+//! to garbage, not a failure); 2 on bad arguments, 1 if a target could never be reached or a
+//! hostile request was not refused.
 
 use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
 use clusterfunk::{Epoch, ShardId};
+use clusterfunk_actors::consensus::rpc::{LeaseRequest, RaftRequest, RaftResponse};
 use clusterfunk_actors::proxy::{Envelope, Frame};
+use clusterfunk_actors::state::Command;
 use clusterfunk_actors::testing::{framed, RawCodec};
+use clusterfunk_actors::types::{ClusterName, NodeId, NodeMeta};
+use clusterfunk_actors::wire::{self, Gossip, Heartbeat};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport as _};
@@ -271,6 +280,82 @@ impl Peer {
         Ok(())
     }
 
+    /// Sends a well-formed request and decodes the answer (`None`: no answer).
+    async fn raft_rpc(&mut self, peer: PeerId, req: &RaftRequest) -> Option<RaftResponse> {
+        let id = self.swarm.behaviour_mut().raft.send_request(&peer, framed(&wire::encode(req)));
+        let bytes = self
+            .drive(Duration::from_secs(3), |ev| match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Raft(request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, response },
+                    ..
+                })) if *request_id == id => Some(Some(response.clone())),
+                SwarmEvent::Behaviour(BehaviourEvent::Raft(request_response::Event::OutboundFailure {
+                    request_id,
+                    ..
+                })) if *request_id == id => Some(None),
+                _ => None,
+            })
+            .await
+            .flatten()?;
+        wire::decode(bytes.get(4..)?).ok()
+    }
+
+    /// Well-formed hostile requests to one node: each must be refused. Returns (sent, refused).
+    async fn hostile(&mut self, addr: &Multiaddr, args: &Args) -> Result<(u32, u32), String> {
+        let peer = self.connect(addr).await.ok_or("cannot connect")?;
+        let me = NodeId::from_peer_bytes(&self.swarm.local_peer_id().to_bytes());
+        let target = NodeId::from_peer_bytes(&peer.to_bytes());
+        let term = 1_000;
+        let requests = [
+            RaftRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
+                vote: openraft::Vote::new_committed(term, me),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            }),
+            RaftRequest::Vote(openraft::raft::VoteRequest { vote: openraft::Vote::new(term, me), last_log_id: None }),
+            RaftRequest::ClientWrite(Command::Released { node: target, shards: vec![(ShardId(0), Epoch(1))] }),
+            RaftRequest::ClientWrite(Command::SetAssignments { based_on: Epoch(1), changes: vec![] }),
+            RaftRequest::ClientWrite(Command::RemoveMember { id: target }),
+            RaftRequest::Lease(LeaseRequest { node: target, term: 1 }),
+        ];
+        let (mut sent, mut refused) = (0, 0);
+        for req in &requests {
+            sent += 1;
+            match self.raft_rpc(peer, req).await {
+                Some(RaftResponse::Refused(_)) => refused += 1,
+                other => eprintln!("  hostile {}: answered {other:?}", req.kind()),
+            }
+        }
+        // Heartbeats forged for the node (its id and peer id, our signature), and for a node
+        // that does not exist (its id, our peer id).
+        let cluster = ClusterName::new(&args.name, &args.env);
+        for meta in [
+            NodeMeta { id: target, peer_id: Some(peer), weight: 10_000, workers: 1, ..NodeMeta::default() },
+            NodeMeta {
+                id: NodeId(42),
+                peer_id: Some(*self.swarm.local_peer_id()),
+                weight: 10_000,
+                workers: 1,
+                ..NodeMeta::default()
+            },
+        ] {
+            let hb = Heartbeat {
+                cluster: cluster.clone(),
+                meta,
+                seq: 1,
+                incarnation: 1,
+                raft_members: vec![me],
+                bootstrapping: false,
+            };
+            let topic = self.topic.clone();
+            if self.drive_publish(topic, wire::encode(&Gossip::Heartbeat(hb))).await {
+                sent += 1;
+            }
+        }
+        Ok((sent, refused))
+    }
+
     /// Publishes `data` once the node is known to subscribe to the topic (up to 3 s).
     async fn drive_publish(&mut self, topic: gossipsub::IdentTopic, data: Vec<u8>) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -349,5 +434,22 @@ async fn main() {
         let t = &tallies[target];
         println!("GARBAGE target={target} sent={} answered={} dropped={}", t.sent, t.answered, t.dropped);
     }
-    std::process::exit(if unreachable > 0 { 1 } else { 0 });
+    let mut not_refused = 0;
+    for target in &args.targets {
+        let sock: std::net::SocketAddr = target.parse().expect("checked above");
+        let addr: Multiaddr = format!("/ip4/{}/tcp/{}", sock.ip(), sock.port()).parse().expect("an address");
+        match peer.hostile(&addr, &args).await {
+            Ok((sent, refused)) => {
+                println!(
+                    "HOSTILE target={target} sent={sent} refused={refused} (6 raft requests, 2 forged heartbeats)"
+                );
+                not_refused += 6 - refused;
+            }
+            Err(e) => {
+                eprintln!("cf-garbage: {target}: {e}");
+                unreachable += 1;
+            }
+        }
+    }
+    std::process::exit(if unreachable > 0 || not_refused > 0 { 1 } else { 0 });
 }

@@ -35,13 +35,29 @@ pub struct LabOpts {
     /// A message fault plan every node runs with from the start (`--faults`; node i adds
     /// `seed=i`).
     pub faults: Option<&'static str>,
+    /// Every node runs with the cluster secret.
+    pub secret: bool,
+    /// Node `.0`'s lease clock runs at rate `.1` of true time.
+    pub clock_rate: Option<(usize, f64)>,
 }
 
 impl Default for LabOpts {
     fn default() -> LabOpts {
-        LabOpts { nodes: 3, shards: 64, voters: 3, tmpfs_mib: None, intruder: false, faults: None }
+        LabOpts {
+            nodes: 3,
+            shards: 64,
+            voters: 3,
+            tmpfs_mib: None,
+            intruder: false,
+            faults: None,
+            secret: false,
+            clock_rate: None,
+        }
     }
 }
+
+/// The lab's cluster secret (`LabOpts::secret`, and every node but the intruder).
+pub const SECRET: &str = SECRET_A;
 
 /// A running lab; everything is torn down on drop (and on Ctrl-C through [`cleanup`]).
 pub struct ChaosLab {
@@ -105,6 +121,15 @@ impl ChaosLab {
             args.extend(["--journal", &journal_s]);
             if opts.intruder {
                 args.extend(["--secret", if i + 1 == opts.nodes { SECRET_B } else { SECRET_A }]);
+            } else if opts.secret {
+                args.extend(["--secret", SECRET_A]);
+            }
+            // Each node watches its own file for a disk stall to inject ([`ChaosLab::stall_disk`]).
+            let stall = dir.path().join(format!("stall-n{i}")).display().to_string();
+            args.extend(["--stall-disk-trigger", &stall]);
+            let rate = opts.clock_rate.filter(|(who, _)| *who == i).map(|(_, r)| r.to_string());
+            if let Some(r) = &rate {
+                args.extend(["--lease-clock-rate", r]);
             }
             let plan = opts.faults.map(|p| format!("{p},seed={i}"));
             if let Some(p) = &plan {
@@ -121,6 +146,18 @@ impl ChaosLab {
             journals.push(journal);
         }
         Ok(ChaosLab { net, nodes, journals, opts, mounts, _dir: dir })
+    }
+
+    /// Starts every node with `--bootstrap` at the same instant, node 0 joining node 1 and the
+    /// others node 0 (so each can discover the others), and waits until they share one map.
+    pub fn start_all_bootstrapping(&mut self) -> anyhow::Result<Vec<String>> {
+        let seed1 = format!("{}:{P2P_PORT}", self.net.ips[1]);
+        let (first, rest) = self.nodes.split_at_mut(1);
+        first[0].start_with(&["--bootstrap", "--join", &seed1])?;
+        for n in rest {
+            n.start_with(&["--bootstrap"])?;
+        }
+        self.wait_formed(Duration::from_secs(60))
     }
 
     /// Starts every node (node 0 bootstraps) and waits until they share one complete map.
@@ -248,6 +285,16 @@ impl ChaosLab {
         // dd stops with "no space left on device": that is the point, not an error.
         let _ = run("dd", &["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M", "count=100000"]);
         Ok(filler)
+    }
+
+    /// Stalls node `i`'s next durable write for `d` (and, if it leads, makes it write
+    /// `writes` entries).
+    pub fn stall_disk(&self, i: usize, d: Duration, writes: u32) -> anyhow::Result<()> {
+        let path = self._dir.path().join(format!("stall-n{i}"));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{} {writes}", d.as_millis()))?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
     }
 
     /// The raft store file of node `i`.

@@ -111,11 +111,14 @@ pub struct Shape {
     pub seed: u64,
     /// Pause between one client's operations.
     pub think: Duration,
+    /// Network namespaces to run the clients in (client `c` in `namespaces[c % len]`, talking
+    /// to target `c % len` half the time); empty: the clients run where the caller does.
+    pub namespaces: Vec<String>,
 }
 
 impl Default for Shape {
     fn default() -> Shape {
-        Shape { clients: 6, keys: 8, sets: 4, seed: 1, think: Duration::from_millis(5) }
+        Shape { clients: 6, keys: 8, sets: 4, seed: 1, think: Duration::from_millis(5), namespaces: Vec::new() }
     }
 }
 
@@ -138,14 +141,25 @@ impl Workload {
                 (stop.clone(), history.clone(), targets.clone(), keys.clone(), sets.clone());
             let think = shape.think;
             let seed = shape.seed.wrapping_mul(1000).wrapping_add(c as u64);
+            let home = (!shape.namespaces.is_empty()).then(|| c % shape.namespaces.len());
+            let netns = home.map(|h| shape.namespaces[h].clone());
             threads.push(std::thread::spawn(move || {
+                if let Some(ns) = &netns {
+                    // setns(2) moves only this thread: its sockets are the namespace's.
+                    if let Err(e) = enter_netns(ns) {
+                        panic!("client {c}: cannot enter network namespace {ns}: {e}");
+                    }
+                }
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                 let mut seq = 0u64;
                 let mut last_read: std::collections::HashMap<String, Option<String>> = Default::default();
                 while !stop.load(Ordering::Relaxed) {
                     seq += 1;
                     let id = ((c as u64) << 40) | seq;
-                    let via = rng.gen_range(0..targets.len());
+                    let via = match home {
+                        Some(h) if h < targets.len() && rng.gen_bool(0.5) => h,
+                        _ => rng.gen_range(0..targets.len()),
+                    };
                     let set_op = !sets.is_empty() && rng.gen_bool(0.3);
                     let (key, op) = if set_op {
                         let key = sets[rng.gen_range(0..sets.len())].clone();
@@ -297,4 +311,15 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> Answer {
         Some(code) => Answer::Got(code, body.to_string()),
         None => Answer::Unknown,
     }
+}
+
+/// Moves the calling thread into the named network namespace (`ip netns` names).
+fn enter_netns(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{name}"))?;
+    // SAFETY: setns on a namespace file descriptor we hold open; it affects this thread only.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
