@@ -25,6 +25,8 @@ use crate::wire;
 
 const MAILBOX: usize = 1024;
 const TICK: Duration = Duration::from_millis(100);
+/// How long a membership step waits for a new learner to catch up.
+const ADD_LEARNER: Duration = Duration::from_secs(10);
 
 /// Proposes a command; answered once it is committed and applied (or refused).
 #[derive(Debug, Message)]
@@ -170,7 +172,17 @@ impl Consensus {
         let fut = async move {
             match action {
                 Action::Write(cmd) => raft.client_write(cmd).await.map(|_| ()),
-                Action::AddLearner(id, node) => raft.add_learner(id, node, true).await.map(|_| ()),
+                // Blocking until the learner caught up, but not forever: a learner that never
+                // answers (it refuses: another cluster's member) must not freeze membership.
+                Action::AddLearner(id, node) => {
+                    match tokio::time::timeout(ADD_LEARNER, raft.add_learner(id, node, true)).await {
+                        Ok(r) => r.map(|_| ()),
+                        Err(_) => {
+                            warn!(node = %id, "learner did not catch up in time; retrying on a later tick");
+                            Ok(())
+                        }
+                    }
+                }
                 Action::SetVoters(ids) => {
                     raft.change_membership(ChangeMembers::ReplaceAllVoters(ids), true).await.map(|_| ())
                 }

@@ -56,9 +56,10 @@ impl Unauthorized {
     }
 }
 
-/// How far past this node's term a Raft request may be. Terms grow by one per election; a
-/// million elections is years of a cluster doing nothing else.
-pub const MAX_TERM_JUMP: u64 = 1_000_000;
+/// How far past this node's term a Raft request may be. Terms grow by one per election (an
+/// isolated voter without pre-vote: one per 150-300 ms, a million in days); 2^40 is millennia
+/// of that and still far from `u64::MAX`, where `term + 1` would overflow.
+pub const MAX_TERM_JUMP: u64 = 1 << 40;
 
 /// Who sent a request. The node id is always the one derived from the sender's peer id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

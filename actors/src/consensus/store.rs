@@ -65,8 +65,8 @@ pub enum OpenError {
 pub struct Store {
     db: Arc<Database>,
     faults: Arc<crate::faults::DiskFaults>,
-    /// When the durable write in progress started (`monotonic_ns`), 0 when none is.
-    pending: Arc<std::sync::atomic::AtomicU64>,
+    /// Durable writes in progress.
+    pending: Arc<PendingWrites>,
 }
 
 /// Nanoseconds since this process first asked (never 0).
@@ -75,19 +75,31 @@ fn mono_ns() -> u64 {
     BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1
 }
 
-/// Marks a durable write in progress for as long as it lives.
-struct Pending<'a>(&'a std::sync::atomic::AtomicU64);
+/// Marks a durable write in progress for as long as it lives. Writes in flight are counted; the
+/// start kept is the oldest one's (the first of a run of overlapping writes).
+struct Pending<'a>(&'a PendingWrites);
+
+/// Durable writes in flight and when the oldest began.
+#[derive(Debug, Default)]
+pub(crate) struct PendingWrites {
+    in_flight: std::sync::Mutex<(u32, u64)>,
+}
 
 impl<'a> Pending<'a> {
-    fn start(at: &'a std::sync::atomic::AtomicU64) -> Pending<'a> {
-        at.store(mono_ns(), std::sync::atomic::Ordering::Relaxed);
+    fn start(at: &'a PendingWrites) -> Pending<'a> {
+        let mut g = at.in_flight.lock().expect("pending lock is never poisoned");
+        if g.0 == 0 {
+            g.1 = mono_ns();
+        }
+        g.0 += 1;
         Pending(at)
     }
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+        let mut g = self.0.in_flight.lock().expect("pending lock is never poisoned");
+        g.0 -= 1;
     }
 }
 
@@ -132,8 +144,8 @@ impl Store {
 
     /// How long the durable write in progress has been waiting (its fsync), if one is.
     pub fn write_pending_for(&self) -> Option<Duration> {
-        let since = self.pending.load(std::sync::atomic::Ordering::Relaxed);
-        (since != 0).then(|| Duration::from_nanos(mono_ns().saturating_sub(since)))
+        let (n, since) = *self.pending.in_flight.lock().expect("pending lock is never poisoned");
+        (n > 0).then(|| Duration::from_nanos(mono_ns().saturating_sub(since)))
     }
 
     /// The disk fault injector (tests and the chaos lab).

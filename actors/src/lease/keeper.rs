@@ -61,7 +61,7 @@ struct Evidence {
 }
 
 /// How much more the lease clock may advance than `Instant` between two checks before it
-/// counts as a suspend (the two are read a few nanoseconds apart).
+/// counts as a suspend (the two are read together under the evidence lock).
 const SUSPEND: Duration = Duration::from_millis(5);
 
 impl Evidence {
@@ -134,8 +134,11 @@ impl LeaseService {
     /// Reads the Raft metrics: leadership (`Some(term)` while leader), the last log index and
     /// the quorum-ack age now: the reported age plus the time since that report ([`Evidence`]).
     fn observe(&self) -> (Option<u64>, u64, Option<Duration>) {
-        let now = self.clock.now();
-        let seen = self.evidence.lock().expect("lease evidence lock is never poisoned").at(now, Instant::now());
+        let mut ev = self.evidence.lock().expect("lease evidence lock is never poisoned");
+        // Both clocks read together, under the lock.
+        let (now, mono) = (self.clock.now(), Instant::now());
+        let seen = ev.at(now, mono);
+        drop(ev);
         self.lock().set_leader(seen.0, self.clock.waiting_now());
         seen
     }

@@ -133,25 +133,38 @@ pub fn overlap_in(journals: &[impl AsRef<Path>]) -> anyhow::Result<(usize, usize
     Ok((service.len(), overlaps.len()))
 }
 
-/// Acknowledged appends missing from the final sets: `(lost, explained)`. `finals` maps a set key
-/// to its final content. A missing append is explained when the journals show its shard
-/// activated (on any node: a move, or a restart) after the append completed; otherwise it is lost,
-/// whichever incarnation answered the final read.
+/// The final read of a set: its content, the entity incarnation that answered, and when it was
+/// invoked (journal clock).
+pub type FinalRead = (Vec<String>, Option<String>, u64);
+
+/// Acknowledged appends missing from the final sets: `(lost, explained)`. A missing append is
+/// lost if the incarnation that acknowledged it answered the final read too; otherwise it is
+/// explained only when the journals show its shard activated at a newer epoch than the one
+/// that acknowledged it (a move, or a restart), after the append completed and before the final
+/// read. Anything else is lost.
 pub fn lost_appends(
     history: &[Record],
-    finals: &BTreeMap<String, (Vec<String>, Option<String>)>,
+    finals: &BTreeMap<String, FinalRead>,
     journal: &[crate::journal::Record],
 ) -> (usize, usize) {
     let (mut lost, mut moved) = (0, 0);
     for r in history {
         let (Op::Append { elem }, Outcome::Ok) = (&r.op, r.result) else { continue };
-        let Some((set, _)) = finals.get(&r.key) else { continue };
+        let Some((set, instance, read_at)) = finals.get(&r.key) else { continue };
         if set.contains(elem) {
             continue;
         }
-        let explained = r.shard.is_some_and(|shard| {
-            journal.iter().any(|j| j.event == "activate" && j.shard == shard && j.t_ns > r.complete)
-        });
+        let same_instance = r.instance.is_some() && r.instance == *instance;
+        let explained = !same_instance
+            && r.shard.zip(r.epoch).is_some_and(|(shard, epoch)| {
+                journal.iter().any(|j| {
+                    j.event == "activate"
+                        && j.shard == shard
+                        && j.epoch > epoch
+                        && j.t_ns > r.complete
+                        && j.t_ns < *read_at
+                })
+            });
         if explained {
             moved += 1;
         } else {
@@ -193,4 +206,50 @@ pub fn now_ns() -> u64 {
 /// Waits `d` while the workload runs (faults are held for a duration; nothing is asserted after).
 pub fn hold(d: Duration) {
     std::thread::sleep(d);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(elem: &str, instance: &str, epoch: u64, complete: u64) -> Record {
+        Record {
+            client: 0,
+            id: 1,
+            key: "s".into(),
+            op: Op::Append { elem: elem.into() },
+            invoke: complete - 1,
+            complete,
+            result: Outcome::Ok,
+            cas_ok: None,
+            read: None,
+            set: None,
+            responder: Some("a".into()),
+            shard: Some(3),
+            epoch: Some(epoch),
+            instance: Some(instance.into()),
+            via: 0,
+        }
+    }
+
+    fn activate(t: u64, epoch: u64) -> crate::journal::Record {
+        crate::journal::Record { t_ns: t, node: "b".into(), event: "activate".into(), shard: 3, epoch, msg_epoch: None }
+    }
+
+    #[test]
+    fn lost_means_lost_unless_a_newer_activation_explains_it() {
+        let finals = BTreeMap::from([("s".to_string(), (vec!["x".to_string()], Some("i2".to_string()), 100))]);
+        let h = [append("x", "i1", 5, 10), append("y", "i1", 5, 20)];
+        // y is missing: no activation at all -> lost.
+        assert_eq!(lost_appends(&h, &finals, &[]), (1, 0));
+        // An activation at the same epoch (a lease lapse, entities kept) explains nothing.
+        assert_eq!(lost_appends(&h, &finals, &[activate(50, 5)]), (1, 0));
+        // One after the final read explains nothing either.
+        assert_eq!(lost_appends(&h, &finals, &[activate(150, 6)]), (1, 0));
+        // A newer epoch activated between the append and the final read: a move.
+        assert_eq!(lost_appends(&h, &finals, &[activate(50, 6)]), (0, 1));
+        // The incarnation that acknowledged it answered the final read: lost, whatever moved.
+        let same = BTreeMap::from([("s".to_string(), (vec!["x".to_string()], Some("i1".to_string()), 100))]);
+        assert_eq!(lost_appends(&h, &same, &[activate(50, 6)]), (1, 0));
+    }
 }

@@ -261,7 +261,7 @@ pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<Run
         let got = wait_until(Duration::from_secs(30), "a final read", || {
             targets.iter().enumerate().find_map(|(i, t)| {
                 let r = invoke(usize::MAX, 0, t, i, key, Op::ReadSet);
-                (r.result == Outcome::Ok).then(|| (r.set.unwrap_or_default(), r.instance))
+                (r.result == Outcome::Ok).then(|| (r.set.unwrap_or_default(), r.instance, r.invoke))
             })
         })?;
         finals.insert(key.clone(), got);
@@ -625,7 +625,7 @@ fn garbage_frames(env: &mut Env) -> anyhow::Result<()> {
         .extend(report.lines().filter(|l| l.starts_with("GARBAGE") || l.starts_with("HOSTILE")).map(str::to_string));
     let terms_after: Vec<Option<u64>> =
         env.lab.nodes.iter().map(|n| n.status().ok().and_then(|s| s["term"].as_u64())).collect();
-    if terms_after != terms_before {
+    if terms_after != terms_before || terms_after.iter().any(Option::is_none) {
         bail!("the Raft term moved under hostile requests: {terms_before:?} -> {terms_after:?}");
     }
     let (refused, forged): (Vec<u64>, Vec<u64>) = env

@@ -202,7 +202,10 @@ impl Workload {
     pub fn stop(self) -> Vec<Record> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
-            let _ = t.join();
+            // A client that died (a failed setns, say) would quietly shrink the workload.
+            if let Err(e) = t.join() {
+                std::panic::resume_unwind(e);
+            }
         }
         let mut h = std::mem::take(&mut *self.history.lock().expect("history lock"));
         h.sort_by_key(|r| r.invoke);
