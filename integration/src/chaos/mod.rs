@@ -139,9 +139,9 @@ pub type FinalRead = (Vec<String>, Option<String>, u64);
 
 /// Acknowledged appends missing from the final sets: `(lost, explained)`. A missing append is
 /// lost if the incarnation that acknowledged it answered the final read too; otherwise it is
-/// explained only when the journals show its shard activated at a newer epoch than the one
-/// that acknowledged it (a move, or a restart), after the append completed and before the final
-/// read. Anything else is lost.
+/// explained only when the journals show, after the append completed and before the final read,
+/// its shard activated at a newer epoch than the one that acknowledged it (a move), or the node
+/// that acknowledged it stopped (a restart: values live in entity memory). Anything else is lost.
 pub fn lost_appends(
     history: &[Record],
     finals: &BTreeMap<String, FinalRead>,
@@ -155,16 +155,17 @@ pub fn lost_appends(
             continue;
         }
         let same_instance = r.instance.is_some() && r.instance == *instance;
-        let explained = !same_instance
-            && r.shard.zip(r.epoch).is_some_and(|(shard, epoch)| {
-                journal.iter().any(|j| {
-                    j.event == "activate"
-                        && j.shard == shard
-                        && j.epoch > epoch
-                        && j.t_ns > r.complete
-                        && j.t_ns < *read_at
-                })
-            });
+        let between = |t: u64| t > r.complete && t < *read_at;
+        // A move: the shard activated at a newer epoch. A restart: the process that answered
+        // was stopped (the lab journals `stopped` when it kills or sees a node exit).
+        let moved_on = r.shard.zip(r.epoch).is_some_and(|(shard, epoch)| {
+            journal.iter().any(|j| j.event == "activate" && j.shard == shard && j.epoch > epoch && between(j.t_ns))
+        });
+        let restarted = r
+            .responder
+            .as_ref()
+            .is_some_and(|node| journal.iter().any(|j| j.event == "stopped" && j.node == *node && between(j.t_ns)));
+        let explained = !same_instance && (moved_on || restarted);
         if explained {
             moved += 1;
         } else {
@@ -248,6 +249,18 @@ mod tests {
         assert_eq!(lost_appends(&h, &finals, &[activate(150, 6)]), (1, 0));
         // A newer epoch activated between the append and the final read: a move.
         assert_eq!(lost_appends(&h, &finals, &[activate(50, 6)]), (0, 1));
+        // The node that acknowledged it was stopped (killed) in between: a restart.
+        let stopped = crate::journal::Record {
+            t_ns: 50,
+            node: "a".into(),
+            event: "stopped".into(),
+            shard: 0,
+            epoch: 0,
+            msg_epoch: None,
+        };
+        assert_eq!(lost_appends(&h, &finals, std::slice::from_ref(&stopped)), (0, 1));
+        let other = crate::journal::Record { node: "b".into(), ..stopped };
+        assert_eq!(lost_appends(&h, &finals, &[other]), (1, 0), "another node's restart explains nothing");
         // The incarnation that acknowledged it answered the final read: lost, whatever moved.
         let same = BTreeMap::from([("s".to_string(), (vec!["x".to_string()], Some("i1".to_string()), 100))]);
         assert_eq!(lost_appends(&h, &same, &[activate(50, 6)]), (1, 0));
