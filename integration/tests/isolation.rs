@@ -37,7 +37,13 @@ fn another_cluster_name_is_refused_at_the_handshake() -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
     let b_id = b.status()?["node_id"].as_str().unwrap_or_default().to_string();
     assert!(!s["members"].to_string().contains(&b_id), "shop/production never joins shop/dev: {s}");
-    let bs = b.status()?;
+    // b has a seed, so its bootstrap first looks around (10 s when it hears of nobody of its
+    // own cluster) and then creates shop/production alone.
+    let bs = wait_until(T, "shop/production to form alone", || {
+        let bs = b.status().ok()?;
+        (view::leader(&bs).is_some()).then_some(bs)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
     assert_eq!(view::members_in(&bs, "up"), vec![b_id], "shop/production stays alone: {bs}");
     Ok(())
 }
