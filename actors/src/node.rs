@@ -15,7 +15,7 @@ use crate::consensus::types::{Raft, RaftError, RaftMetrics, RaftNode};
 use crate::consensus::{self, AppliedState, Consensus, Propose, StateMachine};
 use crate::events::ClusterEvent;
 use crate::lease::{self, Clock, LeaseService, SystemClock};
-use crate::membership::{self, Membership, View};
+use crate::membership::{self, Membership, RaftMembers, View};
 use crate::serving::{self, FileJournal, Journal, Ownership, ShardHooks};
 use crate::shard_manager::{self, ShardManager};
 use crate::state::{Command, CommandResult};
@@ -513,11 +513,22 @@ async fn bootstrap_when_alone(
     // node starts: its redial comes seconds later), and ends alone after BOOTSTRAP_ALONE.
     let start = tokio::time::Instant::now();
     let mut first_heard = None;
+    // Sticky over the whole look: a lower bootstrapping node seen once is not forgotten because
+    // its latest heartbeat was lost or reordered.
+    let mut lower_seen: Option<NodeId> = None;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let now = tokio::time::Instant::now();
-        if view.borrow().members.len() > 1 {
-            first_heard.get_or_insert(now);
+        {
+            let v = view.borrow();
+            if v.members.len() > 1 {
+                first_heard.get_or_insert(now);
+            }
+            let lower = v.members.values().filter(|m| m.bootstrapping && m.meta.id < id).map(|m| m.meta.id).min();
+            lower_seen = match (lower_seen, lower) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         let looked = first_heard.is_some_and(|t| now - t >= BOOTSTRAP_LOOK);
         if looked || now - start >= BOOTSTRAP_ALONE {
@@ -525,10 +536,9 @@ async fn bootstrap_when_alone(
         }
     }
     let seen = view.borrow().clone();
-    let others = || seen.members.values().filter(|m| m.meta.id != id);
-    let member = others().find(|m| !m.raft_members.is_empty()).map(|m| m.meta.id);
-    let lower = others().filter(|m| m.bootstrapping && m.meta.id < id).map(|m| m.meta.id).min();
-    match (member, lower) {
+    let member =
+        seen.members.values().filter(|m| m.meta.id != id).find(|m| !m.raft_members.is_empty()).map(|m| m.meta.id);
+    match (member, lower_seen) {
         (Some(m), _) => {
             warn!(node = %id, member = %m, "bootstrap: node {m} already belongs to a cluster of this name; joining it instead of creating another")
         }
@@ -537,9 +547,16 @@ async fn bootstrap_when_alone(
         }
         (None, None) => match consensus::actor_bootstrap(&raft, id, node).await {
             Ok(()) => {
-                info!(node = %id, looked_ms = start.elapsed().as_millis() as u64, seen = seen.members.len() - 1, "bootstrapped a new cluster")
+                info!(node = %id, looked_ms = start.elapsed().as_millis() as u64, seen = seen.members.len() - 1, "bootstrapped a new cluster");
+                // Members first, then the end of the look (one mailbox, in order): no heartbeat
+                // of this node says "not bootstrapping, no cluster" in between.
+                if membership.try_send(RaftMembers(vec![id])).is_err() {
+                    warn!("membership mailbox full: raft members not announced yet");
+                }
             }
-            Err(e) => warn!(node = %id, error = %e, "bootstrap: not initialized (joined meanwhile?)"),
+            Err(e) => {
+                warn!(node = %id, error = %e, "bootstrap: node {id} was added to a cluster while it looked around; joining it")
+            }
         },
     }
     announce(false);

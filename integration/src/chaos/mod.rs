@@ -95,18 +95,17 @@ pub fn read_journals(journals: &[impl AsRef<Path>]) -> anyhow::Result<Vec<crate:
     Ok(all)
 }
 
-/// Counts two owners in the journals: `(in service, in activation intervals)`, printing the
-/// first few of each with their times.
-pub fn overlap_in(journals: &[impl AsRef<Path>]) -> anyhow::Result<(usize, usize)> {
-    let all = read_journals(journals)?;
-    let service = crate::journal::service_overlaps(&all);
+/// Counts two owners in merged journal records (read once, [`read_journals`]): `(in service,
+/// in activation intervals)`, printing the first few of each with their times.
+pub fn overlap_in(all: &[crate::journal::Record]) -> (usize, usize) {
+    let service = crate::journal::service_overlaps(all);
     for o in service.iter().take(3) {
         eprintln!(
             "  overlap in service: shard {} served on {} (epoch {}) over [{}, {}] and on {} (epoch {}) over [{}, {}]",
             o.shard, o.a.0, o.a.1, o.a.2, o.a.3, o.b.0, o.b.1, o.b.2, o.b.3
         );
     }
-    let overlaps = crate::journal::overlaps(&all);
+    let overlaps = crate::journal::overlaps(all);
     for (a, b) in overlaps.iter().take(3) {
         let (from, to) = (a.from.max(b.from), a.to.min(b.to));
         let served = |node: &str| {
@@ -130,7 +129,7 @@ pub fn overlap_in(journals: &[impl AsRef<Path>]) -> anyhow::Result<(usize, usize
             served(&b.node),
         );
     }
-    Ok((service.len(), overlaps.len()))
+    (service.len(), overlaps.len())
 }
 
 /// The final read of a set: its content, the entity incarnation that answered, and when it was

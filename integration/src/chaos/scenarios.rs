@@ -276,8 +276,8 @@ pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<Run
             bail!("{}: node {node} acknowledged {late} operations after it stopped and before its restart", sc.name);
         }
     }
-    let (overlap, active_overlap) = overlap_in(&env.lab.journals)?;
     let journal = read_journals(&env.lab.journals)?;
+    let (overlap, active_overlap) = overlap_in(&journal);
     if !journal.iter().any(|r| r.event == "serve") {
         bail!("{}: the journals record no service: the overlap checker had nothing to check", sc.name);
     }
@@ -731,7 +731,7 @@ fn bootstrap_race(exe: &Path, seed: u64, quick: bool) -> anyhow::Result<RunResul
         let wl = Workload::start(lab.http_addrs(), Shape { seed: seed + rep as u64, clients: 3, ..Shape::default() });
         wait_until(Duration::from_secs(30), "traffic", || (wl.len() >= 100).then_some(()))?;
         history.extend(wl.stop());
-        let (service, active) = overlap_in(&lab.journals)?;
+        let (service, active) = overlap_in(&read_journals(&lab.journals)?);
         overlap += service;
         active_overlap += active;
         eprintln!("  rep {rep}: one cluster of 5 in {} ms", times.last().unwrap_or(&0));
