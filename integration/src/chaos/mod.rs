@@ -138,8 +138,8 @@ pub type FinalRead = (Vec<String>, Option<String>, u64);
 
 /// Acknowledged appends missing from the final sets: `(lost, explained)`. A missing append is
 /// lost if the incarnation that acknowledged it answered the final read too; otherwise it is
-/// explained only when the journals show, after the append completed and before the final read,
-/// its shard activated at a newer epoch than the one that acknowledged it (a move), or the node
+/// explained only when the journals show, after the append was invoked (its handler ran at some
+/// point before it answered) and before the final read, its shard activated at a newer epoch than the one that acknowledged it (a move), or the node
 /// that acknowledged it stopped (a restart: values live in entity memory). Anything else is lost.
 pub fn lost_appends(
     history: &[Record],
@@ -154,7 +154,9 @@ pub fn lost_appends(
             continue;
         }
         let same_instance = r.instance.is_some() && r.instance == *instance;
-        let between = |t: u64| t > r.complete && t < *read_at;
+        // From the invoke, not the completion: the entity may have handled the append before a
+        // move whose activation the journal shows before the answer reached the client.
+        let between = |t: u64| t > r.invoke && t < *read_at;
         // A move: the shard activated at a newer epoch. A restart: the process that answered
         // was stopped (the lab journals `stopped` when it kills or sees a node exit).
         let moved_on = r.shard.zip(r.epoch).is_some_and(|(shard, epoch)| {
@@ -263,5 +265,12 @@ mod tests {
         // The incarnation that acknowledged it answered the final read: lost, whatever moved.
         let same = BTreeMap::from([("s".to_string(), (vec!["x".to_string()], Some("i1".to_string()), 100))]);
         assert_eq!(lost_appends(&h, &same, &[activate(50, 6)]), (1, 0));
+        // The answer reached the client after the new epoch activated (the old instance handled
+        // it, then the shard moved): explained. One before the invoke explains nothing.
+        let mut late = append("y", "i1", 5, 60);
+        late.invoke = 40;
+        let h = [append("x", "i1", 5, 10), late];
+        assert_eq!(lost_appends(&h, &finals, &[activate(50, 6)]), (0, 1));
+        assert_eq!(lost_appends(&h, &finals, &[activate(30, 6)]), (1, 0));
     }
 }
