@@ -257,14 +257,21 @@ pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<Run
     }
     // Final reads of every set, through any node that answers.
     let mut finals = BTreeMap::new();
-    for key in &sets {
-        let got = wait_until(Duration::from_secs(30), "a final read", || {
+    // And of every key: a key whose last operation failed (a dropped message late in the run)
+    // recovered when its final read answers, not never.
+    let mut final_ops = Vec::new();
+    for key in &keys {
+        let op = if sets.contains(key) { Op::ReadSet } else { Op::Read };
+        let r = wait_until(Duration::from_secs(30), "a final read", || {
             targets.iter().enumerate().find_map(|(i, t)| {
-                let r = invoke(usize::MAX, 0, t, i, key, Op::ReadSet);
-                (r.result == Outcome::Ok).then(|| (r.set.unwrap_or_default(), r.instance, r.invoke))
+                let r = invoke(usize::MAX, 0, t, i, key, op.clone());
+                (r.result == Outcome::Ok).then_some(r)
             })
         })?;
-        finals.insert(key.clone(), got);
+        if sets.contains(key) {
+            finals.insert(key.clone(), (r.set.clone().unwrap_or_default(), r.instance.clone(), r.invoke));
+        }
+        final_ops.push(r);
     }
     for (node, from, until) in &env.silent {
         let late = history
@@ -290,7 +297,8 @@ pub fn run(exe: &Path, name: &str, seed: u64, quick: bool) -> anyhow::Result<Run
         env.notes.push(format!("key {k}: the linearizability search ran out of time (a failure)"));
     }
     let fault_at = env.fault_at.unwrap_or_else(now_ns);
-    let recovery = recovery(&history, &keys, fault_at);
+    let answered: Vec<_> = history.iter().cloned().chain(final_ops).collect();
+    let recovery = recovery(&answered, &keys, fault_at);
     if recovery.unrecovered > 0 {
         env.notes.push(format!("{} keys never answered again after their last failure", recovery.unrecovered));
     }
