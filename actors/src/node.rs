@@ -41,8 +41,15 @@ pub struct Config {
     pub replica_factor: u32,
     /// Target voters in auto mode.
     pub voters: usize,
-    /// Whether discovered nodes join automatically.
+    /// Whether discovered nodes join automatically (dev mode); off in production mode, where
+    /// only nodes on the allowlist (by command, or `members`) are admitted.
     pub auto_join: bool,
+    /// Production mode: the nodes the configuration lists as members (admitted and promoted to
+    /// voters up to `voters` by the leader).
+    pub members: Vec<NodeId>,
+    /// The bearer token operators' membership requests must carry (`None`: this node accepts
+    /// none).
+    pub management_token: Option<String>,
     /// This node's weight.
     pub weight: u32,
     /// This node's worker count.
@@ -311,6 +318,7 @@ impl Node {
             replica_factor: cfg.replica_factor,
             voters: cfg.voters,
             auto_join: cfg.auto_join,
+            members: cfg.members.clone(),
         };
         let lease =
             Arc::new(LeaseService::new(cfg.lease.clone(), raft.clone(), clock.clone(), cfg.raft.election_timeout.1));
@@ -324,6 +332,7 @@ impl Node {
             lease.clone(),
             refusals.clone(),
             membership_addr.clone().recipient(),
+            cfg.management_token.clone(),
         ));
         let (events, _) = broadcast::channel(1024);
         let map = consensus::MapView::new(applied.clone());
@@ -396,6 +405,19 @@ impl Node {
     /// Proposes a command through Raft (forwarded to the leader).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, consensus::ProposeError> {
         self.consensus.send(Propose(cmd)).await.unwrap_or(Err(consensus::ProposeError::NoLeader))
+    }
+
+    /// Carries out an operator's membership request with its bearer token: on the leader, to
+    /// which any other node relays it (docs/architecture.md §8.2).
+    pub async fn manage(
+        &self,
+        op: consensus::manage::MemberOp,
+        token: String,
+    ) -> Result<consensus::manage::Done, consensus::manage::ManageError> {
+        self.consensus
+            .send(consensus::Manage { op, token })
+            .await
+            .unwrap_or_else(|_| Err(consensus::manage::ManageError::Failed("this node is stopping".into())))
     }
 
     /// The arbiter running the swarm (and its connection tasks): stream work placed here avoids

@@ -61,6 +61,22 @@ pub enum Command {
         /// Leaving or not.
         draining: bool,
     },
+    /// An operator drains a member (it keeps its membership and gets no shards; its own restart
+    /// does not end it) or ends the drain.
+    SetDrained {
+        /// The node.
+        id: NodeId,
+        /// Drained or not.
+        drained: bool,
+    },
+    /// Puts a node on the allowlist (production mode admits only listed nodes) or takes it off
+    /// and marks it removed (a removed node is not admitted again until it is allowed).
+    SetAllowed {
+        /// The node.
+        id: NodeId,
+        /// On the list or removed.
+        allowed: bool,
+    },
 }
 
 /// A planned move in progress: the shard is unowned until `from` confirms it stopped.
@@ -107,12 +123,27 @@ pub struct ClusterState {
     /// Members leaving the cluster.
     #[serde(default)]
     pub draining: std::collections::BTreeSet<NodeId>,
+    /// Members an operator drained (`drain NODE`): no shards until `undrain`.
+    #[serde(default)]
+    pub drained: std::collections::BTreeSet<NodeId>,
+    /// Nodes an operator admitted (by command or the config's `members`): in production mode
+    /// only these become members.
+    #[serde(default)]
+    pub allowed: std::collections::BTreeSet<NodeId>,
+    /// Nodes an operator removed: not admitted again, in any mode, until allowed.
+    #[serde(default)]
+    pub removed: std::collections::BTreeSet<NodeId>,
 }
 
 impl ClusterState {
     /// The shard map to change: copied only if a reader still holds the current one.
     pub fn map_mut(&mut self) -> &mut ShardMap {
         Arc::make_mut(&mut self.shard_map)
+    }
+
+    /// Whether `id` takes no new shards: it is leaving, or an operator drained it.
+    pub fn is_draining(&self, id: NodeId) -> bool {
+        self.draining.contains(&id) || self.drained.contains(&id)
     }
 
     /// Applies `cmd`, committed at log `index`.
@@ -137,6 +168,7 @@ impl ClusterState {
             Command::RemoveMember { id } => {
                 self.members.remove(id);
                 self.draining.remove(id);
+                self.drained.remove(id);
             }
             Command::BeginHandoff { based_on, moves } => {
                 if *based_on != self.shard_map.epoch() {
@@ -176,6 +208,22 @@ impl ClusterState {
                     self.draining.insert(*id);
                 } else {
                     self.draining.remove(id);
+                }
+            }
+            Command::SetDrained { id, drained } => {
+                if *drained {
+                    self.drained.insert(*id);
+                } else {
+                    self.drained.remove(id);
+                }
+            }
+            Command::SetAllowed { id, allowed } => {
+                if *allowed {
+                    self.allowed.insert(*id);
+                    self.removed.remove(id);
+                } else {
+                    self.allowed.remove(id);
+                    self.removed.insert(*id);
                 }
             }
         }

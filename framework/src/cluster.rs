@@ -53,6 +53,7 @@ pub(crate) struct Inner {
     pub(crate) router: Router,
     arbiters: Vec<Arbiter>,
     dashboard: std::sync::OnceLock<SocketAddr>,
+    token: Option<String>,
 }
 
 impl Inner {
@@ -88,6 +89,16 @@ impl Cluster {
     /// A builder with every setting at its default.
     pub fn builder() -> Builder {
         Builder::default()
+    }
+
+    /// The node (for the dashboard and management routes).
+    pub(crate) fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// The management token mutations must carry, if this node has one.
+    pub(crate) fn inner_token(&self) -> Option<&str> {
+        self.inner.token.as_deref()
     }
 
     /// This node's id.
@@ -334,6 +345,7 @@ impl ClusterConfig {
             router,
             arbiters,
             dashboard: std::sync::OnceLock::new(),
+            token: self.node.management_token.clone(),
         });
         let cluster = Cluster { inner };
         if let Some(addr) = self.dashboard {

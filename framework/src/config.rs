@@ -78,6 +78,25 @@ pub enum ConfigError {
     /// The hook budget is zero.
     #[error("hook_budget: must be more than zero")]
     HookBudget,
+    /// A `members` entry is not a node id.
+    #[error("members: {0:?} is not a node id (16 hex digits, as `clusterfunk members` shows them)")]
+    Member(String),
+    /// The management token is too short to be a secret.
+    #[error("management_token: a token is at least 16 characters (use a random one, e.g. `openssl rand -hex 32`)")]
+    Token,
+}
+
+/// How nodes become members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Every node that finds the cluster (same key, environment and secret) joins, and learners
+    /// are promoted until there are `voters` voters. For development and tests.
+    #[default]
+    Dev,
+    /// Nodes become members only by command (`clusterfunk member add`) or by the configuration's
+    /// [`members`](Builder::members) list; others are refused and counted. Voters change only by
+    /// command, beyond the listed ones (docs/operations.md, "Running a production cluster").
+    Production,
 }
 
 /// Registered entity types (shown by name in `Debug`).
@@ -129,6 +148,9 @@ pub struct Builder {
     fail_disk_after: Option<u64>,
     disk_stall_trigger: Option<PathBuf>,
     lease_clock_rate: Option<f64>,
+    mode: Mode,
+    members: Vec<String>,
+    management_token: Option<String>,
 }
 
 impl Default for Builder {
@@ -159,6 +181,9 @@ impl Default for Builder {
             fail_disk_after: None,
             disk_stall_trigger: None,
             lease_clock_rate: None,
+            mode: Mode::Dev,
+            members: Vec::new(),
+            management_token: None,
         }
     }
 }
@@ -188,6 +213,31 @@ impl Builder {
     /// port; peers learn it by gossip). Give a fixed port for nodes others `join`.
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.listen = addr.into();
+        self
+    }
+
+    /// How nodes become members: [`Mode::Dev`] (the default: every node that finds the cluster
+    /// joins) or [`Mode::Production`] (only by command or the [`members`](Builder::members) list).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Production mode: node ids (16 hex digits) admitted as members without a command, and
+    /// promoted to voters up to [`voters`](Builder::voters) (repeatable). An operator's
+    /// `member remove` wins over the list.
+    pub fn member(mut self, id: impl Into<String>) -> Self {
+        self.members.push(id.into());
+        self
+    }
+
+    /// The bearer token management mutations (HTTP `Authorization: Bearer ..`, the
+    /// `clusterfunk` CLI) must carry. Without one the node accepts no mutation. Read it from a
+    /// file or the environment, never from a command line (others can read that). At least 16
+    /// characters; give every node the same one (a node relays a mutation to the leader, which
+    /// checks it too).
+    pub fn management_token(mut self, token: impl Into<String>) -> Self {
+        self.management_token = Some(token.into());
         self
     }
 
@@ -416,6 +466,20 @@ impl Builder {
         if self.hook_budget.is_zero() {
             return Err(ConfigError::HookBudget);
         }
+        let members = self
+            .members
+            .iter()
+            .map(|m| match m.trim() {
+                t if t.len() == 16 => {
+                    t.parse::<clusterfunk_actors::types::NodeId>().map_err(|_| ConfigError::Member(m.clone()))
+                }
+                _ => Err(ConfigError::Member(m.clone())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let token = self.management_token.as_deref().map(str::trim).map(str::to_string);
+        if token.as_ref().is_some_and(|t| t.chars().count() < 16) {
+            return Err(ConfigError::Token);
+        }
         let raft: clusterfunk_actors::consensus::Config = Default::default();
         self.lease.validate(raft.heartbeat_interval).map_err(ConfigError::Lease)?;
         let data_dir = self
@@ -430,7 +494,9 @@ impl Builder {
             shards: self.shards,
             replica_factor: self.replica_factor,
             voters: self.voters,
-            auto_join: true,
+            auto_join: self.mode == Mode::Dev,
+            members,
+            management_token: token,
             weight: self.weight,
             workers: self.workers,
             zone: self.zone,
@@ -519,6 +585,11 @@ mod tests {
         assert_eq!(b().secret(non_ascii.clone()).build().unwrap_err(), ConfigError::Secret);
         assert_eq!(b().secret("g".repeat(64)).build().unwrap_err(), ConfigError::Secret);
         assert!(b().secret("0f".repeat(32)).build().is_ok());
+        assert_eq!(b().member("xyz").build().unwrap_err(), ConfigError::Member("xyz".into()));
+        assert_eq!(b().member("0123456789abcdeg").build().unwrap_err(), ConfigError::Member("0123456789abcdeg".into()));
+        assert!(b().mode(Mode::Production).member("0123456789abcdef").build().is_ok());
+        assert_eq!(b().management_token("short").build().unwrap_err(), ConfigError::Token);
+        assert!(b().management_token("a".repeat(16)).build().is_ok());
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub(crate) fn serve(
             .service(health)
             .service(ready)
             .service(index)
+            .configure(crate::manage::routes)
             .configure(routes)
     })
     .workers(1)

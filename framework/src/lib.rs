@@ -22,6 +22,7 @@ mod config;
 mod dashboard;
 mod entity;
 pub mod hooks;
+mod manage;
 mod status;
 
 pub use cluster::{Cluster, Error, Faults, ReplicaSet};
@@ -29,9 +30,10 @@ pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};
 pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
-pub use config::{Builder, ClusterConfig, ConfigError};
+pub use config::{Builder, ClusterConfig, ConfigError, Mode};
 pub use entity::{fencing_epoch, EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
 pub use hooks::ClusterEvent;
+pub use manage::MemberInfo;
 pub use status::{
     ClusterInfo, ClusterStatus, FaultsStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus,
     TransportStatus,

@@ -103,6 +103,9 @@ pub struct RaftInfo {
     /// Raft, lease and forwarded-command requests refused because the sender may not ask them,
     /// per reason (`not_member`, `other_node`, `leader_only`).
     pub refused: BTreeMap<String, u64>,
+    /// Nodes refused membership while this node led: not on the allowlist (production mode) or
+    /// removed by an operator.
+    pub unadmitted: Vec<String>,
 }
 
 /// One member.
@@ -214,6 +217,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             refused: node.refusals.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            unadmitted: node.refusals.unadmitted_nodes().iter().map(|id| id.to_string()).collect(),
         },
         members,
         shard_map: ShardMapStatus {
@@ -271,34 +275,30 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 slow_stops: node.serving.slow_stops.load(Ordering::Relaxed),
                 abandoned_stops: node.serving.abandoned_stops.load(Ordering::Relaxed),
                 handoffs_pending: applied.state.handoffs.len(),
-                draining: applied.state.draining.contains(&node.id),
+                draining: applied.state.is_draining(node.id),
             }
         },
     }
 }
 
+/// The `ip:port` of a multiaddress `/ip4|ip6/../tcp/..`, if it is one.
+pub(crate) fn socket_addr(addr: &str) -> Option<std::net::SocketAddr> {
+    let ma = addr.parse::<Multiaddr>().ok()?;
+    let mut it = ma.iter();
+    let ip = match it.next()? {
+        Protocol::Ip4(ip) => std::net::IpAddr::V4(ip),
+        Protocol::Ip6(ip) => std::net::IpAddr::V6(ip),
+        _ => return None,
+    };
+    match it.next()? {
+        Protocol::Tcp(port) => Some(std::net::SocketAddr::new(ip, port)),
+        _ => None,
+    }
+}
+
 /// The first routable `ip:port` among multiaddresses (non-loopback preferred).
-fn host_port(addrs: &[String]) -> Option<String> {
-    let parsed: Vec<(std::net::IpAddr, u16)> = addrs
-        .iter()
-        .filter_map(|a| a.parse::<Multiaddr>().ok())
-        .filter_map(|ma| {
-            let mut it = ma.iter();
-            let ip = match it.next()? {
-                Protocol::Ip4(ip) => std::net::IpAddr::V4(ip),
-                Protocol::Ip6(ip) => std::net::IpAddr::V6(ip),
-                _ => return None,
-            };
-            match it.next()? {
-                Protocol::Tcp(port) => Some((ip, port)),
-                _ => None,
-            }
-        })
-        .filter(|(ip, _)| !ip.is_unspecified())
-        .collect();
-    parsed
-        .iter()
-        .find(|(ip, _)| !ip.is_loopback())
-        .or(parsed.first())
-        .map(|(ip, port)| std::net::SocketAddr::new(*ip, *port).to_string())
+pub(crate) fn host_port(addrs: &[String]) -> Option<String> {
+    let parsed: Vec<std::net::SocketAddr> =
+        addrs.iter().filter_map(|a| socket_addr(a)).filter(|a| !a.ip().is_unspecified()).collect();
+    parsed.iter().find(|a| !a.ip().is_loopback()).or(parsed.first()).map(|a| a.to_string())
 }

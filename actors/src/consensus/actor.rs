@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::authorize::{self, Refusals, Unauthorized};
 use super::auto::{self, Action, Settings};
+use super::manage::{self, Done, ManageError, MemberOp, Step};
 use super::network::Network;
 use super::rpc::{self, LeaseGranter, RaftRequest, RaftResponse};
 use super::state_machine::{AppliedState, StateMachine};
@@ -27,6 +28,21 @@ const MAILBOX: usize = 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// How long a membership step waits for a new learner to catch up.
 const ADD_LEARNER: Duration = Duration::from_secs(10);
+/// How long an operator's request waits for a membership change in progress.
+const LOCK_WAIT: Duration = Duration::from_secs(15);
+/// How long a step-down waits for the group to follow the new leader.
+const STEP_DOWN: Duration = Duration::from_secs(5);
+
+/// An operator's membership request with the bearer token it came with
+/// (docs/architecture.md §8.2): carried out on the leader, relayed there by any other member.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Done, ManageError>")]
+pub struct Manage {
+    /// The request.
+    pub op: MemberOp,
+    /// The operator's token.
+    pub token: String,
+}
 
 /// Proposes a command; answered once it is committed and applied (or refused).
 #[derive(Debug, Message)]
@@ -66,10 +82,90 @@ pub struct Consensus {
     view: watch::Receiver<Arc<View>>,
     settings: Settings,
     lease: Arc<dyn LeaseGranter>,
-    membership_busy: bool,
+    /// Serializes membership changes: auto steps and operators' requests.
+    lock: Arc<tokio::sync::Mutex<()>>,
     refusals: Arc<Refusals>,
     membership: Recipient<RaftMembers>,
     announced: Vec<NodeId>,
+    token: Option<Arc<str>>,
+}
+
+/// What carrying out a membership request needs, cloned out of the actor.
+#[derive(Clone)]
+struct Exec {
+    raft: Raft,
+    transport: transport::Handle,
+    applied: watch::Receiver<Arc<AppliedState>>,
+    view: watch::Receiver<Arc<View>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Exec {
+    /// Carries out `op` on this node, which must lead: plans it against the configuration and
+    /// state of the moment (under the membership lock) and runs the steps in order.
+    async fn run(self, op: MemberOp) -> Result<Done, ManageError> {
+        let _guard =
+            tokio::time::timeout(LOCK_WAIT, self.lock.clone().lock_owned()).await.map_err(|_| ManageError::Busy)?;
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            return Err(ManageError::NoLeader);
+        }
+        let applied = self.applied.borrow().clone();
+        let view = self.view.borrow().clone();
+        let membership = m.membership_config.membership();
+        let seen = manage::Seen {
+            state: &applied.state,
+            voters: membership.get_joint_config().last().cloned().unwrap_or_default(),
+            nodes: membership.nodes().map(|(id, _)| *id).collect(),
+            view: &view,
+            leader: m.id,
+        };
+        let steps = match manage::plan(&op, &seen) {
+            Ok(steps) => steps,
+            Err(why) => {
+                info!(op = op.name(), reason = %why, "membership request refused");
+                return Err(ManageError::Refused(why));
+            }
+        };
+        info!(op = op.name(), ?op, steps = steps.len(), "membership request");
+        let n = steps.len();
+        let mut leader = Some(m.id);
+        for step in steps {
+            let failed = |e: &dyn std::fmt::Display| ManageError::Failed(format!("{}: {e}", op.name()));
+            match step {
+                Step::Write(cmd) => {
+                    self.raft.client_write(cmd).await.map_err(|e| failed(&e))?;
+                }
+                Step::AddLearner(id, node) => {
+                    match tokio::time::timeout(ADD_LEARNER, self.raft.add_learner(id, node, true)).await {
+                        Ok(r) => r.map(|_| ()).map_err(|e| failed(&e))?,
+                        Err(_) => return Err(failed(&format!("node {id} did not catch up within {ADD_LEARNER:?}"))),
+                    }
+                }
+                Step::SetVoters(ids) => {
+                    self.raft
+                        .change_membership(ChangeMembers::ReplaceAllVoters(ids), true)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                }
+                Step::RemoveNodes(ids) => {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                }
+                Step::HandOver => {
+                    let new = super::handover::hand_over(&self.raft, &self.transport, STEP_DOWN).await;
+                    // The handover stopped this node's heartbeats; it must send them again if
+                    // it is elected later.
+                    self.raft.runtime_config().heartbeat(true);
+                    leader = Some(new.ok_or_else(|| failed(&"no other voter took over in time"))?);
+                }
+            }
+        }
+        info!(op = op.name(), steps = n, "membership request done");
+        Ok(Done { leader, steps: n })
+    }
 }
 
 impl Consensus {
@@ -103,6 +199,7 @@ impl Consensus {
         lease: Arc<dyn LeaseGranter>,
         refusals: Arc<Refusals>,
         membership: Recipient<RaftMembers>,
+        token: Option<String>,
     ) -> Consensus {
         let announced = Vec::new();
         Consensus {
@@ -112,10 +209,30 @@ impl Consensus {
             view,
             settings,
             lease,
-            membership_busy: false,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
             refusals,
             membership,
             announced,
+            token: token.map(Arc::from),
+        }
+    }
+
+    fn exec(&self) -> Exec {
+        Exec {
+            raft: self.raft.clone(),
+            transport: self.transport.clone(),
+            applied: self.applied.clone(),
+            view: self.view.clone(),
+            lock: self.lock.clone(),
+        }
+    }
+
+    /// Counts (and logs once) the nodes this leader sees that may not become members.
+    fn note_unadmitted(&self, applied: &AppliedState, view: &View) {
+        for id in auto::refused(applied, view, &self.settings) {
+            if self.refusals.unadmitted(id) {
+                warn!(node = %id, "node refused membership: not on the allowlist (production mode) or removed by an operator");
+            }
         }
     }
 
@@ -160,13 +277,14 @@ impl Consensus {
             crate::fatal::exit(&format!("raft stopped with a fatal error: {fatal}"));
         }
         self.announce_members(&m);
-        if m.current_leader != Some(m.id) || self.membership_busy {
+        if m.current_leader != Some(m.id) {
             return;
         }
+        let Ok(guard) = self.lock.clone().try_lock_owned() else { return };
         let applied = self.applied.borrow().clone();
         let view = self.view.borrow().clone();
+        self.note_unadmitted(&applied, &view);
         let Some(action) = auto::next_action(&applied, &view, &self.settings) else { return };
-        self.membership_busy = true;
         info!(?action, "membership step");
         let raft = self.raft.clone();
         let fut = async move {
@@ -188,8 +306,8 @@ impl Consensus {
                 }
             }
         };
-        ctx.spawn(fut.into_actor(self).map(|res, act, _| {
-            act.membership_busy = false;
+        ctx.spawn(fut.into_actor(self).map(move |res, _, _| {
+            drop(guard);
             if let Err(e) = res {
                 warn!(error = %e, "membership step failed; retrying on the next tick");
             }
@@ -231,6 +349,19 @@ impl Handler<InboundRaft> for Consensus {
         if let RaftRequest::Lease(req) = &request {
             return reply(RaftResponse::Lease(self.lease.grant(req)));
         }
+        if let RaftRequest::Manage { op, token } = request {
+            let exec = self.exec();
+            let token_ok = manage::check_token(self.token.as_deref(), &token);
+            // Relayed once at most: a member that is not the leader answers NoLeader.
+            actix::spawn(async move {
+                let r = match token_ok {
+                    Err(e) => Err(e),
+                    Ok(()) => exec.run(op).await,
+                };
+                reply(RaftResponse::Manage(r));
+            });
+            return;
+        }
         if let RaftRequest::Elect = &request {
             let accepted = super::handover::from_leader(&self.raft, &msg.from);
             if accepted {
@@ -241,7 +372,9 @@ impl Handler<InboundRaft> for Consensus {
         let raft = self.raft.clone();
         actix::spawn(async move {
             let resp = match request {
-                RaftRequest::Lease(_) | RaftRequest::Elect => unreachable!("answered above"),
+                RaftRequest::Lease(_) | RaftRequest::Elect | RaftRequest::Manage { .. } => {
+                    unreachable!("answered above")
+                }
                 RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
                 RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
                 RaftRequest::InstallSnapshot(r) => RaftResponse::InstallSnapshot(raft.install_snapshot(r).await),
@@ -281,6 +414,37 @@ impl Handler<Propose> for Consensus {
                     }
                 }
                 Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+impl Handler<Manage> for Consensus {
+    type Result = ResponseFuture<Result<Done, ManageError>>;
+
+    fn handle(&mut self, msg: Manage, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = manage::check_token(self.token.as_deref(), &msg.token) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        let m = self.metrics();
+        if m.current_leader == Some(m.id) {
+            return Box::pin(self.exec().run(msg.op));
+        }
+        let Some(node) = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned()) else {
+            return Box::pin(std::future::ready(Err(ManageError::NoLeader)));
+        };
+        let transport = self.transport.clone();
+        Box::pin(async move {
+            let (peer, addrs) =
+                parse_peer(&node.peer_id, &node.addrs).map_err(|e| ManageError::Unreachable(e.to_string()))?;
+            let request = RaftRequest::Manage { op: msg.op, token: msg.token };
+            match rpc::call(&transport, peer, addrs, &request).await {
+                Ok(RaftResponse::Manage(r)) => r,
+                Ok(RaftResponse::Refused(why)) => {
+                    Err(ManageError::Failed(format!("the leader refused the relay: {why}")))
+                }
+                Ok(_) => Err(ManageError::Failed("unexpected answer from the leader".into())),
+                Err(e) => Err(ManageError::Unreachable(e.to_string())),
             }
         })
     }

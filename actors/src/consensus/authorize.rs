@@ -153,19 +153,33 @@ pub fn authorize(request: &RaftRequest, sender: Sender, local: Local) -> Result<
     }
 }
 
-/// Refusals counted per reason.
+/// Refusals counted per reason, and the nodes refused membership.
 #[derive(Debug, Default)]
-pub struct Refusals([AtomicU64; 4]);
+pub struct Refusals {
+    counts: [AtomicU64; 4],
+    unadmitted: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+}
 
 impl Refusals {
     /// Counts one refusal; returns the count for that reason, this one included.
     pub fn bump(&self, why: Unauthorized) -> u64 {
-        self.0[why as usize].fetch_add(1, Ordering::Relaxed) + 1
+        self.counts[why as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The count for one reason.
     pub fn get(&self, why: Unauthorized) -> u64 {
-        self.0[why as usize].load(Ordering::Relaxed)
+        self.counts[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Records that `id` was refused membership (production mode: not on the allowlist; any
+    /// mode: removed by an operator). Returns whether it is the first time.
+    pub fn unadmitted(&self, id: NodeId) -> bool {
+        self.unadmitted.lock().unwrap_or_else(|e| e.into_inner()).insert(id)
+    }
+
+    /// Every node refused membership so far (seen by this node while it led).
+    pub fn unadmitted_nodes(&self) -> Vec<NodeId> {
+        self.unadmitted.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
     }
 
     /// Every reason with its count.

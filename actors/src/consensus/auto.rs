@@ -22,8 +22,13 @@ pub struct Settings {
     pub replica_factor: u32,
     /// Target number of voters (3, 5 or 7).
     pub voters: usize,
-    /// Whether discovered nodes join automatically (dev mode).
+    /// Whether discovered nodes join automatically (dev mode). Off (production mode): only
+    /// nodes on the allowlist (by command, or `members` below) are admitted.
     pub auto_join: bool,
+    /// Production mode: nodes listed in the configuration, put on the allowlist by the first
+    /// leader that sees them missing from it (unless an operator removed them since), and
+    /// promoted to voters up to `voters`.
+    pub members: Vec<NodeId>,
 }
 
 /// The largest weight a node is registered with: a heartbeat claiming more (a misconfigured or
@@ -47,6 +52,27 @@ pub enum Action {
     SetVoters(BTreeSet<NodeId>),
 }
 
+/// Whether a node not yet registered may be: never one an operator removed; in dev mode any
+/// other; in production mode one on the allowlist.
+pub fn admissible(st: &crate::state::ClusterState, id: NodeId, s: &Settings) -> bool {
+    !st.removed.contains(&id) && (s.auto_join || st.allowed.contains(&id))
+}
+
+/// Nodes this cluster sees (Up in gossip) that are not members and may not become ones: in
+/// production mode, those not on the allowlist; in any mode, those an operator removed.
+pub fn refused(applied: &AppliedState, view: &View, s: &Settings) -> Vec<NodeId> {
+    let st = &applied.state;
+    if st.name.is_none() {
+        return Vec::new();
+    }
+    view.members
+        .values()
+        .filter(|m| m.state == MemberState::Up && m.meta.id != view.local && !st.members.contains_key(&m.meta.id))
+        .map(|m| m.meta.id)
+        .filter(|id| !admissible(st, *id, s))
+        .collect()
+}
+
 /// The next step, or `None` when membership is as it should be. One step at a time: the caller
 /// runs it to completion before asking again (openraft needs membership changes serialized).
 pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<Action> {
@@ -63,10 +89,15 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
     if !registered(&local.meta) {
         return Some(Action::Write(Command::RegisterMember { meta: admitted(&local.meta) }));
     }
+    if !s.auto_join {
+        if let Some(id) = s.members.iter().find(|id| !st.allowed.contains(id) && !st.removed.contains(id)) {
+            return Some(Action::Write(Command::SetAllowed { id: *id, allowed: true }));
+        }
+    }
     let up: Vec<&NodeMeta> = view.members.values().filter(|m| m.state == MemberState::Up).map(|m| &m.meta).collect();
     for meta in &up {
         let known = st.members.contains_key(&meta.id);
-        if !registered(meta) && (known || s.auto_join) {
+        if !registered(meta) && (known || admissible(st, meta.id, s)) {
             return Some(Action::Write(Command::RegisterMember { meta: admitted(meta) }));
         }
     }
@@ -79,9 +110,15 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
         }
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    if voters.len() < s.voters && s.auto_join {
-        let learners: Vec<NodeId> =
-            up.iter().map(|m| m.id).filter(|id| in_raft.contains(id) && !voters.contains(id)).collect();
+    if voters.len() < s.voters {
+        // Dev mode promotes any learner; production mode only those its configuration lists
+        // (an operator promotes the others by command).
+        let learners: Vec<NodeId> = up
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| in_raft.contains(id) && !voters.contains(id))
+            .filter(|id| s.auto_join || s.members.contains(id))
+            .collect();
         if !learners.is_empty() {
             let mut next = voters.clone();
             next.extend(learners.into_iter().take(s.voters - voters.len()));
@@ -116,7 +153,14 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        Settings { cluster: ClusterName::new("a", "b"), shards: 8, replica_factor: 1, voters: 3, auto_join: true }
+        Settings {
+            cluster: ClusterName::new("a", "b"),
+            shards: 8,
+            replica_factor: 1,
+            voters: 3,
+            auto_join: true,
+            members: vec![],
+        }
     }
 
     fn view(ids: &[u64]) -> View {
@@ -199,5 +243,35 @@ mod tests {
             None,
             "an unknown node does not join in manual mode"
         );
+        assert_eq!(refused(&applied(&[1], &[1], &[]), &v, &s), vec![NodeId(9)], "and is counted as refused");
+    }
+
+    #[test]
+    fn production_mode_admits_the_listed_and_the_allowed_only() {
+        let mut s = settings();
+        s.auto_join = false;
+        s.members = vec![NodeId(2)];
+        let v = view(&[1, 2, 3]);
+        let mut a = applied(&[1], &[1], &[]);
+        assert_eq!(
+            next_action(&a, &v, &s),
+            Some(Action::Write(Command::SetAllowed { id: NodeId(2), allowed: true })),
+            "a listed node goes on the allowlist"
+        );
+        a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: true }, 3);
+        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(2) })));
+        assert_eq!(refused(&a, &v, &s), vec![NodeId(3)]);
+        // Listed learners are promoted; an allowed one added by command is not.
+        let mut a = applied(&[1, 2, 3], &[1], &[2, 3]);
+        a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: true }, 3);
+        a.state.apply(&Command::SetAllowed { id: NodeId(3), allowed: true }, 4);
+        assert_eq!(next_action(&a, &v, &s), Some(Action::SetVoters([1, 2].map(NodeId).into())));
+        // A removed node is not registered again, in any mode, and a listed one stays removed.
+        let mut a = applied(&[1], &[1], &[]);
+        a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: false }, 3);
+        assert_eq!(next_action(&a, &v, &s), None);
+        s.auto_join = true;
+        assert_eq!(next_action(&a, &view(&[1, 2]), &s), None);
+        assert_eq!(refused(&a, &view(&[1, 2]), &s), vec![NodeId(2)]);
     }
 }

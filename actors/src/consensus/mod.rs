@@ -9,6 +9,7 @@ mod actor;
 pub mod authorize;
 pub mod auto;
 pub mod handover;
+pub mod manage;
 pub mod map_view;
 mod network;
 pub mod rpc;
@@ -20,7 +21,7 @@ pub mod types;
 use std::time::Duration;
 
 pub(crate) use actor::bootstrap as actor_bootstrap;
-pub use actor::{Consensus, Propose, ProposeError};
+pub use actor::{Consensus, Manage, Propose, ProposeError};
 pub use map_view::MapView;
 pub use state_machine::{AppliedState, BeforePublish, StateMachine};
 

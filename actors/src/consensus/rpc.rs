@@ -35,6 +35,14 @@ pub enum RaftRequest {
     /// From the leader, which is leaving and has stopped its heartbeats: start an election as
     /// soon as the voters' leader lease allows (leadership handover).
     Elect,
+    /// An operator's membership request, relayed by the member that received it to the leader,
+    /// with the operator's token (the leader checks it again).
+    Manage {
+        /// The request.
+        op: super::manage::MemberOp,
+        /// The operator's bearer token.
+        token: String,
+    },
 }
 
 impl RaftRequest {
@@ -47,6 +55,7 @@ impl RaftRequest {
             RaftRequest::ClientWrite(_) => "client_write",
             RaftRequest::Lease(_) => "lease",
             RaftRequest::Elect => "elect",
+            RaftRequest::Manage { .. } => "manage",
         }
     }
 }
@@ -70,6 +79,8 @@ pub enum RaftResponse {
     /// The request was refused before Raft saw it: the sender may not ask it
     /// (docs/architecture.md §13).
     Refused(super::authorize::Unauthorized),
+    /// The answer to a relayed membership request.
+    Manage(Result<super::manage::Done, super::manage::ManageError>),
 }
 
 /// A renewal, sent by a node to the Raft leader it knows.

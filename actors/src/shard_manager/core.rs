@@ -52,7 +52,7 @@ impl Core {
         state
             .members
             .values()
-            .filter(|m| !expired(m.id) && !state.draining.contains(&m.id))
+            .filter(|m| !expired(m.id) && !state.is_draining(m.id))
             .map(|m| Candidate { id: m.id, weight: m.weight.max(1), zone: m.zone.clone() })
             .collect()
     }

@@ -15,6 +15,8 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         replica_factor: 1,
         voters: 1,
         auto_join: true,
+        members: vec![],
+        management_token: None,
         weight: 1,
         workers: 1,
         zone: None,

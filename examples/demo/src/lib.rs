@@ -53,9 +53,24 @@ pub struct Args {
     /// Voters to keep (1, 3, 5, 7).
     #[arg(long, default_value_t = 3)]
     pub voters: usize,
-    /// Pre-shared cluster secret, 64 hex characters.
-    #[arg(long, env = "CLUSTERFUNK_SECRET")]
+    /// Pre-shared cluster secret, 64 hex characters. Prefer `--secret-file` or
+    /// `CLUSTERFUNK_SECRET`: a command line is visible to every user of the machine.
+    #[arg(long, env = "CLUSTERFUNK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// A file holding the cluster secret (64 hex characters).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// How nodes become members: `dev` (every node that finds the cluster joins) or
+    /// `production` (only by command or `--member`).
+    #[arg(long, default_value = "dev", value_parser = ["dev", "production"])]
+    pub mode: String,
+    /// Production mode: a node id admitted as a member without a command (repeatable).
+    #[arg(long = "member")]
+    pub members: Vec<String>,
+    /// A file holding the management token that mutations (`clusterfunk member ..`) must
+    /// carry; `CLUSTERFUNK_TOKEN` works too. Without one this node accepts no mutation.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Turn off mDNS discovery.
     #[arg(long)]
     pub no_mdns: bool,
@@ -157,8 +172,26 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     if let Some(j) = &args.journal {
         b = b.journal(j);
     }
-    if let Some(s) = &args.secret {
+    if let Some(path) = &args.secret_file {
+        let s = std::fs::read_to_string(path).with_context(|| format!("--secret-file {}", path.display()))?;
+        b = b.secret(s.trim());
+    } else if let Some(s) = &args.secret {
+        if std::env::var_os("CLUSTERFUNK_SECRET").is_none() {
+            tracing::warn!("--secret on the command line is visible to every user of this machine; use --secret-file or CLUSTERFUNK_SECRET");
+        }
         b = b.secret(s);
+    }
+    if args.mode == "production" {
+        b = b.mode(clusterfunk::Mode::Production);
+    }
+    for m in &args.members {
+        b = b.member(m);
+    }
+    if let Some(path) = &args.token_file {
+        let t = std::fs::read_to_string(path).with_context(|| format!("--token-file {}", path.display()))?;
+        b = b.management_token(t.trim());
+    } else if let Ok(t) = std::env::var("CLUSTERFUNK_TOKEN") {
+        b = b.management_token(t.trim());
     }
     if let Some(plan) = &args.faults {
         tracing::warn!(%plan, "message fault injection is on: this node delays, drops, duplicates and reorders what it sends");

@@ -1,0 +1,459 @@
+//! Membership by command (docs/architecture.md §8.2): what an operator's request becomes on the
+//! leader, or why it is refused. Pure: the consensus actor supplies the Raft configuration, the
+//! committed state and the gossip view, and runs the steps one at a time through the same lock
+//! as auto membership (openraft needs membership changes serialized).
+//!
+//! The quorum rule: a change is refused when the voters it leaves would not have a majority of
+//! live ones (Up in the gossip view, or this node), so no command can put the cluster into the
+//! limbo where the next failure stops it. Joint consensus (openraft's `change_membership`)
+//! keeps each step safe while it commits.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::auto::admitted;
+use super::types::RaftNode;
+use crate::membership::{MemberState, View};
+use crate::state::{ClusterState, Command};
+use crate::types::{NodeId, NodeMeta};
+
+/// An operator's membership request. ONLY APPEND (it travels to the leader).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberOp {
+    /// Admit a node the cluster can see (by its gossip) as a non-voting learner: it is put on
+    /// the allowlist, registered (it gets shards) and replicated to.
+    Add(NodeId),
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Make a voter a learner (it keeps its shards).
+    Demote(NodeId),
+    /// Take a node out of the Raft configuration and the cluster state, and off the allowlist
+    /// (a removed node that still runs does not join again until it is added).
+    Remove(NodeId),
+    /// Give `old`'s voter seat to `new` in one step: `new` is added as a learner if it is not
+    /// one, becomes a voter as `old` stops being one, and `old` is removed.
+    Replace {
+        /// The voter to replace (usually dead).
+        old: NodeId,
+        /// The node taking its seat.
+        new: NodeId,
+    },
+    /// Hand off all of a node's shards gracefully; it stays a member and gets no shards.
+    Drain(NodeId),
+    /// End a drain: the node gets shards again.
+    Undrain(NodeId),
+    /// The leader hands Raft leadership to the most caught-up other voter.
+    StepDown,
+}
+
+impl MemberOp {
+    /// The op's name, for logs and answers.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MemberOp::Add(_) => "add",
+            MemberOp::Promote(_) => "promote",
+            MemberOp::Demote(_) => "demote",
+            MemberOp::Remove(_) => "remove",
+            MemberOp::Replace { .. } => "replace",
+            MemberOp::Drain(_) => "drain",
+            MemberOp::Undrain(_) => "undrain",
+            MemberOp::StepDown => "step-down",
+        }
+    }
+}
+
+/// Why a membership request was refused. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// The node is neither in the Raft configuration nor in the cluster state.
+    #[error("node {0} is not a member")]
+    UnknownNode(NodeId),
+    /// The node is not in this cluster's gossip view: it cannot be reached to be added.
+    #[error("node {0} is not seen by the cluster (is it running, with this cluster's key, environment and secret?)")]
+    NotSeen(NodeId),
+    /// The node is already in the Raft configuration.
+    #[error("node {0} is already a member")]
+    AlreadyMember(NodeId),
+    /// Promote of a voter, or of a node that is not a learner.
+    #[error("node {0} is not a learner")]
+    NotLearner(NodeId),
+    /// Demote or replace of a node that is not a voter.
+    #[error("node {0} is not a voter")]
+    NotVoter(NodeId),
+    /// The change would leave no voter at all.
+    #[error("node {0} is the last voter; the cluster would have no voter left")]
+    LastVoter(NodeId),
+    /// The voters after the change would not have a majority of live ones.
+    #[error("the change leaves {live} live of {voters} voters, not a quorum; replace or remove dead voters first")]
+    NoQuorum {
+        /// Live voters after the change.
+        live: usize,
+        /// Voters after the change.
+        voters: usize,
+    },
+    /// The leader itself would stop being a voter: step it down first.
+    #[error("node {0} is the leader; run `leader step-down` first")]
+    IsLeader(NodeId),
+    /// No other member could take a drained node's shards.
+    #[error("node {0} is the only member that is not draining; its shards would have nowhere to go")]
+    NothingLeft(NodeId),
+    /// Step-down on a cluster with one voter.
+    #[error("there is no other voter to hand leadership to")]
+    NoOtherVoter,
+}
+
+/// One step of a request, run in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Commit a command to the cluster state.
+    Write(Command),
+    /// Add a node as a non-voting learner (waits until it caught up).
+    AddLearner(NodeId, RaftNode),
+    /// Make exactly these nodes the voters (joint consensus; the others stay learners).
+    SetVoters(BTreeSet<NodeId>),
+    /// Remove these non-voters from the configuration.
+    RemoveNodes(BTreeSet<NodeId>),
+    /// Hand leadership over.
+    HandOver,
+}
+
+/// What the planner sees.
+pub struct Seen<'a> {
+    /// The committed cluster state.
+    pub state: &'a ClusterState,
+    /// Voters of the Raft configuration (the last one, when it is joint).
+    pub voters: BTreeSet<NodeId>,
+    /// Every node of the configuration, voters included.
+    pub nodes: BTreeSet<NodeId>,
+    /// The gossip view.
+    pub view: &'a View,
+    /// This node (the leader).
+    pub leader: NodeId,
+}
+
+impl Seen<'_> {
+    fn live(&self, id: NodeId) -> bool {
+        id == self.leader || self.view.members.get(&id).is_some_and(|m| m.state == MemberState::Up)
+    }
+
+    /// Refuses a voter set without a live majority (or without any voter).
+    fn quorum(&self, voters: &BTreeSet<NodeId>, gone: NodeId) -> Result<(), Refused> {
+        if voters.is_empty() {
+            return Err(Refused::LastVoter(gone));
+        }
+        let live = voters.iter().filter(|v| self.live(**v)).count();
+        if live * 2 <= voters.len() {
+            return Err(Refused::NoQuorum { live, voters: voters.len() });
+        }
+        Ok(())
+    }
+
+    fn seen(&self, id: NodeId) -> Result<&NodeMeta, Refused> {
+        match self.view.members.get(&id) {
+            Some(m) if m.state == MemberState::Up => Ok(&m.meta),
+            _ => Err(Refused::NotSeen(id)),
+        }
+    }
+
+    /// The steps that make `id` a caught-up learner, allowed and registered.
+    fn admit(&self, id: NodeId) -> Result<Vec<Step>, Refused> {
+        let meta = self.seen(id)?;
+        let mut steps = vec![Step::Write(Command::SetAllowed { id, allowed: true })];
+        if self.state.members.get(&id) != Some(&admitted(meta)) {
+            steps.push(Step::Write(Command::RegisterMember { meta: admitted(meta) }));
+        }
+        steps.push(Step::AddLearner(id, RaftNode { peer_id: meta.peer_id, addrs: meta.addrs.clone() }));
+        Ok(steps)
+    }
+
+    fn forget(id: NodeId) -> [Step; 2] {
+        [Step::Write(Command::SetAllowed { id, allowed: false }), Step::Write(Command::RemoveMember { id })]
+    }
+}
+
+/// The steps that carry out `op` on the leader, or why it is refused.
+pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
+    let member = |id: NodeId| s.nodes.contains(&id) || s.state.members.contains_key(&id);
+    match *op {
+        MemberOp::Add(id) => {
+            if s.nodes.contains(&id) {
+                return Err(Refused::AlreadyMember(id));
+            }
+            s.admit(id)
+        }
+        MemberOp::Promote(id) => {
+            if !member(id) {
+                return Err(Refused::UnknownNode(id));
+            }
+            if s.voters.contains(&id) || !s.nodes.contains(&id) {
+                return Err(Refused::NotLearner(id));
+            }
+            let mut next = s.voters.clone();
+            next.insert(id);
+            s.quorum(&next, id)?;
+            Ok(vec![Step::SetVoters(next)])
+        }
+        MemberOp::Demote(id) => {
+            if !member(id) {
+                return Err(Refused::UnknownNode(id));
+            }
+            if !s.voters.contains(&id) {
+                return Err(Refused::NotVoter(id));
+            }
+            if id == s.leader {
+                return Err(Refused::IsLeader(id));
+            }
+            let mut next = s.voters.clone();
+            next.remove(&id);
+            s.quorum(&next, id)?;
+            Ok(vec![Step::SetVoters(next)])
+        }
+        MemberOp::Remove(id) => {
+            if !member(id) {
+                return Err(Refused::UnknownNode(id));
+            }
+            if id == s.leader {
+                return Err(Refused::IsLeader(id));
+            }
+            let mut steps = Vec::new();
+            if s.voters.contains(&id) {
+                let mut next = s.voters.clone();
+                next.remove(&id);
+                s.quorum(&next, id)?;
+                steps.push(Step::SetVoters(next));
+            }
+            if s.nodes.contains(&id) {
+                steps.push(Step::RemoveNodes(BTreeSet::from([id])));
+            }
+            steps.extend(Seen::forget(id));
+            Ok(steps)
+        }
+        MemberOp::Replace { old, new } => {
+            if !member(old) {
+                return Err(Refused::UnknownNode(old));
+            }
+            if !s.voters.contains(&old) {
+                return Err(Refused::NotVoter(old));
+            }
+            if old == s.leader {
+                return Err(Refused::IsLeader(old));
+            }
+            if s.voters.contains(&new) {
+                return Err(Refused::NotLearner(new));
+            }
+            let mut next = s.voters.clone();
+            next.remove(&old);
+            next.insert(new);
+            let mut steps = if s.nodes.contains(&new) { Vec::new() } else { s.admit(new)? };
+            s.quorum(&next, old)?;
+            steps.push(Step::SetVoters(next));
+            steps.push(Step::RemoveNodes(BTreeSet::from([old])));
+            steps.extend(Seen::forget(old));
+            Ok(steps)
+        }
+        MemberOp::Drain(id) => {
+            if !s.state.members.contains_key(&id) {
+                return Err(Refused::UnknownNode(id));
+            }
+            let others = s.state.members.keys().any(|m| *m != id && !s.state.is_draining(*m));
+            if !others {
+                return Err(Refused::NothingLeft(id));
+            }
+            Ok(vec![Step::Write(Command::SetDrained { id, drained: true })])
+        }
+        MemberOp::Undrain(id) => {
+            if !s.state.members.contains_key(&id) {
+                return Err(Refused::UnknownNode(id));
+            }
+            Ok(vec![Step::Write(Command::SetDrained { id, drained: false })])
+        }
+        MemberOp::StepDown => {
+            if !s.voters.iter().any(|v| *v != s.leader) {
+                return Err(Refused::NoOtherVoter);
+            }
+            Ok(vec![Step::HandOver])
+        }
+    }
+}
+
+/// What a request that was carried out reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    /// The Raft leader after it (another node after a step-down).
+    pub leader: Option<NodeId>,
+    /// How many steps it took (0: there was nothing to change).
+    pub steps: usize,
+}
+
+/// Why a membership request was not carried out. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManageError {
+    /// The node that received it has no management token: mutations are off there.
+    #[error("no management token is configured on this node, so it accepts no changes")]
+    NoToken,
+    /// The request's token is missing or not this node's.
+    #[error("wrong or missing management token")]
+    BadToken,
+    /// Refused, with the reason; nothing changed.
+    #[error("{0}")]
+    Refused(Refused),
+    /// No leader is known (or it stopped leading meanwhile); retry after an election.
+    #[error("no raft leader is known; retry once one is elected")]
+    NoLeader,
+    /// The leader could not be reached.
+    #[error("the leader could not be reached: {0}")]
+    Unreachable(String),
+    /// A step failed midway (the steps before it are committed; the request can be repeated).
+    #[error("{0}")]
+    Failed(String),
+    /// Another membership change held the lock for too long.
+    #[error("another membership change is in progress; retry")]
+    Busy,
+}
+
+/// Checks a request's bearer token against the node's, in time independent of where they
+/// differ.
+pub fn check_token(configured: Option<&str>, given: &str) -> Result<(), ManageError> {
+    let Some(want) = configured else { return Err(ManageError::NoToken) };
+    let (a, b) = (want.as_bytes(), given.as_bytes());
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    if a.len() != b.len() || diff != 0 || given.is_empty() {
+        return Err(ManageError::BadToken);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::MemberView;
+    use crate::types::ClusterName;
+
+    fn meta(id: u64) -> NodeMeta {
+        NodeMeta { id: NodeId(id), weight: 1, workers: 1, ..NodeMeta::default() }
+    }
+
+    /// Nodes 1..=5 registered; voters 1, 2, 3; learner 4; `down` not Up; 9 seen, not a member.
+    fn world(down: &[u64]) -> (ClusterState, View) {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        for i in 1..=4 {
+            st.apply(&Command::RegisterMember { meta: meta(i) }, 2);
+        }
+        let view = View {
+            local: NodeId(1),
+            members: [1, 2, 3, 4, 9]
+                .into_iter()
+                .map(|i| {
+                    let state = if down.contains(&i) { MemberState::Down } else { MemberState::Up };
+                    let v = MemberView { meta: meta(i), state, raft_members: vec![], bootstrapping: false };
+                    (NodeId(i), v)
+                })
+                .collect(),
+        };
+        (st, view)
+    }
+
+    fn seen<'a>(st: &'a ClusterState, view: &'a View) -> Seen<'a> {
+        Seen {
+            state: st,
+            voters: [1, 2, 3].map(NodeId).into(),
+            nodes: [1, 2, 3, 4].map(NodeId).into(),
+            view,
+            leader: NodeId(1),
+        }
+    }
+
+    fn ids(v: &[u64]) -> BTreeSet<NodeId> {
+        v.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    #[test]
+    fn replace_a_dead_voter_in_one_request() {
+        let (st, view) = world(&[3]);
+        let s = seen(&st, &view);
+        let steps = plan(&MemberOp::Replace { old: NodeId(3), new: NodeId(4) }, &s).unwrap();
+        assert_eq!(
+            steps,
+            vec![
+                Step::SetVoters(ids(&[1, 2, 4])),
+                Step::RemoveNodes(ids(&[3])),
+                Step::Write(Command::SetAllowed { id: NodeId(3), allowed: false }),
+                Step::Write(Command::RemoveMember { id: NodeId(3) }),
+            ]
+        );
+        // A node not yet a learner is admitted first.
+        let steps = plan(&MemberOp::Replace { old: NodeId(3), new: NodeId(9) }, &s).unwrap();
+        assert!(matches!(steps[..3], [Step::Write(Command::SetAllowed { .. }), Step::Write(_), Step::AddLearner(..)]));
+        assert_eq!(steps[3], Step::SetVoters(ids(&[1, 2, 9])));
+    }
+
+    #[test]
+    fn no_change_may_leave_the_voters_without_a_live_majority() {
+        // Voter 3 is dead: removing or demoting the live voter 2 would leave 1 live of 2.
+        let (st, view) = world(&[3]);
+        let s = seen(&st, &view);
+        for op in [MemberOp::Remove(NodeId(2)), MemberOp::Demote(NodeId(2))] {
+            assert_eq!(plan(&op, &s), Err(Refused::NoQuorum { live: 1, voters: 2 }), "{op:?}");
+        }
+        // Removing the dead one leaves 2 live of 2: fine.
+        assert!(plan(&MemberOp::Remove(NodeId(3)), &s).is_ok());
+        // Promoting a dead learner: 2 live of 4.
+        let (st, view) = world(&[3, 4]);
+        let s = seen(&st, &view);
+        assert_eq!(plan(&MemberOp::Promote(NodeId(4)), &s), Err(Refused::NoQuorum { live: 2, voters: 4 }));
+        // Replacing a live voter by a dead node: refused too.
+        assert_eq!(
+            plan(&MemberOp::Replace { old: NodeId(2), new: NodeId(4) }, &s),
+            Err(Refused::NoQuorum { live: 1, voters: 3 })
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_reason() {
+        let (st, view) = world(&[]);
+        let s = seen(&st, &view);
+        assert_eq!(plan(&MemberOp::Remove(NodeId(42)), &s), Err(Refused::UnknownNode(NodeId(42))));
+        assert_eq!(plan(&MemberOp::Remove(NodeId(1)), &s), Err(Refused::IsLeader(NodeId(1))));
+        assert_eq!(plan(&MemberOp::Promote(NodeId(2)), &s), Err(Refused::NotLearner(NodeId(2))));
+        assert_eq!(plan(&MemberOp::Demote(NodeId(4)), &s), Err(Refused::NotVoter(NodeId(4))));
+        assert_eq!(plan(&MemberOp::Add(NodeId(2)), &s), Err(Refused::AlreadyMember(NodeId(2))));
+        assert_eq!(plan(&MemberOp::Add(NodeId(77)), &s), Err(Refused::NotSeen(NodeId(77))));
+        assert_eq!(plan(&MemberOp::Drain(NodeId(77)), &s), Err(Refused::UnknownNode(NodeId(77))));
+        // The last voter: a one-voter cluster cannot demote or hand over.
+        let one = Seen { voters: ids(&[1]), nodes: ids(&[1, 2]), ..seen(&st, &view) };
+        assert_eq!(plan(&MemberOp::StepDown, &one), Err(Refused::NoOtherVoter));
+        let lone = Seen { voters: ids(&[2]), leader: NodeId(1), ..seen(&st, &view) };
+        assert_eq!(plan(&MemberOp::Demote(NodeId(2)), &lone), Err(Refused::LastVoter(NodeId(2))));
+        // Draining every member would leave the shards nowhere.
+        let mut all = st.clone();
+        for i in 2..=4 {
+            all.apply(&Command::SetDrained { id: NodeId(i), drained: true }, 3);
+        }
+        let s = seen(&all, &view);
+        assert_eq!(plan(&MemberOp::Drain(NodeId(1)), &s), Err(Refused::NothingLeft(NodeId(1))));
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(check_token(None, "x"), Err(ManageError::NoToken));
+        assert_eq!(check_token(Some("secret"), ""), Err(ManageError::BadToken));
+        assert_eq!(check_token(Some("secret"), "secreT"), Err(ManageError::BadToken));
+        assert_eq!(check_token(Some("secret"), "secret2"), Err(ManageError::BadToken));
+        assert_eq!(check_token(Some("secret"), "secret"), Ok(()));
+    }
+
+    #[test]
+    fn add_and_remove_keep_the_allowlist() {
+        let (st, view) = world(&[]);
+        let s = seen(&st, &view);
+        let add = plan(&MemberOp::Add(NodeId(9)), &s).unwrap();
+        assert_eq!(add[0], Step::Write(Command::SetAllowed { id: NodeId(9), allowed: true }));
+        assert!(matches!(add.last(), Some(Step::AddLearner(NodeId(9), _))));
+        let rm = plan(&MemberOp::Remove(NodeId(4)), &s).unwrap();
+        assert_eq!(rm[0], Step::RemoveNodes(ids(&[4])), "a learner leaves without a voter change");
+    }
+}

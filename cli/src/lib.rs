@@ -1,0 +1,328 @@
+//! `clusterfunk`: operate a cluster through any node's management API (docs/operations.md).
+//!
+//! ```text
+//! clusterfunk --node 10.0.0.5:8080 members
+//! CLUSTERFUNK_TOKEN=... clusterfunk member replace 1f2e3d4c5b6a7988 --by 0a1b2c3d4e5f6071
+//! ```
+//!
+//! The binary is `clusterfunk`; this library is its whole code ([`main`]).
+//!
+//! Exit codes: 0 done, 1 refused or failed (the reason on stderr), 2 usage, 3 node unreachable.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+/// Command-line flags.
+#[derive(Parser, Debug)]
+#[command(name = "clusterfunk", about = "Operate a clusterfunk cluster through any node's management API")]
+struct Cli {
+    /// The node to talk to (its dashboard `host:port`).
+    #[arg(long, global = true, env = "CLUSTERFUNK_NODE", default_value = "127.0.0.1:8080")]
+    node: String,
+    /// A file holding the management token (mutations need it; `CLUSTERFUNK_TOKEN` works too).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The answering node's view: leader, term, members, shard map.
+    Status,
+    /// Every member: Raft role, liveness, drain, shards owned.
+    Members,
+    /// Change membership (leader-side, through Raft; relayed by the node you talk to).
+    Member {
+        #[command(subcommand)]
+        op: MemberCmd,
+    },
+    /// Raft leadership.
+    Leader {
+        #[command(subcommand)]
+        op: LeaderCmd,
+    },
+    /// Hand off all of a node's shards; it stays a member and gets none until `undrain`.
+    Drain {
+        /// Node id or host:port.
+        #[arg(value_name = "NODE")]
+        target: String,
+    },
+    /// End a drain.
+    Undrain {
+        /// Node id or host:port.
+        #[arg(value_name = "NODE")]
+        target: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberCmd {
+    /// Admit a node the cluster sees as a learner (by id, or the host:port it listens on).
+    Add {
+        /// Node id or host:port.
+        #[arg(value_name = "NODE")]
+        target: String,
+    },
+    /// Take a node out of the cluster (refused if it would leave no quorum of live voters).
+    Remove {
+        /// Node id or host:port.
+        #[arg(value_name = "NODE")]
+        target: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Node id or host:port.
+        #[arg(value_name = "NODE")]
+        target: String,
+    },
+    /// Make a voter a learner.
+    Demote {
+        /// Node id or host:port.
+        #[arg(value_name = "NODE")]
+        target: String,
+    },
+    /// Give a (dead) voter's seat to another node in one step, and remove it.
+    Replace {
+        /// The voter to replace.
+        #[arg(value_name = "OLD")]
+        old: String,
+        /// The node taking its seat (added as a learner first if it is not one).
+        #[arg(long)]
+        by: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaderCmd {
+    /// Hand Raft leadership to the most caught-up other voter.
+    StepDown,
+}
+
+/// Why a command did not succeed, with its exit code.
+enum Failure {
+    /// The node answered with a refusal or error (exit 1).
+    Refused(String),
+    /// The node could not be reached (exit 3).
+    Unreachable(String),
+}
+
+/// Parses the process arguments, runs the command and returns the exit code: 0 done, 1 refused
+/// or failed, 2 usage (clap exits with it itself), 3 node unreachable.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => 0,
+        Err(Failure::Refused(why)) => {
+            eprintln!("clusterfunk: {why}");
+            1
+        }
+        Err(Failure::Unreachable(why)) => {
+            eprintln!("clusterfunk: {why}");
+            3
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    let api = Api { node: cli.node.clone(), token: token(cli)? };
+    let path_of = |node: &str| format!("/cluster/members/{}", encode(node));
+    let answer = match &cli.command {
+        Cmd::Status => {
+            let s = api.call("GET", "/api/cluster", None)?;
+            if cli.json {
+                return print_json(&s);
+            }
+            return print_status(&s);
+        }
+        Cmd::Members => {
+            let m = api.call("GET", "/cluster/members", None)?;
+            if cli.json {
+                return print_json(&m);
+            }
+            return print_members(&m);
+        }
+        Cmd::Member { op: MemberCmd::Add { target } } => {
+            api.call("POST", "/cluster/members", Some(serde_json::json!({ "node": target })))?
+        }
+        Cmd::Member { op: MemberCmd::Remove { target } } => api.call("DELETE", &path_of(target), None)?,
+        Cmd::Member { op: MemberCmd::Promote { target } } => api.put_op(&path_of(target), "promote", None)?,
+        Cmd::Member { op: MemberCmd::Demote { target } } => api.put_op(&path_of(target), "demote", None)?,
+        Cmd::Member { op: MemberCmd::Replace { old, by } } => api.put_op(&path_of(old), "replace", Some(by))?,
+        Cmd::Drain { target } => api.put_op(&path_of(target), "drain", None)?,
+        Cmd::Undrain { target } => api.put_op(&path_of(target), "undrain", None)?,
+        Cmd::Leader { op: LeaderCmd::StepDown } => api.call("POST", "/cluster/leader/step-down", None)?,
+    };
+    if cli.json {
+        return print_json(&answer);
+    }
+    match answer["leader"].as_str() {
+        Some(l) => println!("done (leader {l})"),
+        None => println!("done"),
+    }
+    Ok(())
+}
+
+/// The token from `--token-file` or `CLUSTERFUNK_TOKEN` (never a command-line value: other users
+/// of the machine can read command lines).
+fn token(cli: &Cli) -> Result<Option<String>, Failure> {
+    if let Some(path) = &cli.token_file {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Refused(format!("--token-file {}: {e}", path.display())))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    Ok(std::env::var("CLUSTERFUNK_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+/// Percent-encodes what is not safe in a path segment (a host:port's colon is).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The node's HTTP API.
+struct Api {
+    node: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn put_op(&self, path: &str, operation: &str, by: Option<&String>) -> Result<Value, Failure> {
+        let mut body = serde_json::json!({ "operation": operation });
+        if let Some(by) = by {
+            body["by"] = Value::String(by.clone());
+        }
+        self.call("PUT", path, Some(body))
+    }
+
+    /// One request; a non-2xx answer is a refusal with the node's reason.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+        let unreachable =
+            |e: &dyn std::fmt::Display| Failure::Unreachable(format!("node {} unreachable: {e}", self.node));
+        let addr = self
+            .node
+            .to_socket_addrs()
+            .map_err(|e| unreachable(&e))?
+            .next()
+            .ok_or_else(|| unreachable(&"resolves to no address"))?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| unreachable(&e))?;
+        // Membership steps wait for learners to catch up (10 s) and for the lock (15 s).
+        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| unreachable(&e))?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Length: {}\r\n", self.node, body.len());
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = &self.token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes()).map_err(|e| unreachable(&e))?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).map_err(|e| unreachable(&e))?;
+        let resp = String::from_utf8_lossy(&resp);
+        let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| unreachable(&"no HTTP answer"))?;
+        let code: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| unreachable(&"no status code"))?;
+        let json: Value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.trim().to_string()));
+        if !(200..300).contains(&code) {
+            let why = json["error"].as_str().map(str::to_string).unwrap_or_else(|| json.to_string());
+            return Err(Failure::Refused(match code {
+                401 => format!("{why} (set CLUSTERFUNK_TOKEN or --token-file)"),
+                _ => why,
+            }));
+        }
+        Ok(json)
+    }
+}
+
+fn print_json(v: &Value) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// Prints rows as aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_members(m: &Value) -> Result<(), Failure> {
+    let rows = m
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    let mut role = text(&m["role"]);
+                    if m["leader"].as_bool() == Some(true) {
+                        role.push_str(" (leader)");
+                    }
+                    let drain = if m["drained"].as_bool() == Some(true) {
+                        "drained"
+                    } else if m["draining"].as_bool() == Some(true) {
+                        "leaving"
+                    } else {
+                        "-"
+                    };
+                    vec![text(&m["id"]), role, text(&m["state"]), drain.into(), text(&m["shards"]), text(&m["addr"])]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "ROLE", "STATE", "DRAIN", "SHARDS", "ADDRESS"], rows);
+    Ok(())
+}
+
+fn print_status(s: &Value) -> Result<(), Failure> {
+    println!("node      {}", text(&s["node_id"]));
+    println!("cluster   {}/{}", text(&s["cluster"]["name"]), text(&s["cluster"]["env"]));
+    println!("leader    {} (term {})", text(&s["leader"]), text(&s["term"]));
+    println!("raft      {} applied {}", text(&s["raft"]["state"]), text(&s["raft"]["last_applied"]));
+    let m = &s["shard_map"];
+    println!(
+        "shards    {} (epoch {}, replica factor {}, unassigned {})",
+        text(&m["shards"]),
+        text(&m["epoch"]),
+        text(&m["replica_factor"]),
+        text(&m["unassigned"])
+    );
+    let members = s["members"].as_array().map_or(0, |a| a.len());
+    println!("members   {members}");
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The management HTTP API (docs/operations.md, "Management API"), on the dashboard server:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /cluster/members` | every member: Raft role, liveness, drain, shards |
+//! | `GET /cluster/members/{id}` | one member |
+//! | `POST /cluster/members` `{"node": ID or host:port}` | add as learner |
+//! | `DELETE /cluster/members/{id}` | remove |
+//! | `PUT /cluster/members/{id}` `{"operation": ..}` | `promote`, `demote`, `drain`, `undrain`, `leave`, `replace` (with `"by"`) |
+//! | `POST /cluster/leader/step-down` | hand Raft leadership to another voter |
+//!
+//! Reads are open; every mutation needs `Authorization: Bearer <token>` (the node's management
+//! token): missing or wrong is 401 and nothing changes. A node relays a mutation to the leader.
+//! Answers are JSON; a refusal is `{"error": reason, "refused": true}` with 409.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use clusterfunk_actors::consensus::manage::{check_token, Done, ManageError, MemberOp};
+use clusterfunk_actors::membership::MemberState;
+use clusterfunk_actors::types::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+
+/// One member as `GET /cluster/members` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Node id (16 hex digits).
+    pub id: String,
+    /// `host:port` it listens on for other nodes, if known.
+    pub addr: Option<String>,
+    /// Its dashboard and API `host:port`, if it serves one.
+    pub dashboard: Option<String>,
+    /// `voter`, `learner`, or `registered` (in the cluster state, not in the Raft configuration).
+    pub role: String,
+    /// `up`, `suspect` or `down` as the answering node sees it.
+    pub state: String,
+    /// Whether it leads the Raft group.
+    pub leader: bool,
+    /// Whether it takes no new shards (leaving, or drained by an operator).
+    pub draining: bool,
+    /// Whether an operator drained it (`undrain` ends it).
+    pub drained: bool,
+    /// Shards it owns in the committed map.
+    pub shards: u32,
+    /// Its weight.
+    pub weight: u32,
+    /// Its zone.
+    pub zone: Option<String>,
+}
+
+/// The members as this node sees them: the Raft configuration and the registered members.
+pub(crate) fn members(cluster: &Cluster) -> Vec<MemberInfo> {
+    let node = cluster.node();
+    let applied = node.applied.borrow().clone();
+    let view = node.view.borrow().clone();
+    let map = node.map.borrow().clone();
+    let leader = node.metrics().current_leader;
+    let membership = applied.membership.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let mut ids: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    ids.extend(applied.state.members.keys().filter(|id| !ids.contains(id)).copied().collect::<Vec<_>>());
+    ids.sort();
+    let owned = map.owner_counts();
+    ids.into_iter()
+        .map(|id| {
+            let seen = view.members.get(&id);
+            let meta = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(&id));
+            let raft_addrs = membership.get_node(&id).map(|n| n.addrs.clone()).unwrap_or_default();
+            let addrs = meta.map(|m| m.addrs.clone()).filter(|a| !a.is_empty()).unwrap_or(raft_addrs);
+            let role = if voters.contains(&id) {
+                "voter"
+            } else if membership.get_node(&id).is_some() {
+                "learner"
+            } else {
+                "registered"
+            };
+            let state = match seen.map(|v| v.state) {
+                Some(MemberState::Up) => "up",
+                Some(MemberState::Suspect) => "suspect",
+                _ => "down",
+            };
+            MemberInfo {
+                id: id.to_string(),
+                addr: crate::status::host_port(&addrs),
+                dashboard: meta.and_then(|m| m.dashboard.clone()),
+                role: role.into(),
+                state: state.into(),
+                leader: leader == Some(id),
+                draining: applied.state.is_draining(id),
+                drained: applied.state.drained.contains(&id),
+                shards: owned.get(&id).copied().unwrap_or(0),
+                weight: meta.map_or(1, |m| m.weight),
+                zone: meta.and_then(|m| m.zone.clone()),
+            }
+        })
+        .collect()
+}
+
+/// A node named by its id (16 hex digits) or by a `host:port` it listens on, among the nodes
+/// this one sees or has in its configuration.
+pub(crate) fn resolve_node(cluster: &Cluster, name: &str) -> Result<NodeId, String> {
+    let name = name.trim();
+    if name.len() == 16 {
+        if let Ok(id) = name.parse::<NodeId>() {
+            return Ok(id);
+        }
+    }
+    let Ok(addr) = name.parse::<std::net::SocketAddr>() else {
+        return Err(format!("{name:?} is neither a node id (16 hex digits) nor an ip:port"));
+    };
+    let node = cluster.node();
+    let view = node.view.borrow().clone();
+    let applied = node.applied.borrow().clone();
+    let listed = |addrs: &[String]| addrs.iter().any(|a| crate::status::socket_addr(a) == Some(addr));
+    let found = view
+        .members
+        .values()
+        .map(|m| &m.meta)
+        .chain(applied.state.members.values())
+        .find(|m| listed(&m.addrs))
+        .map(|m| m.id)
+        .or_else(|| applied.membership.membership().nodes().find(|(_, n)| listed(&n.addrs)).map(|(id, _)| *id));
+    found.ok_or_else(|| format!("no node the cluster sees listens on {addr}"))
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display, refused: bool) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "error": msg.to_string(), "refused": refused }))
+}
+
+/// The bearer token of a request (empty when there is none).
+fn bearer(req: &HttpRequest) -> String {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Runs `op` with the request's token: checked here first (401 without a change), then on the
+/// leader, to which the node relays it.
+async fn run(cluster: &Cluster, req: &HttpRequest, op: MemberOp) -> HttpResponse {
+    let token = bearer(req);
+    if let Err(e) = check_token(cluster.inner_token(), &token) {
+        return answer(Err(e));
+    }
+    answer(cluster.node().manage(op, token).await)
+}
+
+fn answer(r: Result<Done, ManageError>) -> HttpResponse {
+    match r {
+        Ok(done) => HttpResponse::Ok().json(serde_json::json!({
+            "ok": true,
+            "leader": done.leader.map(|l| l.to_string()),
+            "steps": done.steps,
+        })),
+        Err(e @ ManageError::BadToken) => error(StatusCode::UNAUTHORIZED, e, false),
+        Err(e @ ManageError::NoToken) => error(StatusCode::FORBIDDEN, e, false),
+        Err(e @ ManageError::Refused(_)) => error(StatusCode::CONFLICT, e, true),
+        Err(e @ (ManageError::NoLeader | ManageError::Busy)) => error(StatusCode::SERVICE_UNAVAILABLE, e, false),
+        Err(e @ ManageError::Unreachable(_)) => error(StatusCode::BAD_GATEWAY, e, false),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e, false),
+    }
+}
+
+#[get("/cluster/members")]
+async fn list(cluster: web::Data<Cluster>) -> HttpResponse {
+    HttpResponse::Ok().json(members(&cluster))
+}
+
+#[get("/cluster/members/{id}")]
+async fn one(cluster: web::Data<Cluster>, id: web::Path<String>) -> HttpResponse {
+    let Ok(id) = resolve_node(&cluster, &id) else {
+        return error(StatusCode::NOT_FOUND, format!("no member {id}"), false);
+    };
+    match members(&cluster).into_iter().find(|m| m.id == id.to_string()) {
+        Some(m) => HttpResponse::Ok().json(m),
+        None => error(StatusCode::NOT_FOUND, format!("node {id} is not a member"), false),
+    }
+}
+
+/// `POST /cluster/members` body.
+#[derive(Deserialize)]
+struct AddBody {
+    node: String,
+}
+
+/// `PUT /cluster/members/{id}` body.
+#[derive(Deserialize)]
+struct PutBody {
+    operation: String,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// A JSON body, or the 400 that says what is wrong with it. Only `application/json` is read,
+/// so a cross-site form post cannot reach a mutation.
+fn json_body<T: serde::de::DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, Box<HttpResponse>> {
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return Err(Box::new(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json", false)));
+    }
+    serde_json::from_slice(body).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("body: {e}"), false)))
+}
+
+#[post("/cluster/members")]
+async fn add(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let b: AddBody = match json_body(&req, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match resolve_node(&cluster, &b.node) {
+        Ok(id) => run(&cluster, &req, MemberOp::Add(id)).await,
+        Err(e) => error(StatusCode::CONFLICT, e, true),
+    }
+}
+
+#[delete("/cluster/members/{id}")]
+async fn remove(cluster: web::Data<Cluster>, req: HttpRequest, id: web::Path<String>) -> HttpResponse {
+    match resolve_node(&cluster, &id) {
+        Ok(id) => run(&cluster, &req, MemberOp::Remove(id)).await,
+        Err(e) => error(StatusCode::NOT_FOUND, e, true),
+    }
+}
+
+#[put("/cluster/members/{id}")]
+async fn change(
+    cluster: web::Data<Cluster>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let b: PutBody = match json_body(&req, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let id = match resolve_node(&cluster, &id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::NOT_FOUND, e, true),
+    };
+    let op = match b.operation.as_str() {
+        "promote" => MemberOp::Promote(id),
+        "demote" => MemberOp::Demote(id),
+        "drain" => MemberOp::Drain(id),
+        "undrain" => MemberOp::Undrain(id),
+        "leave" => return leave(&cluster, &req, id).await,
+        "replace" => {
+            let Some(by) = b.by else {
+                return error(StatusCode::BAD_REQUEST, "replace: \"by\" names the node taking the seat", false);
+            };
+            match resolve_node(&cluster, &by) {
+                Ok(new) => MemberOp::Replace { old: id, new },
+                Err(e) => return error(StatusCode::CONFLICT, e, true),
+            }
+        }
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("operation: {other:?} is not promote, demote, drain, undrain, leave or replace"),
+                false,
+            )
+        }
+    };
+    run(&cluster, &req, op).await
+}
+
+/// How long `leave` waits for a drained node's shards to be handed off before removing it.
+const LEAVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// A graceful leave by command: drain, wait until the node owns no shard, then remove it.
+async fn leave(cluster: &Cluster, req: &HttpRequest, id: NodeId) -> HttpResponse {
+    let drained = run(cluster, req, MemberOp::Drain(id)).await;
+    if !drained.status().is_success() {
+        return drained;
+    }
+    let mut applied = cluster.node().applied.clone();
+    let handed_off = applied.wait_for(|a| a.state.shard_map.owner_counts().get(&id).copied().unwrap_or(0) == 0);
+    if tokio::time::timeout(LEAVE_DRAIN, handed_off).await.is_err() {
+        return error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("leave: node {id} still owns shards after {LEAVE_DRAIN:?}; it stays drained, not removed"),
+            false,
+        );
+    }
+    run(cluster, req, MemberOp::Remove(id)).await
+}
+
+#[post("/cluster/leader/step-down")]
+async fn step_down(cluster: web::Data<Cluster>, req: HttpRequest) -> HttpResponse {
+    run(&cluster, &req, MemberOp::StepDown).await
+}
+
+/// The management routes.
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(list).service(one).service(add).service(remove).service(change).service(step_down);
+}

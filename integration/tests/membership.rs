@@ -1,0 +1,304 @@
+//! Membership by command, with real node processes and the real `clusterfunk` CLI (as `cf-cli`).
+//!
+//! - The limbo is gone: 3 voters and a learner; one voter dies for good (its data dir wiped);
+//!   `member replace` gives its seat to the learner; then a second original voter dies and the
+//!   two left still elect a leader and serve every shard. Before the replace, the same second
+//!   loss would have left 1 live voter of 3: no leader, ever.
+//! - Production mode: an unlisted node is refused and never listed; every command works and
+//!   every refusal names its reason with exit code 1; no token or a wrong one changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clusterfunk_integration::{http_get, logs, run_to_exit, start_cluster, wait_until, NodeProc};
+use serde_json::Value;
+
+const SHARDS: u64 = 64;
+const T: Duration = Duration::from_secs(40);
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+fn cli() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cf-cli"))
+}
+
+/// Runs the CLI against `node` with `args`; returns its exit code and output.
+fn run(node: &str, token: Option<&Path>, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["--node", node];
+    let file;
+    if let Some(t) = token {
+        file = t.to_string_lossy().to_string();
+        all.extend(["--token-file", file.as_str()]);
+    }
+    all.extend(args);
+    let (code, out) = run_to_exit(cli(), &all, Duration::from_secs(90)).expect("the cli runs");
+    (code.unwrap_or(-1), out)
+}
+
+fn members(node: &NodeProc) -> Option<Vec<Value>> {
+    let (code, body) = http_get(&node.dashboard, "/cluster/members").ok()?;
+    (code == 200).then(|| serde_json::from_str::<Vec<Value>>(&body).ok()).flatten()
+}
+
+fn with_role(ms: &[Value], role: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        ms.iter().filter(|m| m["role"] == role).filter_map(|m| m["id"].as_str().map(str::to_string)).collect();
+    v.sort();
+    v
+}
+
+fn node_id(n: &NodeProc) -> Option<String> {
+    n.status().ok()?["node_id"].as_str().map(str::to_string)
+}
+
+fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let p = dir.join(format!("token-{}", token.len()));
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    p
+}
+
+/// Every live node agrees on a leader and the shards are all owned by `owners`.
+fn serving(nodes: &[&NodeProc], owners: &[String]) -> Option<String> {
+    let ss: Vec<Value> = nodes.iter().map(|n| n.status().ok()).collect::<Option<_>>()?;
+    let leader = ss[0]["leader"].as_str()?.to_string();
+    ss.iter()
+        .all(|s| {
+            let o = s["shard_map"]["owners"].as_object().cloned().unwrap_or_default();
+            let mut ids: Vec<String> = o.keys().cloned().collect();
+            ids.sort();
+            s["leader"].as_str() == Some(leader.as_str())
+                && ids == owners
+                && o.values().filter_map(Value::as_u64).sum::<u64>() == SHARDS
+        })
+        .then_some(leader)
+}
+
+#[test]
+fn replace_a_dead_voter_and_survive_the_next_loss() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tf = token_file(dir.path(), TOKEN);
+    let tfs = tf.to_string_lossy().to_string();
+    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let args =
+        ["--name", "mtest", "--env", "limbo", "--no-mdns", "--shards", "64", "--traffic", "0", "--token-file", &tfs];
+    let mut nodes = start_cluster(exe, dir.path(), 4, &args)?;
+    let fail = |e: anyhow::Error, nodes: &[NodeProc]| anyhow::anyhow!("{e}\n{}", logs(nodes));
+
+    eprintln!("--- 3 voters and 1 learner");
+    let ids: Vec<String> =
+        wait_until(T, "node ids", || nodes.iter().map(node_id).collect()).map_err(|e| fail(e, &nodes))?;
+    let ms = wait_until(T, "3 voters and a learner", || {
+        let ms = members(&nodes[0])?;
+        (with_role(&ms, "voter").len() == 3 && with_role(&ms, "learner").len() == 1).then_some(ms)
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    let voters = with_role(&ms, "voter");
+    let learner = with_role(&ms, "learner")[0].clone();
+    let leader = ms.iter().find(|m| m["leader"] == true).and_then(|m| m["id"].as_str()).unwrap().to_string();
+    let idx = |id: &str| ids.iter().position(|i| i == id).unwrap();
+
+    eprintln!("--- a voter dies for good: killed, its data dir wiped");
+    let dead = voters.iter().find(|v| **v != leader).unwrap().clone();
+    nodes[idx(&dead)].kill();
+    std::fs::remove_dir_all(&nodes[idx(&dead)].data_dir)?;
+    let live: Vec<usize> = (0..4).filter(|i| *i != idx(&dead)).collect();
+    let via = nodes[live[0]].dashboard.clone();
+    wait_until(T, "the dead voter seen down", || {
+        let ms = members(&nodes[live[0]])?;
+        ms.iter().any(|m| m["id"] == dead.as_str() && m["state"] == "down").then_some(())
+    })
+    .map_err(|e| fail(e, &nodes))?;
+
+    eprintln!("--- refusals while it is dead: each exit 1 with the reason, nothing changes");
+    let other_live_voter = voters.iter().find(|v| **v != dead && **v != leader).unwrap();
+    let (code, out) = run(&via, Some(&tf), &["member", "remove", other_live_voter]);
+    assert_eq!(code, 1, "removing a live voter would leave 1 live of 2: {out}");
+    assert!(out.contains("not a quorum"), "{out}");
+    let (code, out) = run(&via, Some(&tf), &["member", "demote", &learner]);
+    assert_eq!((code, out.contains("is not a voter")), (1, true), "{out}");
+    let (code, out) = run(&via, None, &["member", "replace", &dead, "--by", &learner]);
+    assert_eq!((code, out.contains("token")), (1, true), "no token: {out}");
+    let wrong = token_file(dir.path(), "a-wrong-token-of-some-length");
+    let (code, out) = run(&via, Some(&wrong), &["member", "replace", &dead, "--by", &learner]);
+    assert_eq!((code, out.contains("wrong or missing management token")), (1, true), "{out}");
+    let ms = members(&nodes[live[0]]).unwrap();
+    assert_eq!(with_role(&ms, "voter"), voters, "nothing changed");
+
+    eprintln!("--- member replace {dead} --by {learner}");
+    let (code, out) = run(&via, Some(&tf), &["member", "replace", &dead, "--by", &learner]);
+    assert_eq!(code, 0, "replace: {out}\n{}", logs(&nodes));
+    let mut expect: Vec<String> = voters.iter().filter(|v| **v != dead).cloned().chain([learner.clone()]).collect();
+    expect.sort();
+    for i in &live {
+        wait_until(T, "3 live voters, the dead one gone", || {
+            let ms = members(&nodes[*i])?;
+            (with_role(&ms, "voter") == expect && !ms.iter().any(|m| m["id"] == dead.as_str())).then_some(())
+        })
+        .map_err(|e| fail(e, &nodes))?;
+    }
+
+    eprintln!("--- a second original voter dies: the leader {leader}");
+    nodes[idx(&leader)].kill();
+    let rest: Vec<&NodeProc> = live.iter().filter(|i| **i != idx(&leader)).map(|i| &nodes[*i]).collect();
+    let mut owners: Vec<String> = rest.iter().map(|n| node_id(n).unwrap()).collect();
+    owners.sort();
+    let new_leader = wait_until(Duration::from_secs(60), "a new leader and every shard served by the two left", || {
+        serving(&rest, &owners)
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    assert_ne!(new_leader, leader);
+    eprintln!("new leader {new_leader}; {SHARDS} shards served by {owners:?}");
+
+    eprintln!("--- and now no change may cost the quorum: removing a live voter is refused");
+    let via = rest[0].dashboard.clone();
+    let (code, out) = run(&via, Some(&tf), &["member", "remove", &owners[0]]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not a quorum") || out.contains("is the leader"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn production_mode_every_command_and_refusal() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tf = token_file(dir.path(), TOKEN);
+    let tfs = tf.to_string_lossy().to_string();
+    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let args = [
+        "--name",
+        "mtest",
+        "--env",
+        "prod",
+        "--no-mdns",
+        "--shards",
+        "64",
+        "--traffic",
+        "0",
+        "--mode",
+        "production",
+        "--token-file",
+        &tfs,
+    ];
+    let mut nodes = start_cluster(exe, dir.path(), 3, &args)?;
+    let fail = |e: anyhow::Error, nodes: &[NodeProc]| anyhow::anyhow!("{e}\n{}", logs(nodes));
+    let ids: Vec<String> =
+        wait_until(T, "node ids", || nodes.iter().map(node_id).collect()).map_err(|e| fail(e, &nodes))?;
+    let via = nodes[0].dashboard.clone();
+
+    eprintln!("--- unlisted nodes are refused, counted, and never members");
+    wait_until(T, "both others refused", || {
+        let s = nodes[0].status().ok()?;
+        let un: Vec<String> = serde_json::from_value(s["raft"]["unadmitted"].clone()).ok()?;
+        (un.contains(&ids[1]) && un.contains(&ids[2])).then_some(())
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    let ms = members(&nodes[0]).unwrap();
+    assert_eq!(ms.len(), 1, "only the bootstrap node is a member: {ms:?}");
+    let (code, out) = run(&via, None, &["--json", "members"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(&ids[1]), "an unlisted node is never listed: {out}");
+    let (code, out) = run(&via, None, &["status"]);
+    assert_eq!((code, out.contains(&ids[0])), (0, true), "{out}");
+
+    eprintln!("--- usage, unreachable, no token");
+    assert_eq!(run(&via, Some(&tf), &["member"]).0, 2, "usage");
+    assert_eq!(run(&via, Some(&tf), &["frobnicate"]).0, 2, "usage");
+    let dead_port = clusterfunk_integration::free_port();
+    let (code, out) = run(&format!("127.0.0.1:{dead_port}"), Some(&tf), &["members"]);
+    assert_eq!((code, out.contains("unreachable")), (3, true), "{out}");
+    let (code, out) = run(&via, None, &["member", "add", &ids[1]]);
+    assert_eq!(code, 1, "{out}");
+    let (code, body) = clusterfunk_integration::http(&via, "POST", "/cluster/members", "")?;
+    assert!(code == 401 || code == 415, "a mutation without a token or JSON: {code} {body}");
+    assert_eq!(members(&nodes[0]).unwrap().len(), 1, "nothing changed");
+
+    eprintln!("--- add (by id and by address), promote");
+    let (code, out) = run(&via, Some(&tf), &["member", "add", &ids[1]]);
+    assert_eq!(code, 0, "add: {out}\n{}", logs(&nodes));
+    let (code, out) = run(&via, Some(&tf), &["member", "add", &nodes[2].listen]);
+    assert_eq!(code, 0, "add by address: {out}\n{}", logs(&nodes));
+    let ms = members(&nodes[0]).unwrap();
+    assert_eq!(with_role(&ms, "learner"), {
+        let mut l = vec![ids[1].clone(), ids[2].clone()];
+        l.sort();
+        l
+    });
+    let (code, out) = run(&via, Some(&tf), &["member", "add", &ids[1]]);
+    assert_eq!((code, out.contains("already a member")), (1, true), "{out}");
+    for id in &ids[1..] {
+        let (code, out) = run(&via, Some(&tf), &["member", "promote", id]);
+        assert_eq!(code, 0, "promote: {out}");
+    }
+    let (code, out) = run(&via, Some(&tf), &["member", "promote", &ids[1]]);
+    assert_eq!((code, out.contains("is not a learner")), (1, true), "{out}");
+    let mut all = ids.clone();
+    all.sort();
+    wait_until(T, "3 voters serving every shard", || {
+        let ms = members(&nodes[0])?;
+        let refs: Vec<&NodeProc> = nodes.iter().collect();
+        (with_role(&ms, "voter") == all).then(|| serving(&refs, &all)).flatten()
+    })
+    .map_err(|e| fail(e, &nodes))?;
+
+    eprintln!("--- drain, undrain; a relayed request through a follower");
+    let leader = nodes[0].status()?["leader"].as_str().unwrap().to_string();
+    let follower = nodes.iter().find(|n| node_id(n).as_deref() != Some(leader.as_str())).unwrap();
+    let victim = ids.iter().find(|i| **i != leader).unwrap().clone();
+    let (code, out) = run(&follower.dashboard, Some(&tf), &["drain", &victim]);
+    assert_eq!(code, 0, "drain through a follower: {out}");
+    wait_until(T, "the drained node owns no shard", || {
+        let ms = members(&nodes[0])?;
+        ms.iter().any(|m| m["id"] == victim.as_str() && m["drained"] == true && m["shards"] == 0).then_some(())
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    let (code, out) = run(&via, Some(&tf), &["undrain", &victim]);
+    assert_eq!(code, 0, "undrain: {out}");
+    wait_until(T, "the undrained node owns shards again", || {
+        let ms = members(&nodes[0])?;
+        ms.iter()
+            .any(|m| m["id"] == victim.as_str() && m["drained"] == false && m["shards"].as_u64() > Some(0))
+            .then_some(())
+    })
+    .map_err(|e| fail(e, &nodes))?;
+
+    eprintln!("--- leader step-down");
+    let (code, out) = run(&via, Some(&tf), &["--json", "leader", "step-down"]);
+    assert_eq!(code, 0, "step-down: {out}");
+    let answer: Value = serde_json::from_str(out.trim()).unwrap_or(Value::Null);
+    let new_leader = answer["leader"].as_str().unwrap_or_default().to_string();
+    assert!(!new_leader.is_empty() && new_leader != leader, "another voter leads: {out}");
+    wait_until(T, "all follow the new leader", || {
+        nodes.iter().all(|n| n.status().ok().is_some_and(|s| s["leader"] == new_leader.as_str())).then_some(())
+    })
+    .map_err(|e| fail(e, &nodes))?;
+
+    eprintln!("--- demote, remove; refusals: unknown node, the leader itself");
+    let (code, out) = run(&via, Some(&tf), &["member", "remove", "00000000000000ff"]);
+    assert_eq!((code, out.contains("is not a member")), (1, true), "{out}");
+    let (code, out) = run(&via, Some(&tf), &["member", "remove", &new_leader]);
+    assert_eq!((code, out.contains("step-down")), (1, true), "{out}");
+    let target = ids.iter().find(|i| **i != new_leader).unwrap().clone();
+    let (code, out) = run(&via, Some(&tf), &["member", "demote", &target]);
+    assert_eq!(code, 0, "demote: {out}");
+    let (code, out) = run(&via, Some(&tf), &["member", "remove", &target]);
+    assert_eq!(code, 0, "remove: {out}");
+    let ti = ids.iter().position(|i| *i == target).unwrap();
+    let rest: Vec<&NodeProc> = nodes.iter().enumerate().filter(|(i, _)| *i != ti).map(|(_, n)| n).collect();
+    let mut owners: Vec<String> = rest.iter().map(|n| node_id(n).unwrap()).collect();
+    owners.sort();
+    wait_until(T, "the removed node gone, its shards moved", || {
+        let ms = members(rest[0])?;
+        (!ms.iter().any(|m| m["id"] == target.as_str())).then(|| serving(&rest, &owners)).flatten()
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    // The removed node still runs: it is not admitted again.
+    wait_until(T, "the removed node refused", || {
+        let s = rest[0].status().ok()?;
+        let leader = s["leader"].as_str()?.to_string();
+        let ln = nodes.iter().find(|n| node_id(n).as_deref() == Some(leader.as_str()))?;
+        let un: Vec<String> = serde_json::from_value(ln.status().ok()?["raft"]["unadmitted"].clone()).ok()?;
+        un.contains(&target).then_some(())
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    assert!(!members(rest[0]).unwrap().iter().any(|m| m["id"] == target.as_str()));
+    nodes[ti].kill();
+    Ok(())
+}
