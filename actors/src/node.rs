@@ -49,7 +49,7 @@ pub struct Config {
     pub members: Vec<NodeId>,
     /// The bearer token operators' membership requests must carry (`None`: this node accepts
     /// none).
-    pub management_token: Option<String>,
+    pub management_token: Option<crate::types::Token>,
     /// This node's weight.
     pub weight: u32,
     /// This node's worker count.
@@ -412,7 +412,7 @@ impl Node {
     pub async fn manage(
         &self,
         op: consensus::manage::MemberOp,
-        token: String,
+        token: crate::types::Token,
     ) -> Result<consensus::manage::Done, consensus::manage::ManageError> {
         self.consensus
             .send(consensus::Manage { op, token })

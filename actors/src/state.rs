@@ -69,6 +69,18 @@ pub enum Command {
         /// Drained or not.
         drained: bool,
     },
+    /// An operator demoted a voter (`held`): auto membership does not promote it again until
+    /// an operator promotes it.
+    HoldLearner {
+        /// The node.
+        id: NodeId,
+        /// Held as a learner or not.
+        held: bool,
+    },
+    /// The cluster runs in production mode from now on (written by a leader configured for it):
+    /// auto membership admits only allowed nodes, whatever a later leader's own configuration
+    /// says.
+    SetProduction,
     /// Puts a node on the allowlist (production mode admits only listed nodes) or takes it off
     /// and marks it removed (a removed node is not admitted again until it is allowed).
     SetAllowed {
@@ -133,6 +145,12 @@ pub struct ClusterState {
     /// Nodes an operator removed: not admitted again, in any mode, until allowed.
     #[serde(default)]
     pub removed: std::collections::BTreeSet<NodeId>,
+    /// Learners an operator demoted: auto membership does not promote them.
+    #[serde(default)]
+    pub held: std::collections::BTreeSet<NodeId>,
+    /// Production mode, once a leader configured for it said so (it is never turned off).
+    #[serde(default)]
+    pub production: bool,
 }
 
 impl ClusterState {
@@ -169,6 +187,7 @@ impl ClusterState {
                 self.members.remove(id);
                 self.draining.remove(id);
                 self.drained.remove(id);
+                self.held.remove(id);
             }
             Command::BeginHandoff { based_on, moves } => {
                 if *based_on != self.shard_map.epoch() {
@@ -217,6 +236,14 @@ impl ClusterState {
                     self.drained.remove(id);
                 }
             }
+            Command::HoldLearner { id, held } => {
+                if *held {
+                    self.held.insert(*id);
+                } else {
+                    self.held.remove(id);
+                }
+            }
+            Command::SetProduction => self.production = true,
             Command::SetAllowed { id, allowed } => {
                 if *allowed {
                     self.allowed.insert(*id);

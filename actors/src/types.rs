@@ -236,3 +236,27 @@ mod tests {
         assert!(rmp_serde::from_slice::<NodeMeta>(&old("not-a-peer")).is_err(), "a bad peer id does not decode");
     }
 }
+
+/// A secret string (a management token, a cluster secret's text): its `Debug` never shows it,
+/// so no `?config` or `?request` in a log line can leak it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps `s`.
+    pub fn new(s: impl Into<String>) -> Token {
+        Token(s.into())
+    }
+
+    /// The secret itself, for the one place that compares or sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}

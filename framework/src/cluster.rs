@@ -53,7 +53,7 @@ pub(crate) struct Inner {
     pub(crate) router: Router,
     arbiters: Vec<Arbiter>,
     dashboard: std::sync::OnceLock<SocketAddr>,
-    token: Option<String>,
+    token: Option<clusterfunk_actors::types::Token>,
 }
 
 impl Inner {
@@ -97,8 +97,8 @@ impl Cluster {
     }
 
     /// The management token mutations must carry, if this node has one.
-    pub(crate) fn inner_token(&self) -> Option<&str> {
-        self.inner.token.as_deref()
+    pub(crate) fn inner_token(&self) -> Option<&clusterfunk_actors::types::Token> {
+        self.inner.token.as_ref()
     }
 
     /// This node's id.

@@ -136,7 +136,7 @@ pub struct Builder {
     weight: u32,
     workers: u32,
     zone: Option<String>,
-    secret: Option<String>,
+    secret: Option<clusterfunk_actors::types::Token>,
     mdns: bool,
     entities: Specs,
     passivate_after: Duration,
@@ -150,7 +150,7 @@ pub struct Builder {
     lease_clock_rate: Option<f64>,
     mode: Mode,
     members: Vec<String>,
-    management_token: Option<String>,
+    management_token: Option<clusterfunk_actors::types::Token>,
 }
 
 impl Default for Builder {
@@ -237,7 +237,7 @@ impl Builder {
     /// characters; give every node the same one (a node relays a mutation to the leader, which
     /// checks it too).
     pub fn management_token(mut self, token: impl Into<String>) -> Self {
-        self.management_token = Some(token.into());
+        self.management_token = Some(clusterfunk_actors::types::Token::new(token));
         self
     }
 
@@ -302,7 +302,7 @@ impl Builder {
 
     /// A 64-hex-character pre-shared secret: nodes without it cannot connect. Default: none.
     pub fn secret(mut self, hex: impl Into<String>) -> Self {
-        self.secret = Some(hex.into());
+        self.secret = Some(clusterfunk_actors::types::Token::new(hex));
         self
     }
 
@@ -458,7 +458,7 @@ impl Builder {
             seed_form(j)?;
         }
         let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
-        let secret = self.secret.as_deref().map(parse_secret).transpose()?;
+        let secret = self.secret.as_ref().map(|s| parse_secret(s.expose())).transpose()?;
         crate::entity::check_ids(&self.entities.0)?;
         if self.passivate_after.is_zero() {
             return Err(ConfigError::PassivateAfter);
@@ -476,8 +476,8 @@ impl Builder {
                 _ => Err(ConfigError::Member(m.clone())),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let token = self.management_token.as_deref().map(str::trim).map(str::to_string);
-        if token.as_ref().is_some_and(|t| t.chars().count() < 16) {
+        let token = self.management_token.as_ref().map(|t| clusterfunk_actors::types::Token::new(t.expose().trim()));
+        if token.as_ref().is_some_and(|t| t.expose().chars().count() < 16) {
             return Err(ConfigError::Token);
         }
         let raft: clusterfunk_actors::consensus::Config = Default::default();

@@ -19,7 +19,7 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use clusterfunk_actors::consensus::manage::{check_token, Done, ManageError, MemberOp};
 use clusterfunk_actors::membership::MemberState;
-use clusterfunk_actors::types::NodeId;
+use clusterfunk_actors::types::{NodeId, Token};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
@@ -115,15 +115,23 @@ pub(crate) fn resolve_node(cluster: &Cluster, name: &str) -> Result<NodeId, Stri
     let view = node.view.borrow().clone();
     let applied = node.applied.borrow().clone();
     let listed = |addrs: &[String]| addrs.iter().any(|a| crate::status::socket_addr(a) == Some(addr));
-    let found = view
+    let mut found: Vec<NodeId> = view
         .members
         .values()
         .map(|m| &m.meta)
         .chain(applied.state.members.values())
-        .find(|m| listed(&m.addrs))
+        .filter(|m| listed(&m.addrs))
         .map(|m| m.id)
-        .or_else(|| applied.membership.membership().nodes().find(|(_, n)| listed(&n.addrs)).map(|(id, _)| *id));
-    found.ok_or_else(|| format!("no node the cluster sees listens on {addr}"))
+        .chain(applied.membership.membership().nodes().filter(|(_, n)| listed(&n.addrs)).map(|(id, _)| *id))
+        .collect();
+    found.sort();
+    found.dedup();
+    // Any node can claim any address in its gossip: an address two nodes claim names neither.
+    match found[..] {
+        [id] => Ok(id),
+        [] => Err(format!("no node the cluster sees listens on {addr}")),
+        _ => Err(format!("more than one node claims {addr}: {found:?}; name the node by its id")),
+    }
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display, refused: bool) -> HttpResponse {
@@ -131,14 +139,15 @@ fn error(status: StatusCode, msg: impl std::fmt::Display, refused: bool) -> Http
 }
 
 /// The bearer token of a request (empty when there is none).
-fn bearer(req: &HttpRequest) -> String {
-    req.headers()
+fn bearer(req: &HttpRequest) -> Token {
+    let t = req
+        .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("")
-        .trim()
-        .to_string()
+        .trim();
+    Token::new(t)
 }
 
 /// Runs `op` with the request's token: checked here first (401 without a change), then on the
@@ -146,6 +155,11 @@ fn bearer(req: &HttpRequest) -> String {
 async fn run(cluster: &Cluster, req: &HttpRequest, op: MemberOp) -> HttpResponse {
     let token = bearer(req);
     if let Err(e) = check_token(cluster.inner_token(), &token) {
+        let n = cluster.node().refusals.bad_token();
+        if n.is_power_of_two() {
+            let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::warn!(%peer, refused = n, op = op.name(), "management request without a valid token refused");
+        }
         return answer(Err(e));
     }
     answer(cluster.node().manage(op, token).await)
@@ -215,7 +229,7 @@ async fn add(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) ->
     };
     match resolve_node(&cluster, &b.node) {
         Ok(id) => run(&cluster, &req, MemberOp::Add(id)).await,
-        Err(e) => error(StatusCode::CONFLICT, e, true),
+        Err(e) => error(StatusCode::NOT_FOUND, e, true),
     }
 }
 
@@ -254,7 +268,7 @@ async fn change(
             };
             match resolve_node(&cluster, &by) {
                 Ok(new) => MemberOp::Replace { old: id, new },
-                Err(e) => return error(StatusCode::CONFLICT, e, true),
+                Err(e) => return error(StatusCode::NOT_FOUND, e, true),
             }
         }
         other => {
@@ -277,16 +291,29 @@ async fn leave(cluster: &Cluster, req: &HttpRequest, id: NodeId) -> HttpResponse
     if !drained.status().is_success() {
         return drained;
     }
+    // Handed off: it owns no shard and no handoff from it waits for its confirmation (a
+    // removed node could not confirm: its shards would wait for its lease to run out).
     let mut applied = cluster.node().applied.clone();
-    let handed_off = applied.wait_for(|a| a.state.shard_map.owner_counts().get(&id).copied().unwrap_or(0) == 0);
-    if tokio::time::timeout(LEAVE_DRAIN, handed_off).await.is_err() {
-        return error(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("leave: node {id} still owns shards after {LEAVE_DRAIN:?}; it stays drained, not removed"),
-            false,
-        );
+    let handed_off = applied.wait_for(|a| {
+        a.state.shard_map.owner_counts().get(&id).copied().unwrap_or(0) == 0
+            && !a.state.handoffs.values().any(|h| h.from == id)
+    });
+    match tokio::time::timeout(LEAVE_DRAIN, handed_off).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "leave: this node is stopping", false),
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("leave: node {id} still has shards after {LEAVE_DRAIN:?}; it stays drained, not removed"),
+                false,
+            )
+        }
     }
-    run(cluster, req, MemberOp::Remove(id)).await
+    let removed = run(cluster, req, MemberOp::Remove(id)).await;
+    if removed.status() == StatusCode::CONFLICT {
+        tracing::warn!(node = %id, "leave: drained, but the removal was refused; the node stays a drained member");
+    }
+    removed
 }
 
 #[post("/cluster/leader/step-down")]

@@ -101,7 +101,9 @@ fn replace_a_dead_voter_and_survive_the_next_loss() -> anyhow::Result<()> {
     nodes[idx(&dead)].kill();
     std::fs::remove_dir_all(&nodes[idx(&dead)].data_dir)?;
     let live: Vec<usize> = (0..4).filter(|i| *i != idx(&dead)).collect();
-    let via = nodes[live[0]].dashboard.clone();
+    // Through a follower: the request is relayed to the leader, and runs longer than one RPC
+    // (the liveness probe waits a second for the dead voter), so the relay polls for it.
+    let via = nodes[*live.iter().find(|i| ids[**i] != leader).unwrap()].dashboard.clone();
     wait_until(T, "the dead voter seen down", || {
         let ms = members(&nodes[live[0]])?;
         ms.iter().any(|m| m["id"] == dead.as_str() && m["state"] == "down").then_some(())

@@ -1,6 +1,6 @@
 //! The consensus actor shell.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,15 @@ const ADD_LEARNER: Duration = Duration::from_secs(10);
 const LOCK_WAIT: Duration = Duration::from_secs(15);
 /// How long a step-down waits for the group to follow the new leader.
 const STEP_DOWN: Duration = Duration::from_secs(5);
+/// How long the liveness probe waits for the configuration's nodes to acknowledge it.
+const PROBE: Duration = Duration::from_secs(1);
+/// How long a voter change may take to commit before the request reports it.
+const CHANGE: Duration = Duration::from_secs(10);
+/// How long a leader holds a relayed request's RPC before answering `ManagePending` (below the
+/// transport's 2 s RPC timeout).
+const RELAY_ANSWER: Duration = Duration::from_millis(1200);
+/// How long a relaying node polls the leader for a pending request's answer.
+const RELAY_WAIT: Duration = Duration::from_secs(90);
 
 /// An operator's membership request with the bearer token it came with
 /// (docs/architecture.md §8.2): carried out on the leader, relayed there by any other member.
@@ -41,7 +50,7 @@ pub struct Manage {
     /// The request.
     pub op: MemberOp,
     /// The operator's token.
-    pub token: String,
+    pub token: crate::types::Token,
 }
 
 /// Proposes a command; answered once it is committed and applied (or refused).
@@ -87,7 +96,8 @@ pub struct Consensus {
     refusals: Arc<Refusals>,
     membership: Recipient<RaftMembers>,
     announced: Vec<NodeId>,
-    token: Option<Arc<str>>,
+    token: Option<crate::types::Token>,
+    jobs: Arc<std::sync::Mutex<Jobs>>,
 }
 
 /// What carrying out a membership request needs, cloned out of the actor.
@@ -102,36 +112,84 @@ struct Exec {
 
 impl Exec {
     /// Carries out `op` on this node, which must lead: plans it against the configuration and
-    /// state of the moment (under the membership lock) and runs the steps in order.
+    /// state of the moment (under the membership lock) and runs the steps in order. A `Replace`
+    /// whose new node is not a learner yet runs in two rounds: admit it, then (with its
+    /// acknowledgement) change the seat.
     async fn run(self, op: MemberOp) -> Result<Done, ManageError> {
         let _guard =
             tokio::time::timeout(LOCK_WAIT, self.lock.clone().lock_owned()).await.map_err(|_| ManageError::Busy)?;
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader != Some(m.id) {
-            return Err(ManageError::NoLeader);
-        }
-        let applied = self.applied.borrow().clone();
-        let view = self.view.borrow().clone();
-        let membership = m.membership_config.membership();
-        let seen = manage::Seen {
-            state: &applied.state,
-            voters: membership.get_joint_config().last().cloned().unwrap_or_default(),
-            nodes: membership.nodes().map(|(id, _)| *id).collect(),
-            view: &view,
-            leader: m.id,
-        };
-        let steps = match manage::plan(&op, &seen) {
-            Ok(steps) => steps,
-            Err(why) => {
-                info!(op = op.name(), reason = %why, "membership request refused");
-                return Err(ManageError::Refused(why));
+        let mut total = 0;
+        let mut leader = None;
+        for _round in 0..2 {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(m.id) {
+                return Err(ManageError::NoLeader);
             }
+            let live = if manage::changes_voters(&op) { self.probe(&m).await? } else { BTreeSet::new() };
+            let m = self.raft.metrics().borrow().clone();
+            let applied = self.applied.borrow().clone();
+            let view = self.view.borrow().clone();
+            let membership = m.membership_config.membership();
+            let seen = manage::Seen {
+                state: &applied.state,
+                voters: membership.get_joint_config().last().cloned().unwrap_or_default(),
+                nodes: membership.nodes().map(|(id, _)| *id).collect(),
+                view: &view,
+                leader: m.id,
+                live,
+            };
+            let admitting = matches!(op, MemberOp::Replace { new, .. } if !seen.nodes.contains(&new));
+            let steps = match manage::plan(&op, &seen) {
+                Ok(steps) => steps,
+                Err(why) => {
+                    info!(op = op.name(), reason = %why, "membership request refused");
+                    return Err(ManageError::Refused(why));
+                }
+            };
+            info!(op = op.name(), ?op, steps = steps.len(), "membership request");
+            total += steps.len();
+            leader = self.steps(&op, steps).await?.or(Some(m.id));
+            if !admitting {
+                break;
+            }
+        }
+        info!(op = op.name(), steps = total, "membership request done");
+        Ok(Done { leader, steps: total })
+    }
+
+    /// Which nodes acknowledge Raft now: this leader writes a probe entry (it registers itself
+    /// again, which changes nothing) and waits up to [`PROBE`] for every node of the
+    /// configuration to have it; the ones whose replication reached it are live.
+    async fn probe(&self, m: &RaftMetrics) -> Result<BTreeSet<NodeId>, ManageError> {
+        let failed = |e: &dyn std::fmt::Display| ManageError::Failed(format!("liveness probe: {e}"));
+        let meta = self
+            .applied
+            .borrow()
+            .state
+            .members
+            .get(&m.id)
+            .cloned()
+            .ok_or_else(|| failed(&"leader not registered yet"))?;
+        let index =
+            self.raft.client_write(Command::RegisterMember { meta }).await.map_err(|e| failed(&e))?.log_id.index;
+        let nodes: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let acked = |m: &RaftMetrics| -> BTreeSet<NodeId> {
+            let Some(r) = m.replication.as_ref() else { return BTreeSet::new() };
+            r.iter().filter(|(_, l)| l.is_some_and(|l| l.index >= index)).map(|(id, _)| *id).collect()
         };
-        info!(op = op.name(), ?op, steps = steps.len(), "membership request");
-        let n = steps.len();
-        let mut leader = Some(m.id);
+        let mut metrics = self.raft.metrics();
+        let me = m.id;
+        let all = metrics.wait_for(|m| nodes.iter().all(|n| *n == me || acked(m).contains(n)));
+        let _ = tokio::time::timeout(PROBE, all).await;
+        let now = self.raft.metrics().borrow().clone();
+        Ok(acked(&now))
+    }
+
+    /// Runs `steps` in order; returns the new leader if one took over (step-down).
+    async fn steps(&self, op: &MemberOp, steps: Vec<Step>) -> Result<Option<NodeId>, ManageError> {
+        let failed = |e: &dyn std::fmt::Display| ManageError::Failed(format!("{}: {e}", op.name()));
+        let mut leader = None;
         for step in steps {
-            let failed = |e: &dyn std::fmt::Display| ManageError::Failed(format!("{}: {e}", op.name()));
             match step {
                 Step::Write(cmd) => {
                     self.raft.client_write(cmd).await.map_err(|e| failed(&e))?;
@@ -143,16 +201,22 @@ impl Exec {
                     }
                 }
                 Step::SetVoters(ids) => {
-                    self.raft
-                        .change_membership(ChangeMembers::ReplaceAllVoters(ids), true)
-                        .await
-                        .map_err(|e| failed(&e))?;
+                    let change = self.raft.change_membership(ChangeMembers::ReplaceAllVoters(ids), true);
+                    match tokio::time::timeout(CHANGE, change).await {
+                        Ok(r) => r.map(|_| ()).map_err(|e| failed(&e))?,
+                        Err(_) => {
+                            return Err(failed(&format!(
+                                "the voter change did not commit within {CHANGE:?}; it stays pending until its voters answer"
+                            )))
+                        }
+                    }
                 }
                 Step::RemoveNodes(ids) => {
-                    self.raft
-                        .change_membership(ChangeMembers::RemoveNodes(ids), false)
-                        .await
-                        .map_err(|e| failed(&e))?;
+                    let change = self.raft.change_membership(ChangeMembers::RemoveNodes(ids), false);
+                    match tokio::time::timeout(CHANGE, change).await {
+                        Ok(r) => r.map(|_| ()).map_err(|e| failed(&e))?,
+                        Err(_) => return Err(failed(&format!("the removal did not commit within {CHANGE:?}"))),
+                    }
                 }
                 Step::HandOver => {
                     let new = super::handover::hand_over(&self.raft, &self.transport, STEP_DOWN).await;
@@ -163,8 +227,31 @@ impl Exec {
                 }
             }
         }
-        info!(op = op.name(), steps = n, "membership request done");
-        Ok(Done { leader, steps: n })
+        Ok(leader)
+    }
+}
+
+/// Relayed requests the leader still runs, by id, with their answers once done.
+#[derive(Default)]
+struct Jobs {
+    next: u64,
+    done: BTreeMap<u64, Option<Result<Done, ManageError>>>,
+}
+
+impl Jobs {
+    /// At most this many answers are kept for relays that never came back for them.
+    const KEEP: usize = 64;
+
+    fn start(&mut self) -> u64 {
+        // Unpredictable ids: the token is checked again on every poll, but guessing ids should
+        // not even be possible.
+        self.next = self.next.wrapping_add(1 + rand::random::<u32>() as u64);
+        while self.done.len() >= Self::KEEP {
+            let Some(oldest) = self.done.keys().next().copied() else { break };
+            self.done.remove(&oldest);
+        }
+        self.done.insert(self.next, None);
+        self.next
     }
 }
 
@@ -199,7 +286,7 @@ impl Consensus {
         lease: Arc<dyn LeaseGranter>,
         refusals: Arc<Refusals>,
         membership: Recipient<RaftMembers>,
-        token: Option<String>,
+        token: Option<crate::types::Token>,
     ) -> Consensus {
         let announced = Vec::new();
         Consensus {
@@ -213,7 +300,8 @@ impl Consensus {
             refusals,
             membership,
             announced,
-            token: token.map(Arc::from),
+            token,
+            jobs: Default::default(),
         }
     }
 
@@ -224,6 +312,14 @@ impl Consensus {
             applied: self.applied.clone(),
             view: self.view.clone(),
             lock: self.lock.clone(),
+        }
+    }
+
+    /// Counts a relayed request with a wrong token (logged at the first and every power of two).
+    fn bad_token(&self, from: &libp2p::PeerId) {
+        let n = self.refusals.bad_token();
+        if n.is_power_of_two() {
+            warn!(peer = %from, refused = n, "relayed management request with a wrong or missing token refused");
         }
     }
 
@@ -350,17 +446,49 @@ impl Handler<InboundRaft> for Consensus {
             return reply(RaftResponse::Lease(self.lease.grant(req)));
         }
         if let RaftRequest::Manage { op, token } = request {
-            let exec = self.exec();
-            let token_ok = manage::check_token(self.token.as_deref(), &token);
-            // Relayed once at most: a member that is not the leader answers NoLeader.
+            if let Err(e) = manage::check_token(self.token.as_ref(), &token) {
+                self.bad_token(&msg.from);
+                return reply(RaftResponse::Manage(Err(e)));
+            }
+            // Relayed once at most: a member that is not the leader answers NoLeader. A request
+            // that runs longer than one RPC may take is answered `ManagePending`, and the relay
+            // asks again.
+            let (id, exec, jobs) =
+                (self.jobs.lock().unwrap_or_else(|e| e.into_inner()).start(), self.exec(), self.jobs.clone());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             actix::spawn(async move {
-                let r = match token_ok {
-                    Err(e) => Err(e),
-                    Ok(()) => exec.run(op).await,
-                };
-                reply(RaftResponse::Manage(r));
+                let r = exec.run(op).await;
+                jobs.lock().unwrap_or_else(|e| e.into_inner()).done.insert(id, Some(r.clone()));
+                let _ = done_tx.send(r);
+            });
+            let jobs = self.jobs.clone();
+            actix::spawn(async move {
+                match tokio::time::timeout(RELAY_ANSWER, done_rx).await {
+                    Ok(Ok(r)) => {
+                        jobs.lock().unwrap_or_else(|e| e.into_inner()).done.remove(&id);
+                        reply(RaftResponse::Manage(r))
+                    }
+                    _ => reply(RaftResponse::ManagePending(id)),
+                }
             });
             return;
+        }
+        if let RaftRequest::ManageResult { id, token } = request {
+            if let Err(e) = manage::check_token(self.token.as_ref(), &token) {
+                self.bad_token(&msg.from);
+                return reply(RaftResponse::Manage(Err(e)));
+            }
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            return match jobs.done.get(&id) {
+                Some(None) => reply(RaftResponse::ManagePending(id)),
+                Some(Some(_)) => {
+                    let r = jobs.done.remove(&id).flatten().expect("present");
+                    reply(RaftResponse::Manage(r))
+                }
+                None => reply(RaftResponse::Manage(Err(ManageError::Failed(format!(
+                    "the leader knows no request {id} (it restarted or lost leadership); check the cluster and retry"
+                ))))),
+            };
         }
         if let RaftRequest::Elect = &request {
             let accepted = super::handover::from_leader(&self.raft, &msg.from);
@@ -372,7 +500,10 @@ impl Handler<InboundRaft> for Consensus {
         let raft = self.raft.clone();
         actix::spawn(async move {
             let resp = match request {
-                RaftRequest::Lease(_) | RaftRequest::Elect | RaftRequest::Manage { .. } => {
+                RaftRequest::Lease(_)
+                | RaftRequest::Elect
+                | RaftRequest::Manage { .. }
+                | RaftRequest::ManageResult { .. } => {
                     unreachable!("answered above")
                 }
                 RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
@@ -423,7 +554,7 @@ impl Handler<Manage> for Consensus {
     type Result = ResponseFuture<Result<Done, ManageError>>;
 
     fn handle(&mut self, msg: Manage, _: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = manage::check_token(self.token.as_deref(), &msg.token) {
+        if let Err(e) = manage::check_token(self.token.as_ref(), &msg.token) {
             return Box::pin(std::future::ready(Err(e)));
         }
         let m = self.metrics();
@@ -437,14 +568,33 @@ impl Handler<Manage> for Consensus {
         Box::pin(async move {
             let (peer, addrs) =
                 parse_peer(&node.peer_id, &node.addrs).map_err(|e| ManageError::Unreachable(e.to_string()))?;
-            let request = RaftRequest::Manage { op: msg.op, token: msg.token };
-            match rpc::call(&transport, peer, addrs, &request).await {
-                Ok(RaftResponse::Manage(r)) => r,
-                Ok(RaftResponse::Refused(why)) => {
-                    Err(ManageError::Failed(format!("the leader refused the relay: {why}")))
+            let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+            let mut request = RaftRequest::Manage { op: msg.op, token: msg.token.clone() };
+            loop {
+                match rpc::call(&transport, peer, addrs.clone(), &request).await {
+                    Ok(RaftResponse::Manage(r)) => return r,
+                    Ok(RaftResponse::ManagePending(id)) if tokio::time::Instant::now() < deadline => {
+                        request = RaftRequest::ManageResult { id, token: msg.token.clone() };
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Ok(RaftResponse::ManagePending(id)) => {
+                        return Err(ManageError::Failed(format!(
+                            "request {id} still runs on the leader after {RELAY_WAIT:?}; check `members`"
+                        )))
+                    }
+                    Ok(RaftResponse::Refused(why)) => {
+                        return Err(ManageError::Failed(format!("the leader refused the relay: {why}")))
+                    }
+                    Ok(_) => return Err(ManageError::Failed("unexpected answer from the leader".into())),
+                    // A poll lost on the way is asked again; the request itself is not resent.
+                    Err(_)
+                        if matches!(request, RaftRequest::ManageResult { .. })
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(ManageError::Unreachable(e.to_string())),
                 }
-                Ok(_) => Err(ManageError::Failed("unexpected answer from the leader".into())),
-                Err(e) => Err(ManageError::Unreachable(e.to_string())),
             }
         })
     }

@@ -157,6 +157,7 @@ pub fn authorize(request: &RaftRequest, sender: Sender, local: Local) -> Result<
 #[derive(Debug, Default)]
 pub struct Refusals {
     counts: [AtomicU64; 4],
+    bad_tokens: AtomicU64,
     unadmitted: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
@@ -169,6 +170,11 @@ impl Refusals {
     /// The count for one reason.
     pub fn get(&self, why: Unauthorized) -> u64 {
         self.counts[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a management request with a wrong or missing token; returns the count.
+    pub fn bad_token(&self) -> u64 {
+        self.bad_tokens.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Records that `id` was refused membership (production mode: not on the allowlist; any
@@ -184,7 +190,9 @@ impl Refusals {
 
     /// Every reason with its count.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        Unauthorized::ALL.iter().map(|r| (r.name(), self.get(*r))).collect()
+        let mut v: Vec<_> = Unauthorized::ALL.iter().map(|r| (r.name(), self.get(*r))).collect();
+        v.push(("bad_token", self.bad_tokens.load(Ordering::Relaxed)));
+        v
     }
 }
 
@@ -297,7 +305,7 @@ mod tests {
         r.bump(Unauthorized::OtherNode);
         assert_eq!(
             r.snapshot(),
-            vec![("not_member", 0), ("other_node", 1), ("leader_only", 0), ("implausible_term", 0)]
+            vec![("not_member", 0), ("other_node", 1), ("leader_only", 0), ("implausible_term", 0), ("bad_token", 0)]
         );
     }
 }

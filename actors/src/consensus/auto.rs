@@ -52,10 +52,17 @@ pub enum Action {
     SetVoters(BTreeSet<NodeId>),
 }
 
+/// Whether the cluster admits every node that finds it: this leader is configured for dev mode
+/// and no leader configured for production mode has said otherwise (`ClusterState::production`
+/// is never turned off, so a node restarted with the wrong flag cannot open the cluster).
+pub fn open(st: &crate::state::ClusterState, s: &Settings) -> bool {
+    s.auto_join && !st.production
+}
+
 /// Whether a node not yet registered may be: never one an operator removed; in dev mode any
 /// other; in production mode one on the allowlist.
 pub fn admissible(st: &crate::state::ClusterState, id: NodeId, s: &Settings) -> bool {
-    !st.removed.contains(&id) && (s.auto_join || st.allowed.contains(&id))
+    !st.removed.contains(&id) && (open(st, s) || st.allowed.contains(&id))
 }
 
 /// Nodes this cluster sees (Up in gossip) that are not members and may not become ones: in
@@ -90,6 +97,9 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
         return Some(Action::Write(Command::RegisterMember { meta: admitted(&local.meta) }));
     }
     if !s.auto_join {
+        if !st.production {
+            return Some(Action::Write(Command::SetProduction));
+        }
         if let Some(id) = s.members.iter().find(|id| !st.allowed.contains(id) && !st.removed.contains(id)) {
             return Some(Action::Write(Command::SetAllowed { id: *id, allowed: true }));
         }
@@ -97,14 +107,14 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
     let up: Vec<&NodeMeta> = view.members.values().filter(|m| m.state == MemberState::Up).map(|m| &m.meta).collect();
     for meta in &up {
         let known = st.members.contains_key(&meta.id);
-        if !registered(meta) && (known || admissible(st, meta.id, s)) {
+        if !registered(meta) && !st.removed.contains(&meta.id) && (known || admissible(st, meta.id, s)) {
             return Some(Action::Write(Command::RegisterMember { meta: admitted(meta) }));
         }
     }
     let membership = applied.membership.membership();
     let in_raft: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
     for meta in &up {
-        if st.members.contains_key(&meta.id) && !in_raft.contains(&meta.id) {
+        if st.members.contains_key(&meta.id) && !in_raft.contains(&meta.id) && !st.removed.contains(&meta.id) {
             let node = RaftNode { peer_id: meta.peer_id, addrs: meta.addrs.clone() };
             return Some(Action::AddLearner(meta.id, node));
         }
@@ -116,8 +126,8 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
         let learners: Vec<NodeId> = up
             .iter()
             .map(|m| m.id)
-            .filter(|id| in_raft.contains(id) && !voters.contains(id))
-            .filter(|id| s.auto_join || s.members.contains(id))
+            .filter(|id| in_raft.contains(id) && !voters.contains(id) && !st.held.contains(id))
+            .filter(|id| open(st, s) || s.members.contains(id))
             .collect();
         if !learners.is_empty() {
             let mut next = voters.clone();
@@ -238,12 +248,10 @@ mod tests {
         assert_eq!(next_action(&applied(&[1, 2, 3], &[1, 2, 3], &[]), &v, &s), None);
         s.auto_join = false;
         let v = view(&[1, 9]);
-        assert_eq!(
-            next_action(&applied(&[1], &[1], &[]), &v, &s),
-            None,
-            "an unknown node does not join in manual mode"
-        );
-        assert_eq!(refused(&applied(&[1], &[1], &[]), &v, &s), vec![NodeId(9)], "and is counted as refused");
+        let mut a = applied(&[1], &[1], &[]);
+        a.state.apply(&Command::SetProduction, 2);
+        assert_eq!(next_action(&a, &v, &s), None, "an unknown node does not join in manual mode");
+        assert_eq!(refused(&a, &v, &s), vec![NodeId(9)], "and is counted as refused");
     }
 
     #[test]
@@ -253,6 +261,8 @@ mod tests {
         s.members = vec![NodeId(2)];
         let v = view(&[1, 2, 3]);
         let mut a = applied(&[1], &[1], &[]);
+        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::SetProduction)), "the mode is recorded");
+        a.state.apply(&Command::SetProduction, 3);
         assert_eq!(
             next_action(&a, &v, &s),
             Some(Action::Write(Command::SetAllowed { id: NodeId(2), allowed: true })),
@@ -263,15 +273,47 @@ mod tests {
         assert_eq!(refused(&a, &v, &s), vec![NodeId(3)]);
         // Listed learners are promoted; an allowed one added by command is not.
         let mut a = applied(&[1, 2, 3], &[1], &[2, 3]);
+        a.state.apply(&Command::SetProduction, 2);
         a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: true }, 3);
         a.state.apply(&Command::SetAllowed { id: NodeId(3), allowed: true }, 4);
         assert_eq!(next_action(&a, &v, &s), Some(Action::SetVoters([1, 2].map(NodeId).into())));
         // A removed node is not registered again, in any mode, and a listed one stays removed.
         let mut a = applied(&[1], &[1], &[]);
+        a.state.apply(&Command::SetProduction, 2);
         a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: false }, 3);
         assert_eq!(next_action(&a, &v, &s), None);
+        let mut dev = applied(&[1], &[1], &[]);
+        dev.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: false }, 3);
         s.auto_join = true;
+        assert_eq!(next_action(&dev, &view(&[1, 2]), &s), None);
+        assert_eq!(refused(&dev, &view(&[1, 2]), &s), vec![NodeId(2)]);
+    }
+
+    #[test]
+    fn a_dev_mode_leader_keeps_a_production_cluster_closed() {
+        // A node restarted without --mode production that wins an election.
+        let s = settings();
+        let mut a = applied(&[1], &[1], &[]);
+        a.state.apply(&Command::SetProduction, 2);
+        assert_eq!(next_action(&a, &view(&[1, 9]), &s), None, "an unlisted node stays out");
+        assert_eq!(refused(&a, &view(&[1, 9]), &s), vec![NodeId(9)]);
+        // And in production no learner is promoted that the configuration does not list.
+        let mut a = applied(&[1, 2], &[1], &[2]);
+        a.state.apply(&Command::SetProduction, 2);
         assert_eq!(next_action(&a, &view(&[1, 2]), &s), None);
-        assert_eq!(refused(&a, &view(&[1, 2]), &s), vec![NodeId(2)]);
+    }
+
+    #[test]
+    fn operators_decisions_stick() {
+        let s = settings();
+        // A demoted voter (held) is not promoted again in dev mode.
+        let mut a = applied(&[1, 2, 3], &[1, 2], &[3]);
+        a.state.apply(&Command::HoldLearner { id: NodeId(3), held: true }, 4);
+        assert_eq!(next_action(&a, &view(&[1, 2, 3]), &s), None);
+        // A node whose removal stopped midway (still registered, out of Raft, removed) is not
+        // added back as a learner.
+        let mut a = applied(&[1, 2], &[1], &[]);
+        a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: false }, 4);
+        assert_eq!(next_action(&a, &view(&[1, 2]), &s), None);
     }
 }

@@ -4,9 +4,13 @@
 //! as auto membership (openraft needs membership changes serialized).
 //!
 //! The quorum rule: a change is refused when the voters it leaves would not have a majority of
-//! live ones (Up in the gossip view, or this node), so no command can put the cluster into the
-//! limbo where the next failure stops it. Joint consensus (openraft's `change_membership`)
-//! keeps each step safe while it commits.
+//! live ones, so no command can leave the cluster without a quorum (a joint configuration that
+//! never commits would wedge every later change). Live means *acknowledged Raft just now*: before
+//! a change of voters the leader writes a probe entry and counts the nodes whose replication
+//! reached it within a second ([`Seen::live`]); gossip alone says Up for a second after a crash,
+//! and for a node whose Raft core is parked on a stalled disk. A node becoming a voter must be
+//! live (caught up) itself. Joint consensus (openraft's `change_membership`) keeps each step safe
+//! while it commits.
 
 use std::collections::BTreeSet;
 
@@ -16,7 +20,7 @@ use super::auto::admitted;
 use super::types::RaftNode;
 use crate::membership::{MemberState, View};
 use crate::state::{ClusterState, Command};
-use crate::types::{NodeId, NodeMeta};
+use crate::types::{NodeId, NodeMeta, Token};
 
 /// An operator's membership request. ONLY APPEND (it travels to the leader).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,10 @@ pub enum Refused {
     /// Promote of a voter, or of a node that is not a learner.
     #[error("node {0} is not a learner")]
     NotLearner(NodeId),
+    /// The node would become a voter but did not acknowledge the leader's latest entry in time
+    /// (it is down, or still catching up).
+    #[error("node {0} has not caught up with the leader's log; wait until it has, then retry")]
+    NotCaughtUp(NodeId),
     /// Demote or replace of a node that is not a voter.
     #[error("node {0} is not a voter")]
     NotVoter(NodeId),
@@ -127,15 +135,17 @@ pub struct Seen<'a> {
     pub voters: BTreeSet<NodeId>,
     /// Every node of the configuration, voters included.
     pub nodes: BTreeSet<NodeId>,
-    /// The gossip view.
+    /// The gossip view (for nodes to add).
     pub view: &'a View,
     /// This node (the leader).
     pub leader: NodeId,
+    /// Nodes that acknowledged the leader's probe entry (the leader counts as live).
+    pub live: BTreeSet<NodeId>,
 }
 
 impl Seen<'_> {
     fn live(&self, id: NodeId) -> bool {
-        id == self.leader || self.view.members.get(&id).is_some_and(|m| m.state == MemberState::Up)
+        id == self.leader || self.live.contains(&id)
     }
 
     /// Refuses a voter set without a live majority (or without any voter).
@@ -167,10 +177,11 @@ impl Seen<'_> {
         steps.push(Step::AddLearner(id, RaftNode { peer_id: meta.peer_id, addrs: meta.addrs.clone() }));
         Ok(steps)
     }
+}
 
-    fn forget(id: NodeId) -> [Step; 2] {
-        [Step::Write(Command::SetAllowed { id, allowed: false }), Step::Write(Command::RemoveMember { id })]
-    }
+/// Whether `op` changes the voters (and so needs fresh liveness: [`Seen::live`]).
+pub fn changes_voters(op: &MemberOp) -> bool {
+    matches!(op, MemberOp::Promote(_) | MemberOp::Demote(_) | MemberOp::Remove(_) | MemberOp::Replace { .. })
 }
 
 /// The steps that carry out `op` on the leader, or why it is refused.
@@ -190,10 +201,13 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             if s.voters.contains(&id) || !s.nodes.contains(&id) {
                 return Err(Refused::NotLearner(id));
             }
+            if !s.live(id) {
+                return Err(Refused::NotCaughtUp(id));
+            }
             let mut next = s.voters.clone();
             next.insert(id);
             s.quorum(&next, id)?;
-            Ok(vec![Step::SetVoters(next)])
+            Ok(vec![Step::Write(Command::HoldLearner { id, held: false }), Step::SetVoters(next)])
         }
         MemberOp::Demote(id) => {
             if !member(id) {
@@ -208,7 +222,8 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             let mut next = s.voters.clone();
             next.remove(&id);
             s.quorum(&next, id)?;
-            Ok(vec![Step::SetVoters(next)])
+            // Held: auto membership does not promote it again (until `Promote`).
+            Ok(vec![Step::Write(Command::HoldLearner { id, held: true }), Step::SetVoters(next)])
         }
         MemberOp::Remove(id) => {
             if !member(id) {
@@ -217,7 +232,9 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             if id == s.leader {
                 return Err(Refused::IsLeader(id));
             }
-            let mut steps = Vec::new();
+            // Off the allowlist first: if a later step fails, auto membership must not add the
+            // node back (it skips removed nodes).
+            let mut steps = vec![Step::Write(Command::SetAllowed { id, allowed: false })];
             if s.voters.contains(&id) {
                 let mut next = s.voters.clone();
                 next.remove(&id);
@@ -227,7 +244,7 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             if s.nodes.contains(&id) {
                 steps.push(Step::RemoveNodes(BTreeSet::from([id])));
             }
-            steps.extend(Seen::forget(id));
+            steps.push(Step::Write(Command::RemoveMember { id }));
             Ok(steps)
         }
         MemberOp::Replace { old, new } => {
@@ -243,15 +260,25 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             if s.voters.contains(&new) {
                 return Err(Refused::NotLearner(new));
             }
+            if !s.nodes.contains(&new) {
+                // Admitted first (the caller then plans the seat change again, with `new`'s
+                // acknowledgement: it must have caught up before it counts).
+                return s.admit(new);
+            }
+            if !s.live(new) {
+                return Err(Refused::NotCaughtUp(new));
+            }
             let mut next = s.voters.clone();
             next.remove(&old);
             next.insert(new);
-            let mut steps = if s.nodes.contains(&new) { Vec::new() } else { s.admit(new)? };
             s.quorum(&next, old)?;
-            steps.push(Step::SetVoters(next));
-            steps.push(Step::RemoveNodes(BTreeSet::from([old])));
-            steps.extend(Seen::forget(old));
-            Ok(steps)
+            Ok(vec![
+                Step::Write(Command::SetAllowed { id: old, allowed: false }),
+                Step::Write(Command::HoldLearner { id: new, held: false }),
+                Step::SetVoters(next),
+                Step::RemoveNodes(BTreeSet::from([old])),
+                Step::Write(Command::RemoveMember { id: old }),
+            ])
         }
         MemberOp::Drain(id) => {
             if !s.state.members.contains_key(&id) {
@@ -291,8 +318,8 @@ pub struct Done {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManageError {
-    /// The node that received it has no management token: mutations are off there.
-    #[error("no management token is configured on this node, so it accepts no changes")]
+    /// The node that checked it has no management token: mutations are off there.
+    #[error("no management token is configured on the node that checked the request (give every node the same --token-file)")]
     NoToken,
     /// The request's token is missing or not this node's.
     #[error("wrong or missing management token")]
@@ -315,12 +342,12 @@ pub enum ManageError {
 }
 
 /// Checks a request's bearer token against the node's, in time independent of where they
-/// differ.
-pub fn check_token(configured: Option<&str>, given: &str) -> Result<(), ManageError> {
+/// differ (only the length can show).
+pub fn check_token(configured: Option<&Token>, given: &Token) -> Result<(), ManageError> {
     let Some(want) = configured else { return Err(ManageError::NoToken) };
-    let (a, b) = (want.as_bytes(), given.as_bytes());
+    let (a, b) = (want.expose().as_bytes(), given.expose().as_bytes());
     let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
-    if a.len() != b.len() || diff != 0 || given.is_empty() {
+    if a.len() != b.len() || diff != 0 || b.is_empty() {
         return Err(ManageError::BadToken);
     }
     Ok(())
@@ -358,12 +385,15 @@ mod tests {
     }
 
     fn seen<'a>(st: &'a ClusterState, view: &'a View) -> Seen<'a> {
+        // Live: what acknowledged the probe; here, every node the view has Up.
+        let live = view.members.values().filter(|m| m.state == MemberState::Up).map(|m| m.meta.id).collect();
         Seen {
             state: st,
             voters: [1, 2, 3].map(NodeId).into(),
             nodes: [1, 2, 3, 4].map(NodeId).into(),
             view,
             leader: NodeId(1),
+            live,
         }
     }
 
@@ -379,16 +409,23 @@ mod tests {
         assert_eq!(
             steps,
             vec![
+                Step::Write(Command::SetAllowed { id: NodeId(3), allowed: false }),
+                Step::Write(Command::HoldLearner { id: NodeId(4), held: false }),
                 Step::SetVoters(ids(&[1, 2, 4])),
                 Step::RemoveNodes(ids(&[3])),
-                Step::Write(Command::SetAllowed { id: NodeId(3), allowed: false }),
                 Step::Write(Command::RemoveMember { id: NodeId(3) }),
             ]
         );
-        // A node not yet a learner is admitted first.
+        // A node not yet a learner is admitted first (then the seat change is planned again).
         let steps = plan(&MemberOp::Replace { old: NodeId(3), new: NodeId(9) }, &s).unwrap();
-        assert!(matches!(steps[..3], [Step::Write(Command::SetAllowed { .. }), Step::Write(_), Step::AddLearner(..)]));
-        assert_eq!(steps[3], Step::SetVoters(ids(&[1, 2, 9])));
+        assert!(matches!(steps[..], [Step::Write(Command::SetAllowed { .. }), Step::Write(_), Step::AddLearner(..)]));
+        // A learner that did not acknowledge the probe does not take a seat.
+        let lagging = Seen { live: ids(&[2]), ..seen(&st, &view) };
+        assert_eq!(
+            plan(&MemberOp::Replace { old: NodeId(3), new: NodeId(4) }, &lagging),
+            Err(Refused::NotCaughtUp(NodeId(4)))
+        );
+        assert_eq!(plan(&MemberOp::Promote(NodeId(4)), &lagging), Err(Refused::NotCaughtUp(NodeId(4))));
     }
 
     #[test]
@@ -401,14 +438,17 @@ mod tests {
         }
         // Removing the dead one leaves 2 live of 2: fine.
         assert!(plan(&MemberOp::Remove(NodeId(3)), &s).is_ok());
-        // Promoting a dead learner: 2 live of 4.
+        // Promoting a live learner beside a dead voter: 3 live of 4, fine; with a second voter
+        // silent (Up in gossip, no acknowledgement: a stalled disk), 2 of 4 is refused.
+        assert!(plan(&MemberOp::Promote(NodeId(4)), &s).is_ok());
+        let stalled = Seen { live: ids(&[4]), ..seen(&st, &view) };
+        assert_eq!(plan(&MemberOp::Promote(NodeId(4)), &stalled), Err(Refused::NoQuorum { live: 2, voters: 4 }));
+        // Replacing a live voter by a dead node: refused.
         let (st, view) = world(&[3, 4]);
         let s = seen(&st, &view);
-        assert_eq!(plan(&MemberOp::Promote(NodeId(4)), &s), Err(Refused::NoQuorum { live: 2, voters: 4 }));
-        // Replacing a live voter by a dead node: refused too.
         assert_eq!(
             plan(&MemberOp::Replace { old: NodeId(2), new: NodeId(4) }, &s),
-            Err(Refused::NoQuorum { live: 1, voters: 3 })
+            Err(Refused::NotCaughtUp(NodeId(4)))
         );
     }
 
@@ -439,11 +479,14 @@ mod tests {
 
     #[test]
     fn tokens() {
-        assert_eq!(check_token(None, "x"), Err(ManageError::NoToken));
-        assert_eq!(check_token(Some("secret"), ""), Err(ManageError::BadToken));
-        assert_eq!(check_token(Some("secret"), "secreT"), Err(ManageError::BadToken));
-        assert_eq!(check_token(Some("secret"), "secret2"), Err(ManageError::BadToken));
-        assert_eq!(check_token(Some("secret"), "secret"), Ok(()));
+        let t = |s: &str| Token::new(s);
+        assert_eq!(check_token(None, &t("x")), Err(ManageError::NoToken));
+        assert_eq!(check_token(Some(&t("secret")), &t("")), Err(ManageError::BadToken));
+        assert_eq!(check_token(Some(&t("")), &t("")), Err(ManageError::BadToken));
+        assert_eq!(check_token(Some(&t("secret")), &t("secreT")), Err(ManageError::BadToken));
+        assert_eq!(check_token(Some(&t("secret")), &t("secret2")), Err(ManageError::BadToken));
+        assert_eq!(check_token(Some(&t("secret")), &t("secret")), Ok(()));
+        assert_eq!(format!("{:?}", t("secret")), "Token(<redacted>)");
     }
 
     #[test]
@@ -454,6 +497,9 @@ mod tests {
         assert_eq!(add[0], Step::Write(Command::SetAllowed { id: NodeId(9), allowed: true }));
         assert!(matches!(add.last(), Some(Step::AddLearner(NodeId(9), _))));
         let rm = plan(&MemberOp::Remove(NodeId(4)), &s).unwrap();
-        assert_eq!(rm[0], Step::RemoveNodes(ids(&[4])), "a learner leaves without a voter change");
+        assert_eq!(rm[0], Step::Write(Command::SetAllowed { id: NodeId(4), allowed: false }), "off the list first");
+        assert_eq!(rm[1], Step::RemoveNodes(ids(&[4])), "a learner leaves without a voter change");
+        let demote = plan(&MemberOp::Demote(NodeId(2)), &s).unwrap();
+        assert_eq!(demote[0], Step::Write(Command::HoldLearner { id: NodeId(2), held: true }), "not promoted again");
     }
 }

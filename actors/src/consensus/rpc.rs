@@ -41,7 +41,14 @@ pub enum RaftRequest {
         /// The request.
         op: super::manage::MemberOp,
         /// The operator's bearer token.
-        token: String,
+        token: crate::types::Token,
+    },
+    /// The answer to a relayed membership request the leader answered `ManagePending` for.
+    ManageResult {
+        /// The id the leader gave.
+        id: u64,
+        /// The operator's bearer token again.
+        token: crate::types::Token,
     },
 }
 
@@ -56,6 +63,7 @@ impl RaftRequest {
             RaftRequest::Lease(_) => "lease",
             RaftRequest::Elect => "elect",
             RaftRequest::Manage { .. } => "manage",
+            RaftRequest::ManageResult { .. } => "manage_result",
         }
     }
 }
@@ -81,6 +89,9 @@ pub enum RaftResponse {
     Refused(super::authorize::Unauthorized),
     /// The answer to a relayed membership request.
     Manage(Result<super::manage::Done, super::manage::ManageError>),
+    /// A relayed membership request still runs on the leader (it may wait for a learner to catch
+    /// up for longer than one RPC may take): ask for its answer with `ManageResult`.
+    ManagePending(u64),
 }
 
 /// A renewal, sent by a node to the Raft leader it knows.
