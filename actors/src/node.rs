@@ -420,6 +420,24 @@ impl Node {
             .unwrap_or_else(|_| Err(consensus::manage::ManageError::Failed("this node is stopping".into())))
     }
 
+    /// The committed state as of now, linearizably: Raft's ReadIndex (asked of the leader, which
+    /// confirms its leadership with a quorum), then this node's state once it applied that far
+    /// (at most `timeout`). Any node gives an answer at least as new as every change committed
+    /// before the call.
+    pub async fn read_state(&self, timeout: std::time::Duration) -> Result<Arc<AppliedState>, String> {
+        let index =
+            self.consensus.send(consensus::ReadIndex).await.map_err(|_| "this node is stopping".to_string())??;
+        let mut applied = self.applied.clone();
+        let caught_up = async move {
+            applied.wait_for(|a| a.last_applied.map_or(0, |l| l.index) >= index).await.map(|a| a.clone()).ok()
+        };
+        match tokio::time::timeout(timeout, caught_up).await {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => Err("this node is stopping".into()),
+            Err(_) => Err(format!("this node did not apply index {index} within {timeout:?}")),
+        }
+    }
+
     /// The arbiter running the swarm (and its connection tasks): stream work placed here avoids
     /// a thread hop per frame.
     pub fn transport_arbiter(&self) -> actix::ArbiterHandle {
@@ -461,14 +479,48 @@ impl Node {
     /// Not cancel-safe: dropped midway, the node stays marked as leaving (a restart clears it).
     pub async fn leave(&self, timeout: std::time::Duration) -> Result<(), serving::DrainError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // A leaving node never stands for election (it still votes).
+        self.raft.runtime_config().elect(false);
         let result = serving::drain(self.id, &self.consensus, &self.applied, &self.leaving, timeout).await;
+        if result == Ok(serving::Drained::AllLeaving) {
+            self.quiesce().await;
+        }
         // Then Raft leadership, if this node has it, so the group does not wait out an election
-        // timeout for a leader that left on purpose.
-        let left =
-            deadline.saturating_duration_since(tokio::time::Instant::now()).max(std::time::Duration::from_secs(1));
-        self.hand_over_leadership(left).await;
+        // timeout for a leader that left on purpose; unless the whole cluster stops, when nobody
+        // would take it.
+        if result != Ok(serving::Drained::AllLeaving) {
+            let left =
+                deadline.saturating_duration_since(tokio::time::Instant::now()).max(std::time::Duration::from_secs(1));
+            self.hand_over_leadership(left).await;
+        }
         self.shutdown().await;
-        result
+        result.map(|_| ())
+    }
+
+    /// The whole cluster stops: as leader, make sure every follower learned that (they have
+    /// the last entry and one more heartbeat round told them it is committed), then send no more
+    /// heartbeats, so nobody's Raft calls a peer that already stopped. Followers, which stand
+    /// for no election while leaving, stop once the leader's heartbeats have stopped too (they
+    /// learned it a heartbeat after it was replicated; the leader stops three heartbeats after
+    /// that). At most about a second.
+    async fn quiesce(&self) {
+        let m = self.metrics();
+        let beat = std::time::Duration::from_millis(self.raft.config().heartbeat_interval);
+        if m.current_leader != Some(m.id) {
+            tokio::time::sleep(beat * 6).await;
+            return;
+        }
+        let index = m.last_log_index.unwrap_or(0);
+        let me = m.id;
+        let mut metrics = self.raft.metrics();
+        let replicated = metrics.wait_for(|m| {
+            m.replication
+                .as_ref()
+                .is_some_and(|r| r.iter().all(|(id, l)| *id == me || l.as_ref().is_some_and(|l| l.index >= index)))
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), replicated).await;
+        tokio::time::sleep(beat * 3).await;
+        self.raft.runtime_config().heartbeat(false);
     }
 
     /// Whether this node is leaving (or left).

@@ -9,7 +9,7 @@
 //!
 //! Exit codes: 0 done, 1 refused or failed (the reason on stderr), 2 usage, 3 node unreachable.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +61,21 @@ enum Cmd {
         /// Node id or host:port.
         #[arg(value_name = "NODE")]
         target: String,
+    },
+    /// The shard map as of now (the same answer from any node), with owners, replicas, epochs
+    /// and handoffs in progress.
+    Shards {
+        /// Only the shards this node owns, follows or hands off (`--node` names the node to talk
+        /// to).
+        #[arg(long = "of", value_name = "NODE")]
+        only: Option<String>,
+    },
+    /// Follow the node's cluster events (joins, leaves, leader changes, rebalances, shards moving
+    /// to or from it) until interrupted.
+    Events {
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
     },
 }
 
@@ -160,6 +175,18 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Drain { target } => api.put_op(&path_of(target), "drain", None)?,
         Cmd::Undrain { target } => api.put_op(&path_of(target), "undrain", None)?,
         Cmd::Leader { op: LeaderCmd::StepDown } => api.call("POST", "/cluster/leader/step-down", None)?,
+        Cmd::Shards { only } => {
+            let path = match only {
+                Some(n) => format!("/cluster/shards?node={}", encode(n)),
+                None => "/cluster/shards".to_string(),
+            };
+            let m = api.call("GET", &path, None)?;
+            if cli.json {
+                return print_json(&m);
+            }
+            return print_shards(&m);
+        }
+        Cmd::Events { limit } => return api.follow("/cluster/events", *limit, cli.json),
     };
     if cli.json {
         return print_json(&answer);
@@ -192,6 +219,36 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// Reads an HTTP body that may be chunked, handing each piece to `f` as it arrives; `f`
+/// returns false to stop.
+fn read_body(r: &mut impl std::io::BufRead, chunked: bool, mut f: impl FnMut(&str) -> bool) -> std::io::Result<()> {
+    let mut line = String::new();
+    if !chunked {
+        while r.read_line(&mut line)? > 0 {
+            if !f(&line) {
+                return Ok(());
+            }
+            line.clear();
+        }
+        return Ok(());
+    }
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+        if size == 0 {
+            return Ok(());
+        }
+        let mut buf = vec![0; size + 2];
+        r.read_exact(&mut buf)?;
+        if !f(&String::from_utf8_lossy(&buf[..size])) {
+            return Ok(());
+        }
+    }
+}
+
 /// The node's HTTP API.
 struct Api {
     node: String,
@@ -205,6 +262,68 @@ impl Api {
             body["by"] = Value::String(by.clone());
         }
         self.call("PUT", path, Some(body))
+    }
+
+    /// Follows a server-sent event stream, printing each event (`kind {json}`, or the JSON with
+    /// its kind under `--json`), until it ends or `limit` events were printed.
+    fn follow(&self, path: &str, limit: Option<u64>, json: bool) -> Result<(), Failure> {
+        let unreachable =
+            |e: &dyn std::fmt::Display| Failure::Unreachable(format!("node {} unreachable: {e}", self.node));
+        let addr = self
+            .node
+            .to_socket_addrs()
+            .map_err(|e| unreachable(&e))?
+            .next()
+            .ok_or_else(|| unreachable(&"no address"))?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| unreachable(&e))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", self.node)
+            .map_err(|e| unreachable(&e))?;
+        let mut r = std::io::BufReader::new(s);
+        let mut chunked = false;
+        let mut status = 0u16;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).map_err(|e| unreachable(&e))? == 0 || line == "\r\n" {
+                break;
+            }
+            if status == 0 {
+                status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            }
+            chunked |= line.to_ascii_lowercase().starts_with("transfer-encoding: chunked");
+        }
+        if status != 200 {
+            return Err(Failure::Refused(format!("{path} answered {status}")));
+        }
+        let (mut pending, mut printed) = (String::new(), 0u64);
+        let (mut kind, mut data) = (String::new(), String::new());
+        read_body(&mut r, chunked, |piece| {
+            pending.push_str(piece);
+            while let Some(i) = pending.find('\n') {
+                let line: String = pending.drain(..=i).collect();
+                let line = line.trim_end();
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = k.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = d.to_string();
+                } else if line.is_empty() && !kind.is_empty() {
+                    if json {
+                        let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                        println!("{}", serde_json::json!({ "event": kind, "data": v }));
+                    } else {
+                        println!("{kind} {data}");
+                    }
+                    let _ = std::io::stdout().flush();
+                    kind.clear();
+                    data.clear();
+                    printed += 1;
+                    if limit.is_some_and(|l| printed >= l) {
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+        .map_err(|e| unreachable(&e))
     }
 
     /// One request; a non-2xx answer is a refusal with the node's reason.
@@ -250,6 +369,35 @@ impl Api {
         }
         Ok(json)
     }
+}
+
+fn print_shards(m: &Value) -> Result<(), Failure> {
+    println!(
+        "epoch {}, {} shards, replica factor {} (applied index {})",
+        text(&m["epoch"]),
+        text(&m["shards"]),
+        text(&m["replica_factor"]),
+        text(&m["applied_index"])
+    );
+    let rows = m["assignments"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let replicas: Vec<String> =
+                        r["replicas"].as_array().map(|v| v.iter().map(text).collect()).unwrap_or_default();
+                    let handoff = match &r["handoff"] {
+                        Value::Null => "-".to_string(),
+                        h => format!("{} -> {}", text(&h["from"]), text(&h["to"])),
+                    };
+                    let replicas = if replicas.is_empty() { "-".to_string() } else { replicas.join(",") };
+                    vec![text(&r["shard"]), text(&r["owner"]), replicas, text(&r["epoch"]), handoff]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["SHARD", "OWNER", "REPLICAS", "EPOCH", "HANDOFF"], rows);
+    Ok(())
 }
 
 fn print_json(v: &Value) -> Result<(), Failure> {
@@ -325,4 +473,15 @@ fn print_status(s: &Value) -> Result<(), Failure> {
     let members = s["members"].as_array().map_or(0, |a| a.len());
     println!("members   {members}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Clap checks its definitions only for the subcommand a run uses: check them all.
+        super::Cli::command().debug_assert();
+    }
 }

@@ -8,6 +8,8 @@
 //! | `DELETE /cluster/members/{id}` | remove |
 //! | `PUT /cluster/members/{id}` `{"operation": ..}` | `promote`, `demote`, `drain`, `undrain`, `leave`, `replace` (with `"by"`) |
 //! | `POST /cluster/leader/step-down` | hand Raft leadership to another voter |
+//! | `GET /cluster/shards[?node=ID]` | the shard map as of now (linearizable: Raft ReadIndex), with its epoch |
+//! | `GET /cluster/events` | server-sent events: `connected` (who answers), then this node's `ClusterEvent` stream |
 //!
 //! Reads are open; every mutation needs `Authorization: Bearer <token>` (the node's management
 //! token): missing or wrong is 401 and nothing changes. A node relays a mutation to the leader.
@@ -18,9 +20,11 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use clusterfunk_actors::consensus::manage::{check_token, Done, ManageError, MemberOp};
+use clusterfunk_actors::events::ClusterEvent;
 use clusterfunk_actors::membership::MemberState;
-use clusterfunk_actors::types::{NodeId, Token};
+use clusterfunk_actors::types::{NodeId, ShardId, Token};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::cluster::Cluster;
 
@@ -321,7 +325,154 @@ async fn step_down(cluster: web::Data<Cluster>, req: HttpRequest) -> HttpRespons
     run(&cluster, &req, MemberOp::StepDown).await
 }
 
+/// `GET /cluster/shards` query.
+#[derive(Deserialize)]
+struct ShardsQuery {
+    node: Option<String>,
+}
+
+/// How long `GET /cluster/shards` waits for this node to apply what the leader committed.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+#[get("/cluster/shards")]
+async fn shards(cluster: web::Data<Cluster>, q: web::Query<ShardsQuery>) -> HttpResponse {
+    let only = match q.node.as_deref().map(|n| resolve_node(&cluster, n)).transpose() {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::NOT_FOUND, e, false),
+    };
+    // Linearizable: every node answers with a map at least as new as anything committed before
+    // the request (the leader confirms with a quorum; this node waits until it applied that).
+    let applied = match cluster.node().read_state(READ_WAIT).await {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e, false),
+    };
+    let st = &applied.state;
+    let map = &st.shard_map;
+    let id = |n: NodeId| n.to_string();
+    let rows: Vec<Value> = (0..map.shard_count())
+        .map(ShardId)
+        .filter(|s| {
+            only.is_none_or(|n| {
+                map.owner(*s) == Some(n)
+                    || map.replicas(*s).contains(&n)
+                    || st.handoffs.get(s).is_some_and(|h| h.from == n)
+            })
+        })
+        .map(|s| {
+            serde_json::json!({
+                "shard": s.0,
+                "owner": map.owner(s).map(id),
+                "replicas": map.replicas(s).into_iter().map(id).collect::<Vec<_>>(),
+                "epoch": map.shard_epoch(s).0,
+                "handoff": st.handoffs.get(&s).map(|h| serde_json::json!({
+                    "from": id(h.from),
+                    "to": h.to.owner.map(id),
+                })),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "epoch": map.epoch().0,
+        "applied_index": applied.last_applied.map_or(0, |l| l.index),
+        "shards": map.shard_count(),
+        "replica_factor": map.replica_factor(),
+        "assignments": rows,
+    }))
+}
+
+/// One event as the stream sends it: its kind and its fields (node ids as 16-hex-digit text).
+pub(crate) fn event_json(ev: &ClusterEvent) -> (&'static str, Value) {
+    let id = |n: &NodeId| n.to_string();
+    let plan = |p: &clusterfunk_actors::shard::Plan| {
+        serde_json::json!({
+            "moves": p.moves.iter().map(|m| serde_json::json!({
+                "shard": m.shard.0,
+                "from": m.from.as_ref().map(id),
+                "to": m.to.as_ref().map(id),
+                "reason": format!("{:?}", m.reason),
+            })).collect::<Vec<_>>(),
+            "replica_changes": p.replica_changes,
+        })
+    };
+    match ev {
+        ClusterEvent::ShardAssigned { shard, epoch, previous_owner } => (
+            "shard_assigned",
+            serde_json::json!({ "shard": shard.0, "epoch": epoch.0, "previous_owner": previous_owner.as_ref().map(id) }),
+        ),
+        ClusterEvent::ShardUnassigned { shard, epoch, new_owner } => (
+            "shard_unassigned",
+            serde_json::json!({ "shard": shard.0, "epoch": epoch.0, "new_owner": new_owner.as_ref().map(id) }),
+        ),
+        ClusterEvent::ShardLeadershipGained { shard, epoch } => {
+            ("shard_leadership_gained", serde_json::json!({ "shard": shard.0, "epoch": epoch.0 }))
+        }
+        ClusterEvent::ShardLeadershipLost { shard, epoch } => {
+            ("shard_leadership_lost", serde_json::json!({ "shard": shard.0, "epoch": epoch.0 }))
+        }
+        ClusterEvent::ReplicaAdded { shard, epoch, leader } => (
+            "replica_added",
+            serde_json::json!({ "shard": shard.0, "epoch": epoch.0, "leader": leader.as_ref().map(id) }),
+        ),
+        ClusterEvent::ReplicaRemoved { shard, epoch } => {
+            ("replica_removed", serde_json::json!({ "shard": shard.0, "epoch": epoch.0 }))
+        }
+        ClusterEvent::LeaderChanged { leader, term } => {
+            ("leader_changed", serde_json::json!({ "leader": leader.as_ref().map(id), "term": term }))
+        }
+        ClusterEvent::MemberUp(n) => ("member_up", serde_json::json!({ "node": id(n) })),
+        ClusterEvent::MemberDown(n) => ("member_down", serde_json::json!({ "node": id(n) })),
+        ClusterEvent::RebalanceStarted(p) => ("rebalance_started", plan(p)),
+        ClusterEvent::RebalanceFinished(p) => ("rebalance_finished", plan(p)),
+        _ => ("other", serde_json::json!({ "debug": format!("{ev:?}") })),
+    }
+}
+
+/// How often the event stream sends a comment line when nothing happens (so proxies and the
+/// CLI see a live connection).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+#[get("/cluster/events")]
+async fn events(cluster: web::Data<Cluster>) -> HttpResponse {
+    let rx = cluster.node().events.subscribe();
+    // First, who answers: a client knows it is subscribed once it sees this.
+    let m = cluster.node().metrics();
+    let hello = serde_json::json!({
+        "node": cluster.node_id().to_string(),
+        "leader": m.current_leader.map(|l| l.to_string()),
+        "term": m.current_term,
+    });
+    let first = futures::stream::once(std::future::ready(Ok::<_, std::convert::Infallible>(web::Bytes::from(
+        format!("event: connected\ndata: {hello}\n\n"),
+    ))));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let frame = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            Ok(Ok(ev)) => {
+                let (kind, data) = event_json(&ev);
+                format!("event: {kind}\ndata: {data}\n\n")
+            }
+            // A slow reader missed events: say so in the stream, and go on.
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                format!("event: lagged\ndata: {{\"missed\": {n}}}\n\n")
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            Err(_) => ": keepalive\n\n".to_string(),
+        };
+        Some((Ok::<_, std::convert::Infallible>(web::Bytes::from(frame)), rx))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(futures::StreamExt::chain(first, stream))
+}
+
 /// The management routes.
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(list).service(one).service(add).service(remove).service(change).service(step_down);
+    cfg.service(list)
+        .service(one)
+        .service(add)
+        .service(remove)
+        .service(change)
+        .service(step_down)
+        .service(shards)
+        .service(events);
 }

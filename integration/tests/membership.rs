@@ -240,12 +240,60 @@ fn production_mode_every_command_and_refusal() -> anyhow::Result<()> {
     })
     .map_err(|e| fail(e, &nodes))?;
 
-    eprintln!("--- drain, undrain; a relayed request through a follower");
+    eprintln!("--- shards: the same map, as of now, from every node");
+    let answers = wait_until(T, "every node answering the same map", || {
+        let a: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                let (code, out) = run(&n.dashboard, None, &["--json", "shards"]);
+                (code == 0).then(|| serde_json::from_str::<Value>(&out).ok()).flatten()
+            })
+            .collect::<Option<_>>()?;
+        a.iter().all(|x| x["epoch"] == a[0]["epoch"] && x["assignments"] == a[0]["assignments"]).then_some(a)
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    assert_eq!(answers[0]["assignments"].as_array().map(Vec::len), Some(SHARDS as usize));
+    let (code, out) = run(&via, None, &["--json", "shards", "--of", &ids[1]]);
+    assert_eq!(code, 0, "{out}");
+    let mine: Value = serde_json::from_str(&out)?;
+    let rows = mine["assignments"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["owner"] == ids[1].as_str()), "only its shards: {out}");
+    let (code, out) = run(&via, None, &["shards"]);
+    assert!(code == 0 && out.contains("SHARD") && out.contains(&ids[2]), "a table: {out}");
+
+    eprintln!("--- drain, undrain; a relayed request through a follower; the leader's events");
     let leader = nodes[0].status()?["leader"].as_str().unwrap().to_string();
     let follower = nodes.iter().find(|n| node_id(n).as_deref() != Some(leader.as_str())).unwrap();
+    let leader_node = nodes.iter().find(|n| node_id(n).as_deref() == Some(leader.as_str())).unwrap();
     let victim = ids.iter().find(|i| **i != leader).unwrap().clone();
+    let mut events = std::process::Command::new(cli())
+        .args(["--node", &leader_node.dashboard, "--json", "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let hello = rx.recv_timeout(T)?;
+    assert!(hello.contains("\"connected\"") && hello.contains(&leader), "the stream says who answers: {hello}");
     let (code, out) = run(&follower.dashboard, Some(&tf), &["drain", &victim]);
     assert_eq!(code, 0, "drain through a follower: {out}");
+    let deadline = std::time::Instant::now() + T;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("rebalance_started") && l.contains(&victim)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no rebalance event for the drain streamed; got {seen:?}"),
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let (code, out) = run(&via, None, &["events", "--limit", "1"]);
+    assert!(code == 0 && out.starts_with("connected "), "--limit 1 ends after the first event: {out}");
     wait_until(T, "the drained node owns no shard", || {
         let ms = members(&nodes[0])?;
         ms.iter().any(|m| m["id"] == victim.as_str() && m["drained"] == true && m["shards"] == 0).then_some(())

@@ -231,6 +231,42 @@ impl Exec {
     }
 }
 
+/// The log index a linearizable read must wait for (Raft's ReadIndex): on the leader after it
+/// confirmed its leadership with a quorum; elsewhere asked of the leader.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, String>")]
+pub struct ReadIndex;
+
+/// The read index on this node, which must lead: its applied index (every acknowledged write is
+/// applied on the leader before it is acknowledged), if a quorum acknowledged it within the
+/// election timeout, so no other leader can have been elected meanwhile (a lease read, Raft
+/// thesis §6.4.1). Not openraft's `get_read_log_id`: it confirms with extra AppendEntries under
+/// a one-heartbeat (50 ms) time limit, which a loaded node misses, and its failures log errors.
+async fn read_index(raft: &Raft) -> Result<u64, String> {
+    // Voters refuse to elect anyone for `election_timeout_max` after hearing from their leader
+    // (openraft's leader lease): a quorum ack younger than that means no other leader yet.
+    let window = raft.config().election_timeout_max;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let m = raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            return Err("this node no longer leads".into());
+        }
+        let alone = m.membership_config.membership().voter_ids().all(|v| v == m.id);
+        let fresh = alone || m.millis_since_quorum_ack.is_some_and(|ms| ms < window);
+        if fresh {
+            return Ok(m.last_applied.map_or(0, |l| l.index));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(match m.millis_since_quorum_ack {
+                Some(ms) => format!("the leader last heard from a quorum {ms} ms ago"),
+                None => "no quorum has acknowledged the leader yet".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Relayed requests the leader still runs, by id, with their answers once done.
 #[derive(Default)]
 struct Jobs {
@@ -490,6 +526,11 @@ impl Handler<InboundRaft> for Consensus {
                 ))))),
             };
         }
+        if let RaftRequest::ReadIndex = &request {
+            let raft = self.raft.clone();
+            actix::spawn(async move { reply(RaftResponse::ReadIndex(read_index(&raft).await)) });
+            return;
+        }
         if let RaftRequest::Elect = &request {
             let accepted = super::handover::from_leader(&self.raft, &msg.from);
             if accepted {
@@ -503,7 +544,8 @@ impl Handler<InboundRaft> for Consensus {
                 RaftRequest::Lease(_)
                 | RaftRequest::Elect
                 | RaftRequest::Manage { .. }
-                | RaftRequest::ManageResult { .. } => {
+                | RaftRequest::ManageResult { .. }
+                | RaftRequest::ReadIndex => {
                     unreachable!("answered above")
                 }
                 RaftRequest::AppendEntries(r) => RaftResponse::AppendEntries(raft.append_entries(r).await),
@@ -525,6 +567,11 @@ impl Handler<Propose> for Consensus {
         let raft = self.raft.clone();
         let transport = self.transport.clone();
         let local = self.raft.metrics().borrow().id;
+        // Raft shut down (the node stops): nothing to ask it, and a call into a stopped core is
+        // logged by openraft as an error.
+        if self.raft.metrics().borrow().running_state.is_err() {
+            return Box::pin(std::future::ready(Err(ProposeError::NoLeader)));
+        }
         Box::pin(async move {
             match raft.client_write(msg.0.clone()).await {
                 Ok(r) => Ok(r.data),
@@ -595,6 +642,31 @@ impl Handler<Manage> for Consensus {
                     }
                     Err(e) => return Err(ManageError::Unreachable(e.to_string())),
                 }
+            }
+        })
+    }
+}
+
+impl Handler<ReadIndex> for Consensus {
+    type Result = ResponseFuture<Result<u64, String>>;
+
+    fn handle(&mut self, _: ReadIndex, _: &mut Context<Self>) -> Self::Result {
+        let m = self.metrics();
+        let raft = self.raft.clone();
+        if m.current_leader == Some(m.id) {
+            return Box::pin(async move { read_index(&raft).await });
+        }
+        let Some(node) = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned()) else {
+            return Box::pin(std::future::ready(Err("no raft leader is known".to_string())));
+        };
+        let transport = self.transport.clone();
+        Box::pin(async move {
+            let (peer, addrs) = parse_peer(&node.peer_id, &node.addrs).map_err(|e| e.to_string())?;
+            match rpc::call(&transport, peer, addrs, &RaftRequest::ReadIndex).await {
+                Ok(RaftResponse::ReadIndex(r)) => r,
+                Ok(RaftResponse::Refused(why)) => Err(format!("the leader refused: {why}")),
+                Ok(_) => Err("unexpected answer from the leader".into()),
+                Err(e) => Err(format!("the leader could not be reached: {e}")),
             }
         })
     }

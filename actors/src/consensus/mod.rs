@@ -21,7 +21,7 @@ pub mod types;
 use std::time::Duration;
 
 pub(crate) use actor::bootstrap as actor_bootstrap;
-pub use actor::{Consensus, Manage, Propose, ProposeError};
+pub use actor::{Consensus, Manage, Propose, ProposeError, ReadIndex};
 pub use map_view::MapView;
 pub use state_machine::{AppliedState, BeforePublish, StateMachine};
 

@@ -50,6 +50,9 @@ pub enum RaftRequest {
         /// The operator's bearer token again.
         token: crate::types::Token,
     },
+    /// Raft's ReadIndex, to the leader: the log index a linearizable read must have applied
+    /// (the leader confirms with a quorum that it still leads).
+    ReadIndex,
 }
 
 impl RaftRequest {
@@ -64,6 +67,7 @@ impl RaftRequest {
             RaftRequest::Elect => "elect",
             RaftRequest::Manage { .. } => "manage",
             RaftRequest::ManageResult { .. } => "manage_result",
+            RaftRequest::ReadIndex => "read_index",
         }
     }
 }
@@ -92,6 +96,8 @@ pub enum RaftResponse {
     /// A relayed membership request still runs on the leader (it may wait for a learner to catch
     /// up for longer than one RPC may take): ask for its answer with `ManageResult`.
     ManagePending(u64),
+    /// The answer to `ReadIndex`: the index, or why there is none.
+    ReadIndex(Result<u64, String>),
 }
 
 /// A renewal, sent by a node to the Raft leader it knows.

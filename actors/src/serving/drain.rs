@@ -32,15 +32,31 @@ async fn propose(consensus: &Addr<Consensus>, cmd: Command) -> Result<CommandRes
     consensus.send(Propose(cmd)).await.unwrap_or(Err(ProposeError::NoLeader))
 }
 
-/// Marks `id` as leaving and waits until it owns no shard and no handoff from it is pending.
-/// `leaving` is set first, so a concurrent [`rejoin`] does not clear the mark.
+/// Whether every member is leaving: the whole cluster stops (Ctrl-C on `demo --local`, SIGTERM
+/// to every node), and there is nobody to hand shards to.
+pub(crate) fn everyone_leaving(a: &AppliedState) -> bool {
+    !a.state.members.is_empty() && a.state.members.keys().all(|m| a.state.draining.contains(m))
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every shard of this node was handed off.
+    HandedOff,
+    /// Every member is leaving: nothing to hand off to, so nothing was (the whole cluster stops).
+    AllLeaving,
+}
+
+/// Marks `id` as leaving and waits until it owns no shard and no handoff from it is pending, or
+/// until every member is leaving. `leaving` is set first, so a concurrent [`rejoin`] does not
+/// clear the mark.
 pub(crate) async fn drain(
     id: NodeId,
     consensus: &Addr<Consensus>,
     applied: &watch::Receiver<Arc<AppliedState>>,
     leaving: &AtomicBool,
     timeout: Duration,
-) -> Result<(), DrainError> {
+) -> Result<Drained, DrainError> {
     leaving.store(true, Ordering::Relaxed);
     info!(node = %id, "leaving: handing off shards");
     let deadline = tokio::time::Instant::now() + timeout;
@@ -57,17 +73,20 @@ pub(crate) async fn drain(
     }
     let mut applied = applied.clone();
     let handed_off = async move {
-        applied
-            .wait_for(|a| {
-                a.state.shard_map.owner_counts().get(&id).is_none() && a.state.handoffs.values().all(|h| h.from != id)
-            })
-            .await
-            .is_ok()
+        let done = |a: &AppliedState| {
+            a.state.shard_map.owner_counts().get(&id).is_none() && a.state.handoffs.values().all(|h| h.from != id)
+        };
+        let a = applied.wait_for(|a| done(a) || everyone_leaving(a)).await.ok()?.clone();
+        Some(if done(&a) { Drained::HandedOff } else { Drained::AllLeaving })
     };
     match tokio::time::timeout_at(deadline, handed_off).await {
-        Ok(true) => {
+        Ok(Some(Drained::HandedOff)) => {
             info!(node = %id, "leaving: every shard handed off");
-            Ok(())
+            Ok(Drained::HandedOff)
+        }
+        Ok(Some(Drained::AllLeaving)) => {
+            info!(node = %id, "leaving: every member is leaving (the whole cluster stops); nothing to hand off to");
+            Ok(Drained::AllLeaving)
         }
         _ => Err(DrainError::NotHandedOff(timeout)),
     }

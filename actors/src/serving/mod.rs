@@ -18,8 +18,8 @@ mod sim;
 pub mod table;
 
 pub use self::core::{Core, Effect, Input, ShardChange};
-pub use drain::DrainError;
 pub(crate) use drain::{drain, rejoin};
+pub use drain::{DrainError, Drained};
 pub use journal::{FileJournal, Journal, MemoryJournal};
 pub(crate) use shell::{run, Inputs};
 pub use shell::{Counters, ShardHooks, FORCE_STOP};
