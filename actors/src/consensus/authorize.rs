@@ -291,9 +291,31 @@ mod tests {
             Command::BeginHandoff { based_on: Epoch(3), moves: vec![] },
             Command::RemoveMember { id: NodeId(2) },
             Command::RegisterMember { meta: Default::default() },
+            Command::SetAllowed { id: NodeId(2), allowed: true },
+            Command::SetDrained { id: NodeId(2), drained: false },
+            Command::HoldLearner { id: NodeId(2), held: false },
+            Command::SetProduction,
         ] {
             assert_eq!(authorize(&RaftRequest::ClientWrite(cmd), m, JOINED), Err(Unauthorized::LeaderOnly));
         }
+    }
+
+    #[test]
+    fn operators_requests_are_relayed_by_members_only() {
+        use crate::consensus::manage::MemberOp;
+        use crate::types::Token;
+        let manage = RaftRequest::Manage { op: MemberOp::Remove(NodeId(2)), token: Token::new("the-right-token-1") };
+        for who in [Sender::Outsider(A), Sender::Vouched(A)] {
+            assert_eq!(authorize(&manage, who, JOINED), Err(Unauthorized::NotMember), "{who:?}");
+            assert_eq!(authorize(&RaftRequest::ReadIndex, who, JOINED), Err(Unauthorized::NotMember));
+        }
+        let fresh = Local { unjoined: true, term: 0 };
+        assert_eq!(authorize(&manage, Sender::Outsider(A), fresh), Err(Unauthorized::NotMember), "not even unjoined");
+        assert_eq!(authorize(&manage, Sender::Member(A), JOINED), Ok(()), "the leader then checks the token");
+        assert_eq!(authorize(&RaftRequest::ReadIndex, Sender::Member(A), JOINED), Ok(()));
+        // The answer may be fetched by a relay its own request removed; it carries the token.
+        let result = RaftRequest::ManageResult { id: 7, token: Token::new("x") };
+        assert_eq!(authorize(&result, Sender::Outsider(A), JOINED), Ok(()));
     }
 
     #[test]
