@@ -164,6 +164,12 @@ impl ClusterState {
         self.draining.contains(&id) || self.drained.contains(&id)
     }
 
+    /// Whether `id` has handed everything off: it owns no shard and no handoff from it waits
+    /// for its confirmation.
+    pub fn handed_off(&self, id: NodeId) -> bool {
+        self.shard_map.owner_counts().get(&id).is_none_or(|n| *n == 0) && self.handoffs.values().all(|h| h.from != id)
+    }
+
     /// Applies `cmd`, committed at log `index`.
     pub fn apply(&mut self, cmd: &Command, index: u64) -> CommandResult {
         match cmd {

@@ -267,15 +267,8 @@ impl Api {
     /// Follows a server-sent event stream, printing each event (`kind {json}`, or the JSON with
     /// its kind under `--json`), until it ends or `limit` events were printed.
     fn follow(&self, path: &str, limit: Option<u64>, json: bool) -> Result<(), Failure> {
-        let unreachable =
-            |e: &dyn std::fmt::Display| Failure::Unreachable(format!("node {} unreachable: {e}", self.node));
-        let addr = self
-            .node
-            .to_socket_addrs()
-            .map_err(|e| unreachable(&e))?
-            .next()
-            .ok_or_else(|| unreachable(&"no address"))?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| unreachable(&e))?;
+        let unreachable = |e: &dyn std::fmt::Display| self.unreachable(e);
+        let mut s = self.connect()?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", self.node)
             .map_err(|e| unreachable(&e))?;
         let mut r = std::io::BufReader::new(s);
@@ -326,17 +319,26 @@ impl Api {
         .map_err(|e| unreachable(&e))
     }
 
-    /// One request; a non-2xx answer is a refusal with the node's reason.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
-        let unreachable =
-            |e: &dyn std::fmt::Display| Failure::Unreachable(format!("node {} unreachable: {e}", self.node));
+    /// The node could not be reached (exit 3), and why.
+    fn unreachable(&self, e: &dyn std::fmt::Display) -> Failure {
+        Failure::Unreachable(format!("node {} unreachable: {e}", self.node))
+    }
+
+    /// A connection to the node.
+    fn connect(&self) -> Result<TcpStream, Failure> {
         let addr = self
             .node
             .to_socket_addrs()
-            .map_err(|e| unreachable(&e))?
+            .map_err(|e| self.unreachable(&e))?
             .next()
-            .ok_or_else(|| unreachable(&"resolves to no address"))?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| unreachable(&e))?;
+            .ok_or_else(|| self.unreachable(&"resolves to no address"))?;
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| self.unreachable(&e))
+    }
+
+    /// One request; a non-2xx answer is a refusal with the node's reason.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+        let unreachable = |e: &dyn std::fmt::Display| self.unreachable(e);
+        let mut s = self.connect()?;
         // Membership steps wait for learners to catch up (10 s) and for the lock (15 s).
         s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| unreachable(&e))?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();

@@ -21,26 +21,20 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use clusterfunk_actors::consensus::manage::{check_token, Done, ManageError, MemberOp};
 use clusterfunk_actors::events::ClusterEvent;
-use clusterfunk_actors::membership::MemberState;
 use clusterfunk_actors::types::{NodeId, ShardId, Token};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cluster::Cluster;
+use crate::status::MemberStatus;
 
-/// One member as `GET /cluster/members` lists it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// One member as `GET /cluster/members` lists it: its status (as `GET /api/cluster` shows it)
+/// and what an operator acts on.
+#[derive(Clone, Debug, Serialize)]
 pub struct MemberInfo {
-    /// Node id (16 hex digits).
-    pub id: String,
-    /// `host:port` it listens on for other nodes, if known.
-    pub addr: Option<String>,
-    /// Its dashboard and API `host:port`, if it serves one.
-    pub dashboard: Option<String>,
-    /// `voter`, `learner`, or `registered` (in the cluster state, not in the Raft configuration).
-    pub role: String,
-    /// `up`, `suspect` or `down` as the answering node sees it.
-    pub state: String,
+    /// Id, address, role (`voter`, `learner` or `registered`), liveness, weight, zone.
+    #[serde(flatten)]
+    pub member: MemberStatus,
     /// Whether it leads the Raft group.
     pub leader: bool,
     /// Whether it takes no new shards (leaving, or drained by an operator).
@@ -49,10 +43,6 @@ pub struct MemberInfo {
     pub drained: bool,
     /// Shards it owns in the committed map.
     pub shards: u32,
-    /// Its weight.
-    pub weight: u32,
-    /// Its zone.
-    pub zone: Option<String>,
 }
 
 /// The members as this node sees them: the Raft configuration and the registered members.
@@ -62,43 +52,21 @@ pub(crate) fn members(cluster: &Cluster) -> Vec<MemberInfo> {
     let view = node.view.borrow().clone();
     let map = node.map.borrow().clone();
     let leader = node.metrics().current_leader;
-    let membership = applied.membership.membership();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let mut ids: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-    ids.extend(applied.state.members.keys().filter(|id| !ids.contains(id)).copied().collect::<Vec<_>>());
-    ids.sort();
+    let ids: std::collections::BTreeSet<NodeId> = applied
+        .membership
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .chain(applied.state.members.keys().copied())
+        .collect();
     let owned = map.owner_counts();
     ids.into_iter()
-        .map(|id| {
-            let seen = view.members.get(&id);
-            let meta = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(&id));
-            let raft_addrs = membership.get_node(&id).map(|n| n.addrs.clone()).unwrap_or_default();
-            let addrs = meta.map(|m| m.addrs.clone()).filter(|a| !a.is_empty()).unwrap_or(raft_addrs);
-            let role = if voters.contains(&id) {
-                "voter"
-            } else if membership.get_node(&id).is_some() {
-                "learner"
-            } else {
-                "registered"
-            };
-            let state = match seen.map(|v| v.state) {
-                Some(MemberState::Up) => "up",
-                Some(MemberState::Suspect) => "suspect",
-                _ => "down",
-            };
-            MemberInfo {
-                id: id.to_string(),
-                addr: crate::status::host_port(&addrs),
-                dashboard: meta.and_then(|m| m.dashboard.clone()),
-                role: role.into(),
-                state: state.into(),
-                leader: leader == Some(id),
-                draining: applied.state.is_draining(id),
-                drained: applied.state.drained.contains(&id),
-                shards: owned.get(&id).copied().unwrap_or(0),
-                weight: meta.map_or(1, |m| m.weight),
-                zone: meta.and_then(|m| m.zone.clone()),
-            }
+        .map(|id| MemberInfo {
+            member: crate::status::member_status(id, &applied, &view),
+            leader: leader == Some(id),
+            draining: applied.state.is_draining(id),
+            drained: applied.state.drained.contains(&id),
+            shards: owned.get(&id).copied().unwrap_or(0),
         })
         .collect()
 }
@@ -195,7 +163,7 @@ async fn one(cluster: web::Data<Cluster>, id: web::Path<String>) -> HttpResponse
     let Ok(id) = resolve_node(&cluster, &id) else {
         return error(StatusCode::NOT_FOUND, format!("no member {id}"), false);
     };
-    match members(&cluster).into_iter().find(|m| m.id == id.to_string()) {
+    match members(&cluster).into_iter().find(|m| m.member.id == id.to_string()) {
         Some(m) => HttpResponse::Ok().json(m),
         None => error(StatusCode::NOT_FOUND, format!("node {id} is not a member"), false),
     }
@@ -298,10 +266,7 @@ async fn leave(cluster: &Cluster, req: &HttpRequest, id: NodeId) -> HttpResponse
     // Handed off: it owns no shard and no handoff from it waits for its confirmation (a
     // removed node could not confirm: its shards would wait for its lease to run out).
     let mut applied = cluster.node().applied.clone();
-    let handed_off = applied.wait_for(|a| {
-        a.state.shard_map.owner_counts().get(&id).copied().unwrap_or(0) == 0
-            && !a.state.handoffs.values().any(|h| h.from == id)
-    });
+    let handed_off = applied.wait_for(|a| a.state.handed_off(id));
     match tokio::time::timeout(LEAVE_DRAIN, handed_off).await {
         Ok(Ok(_)) => {}
         Ok(Err(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "leave: this node is stopping", false),

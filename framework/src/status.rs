@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use clusterfunk_actors::membership::MemberState;
+use clusterfunk_actors::consensus::AppliedState;
+use clusterfunk_actors::membership::{MemberState, View};
 use clusterfunk_actors::multiaddr::Protocol;
 use clusterfunk_actors::node::Node;
 use clusterfunk_actors::types::{ClusterName, NodeId, NodeMeta};
@@ -115,7 +116,7 @@ pub struct MemberStatus {
     pub id: String,
     /// `host:port` it listens on for other nodes.
     pub addr: Option<String>,
-    /// `voter` or `learner`.
+    /// `voter` or `learner` (`registered`: in the cluster state, not in the Raft configuration).
     pub role: &'static str,
     /// `up`, `suspect` or `down`, as this node sees it.
     pub state: MemberState,
@@ -184,26 +185,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
     let applied = node.applied.borrow().clone();
     let view = node.view.borrow().clone();
     let map = node.map.borrow().clone();
-    let membership = applied.membership.membership();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let members = membership
-        .nodes()
-        .map(|(id, raft_node)| {
-            let seen = view.members.get(id);
-            let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(id));
-            let addrs = meta.map(|m| m.addrs.as_slice()).filter(|a| !a.is_empty()).unwrap_or(&raft_node.addrs);
-            MemberStatus {
-                id: id.to_string(),
-                addr: host_port(addrs),
-                role: if voters.contains(id) { "voter" } else { "learner" },
-                state: seen.map_or(MemberState::Down, |v| v.state),
-                weight: meta.map_or(1, |m| m.weight),
-                workers: meta.map_or(1, |m| m.workers),
-                zone: meta.and_then(|m| m.zone.clone()),
-                dashboard: meta.and_then(|m| m.dashboard.clone()),
-            }
-        })
-        .collect();
+    let members = applied.membership.membership().nodes().map(|(id, _)| member_status(*id, &applied, &view)).collect();
     let owners = map.owner_counts().iter().map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>();
     let assigned: u32 = map.owner_counts().values().sum();
     let stats = node.transport.stats();
@@ -278,6 +260,33 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 draining: applied.state.is_draining(node.id),
             }
         },
+    }
+}
+
+/// One node as this node sees it: what it said about itself by gossip (or registered), its Raft
+/// role (`registered` when it is only in the cluster state) and its liveness.
+pub(crate) fn member_status(id: NodeId, applied: &AppliedState, view: &View) -> MemberStatus {
+    let membership = applied.membership.membership();
+    let seen = view.members.get(&id);
+    let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(&id));
+    let raft_addrs = membership.get_node(&id).map(|n| n.addrs.as_slice()).unwrap_or_default();
+    let addrs = meta.map(|m| m.addrs.as_slice()).filter(|a| !a.is_empty()).unwrap_or(raft_addrs);
+    let role = if membership.voter_ids().any(|v| v == id) {
+        "voter"
+    } else if membership.get_node(&id).is_some() {
+        "learner"
+    } else {
+        "registered"
+    };
+    MemberStatus {
+        id: id.to_string(),
+        addr: host_port(addrs),
+        role,
+        state: seen.map_or(MemberState::Down, |v| v.state),
+        weight: meta.map_or(1, |m| m.weight),
+        workers: meta.map_or(1, |m| m.workers),
+        zone: meta.and_then(|m| m.zone.clone()),
+        dashboard: meta.and_then(|m| m.dashboard.clone()),
     }
 }
 

@@ -72,15 +72,22 @@ fn serving(nodes: &[&NodeProc], owners: &[String]) -> Option<String> {
         .then_some(leader)
 }
 
+/// `n` node processes of environment `env` with the test token (node 0 bootstraps); returns
+/// them and the token file.
+fn start(dir: &Path, n: usize, env: &str, extra: &[&str]) -> anyhow::Result<(Vec<NodeProc>, PathBuf)> {
+    let tf = token_file(dir, TOKEN);
+    let tfs = tf.to_string_lossy().to_string();
+    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let mut args = vec!["--name", "mtest", "--env", env, "--no-mdns", "--shards", "64", "--traffic", "0"];
+    args.extend(["--token-file", tfs.as_str()]);
+    args.extend(extra);
+    Ok((start_cluster(exe, dir, n, &args)?, tf))
+}
+
 #[test]
 fn replace_a_dead_voter_and_survive_the_next_loss() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let tf = token_file(dir.path(), TOKEN);
-    let tfs = tf.to_string_lossy().to_string();
-    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
-    let args =
-        ["--name", "mtest", "--env", "limbo", "--no-mdns", "--shards", "64", "--traffic", "0", "--token-file", &tfs];
-    let mut nodes = start_cluster(exe, dir.path(), 4, &args)?;
+    let (mut nodes, tf) = start(dir.path(), 4, "limbo", &[])?;
     let fail = |e: anyhow::Error, nodes: &[NodeProc]| anyhow::anyhow!("{e}\n{}", logs(nodes));
 
     eprintln!("--- 3 voters and 1 learner");
@@ -161,25 +168,7 @@ fn replace_a_dead_voter_and_survive_the_next_loss() -> anyhow::Result<()> {
 #[test]
 fn production_mode_every_command_and_refusal() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let tf = token_file(dir.path(), TOKEN);
-    let tfs = tf.to_string_lossy().to_string();
-    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
-    let args = [
-        "--name",
-        "mtest",
-        "--env",
-        "prod",
-        "--no-mdns",
-        "--shards",
-        "64",
-        "--traffic",
-        "0",
-        "--mode",
-        "production",
-        "--token-file",
-        &tfs,
-    ];
-    let mut nodes = start_cluster(exe, dir.path(), 3, &args)?;
+    let (mut nodes, tf) = start(dir.path(), 3, "prod", &["--mode", "production"])?;
     let fail = |e: anyhow::Error, nodes: &[NodeProc]| anyhow::anyhow!("{e}\n{}", logs(nodes));
     let ids: Vec<String> =
         wait_until(T, "node ids", || nodes.iter().map(node_id).collect()).map_err(|e| fail(e, &nodes))?;

@@ -267,18 +267,24 @@ async fn read_index(raft: &Raft) -> Result<u64, String> {
     }
 }
 
-/// Relayed requests the leader still runs, by id, with their answers once done.
+/// The Raft leader's address record, if a leader is known.
+fn leader_node(m: &RaftMetrics) -> Option<RaftNode> {
+    m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+}
+
+/// Relayed requests the leader still runs, by id: the peer that relayed it (the only one its
+/// answer is given to) and the answer once done.
 #[derive(Default)]
 struct Jobs {
     next: u64,
-    done: BTreeMap<u64, Option<Result<Done, ManageError>>>,
+    done: BTreeMap<u64, (libp2p::PeerId, Option<Result<Done, ManageError>>)>,
 }
 
 impl Jobs {
     /// At most this many answers are kept for relays that never came back for them.
     const KEEP: usize = 64;
 
-    fn start(&mut self) -> u64 {
+    fn start(&mut self, relay: libp2p::PeerId) -> u64 {
         // Unpredictable ids: the token is checked again on every poll, but guessing ids should
         // not even be possible.
         self.next = self.next.wrapping_add(1 + rand::random::<u32>() as u64);
@@ -286,8 +292,18 @@ impl Jobs {
             let Some(oldest) = self.done.keys().next().copied() else { break };
             self.done.remove(&oldest);
         }
-        self.done.insert(self.next, None);
+        self.done.insert(self.next, (relay, None));
         self.next
+    }
+
+    /// The answer to job `id` for `relay`: `Some(None)` while it runs, taken once done; `None`
+    /// if there is no such job of that relay.
+    fn take(&mut self, id: u64, relay: &libp2p::PeerId) -> Option<Option<Result<Done, ManageError>>> {
+        match self.done.get(&id) {
+            Some((peer, None)) if peer == relay => Some(None),
+            Some((peer, Some(_))) if peer == relay => self.done.remove(&id).map(|(_, r)| r),
+            _ => None,
+        }
     }
 }
 
@@ -490,11 +506,12 @@ impl Handler<InboundRaft> for Consensus {
             // that runs longer than one RPC may take is answered `ManagePending`, and the relay
             // asks again.
             let (id, exec, jobs) =
-                (self.jobs.lock().unwrap_or_else(|e| e.into_inner()).start(), self.exec(), self.jobs.clone());
+                (self.jobs.lock().unwrap_or_else(|e| e.into_inner()).start(msg.from), self.exec(), self.jobs.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let relay = msg.from;
             actix::spawn(async move {
                 let r = exec.run(op).await;
-                jobs.lock().unwrap_or_else(|e| e.into_inner()).done.insert(id, Some(r.clone()));
+                jobs.lock().unwrap_or_else(|e| e.into_inner()).done.insert(id, (relay, Some(r.clone())));
                 let _ = done_tx.send(r);
             });
             let jobs = self.jobs.clone();
@@ -510,20 +527,26 @@ impl Handler<InboundRaft> for Consensus {
             return;
         }
         if let RaftRequest::ManageResult { id, token } = request {
+            // Only the relay of job `id` gets anything, the token checked first: a peer that
+            // relayed nothing learns nothing, not even whether a token it guesses is right.
+            let unknown = || {
+                RaftResponse::Manage(Err(ManageError::Failed(format!(
+                    "the leader knows no request {id} (it restarted or lost leadership); check the cluster and retry"
+                ))))
+            };
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if jobs.done.get(&id).is_none_or(|(peer, _)| *peer != msg.from) {
+                return reply(unknown());
+            }
             if let Err(e) = manage::check_token(self.token.as_ref(), &token) {
+                drop(jobs);
                 self.bad_token(&msg.from);
                 return reply(RaftResponse::Manage(Err(e)));
             }
-            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            return match jobs.done.get(&id) {
+            return match jobs.take(id, &msg.from) {
                 Some(None) => reply(RaftResponse::ManagePending(id)),
-                Some(Some(_)) => {
-                    let r = jobs.done.remove(&id).flatten().expect("present");
-                    reply(RaftResponse::Manage(r))
-                }
-                None => reply(RaftResponse::Manage(Err(ManageError::Failed(format!(
-                    "the leader knows no request {id} (it restarted or lost leadership); check the cluster and retry"
-                ))))),
+                Some(Some(r)) => reply(RaftResponse::Manage(r)),
+                None => reply(unknown()),
             };
         }
         if let RaftRequest::ReadIndex = &request {
@@ -608,7 +631,7 @@ impl Handler<Manage> for Consensus {
         if m.current_leader == Some(m.id) {
             return Box::pin(self.exec().run(msg.op));
         }
-        let Some(node) = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned()) else {
+        let Some(node) = leader_node(&m) else {
             return Box::pin(std::future::ready(Err(ManageError::NoLeader)));
         };
         let transport = self.transport.clone();
@@ -656,7 +679,7 @@ impl Handler<ReadIndex> for Consensus {
         if m.current_leader == Some(m.id) {
             return Box::pin(async move { read_index(&raft).await });
         }
-        let Some(node) = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned()) else {
+        let Some(node) = leader_node(&m) else {
             return Box::pin(std::future::ready(Err("no raft leader is known".to_string())));
         };
         let transport = self.transport.clone();
@@ -679,4 +702,30 @@ pub(crate) async fn bootstrap(
     node: RaftNode,
 ) -> Result<(), RaftError<openraft::error::InitializeError<NodeId, RaftNode>>> {
     raft.initialize(BTreeMap::from([(id, node)])).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relayed_answer_goes_to_its_relay_only_and_once() {
+        let (relay, other) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let mut jobs = Jobs::default();
+        let id = jobs.start(relay);
+        assert_eq!(jobs.take(id, &relay), Some(None), "still running");
+        assert_eq!(jobs.take(id, &other), None, "another peer learns nothing");
+        let done = Ok(Done { leader: None, steps: 2 });
+        jobs.done.insert(id, (relay, Some(done.clone())));
+        assert_eq!(jobs.take(id, &other), None);
+        assert_eq!(jobs.take(id, &relay), Some(Some(done)));
+        assert_eq!(jobs.take(id, &relay), None, "taken once");
+        // Bounded: the oldest answers nobody fetched make room.
+        let first = jobs.start(relay);
+        for _ in 0..Jobs::KEEP {
+            jobs.start(relay);
+        }
+        assert_eq!(jobs.done.len(), Jobs::KEEP);
+        assert_eq!(jobs.take(first, &relay), None);
+    }
 }

@@ -179,6 +179,22 @@ impl Seen<'_> {
     }
 }
 
+impl Seen<'_> {
+    /// Whether `id` is a voter that may lose its seat: a member, a voter, not the leader.
+    fn unseatable(&self, id: NodeId) -> Result<(), Refused> {
+        if !self.nodes.contains(&id) && !self.state.members.contains_key(&id) {
+            return Err(Refused::UnknownNode(id));
+        }
+        if !self.voters.contains(&id) {
+            return Err(Refused::NotVoter(id));
+        }
+        if id == self.leader {
+            return Err(Refused::IsLeader(id));
+        }
+        Ok(())
+    }
+}
+
 /// Whether `op` changes the voters (and so needs fresh liveness: [`Seen::live`]).
 pub fn changes_voters(op: &MemberOp) -> bool {
     matches!(op, MemberOp::Promote(_) | MemberOp::Demote(_) | MemberOp::Remove(_) | MemberOp::Replace { .. })
@@ -210,15 +226,7 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             Ok(vec![Step::Write(Command::HoldLearner { id, held: false }), Step::SetVoters(next)])
         }
         MemberOp::Demote(id) => {
-            if !member(id) {
-                return Err(Refused::UnknownNode(id));
-            }
-            if !s.voters.contains(&id) {
-                return Err(Refused::NotVoter(id));
-            }
-            if id == s.leader {
-                return Err(Refused::IsLeader(id));
-            }
+            s.unseatable(id)?;
             let mut next = s.voters.clone();
             next.remove(&id);
             s.quorum(&next, id)?;
@@ -248,15 +256,7 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             Ok(steps)
         }
         MemberOp::Replace { old, new } => {
-            if !member(old) {
-                return Err(Refused::UnknownNode(old));
-            }
-            if !s.voters.contains(&old) {
-                return Err(Refused::NotVoter(old));
-            }
-            if old == s.leader {
-                return Err(Refused::IsLeader(old));
-            }
+            s.unseatable(old)?;
             if s.voters.contains(&new) {
                 return Err(Refused::NotLearner(new));
             }

@@ -73,9 +73,7 @@ pub(crate) async fn drain(
     }
     let mut applied = applied.clone();
     let handed_off = async move {
-        let done = |a: &AppliedState| {
-            a.state.shard_map.owner_counts().get(&id).is_none() && a.state.handoffs.values().all(|h| h.from != id)
-        };
+        let done = |a: &AppliedState| a.state.handed_off(id);
         let a = applied.wait_for(|a| done(a) || everyone_leaving(a)).await.ok()?.clone();
         Some(if done(&a) { Drained::HandedOff } else { Drained::AllLeaving })
     };
