@@ -323,7 +323,7 @@ impl Node {
         let lease =
             Arc::new(LeaseService::new(cfg.lease.clone(), raft.clone(), clock.clone(), cfg.raft.election_timeout.1));
         let refusals = Arc::new(consensus::authorize::Refusals::default());
-        let consensus = consensus_ctx.run(Consensus::new(
+        let consensus_actor = Consensus::new(
             raft.clone(),
             transport.clone(),
             applied.clone(),
@@ -333,7 +333,9 @@ impl Node {
             refusals.clone(),
             membership_addr.clone().recipient(),
             cfg.management_token.clone(),
-        ));
+        );
+        let rebalancer = consensus_actor.rebalancer();
+        let consensus = consensus_ctx.run(consensus_actor);
         let (events, _) = broadcast::channel(1024);
         let map = consensus::MapView::new(applied.clone());
         let sm_actor = ShardManager::new(
@@ -345,7 +347,7 @@ impl Node {
             view.clone(),
             events.clone(),
         );
-        sm_actor.start();
+        let _ = rebalancer.set(sm_actor.start().recipient());
         let own = ownership.clone();
         let lease_until = lease::spawn_keeper(
             lease.clone(),

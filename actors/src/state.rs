@@ -89,6 +89,24 @@ pub enum Command {
         /// On the list or removed.
         allowed: bool,
     },
+    /// An operator pins a shard to a node (the allocator moves it there by handoff and keeps it
+    /// there while the node is a candidate), or unpins it (`node: None`).
+    Pin {
+        /// The shard.
+        shard: ShardId,
+        /// Its node, or `None` to unpin.
+        node: Option<NodeId>,
+    },
+    /// An operator sets how shards are rebalanced: `manual` holds moves that only balance load
+    /// until a plan is committed (failover, first assignments, drains and pins stay automatic).
+    SetRebalance {
+        /// Manual or automatic.
+        manual: bool,
+    },
+    /// An operator aborts a rebalance: every handoff still in flight returns to its old owner
+    /// once that owner confirms it stopped, and rebalancing becomes manual so it is not planned
+    /// again at once.
+    AbortRebalance,
 }
 
 /// A planned move in progress: the shard is unowned until `from` confirms it stopped.
@@ -151,6 +169,12 @@ pub struct ClusterState {
     /// Production mode, once a leader configured for it said so (it is never turned off).
     #[serde(default)]
     pub production: bool,
+    /// Shards an operator pinned to a node.
+    #[serde(default)]
+    pub pinned: BTreeMap<ShardId, NodeId>,
+    /// Whether load-balancing moves wait for an operator's commit.
+    #[serde(default)]
+    pub manual_rebalance: bool,
 }
 
 impl ClusterState {
@@ -194,6 +218,7 @@ impl ClusterState {
                 self.draining.remove(id);
                 self.drained.remove(id);
                 self.held.remove(id);
+                self.pinned.retain(|_, n| n != id);
             }
             Command::BeginHandoff { based_on, moves } => {
                 if *based_on != self.shard_map.epoch() {
@@ -257,6 +282,23 @@ impl ClusterState {
                 } else {
                     self.allowed.remove(id);
                     self.removed.insert(*id);
+                    self.pinned.retain(|_, n| n != id);
+                }
+            }
+            Command::Pin { shard, node } => match node {
+                Some(n) if shard.0 < self.shard_map.shard_count() => {
+                    self.pinned.insert(*shard, *n);
+                }
+                Some(_) => {}
+                None => {
+                    self.pinned.remove(shard);
+                }
+            },
+            Command::SetRebalance { manual } => self.manual_rebalance = *manual,
+            Command::AbortRebalance => {
+                self.manual_rebalance = true;
+                for (shard, h) in &mut self.handoffs {
+                    h.to = Assignment { owner: Some(h.from), replicas: self.shard_map.replicas(*shard) };
                 }
             }
         }
@@ -324,6 +366,35 @@ mod tests {
         st.apply(&Command::RegisterMember { meta: meta(1) }, 2);
         let bytes = rmp_serde::to_vec(&st).unwrap();
         assert_eq!(rmp_serde::from_slice::<ClusterState>(&bytes).unwrap(), st);
+    }
+
+    #[test]
+    fn an_aborted_handoff_returns_to_its_old_owner_at_a_new_epoch() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        let one = |o| Assignment { owner: Some(NodeId(o)), replicas: vec![] };
+        st.apply(&Command::SetAssignments { based_on: Epoch(0), changes: vec![(ShardId(1), one(1))] }, 2);
+        st.apply(&Command::BeginHandoff { based_on: Epoch(2), moves: vec![(ShardId(1), NodeId(1), one(2))] }, 3);
+        assert_eq!(st.shard_map.owner(ShardId(1)), None);
+        st.apply(&Command::AbortRebalance, 4);
+        assert!(st.manual_rebalance, "an abort leaves rebalancing manual");
+        st.apply(&Command::Released { node: NodeId(1), shards: vec![(ShardId(1), Epoch(3))] }, 5);
+        assert_eq!(st.shard_map.owner(ShardId(1)), Some(NodeId(1)), "back with its old owner");
+        assert_eq!(st.shard_map.shard_epoch(ShardId(1)), Epoch(5), "under a new epoch");
+    }
+
+    #[test]
+    fn pins_name_existing_shards_and_go_with_their_node() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        st.apply(&Command::Pin { shard: ShardId(9), node: Some(NodeId(1)) }, 2);
+        assert!(st.pinned.is_empty(), "no such shard");
+        st.apply(&Command::Pin { shard: ShardId(2), node: Some(NodeId(1)) }, 3);
+        st.apply(&Command::Pin { shard: ShardId(3), node: Some(NodeId(2)) }, 4);
+        st.apply(&Command::RemoveMember { id: NodeId(1) }, 5);
+        assert_eq!(st.pinned, BTreeMap::from([(ShardId(3), NodeId(2))]));
+        st.apply(&Command::Pin { shard: ShardId(3), node: None }, 6);
+        assert!(st.pinned.is_empty());
     }
 
     #[test]

@@ -70,6 +70,16 @@ enum Cmd {
         #[arg(long = "of", value_name = "NODE")]
         only: Option<String>,
     },
+    /// Move or pin one shard.
+    Shard {
+        #[command(subcommand)]
+        op: ShardCmd,
+    },
+    /// The allocator's plan, and carrying it out.
+    Rebalance {
+        #[command(subcommand)]
+        op: RebalanceCmd,
+    },
     /// Follow the node's cluster events (joins, leaves, leader changes, rebalances, shards moving
     /// to or from it) until interrupted.
     Events {
@@ -113,6 +123,47 @@ enum MemberCmd {
         /// The node taking its seat (added as a learner first if it is not one).
         #[arg(long)]
         by: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShardCmd {
+    /// Pin a shard to a node: it moves there by graceful handoff and stays there while the node
+    /// is a member that is not draining.
+    Move {
+        /// The shard number.
+        #[arg(value_name = "SHARD")]
+        shard: u32,
+        /// Node id or host:port.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+    },
+    /// Unpin a shard: the allocator places it again.
+    Unpin {
+        /// The shard number.
+        #[arg(value_name = "SHARD")]
+        shard: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RebalanceCmd {
+    /// Which shards would move now, from where, to where and why (moves nothing).
+    Plan,
+    /// Carry out the plan with this id (refused if the cluster changed since).
+    Commit {
+        /// The id `rebalance plan` printed.
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Send the handoffs in flight back to their old owners; rebalancing becomes manual.
+    Abort,
+    /// `manual`: moves that only balance load wait for a commit; `auto`: they happen on their
+    /// own (failover, drains and pins are always automatic).
+    Mode {
+        /// `auto` or `manual`.
+        #[arg(value_name = "MODE", value_parser = ["auto", "manual"])]
+        mode: String,
     },
 }
 
@@ -187,6 +238,31 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             return print_shards(&m);
         }
         Cmd::Events { limit } => return api.follow("/cluster/events", *limit, cli.json),
+        Cmd::Shard { op: ShardCmd::Move { shard, to } } => {
+            api.call("PUT", &format!("/cluster/shards/{shard}"), Some(serde_json::json!({ "to": to })))?
+        }
+        Cmd::Shard { op: ShardCmd::Unpin { shard } } => {
+            api.call("PUT", &format!("/cluster/shards/{shard}"), Some(serde_json::json!({ "to": null })))?
+        }
+        Cmd::Rebalance { op } => {
+            let answer = match op {
+                RebalanceCmd::Plan => api.call("POST", "/cluster/rebalance/plan", None)?,
+                RebalanceCmd::Commit { id } => {
+                    api.call("POST", "/cluster/rebalance/commit", Some(serde_json::json!({ "id": id })))?
+                }
+                RebalanceCmd::Abort => api.call("POST", "/cluster/rebalance/abort", None)?,
+                RebalanceCmd::Mode { mode } => {
+                    api.call("PUT", "/cluster/rebalance", Some(serde_json::json!({ "mode": mode })))?
+                }
+            };
+            if cli.json {
+                return print_json(&answer);
+            }
+            if answer["plan"].is_object() {
+                return print_plan(&answer["plan"], matches!(op, RebalanceCmd::Commit { .. }));
+            }
+            answer
+        }
     };
     if cli.json {
         return print_json(&answer);
@@ -194,6 +270,38 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     match answer["leader"].as_str() {
         Some(l) => println!("done (leader {l})"),
         None => println!("done"),
+    }
+    Ok(())
+}
+
+/// A plan as a table: its id, then one row per move.
+fn print_plan(p: &Value, committed: bool) -> Result<(), Failure> {
+    let moves = p["moves"].as_array().cloned().unwrap_or_default();
+    let verb = if committed { "committed" } else { "plan" };
+    println!(
+        "{verb} {} at epoch {} ({} moves, {} replica changes, rebalancing {})",
+        p["id"].as_str().unwrap_or("?"),
+        p["epoch"],
+        moves.len(),
+        p["replica_changes"],
+        p["mode"].as_str().unwrap_or("?"),
+    );
+    if moves.is_empty() {
+        return Ok(());
+    }
+    println!("{:>6}  {:<16}  {:<16}  {:<11}  PROMOTED", "SHARD", "FROM", "TO", "WHY");
+    for m in moves {
+        println!(
+            "{:>6}  {:<16}  {:<16}  {:<11}  {}",
+            m["shard"],
+            m["from"].as_str().unwrap_or("-"),
+            m["to"].as_str().unwrap_or("-"),
+            m["reason"].as_str().unwrap_or("?"),
+            if m["promoted"] == true { "yes" } else { "no" },
+        );
+    }
+    if !committed {
+        println!("commit with: clusterfunk rebalance commit {}", p["id"].as_str().unwrap_or("?"));
     }
     Ok(())
 }
@@ -375,10 +483,11 @@ impl Api {
 
 fn print_shards(m: &Value) -> Result<(), Failure> {
     println!(
-        "epoch {}, {} shards, replica factor {} (applied index {})",
+        "epoch {}, {} shards, replica factor {}, rebalancing {} (applied index {})",
         text(&m["epoch"]),
         text(&m["shards"]),
         text(&m["replica_factor"]),
+        text(&m["rebalance"]),
         text(&m["applied_index"])
     );
     let rows = m["assignments"]
@@ -393,12 +502,13 @@ fn print_shards(m: &Value) -> Result<(), Failure> {
                         h => format!("{} -> {}", text(&h["from"]), text(&h["to"])),
                     };
                     let replicas = if replicas.is_empty() { "-".to_string() } else { replicas.join(",") };
-                    vec![text(&r["shard"]), text(&r["owner"]), replicas, text(&r["epoch"]), handoff]
+                    let pinned = if r["pinned"].is_null() { "-".to_string() } else { text(&r["pinned"]) };
+                    vec![text(&r["shard"]), text(&r["owner"]), replicas, text(&r["epoch"]), handoff, pinned]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["SHARD", "OWNER", "REPLICAS", "EPOCH", "HANDOFF"], rows);
+    table(&["SHARD", "OWNER", "REPLICAS", "EPOCH", "HANDOFF", "PINNED"], rows);
     Ok(())
 }
 

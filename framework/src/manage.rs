@@ -9,6 +9,11 @@
 //! | `PUT /cluster/members/{id}` `{"operation": ..}` | `promote`, `demote`, `drain`, `undrain`, `leave`, `replace` (with `"by"`) |
 //! | `POST /cluster/leader/step-down` | hand Raft leadership to another voter |
 //! | `GET /cluster/shards[?node=ID]` | the shard map as of now (linearizable: Raft ReadIndex), with its epoch |
+//! | `PUT /cluster/shards/{shard}` `{"to": ID or null}` | pin the shard to a node (a planned move by handoff), or unpin it |
+//! | `POST /cluster/rebalance/plan` | the allocator's plan of the moment (moves, from, to, why) and its id; moves nothing |
+//! | `POST /cluster/rebalance/commit` `{"id": ..}` | carry out that plan; refused if the cluster changed since |
+//! | `POST /cluster/rebalance/abort` | send handoffs in flight back to their old owners; rebalancing becomes manual |
+//! | `PUT /cluster/rebalance` `{"mode": "auto" or "manual"}` | whether load-balancing moves wait for a commit |
 //! | `GET /cluster/events` | server-sent events: `connected` (who answers), then this node's `ClusterEvent` stream |
 //!
 //! Reads are open; every mutation needs `Authorization: Bearer <token>` (the node's management
@@ -21,6 +26,7 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use clusterfunk_actors::consensus::manage::{check_token, Done, ManageError, MemberOp};
 use clusterfunk_actors::events::ClusterEvent;
+use clusterfunk_actors::shard::{Move, MoveReason};
 use clusterfunk_actors::types::{NodeId, ShardId, Token};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -143,6 +149,13 @@ fn answer(r: Result<Done, ManageError>) -> HttpResponse {
             "ok": true,
             "leader": done.leader.map(|l| l.to_string()),
             "steps": done.steps,
+            "plan": done.plan.map(|p| {
+                let mut v = plan_json(&p.moves, p.replica_changes);
+                v["id"] = p.id.into();
+                v["epoch"] = p.epoch.0.into();
+                v["mode"] = if p.manual { "manual" } else { "auto" }.into();
+                v
+            }),
         })),
         Err(e @ ManageError::BadToken) => error(StatusCode::UNAUTHORIZED, e, false),
         Err(e @ ManageError::NoToken) => error(StatusCode::FORBIDDEN, e, false),
@@ -329,6 +342,7 @@ async fn shards(cluster: web::Data<Cluster>, q: web::Query<ShardsQuery>) -> Http
                 "owner": map.owner(s).map(id),
                 "replicas": map.replicas(s).into_iter().map(id).collect::<Vec<_>>(),
                 "epoch": map.shard_epoch(s).0,
+                "pinned": st.pinned.get(&s).map(|n| id(*n)),
                 "handoff": st.handoffs.get(&s).map(|h| serde_json::json!({
                     "from": id(h.from),
                     "to": h.to.owner.map(id),
@@ -341,24 +355,108 @@ async fn shards(cluster: web::Data<Cluster>, q: web::Query<ShardsQuery>) -> Http
         "applied_index": applied.last_applied.map_or(0, |l| l.index),
         "shards": map.shard_count(),
         "replica_factor": map.replica_factor(),
+        "rebalance": if st.manual_rebalance { "manual" } else { "auto" },
         "assignments": rows,
     }))
+}
+
+/// `PUT /cluster/shards/{shard}` body: the node to pin it to, or `null` to unpin.
+#[derive(Deserialize)]
+struct MoveBody {
+    to: Option<String>,
+}
+
+#[put("/cluster/shards/{shard}")]
+async fn move_shard(
+    cluster: web::Data<Cluster>,
+    req: HttpRequest,
+    shard: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Ok(shard) = shard.parse::<u32>() else {
+        return error(StatusCode::BAD_REQUEST, format!("shard: {shard:?} is not a shard number"), false);
+    };
+    let b: MoveBody = match json_body(&req, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let to = match b.to.as_deref().map(|n| resolve_node(&cluster, n)).transpose() {
+        Ok(to) => to,
+        Err(e) => return error(StatusCode::CONFLICT, e, true),
+    };
+    run(&cluster, &req, MemberOp::MoveShard { shard: ShardId(shard), to }).await
+}
+
+#[post("/cluster/rebalance/plan")]
+async fn rebalance_plan(cluster: web::Data<Cluster>, req: HttpRequest) -> HttpResponse {
+    run(&cluster, &req, MemberOp::RebalancePlan).await
+}
+
+/// `POST /cluster/rebalance/commit` body.
+#[derive(Deserialize)]
+struct CommitBody {
+    id: String,
+}
+
+#[post("/cluster/rebalance/commit")]
+async fn rebalance_commit(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let b: CommitBody = match json_body(&req, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    run(&cluster, &req, MemberOp::RebalanceCommit(b.id)).await
+}
+
+#[post("/cluster/rebalance/abort")]
+async fn rebalance_abort(cluster: web::Data<Cluster>, req: HttpRequest) -> HttpResponse {
+    run(&cluster, &req, MemberOp::RebalanceAbort).await
+}
+
+/// `PUT /cluster/rebalance` body.
+#[derive(Deserialize)]
+struct ModeBody {
+    mode: String,
+}
+
+#[put("/cluster/rebalance")]
+async fn rebalance_mode(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let b: ModeBody = match json_body(&req, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let manual = match b.mode.as_str() {
+        "manual" => true,
+        "auto" => false,
+        other => return error(StatusCode::BAD_REQUEST, format!("mode: {other:?} is not auto or manual"), false),
+    };
+    run(&cluster, &req, MemberOp::SetRebalance { manual }).await
+}
+
+/// Owner changes as the API shows them (a plan, a rebalance event).
+fn plan_json(moves: &[Move], replica_changes: u32) -> Value {
+    let id = |n: &NodeId| n.to_string();
+    serde_json::json!({
+        "moves": moves.iter().map(|m| serde_json::json!({
+            "shard": m.shard.0,
+            "from": m.from.as_ref().map(id),
+            "to": m.to.as_ref().map(id),
+            "reason": match m.reason {
+                MoveReason::Unassigned => "unassigned",
+                MoveReason::OwnerLeft => "owner_left",
+                MoveReason::OverQuota => "over_quota",
+                MoveReason::Pinned => "pinned",
+                _ => "other",
+            },
+            "promoted": m.promoted,
+        })).collect::<Vec<_>>(),
+        "replica_changes": replica_changes,
+    })
 }
 
 /// One event as the stream sends it: its kind and its fields (node ids as 16-hex-digit text).
 pub(crate) fn event_json(ev: &ClusterEvent) -> (&'static str, Value) {
     let id = |n: &NodeId| n.to_string();
-    let plan = |p: &clusterfunk_actors::shard::Plan| {
-        serde_json::json!({
-            "moves": p.moves.iter().map(|m| serde_json::json!({
-                "shard": m.shard.0,
-                "from": m.from.as_ref().map(id),
-                "to": m.to.as_ref().map(id),
-                "reason": format!("{:?}", m.reason),
-            })).collect::<Vec<_>>(),
-            "replica_changes": p.replica_changes,
-        })
-    };
+    let plan = |p: &clusterfunk_actors::shard::Plan| plan_json(&p.moves, p.replica_changes);
     match ev {
         ClusterEvent::ShardAssigned { shard, epoch, previous_owner } => (
             "shard_assigned",
@@ -439,5 +537,10 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .service(change)
         .service(step_down)
         .service(shards)
+        .service(move_shard)
+        .service(rebalance_plan)
+        .service(rebalance_commit)
+        .service(rebalance_abort)
+        .service(rebalance_mode)
         .service(events);
 }

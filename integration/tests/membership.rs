@@ -6,6 +6,8 @@
 //!   loss would have left 1 live voter of 3: no leader, ever.
 //! - Production mode: an unlisted node is refused and never listed; every command works and
 //!   every refusal names its reason with exit code 1; no token or a wrong one changes nothing.
+//!   With manual rebalancing, `rebalance plan` shows exactly the moves `rebalance commit` then
+//!   makes; `shard move` pins a shard and it moves there.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +39,12 @@ fn run(node: &str, token: Option<&Path>, args: &[&str]) -> (i32, String) {
 fn members(node: &NodeProc) -> Option<Vec<Value>> {
     let (code, body) = http_get(&node.dashboard, "/cluster/members").ok()?;
     (code == 200).then(|| serde_json::from_str::<Vec<Value>>(&body).ok()).flatten()
+}
+
+/// `GET /cluster/shards` of the node at `addr`.
+fn shard_map(addr: &str) -> Option<Value> {
+    let (code, body) = http_get(addr, "/cluster/shards").ok()?;
+    (code == 200).then(|| serde_json::from_str::<Value>(&body).ok()).flatten()
 }
 
 fn with_role(ms: &[Value], role: &str) -> Vec<String> {
@@ -288,8 +296,74 @@ fn production_mode_every_command_and_refusal() -> anyhow::Result<()> {
         ms.iter().any(|m| m["id"] == victim.as_str() && m["drained"] == true && m["shards"] == 0).then_some(())
     })
     .map_err(|e| fail(e, &nodes))?;
+    let s0 = shard_map(&via).unwrap()["assignments"][0]["shard"].as_u64().unwrap().to_string();
+    let (code, out) = run(&via, Some(&tf), &["shard", "move", &s0, "--to", &victim]);
+    assert_eq!((code, out.contains("is draining")), (1, true), "a move to a drained node: {out}");
+
+    eprintln!("--- manual rebalancing: undrain gives nothing until a plan is committed, and the commit makes exactly the plan");
+    let (code, out) = run(&via, Some(&tf), &["rebalance", "mode", "manual"]);
+    assert_eq!(code, 0, "rebalance mode manual: {out}");
     let (code, out) = run(&via, Some(&tf), &["undrain", &victim]);
     assert_eq!(code, 0, "undrain: {out}");
+    let before = wait_until(T, "no handoff in flight, rebalancing manual", || {
+        let m = shard_map(&via)?;
+        let rows = m["assignments"].as_array()?;
+        (m["rebalance"] == "manual" && rows.iter().all(|r| r["handoff"].is_null())).then_some(m)
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    let (code, out) = run(&via, Some(&tf), &["--json", "rebalance", "plan"]);
+    assert_eq!(code, 0, "plan: {out}");
+    let plan: Value = serde_json::from_str(out.trim())?;
+    let plan = &plan["plan"];
+    let moves = plan["moves"].as_array().cloned().unwrap_or_default();
+    assert!(!moves.is_empty(), "the undrained node's share is planned: {plan}");
+    assert!(moves.iter().all(|m| m["to"] == victim.as_str() && m["reason"] == "over_quota"), "{plan}");
+    assert_eq!(shard_map(&via).unwrap()["epoch"], before["epoch"], "a plan moves nothing");
+    let (code, out) = run(&via, Some(&tf), &["rebalance", "plan"]);
+    assert!(code == 0 && out.contains("over_quota") && out.contains("rebalance commit"), "{out}");
+    let (code, out) = run(&via, Some(&tf), &["rebalance", "commit", "0000000000000000"]);
+    assert_eq!((code, out.contains("changed since")), (1, true), "a stale plan id: {out}");
+    let id = plan["id"].as_str().unwrap();
+    let (code, out) = run(&follower.dashboard, Some(&tf), &["rebalance", "commit", id]);
+    assert_eq!(code, 0, "commit through a follower: {out}");
+    let after = wait_until(T, "the committed moves handed off", || {
+        let m = shard_map(&via)?;
+        m["assignments"].as_array()?.iter().all(|r| r["handoff"].is_null() && !r["owner"].is_null()).then_some(m)
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    let owner = |m: &Value, s: u64| m["assignments"][s as usize]["owner"].as_str().map(str::to_string);
+    for s in 0..SHARDS {
+        let planned = moves.iter().find(|m| m["shard"] == s);
+        let want = match planned {
+            Some(m) => m["to"].as_str().map(str::to_string),
+            None => owner(&before, s),
+        };
+        assert_eq!(owner(&after, s), want, "shard {s}: the commit makes the plan, and nothing else");
+    }
+
+    eprintln!("--- shard move: pinned, moved by handoff; refusals");
+    let moved = moves[0]["shard"].as_u64().unwrap().to_string();
+    let back = moves[0]["from"].as_str().unwrap().to_string();
+    let (code, out) = run(&via, Some(&tf), &["shard", "move", &moved, "--to", &back]);
+    assert_eq!(code, 0, "shard move: {out}");
+    wait_until(T, "the shard on its pinned node", || {
+        let m = shard_map(&via)?;
+        let r = &m["assignments"][moved.parse::<usize>().ok()?];
+        (r["owner"] == back.as_str() && r["pinned"] == back.as_str()).then_some(())
+    })
+    .map_err(|e| fail(e, &nodes))?;
+    let (code, out) = run(&via, Some(&tf), &["shard", "move", "9999", "--to", &back]);
+    assert_eq!((code, out.contains("does not exist")), (1, true), "{out}");
+    let (code, out) = run(&via, Some(&tf), &["shard", "move", &moved, "--to", "00000000000000ff"]);
+    assert_eq!((code, out.contains("is not a member")), (1, true), "{out}");
+    let (code, out) = run(&via, Some(&tf), &["shard", "unpin", &moved]);
+    assert_eq!(code, 0, "unpin: {out}");
+    let (code, out) = run(&via, Some(&tf), &["rebalance", "abort"]);
+    assert_eq!(code, 0, "abort: {out}");
+    let (code, out) = run(&via, Some(&tf), &["rebalance", "mode", "auto"]);
+    assert_eq!(code, 0, "mode auto: {out}");
+    let (code, out) = run(&via, Some(&tf), &["rebalance", "mode", "sideways"]);
+    assert_eq!(code, 2, "usage: {out}");
     wait_until(T, "the undrained node owns shards again", || {
         let ms = members(&nodes[0])?;
         ms.iter()

@@ -1,7 +1,7 @@
 //! The consensus actor shell.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::authorize::{self, Refusals, Unauthorized};
 use super::auto::{self, Action, Settings};
-use super::manage::{self, Done, ManageError, MemberOp, Step};
+use super::manage::{self, Done, ManageError, MemberOp, Rebalance, Step};
 use super::network::Network;
 use super::rpc::{self, LeaseGranter, RaftRequest, RaftResponse};
 use super::state_machine::{AppliedState, StateMachine};
@@ -39,8 +39,12 @@ const CHANGE: Duration = Duration::from_secs(10);
 /// How long a leader holds a relayed request's RPC before answering `ManagePending` (below the
 /// transport's 2 s RPC timeout).
 const RELAY_ANSWER: Duration = Duration::from_millis(1200);
-/// How long a relaying node polls the leader for a pending request's answer.
-const RELAY_WAIT: Duration = Duration::from_secs(90);
+/// How long a membership write (a probe, a state command) may take to commit: a leader that
+/// lost its quorum must answer rather than hold the lock.
+const WRITE: Duration = Duration::from_secs(10);
+/// How long a relaying node polls the leader for a pending request's answer (below the CLI's
+/// 60 s read timeout, so the operator gets the relay's answer, not a timeout).
+const RELAY_WAIT: Duration = Duration::from_secs(45);
 
 /// An operator's membership request with the bearer token it came with
 /// (docs/architecture.md §8.2): carried out on the leader, relayed there by any other member.
@@ -98,6 +102,8 @@ pub struct Consensus {
     announced: Vec<NodeId>,
     token: Option<crate::types::Token>,
     jobs: Arc<std::sync::Mutex<Jobs>>,
+    /// The leader's shard manager, for rebalance plans and commits (it starts after consensus).
+    rebalancer: Arc<OnceLock<Recipient<Rebalance>>>,
 }
 
 /// What carrying out a membership request needs, cloned out of the actor.
@@ -108,6 +114,7 @@ struct Exec {
     applied: watch::Receiver<Arc<AppliedState>>,
     view: watch::Receiver<Arc<View>>,
     lock: Arc<tokio::sync::Mutex<()>>,
+    rebalancer: Arc<OnceLock<Recipient<Rebalance>>>,
 }
 
 impl Exec {
@@ -116,6 +123,14 @@ impl Exec {
     /// whose new node is not a learner yet runs in two rounds: admit it, then (with its
     /// acknowledgement) change the seat.
     async fn run(self, op: MemberOp) -> Result<Done, ManageError> {
+        let commit = match &op {
+            MemberOp::RebalancePlan => Some(None),
+            MemberOp::RebalanceCommit(id) => Some(Some(id.clone())),
+            _ => None,
+        };
+        if let Some(commit) = commit {
+            return self.rebalance(commit).await;
+        }
         let _guard =
             tokio::time::timeout(LOCK_WAIT, self.lock.clone().lock_owned()).await.map_err(|_| ManageError::Busy)?;
         let mut total = 0;
@@ -154,7 +169,24 @@ impl Exec {
             }
         }
         info!(op = op.name(), steps = total, "membership request done");
-        Ok(Done { leader, steps: total })
+        Ok(Done { leader, steps: total, plan: None })
+    }
+
+    /// A rebalance plan or commit, which the leader's shard manager carries out (it decides
+    /// every shard move, on its lease table).
+    async fn rebalance(&self, commit: Option<String>) -> Result<Done, ManageError> {
+        let me = {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(m.id) {
+                return Err(ManageError::NoLeader);
+            }
+            m.id
+        };
+        let to = self.rebalancer.get().ok_or(ManageError::Busy)?;
+        let committing = commit.is_some();
+        let plan = to.send(Rebalance { commit }).await.map_err(|e| ManageError::Failed(e.to_string()))??;
+        let steps = if committing { plan.moves.len() } else { 0 };
+        Ok(Done { leader: Some(me), steps, plan: Some(plan) })
     }
 
     /// Which nodes acknowledge Raft now: this leader writes a probe entry (it registers itself
@@ -170,8 +202,13 @@ impl Exec {
             .get(&m.id)
             .cloned()
             .ok_or_else(|| failed(&"leader not registered yet"))?;
-        let index =
-            self.raft.client_write(Command::RegisterMember { meta }).await.map_err(|e| failed(&e))?.log_id.index;
+        let write = tokio::time::timeout(WRITE, self.raft.client_write(Command::RegisterMember { meta }));
+        let index = write
+            .await
+            .map_err(|_| failed(&format!("the probe entry did not commit within {WRITE:?}")))?
+            .map_err(|e| failed(&e))?
+            .log_id
+            .index;
         let nodes: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
         let acked = |m: &RaftMetrics| -> BTreeSet<NodeId> {
             let Some(r) = m.replication.as_ref() else { return BTreeSet::new() };
@@ -191,9 +228,10 @@ impl Exec {
         let mut leader = None;
         for step in steps {
             match step {
-                Step::Write(cmd) => {
-                    self.raft.client_write(cmd).await.map_err(|e| failed(&e))?;
-                }
+                Step::Write(cmd) => match tokio::time::timeout(WRITE, self.raft.client_write(cmd)).await {
+                    Ok(r) => r.map(|_| ()).map_err(|e| failed(&e))?,
+                    Err(_) => return Err(failed(&format!("the write did not commit within {WRITE:?}"))),
+                },
                 Step::AddLearner(id, node) => {
                     match tokio::time::timeout(ADD_LEARNER, self.raft.add_learner(id, node, true)).await {
                         Ok(r) => r.map(|_| ()).map_err(|e| failed(&e))?,
@@ -354,7 +392,13 @@ impl Consensus {
             announced,
             token,
             jobs: Default::default(),
+            rebalancer: Default::default(),
         }
+    }
+
+    /// Where the shard manager that carries out rebalance requests is set, once it started.
+    pub fn rebalancer(&self) -> Arc<OnceLock<Recipient<Rebalance>>> {
+        self.rebalancer.clone()
     }
 
     fn exec(&self) -> Exec {
@@ -364,6 +408,7 @@ impl Consensus {
             applied: self.applied.clone(),
             view: self.view.clone(),
             lock: self.lock.clone(),
+            rebalancer: self.rebalancer.clone(),
         }
     }
 
@@ -437,7 +482,13 @@ impl Consensus {
         let raft = self.raft.clone();
         let fut = async move {
             match action {
-                Action::Write(cmd) => raft.client_write(cmd).await.map(|_| ()),
+                Action::Write(cmd) => match tokio::time::timeout(WRITE, raft.client_write(cmd)).await {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => {
+                        warn!("membership write did not commit in time; retrying on a later tick");
+                        Ok(())
+                    }
+                },
                 // Blocking until the learner caught up, but not forever: a learner that never
                 // answers (it refuses: another cluster's member) must not freeze membership.
                 Action::AddLearner(id, node) => {
@@ -450,7 +501,14 @@ impl Consensus {
                     }
                 }
                 Action::SetVoters(ids) => {
-                    raft.change_membership(ChangeMembers::ReplaceAllVoters(ids), true).await.map(|_| ())
+                    let change = raft.change_membership(ChangeMembers::ReplaceAllVoters(ids), true);
+                    match tokio::time::timeout(CHANGE, change).await {
+                        Ok(r) => r.map(|_| ()),
+                        Err(_) => {
+                            warn!("voter change did not commit in time; it stays pending until its voters answer");
+                            Ok(())
+                        }
+                    }
                 }
             }
         };
@@ -715,7 +773,7 @@ mod tests {
         let id = jobs.start(relay);
         assert_eq!(jobs.take(id, &relay), Some(None), "still running");
         assert_eq!(jobs.take(id, &other), None, "another peer learns nothing");
-        let done = Ok(Done { leader: None, steps: 2 });
+        let done = Ok(Done { leader: None, steps: 2, plan: None });
         jobs.done.insert(id, (relay, Some(done.clone())));
         assert_eq!(jobs.take(id, &other), None);
         assert_eq!(jobs.take(id, &relay), Some(Some(done)));

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::auto::admitted;
 use super::types::RaftNode;
 use crate::membership::{MemberState, View};
+use crate::shard::Move;
 use crate::state::{ClusterState, Command};
-use crate::types::{NodeId, NodeMeta, Token};
+use crate::types::{Epoch, NodeId, NodeMeta, ShardId, Token};
 
 /// An operator's membership request. ONLY APPEND (it travels to the leader).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +50,25 @@ pub enum MemberOp {
     Undrain(NodeId),
     /// The leader hands Raft leadership to the most caught-up other voter.
     StepDown,
+    /// Pin a shard to a node (it moves there by graceful handoff and stays while the node is a
+    /// candidate), or unpin it (`to: None`).
+    MoveShard {
+        /// The shard.
+        shard: ShardId,
+        /// Its node, or `None` to unpin.
+        to: Option<NodeId>,
+    },
+    /// The allocator's plan of the moment, without moving anything.
+    RebalancePlan,
+    /// Carry out the plan with this id, if the cluster has not changed since it was made.
+    RebalanceCommit(String),
+    /// Send the handoffs in flight back to their old owners; rebalancing becomes manual.
+    RebalanceAbort,
+    /// Rebalance automatically, or only when an operator commits a plan.
+    SetRebalance {
+        /// Manual or automatic.
+        manual: bool,
+    },
 }
 
 impl MemberOp {
@@ -63,6 +83,11 @@ impl MemberOp {
             MemberOp::Drain(_) => "drain",
             MemberOp::Undrain(_) => "undrain",
             MemberOp::StepDown => "step-down",
+            MemberOp::MoveShard { .. } => "shard-move",
+            MemberOp::RebalancePlan => "rebalance-plan",
+            MemberOp::RebalanceCommit(_) => "rebalance-commit",
+            MemberOp::RebalanceAbort => "rebalance-abort",
+            MemberOp::SetRebalance { .. } => "rebalance-mode",
         }
     }
 }
@@ -110,6 +135,28 @@ pub enum Refused {
     /// Step-down on a cluster with one voter.
     #[error("there is no other voter to hand leadership to")]
     NoOtherVoter,
+    /// The shard does not exist.
+    #[error("shard {shard} does not exist (the cluster has {shards} shards)")]
+    UnknownShard {
+        /// The shard asked for.
+        shard: u32,
+        /// How many the cluster has.
+        shards: u32,
+    },
+    /// The node takes no shards: it is draining or leaving.
+    #[error("node {0} is draining; it takes no shards (undrain it first)")]
+    Draining(NodeId),
+    /// The cluster changed between the plan and its commit.
+    #[error("the cluster changed since plan {given} was made (the plan now is {now}); look at `rebalance plan` again")]
+    PlanChanged {
+        /// The plan id committed.
+        given: String,
+        /// The id of the plan of the moment.
+        now: String,
+    },
+    /// A new leader lets the members renew their leases with it before it moves shards.
+    #[error("the leader took over moments ago and waits for the members' leases; retry in a few seconds")]
+    Settling,
 }
 
 /// One step of a request, run in order.
@@ -302,7 +349,52 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             }
             Ok(vec![Step::HandOver])
         }
+        MemberOp::MoveShard { shard, to } => {
+            let shards = s.state.shard_map.shard_count();
+            if shard.0 >= shards {
+                return Err(Refused::UnknownShard { shard: shard.0, shards });
+            }
+            if let Some(id) = to {
+                if !s.state.members.contains_key(&id) || s.state.removed.contains(&id) {
+                    return Err(Refused::UnknownNode(id));
+                }
+                if s.state.is_draining(id) {
+                    return Err(Refused::Draining(id));
+                }
+                s.seen(id)?;
+            }
+            Ok(vec![Step::Write(Command::Pin { shard, node: to })])
+        }
+        MemberOp::RebalanceAbort => Ok(vec![Step::Write(Command::AbortRebalance)]),
+        MemberOp::SetRebalance { manual } => Ok(vec![Step::Write(Command::SetRebalance { manual })]),
+        // Carried out by the shard manager (it holds the lease table): see [`Rebalance`].
+        MemberOp::RebalancePlan | MemberOp::RebalanceCommit(_) => Ok(vec![]),
     }
+}
+
+/// A rebalance plan: the moves the allocator would make now, with the id that commits it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalancePlan {
+    /// Names this plan: a hash of the map epoch and every change, so a commit is refused once
+    /// anything differs.
+    pub id: String,
+    /// The map epoch it was computed from.
+    pub epoch: Epoch,
+    /// Whether rebalancing is manual (load-balancing moves wait for a commit).
+    pub manual: bool,
+    /// Owner changes, in shard order.
+    pub moves: Vec<Move>,
+    /// Shards whose follower set changes.
+    pub replica_changes: u32,
+}
+
+/// Asks the shard manager of the leader for its plan (`commit: None`) or to carry out the plan
+/// with this id. Sent by the consensus actor, which relays operators' requests to the leader.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "Result<RebalancePlan, ManageError>")]
+pub struct Rebalance {
+    /// The plan id to commit, or `None` for the plan only.
+    pub commit: Option<String>,
 }
 
 /// What a request that was carried out reports.
@@ -312,6 +404,9 @@ pub struct Done {
     pub leader: Option<NodeId>,
     /// How many steps it took (0: there was nothing to change).
     pub steps: usize,
+    /// The plan shown or committed (rebalance requests).
+    #[serde(default)]
+    pub plan: Option<RebalancePlan>,
 }
 
 /// Why a membership request was not carried out. ONLY APPEND.
@@ -501,5 +596,20 @@ mod tests {
         assert_eq!(rm[1], Step::RemoveNodes(ids(&[4])), "a learner leaves without a voter change");
         let demote = plan(&MemberOp::Demote(NodeId(2)), &s).unwrap();
         assert_eq!(demote[0], Step::Write(Command::HoldLearner { id: NodeId(2), held: true }), "not promoted again");
+    }
+
+    #[test]
+    fn a_shard_moves_only_to_a_live_member_that_takes_shards() {
+        let (mut st, view) = world(&[3]);
+        st.apply(&Command::SetDrained { id: NodeId(2), drained: true }, 3);
+        let s = seen(&st, &view);
+        let mv = |shard, to: u64| plan(&MemberOp::MoveShard { shard: ShardId(shard), to: Some(NodeId(to)) }, &s);
+        assert_eq!(mv(4, 1), Err(Refused::UnknownShard { shard: 4, shards: 4 }));
+        assert_eq!(mv(0, 9), Err(Refused::UnknownNode(NodeId(9))), "seen, but not a member");
+        assert_eq!(mv(0, 2), Err(Refused::Draining(NodeId(2))));
+        assert_eq!(mv(0, 3), Err(Refused::NotSeen(NodeId(3))), "down");
+        assert_eq!(mv(0, 4), Ok(vec![Step::Write(Command::Pin { shard: ShardId(0), node: Some(NodeId(4)) })]));
+        let unpin = plan(&MemberOp::MoveShard { shard: ShardId(0), to: None }, &s);
+        assert_eq!(unpin, Ok(vec![Step::Write(Command::Pin { shard: ShardId(0), node: None })]));
     }
 }

@@ -15,6 +15,13 @@
 //!    distinct from the owner and the other followers, and in a distinct zone when zones are set.
 //!
 //! Ties are broken by node id, so the same input always gives the same output.
+//!
+//! Pins ([`allocate_pinned`]): a shard an operator pinned to a live candidate goes to that node
+//! (moved there if needed) and is never given up for quota; it counts toward its node's load, so
+//! the node sheds other shards instead. A pin to a node that is not a candidate is ignored while
+//! the node is away.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +49,8 @@ pub enum MoveReason {
     OwnerLeft,
     /// Its owner holds more than its quota.
     OverQuota,
+    /// An operator pinned it to another node.
+    Pinned,
 }
 
 /// One change of owner.
@@ -89,12 +98,18 @@ impl Allocation {
 /// `nodes` may be in any order; weights of 0 are treated as 1 (config refuses them earlier).
 /// The replica factor is the map's own.
 pub fn allocate(current: &ShardMap, nodes: &[Candidate]) -> Allocation {
+    allocate_pinned(current, nodes, &BTreeMap::new())
+}
+
+/// [`allocate`], with the shards of `pinned` kept on (or moved to) their node while it is one of
+/// the `nodes`.
+pub fn allocate_pinned(current: &ShardMap, nodes: &[Candidate], pinned: &BTreeMap<ShardId, NodeId>) -> Allocation {
     let mut nodes: Vec<&Candidate> = nodes.iter().collect();
     nodes.sort_by_key(|n| n.id);
     nodes.dedup_by_key(|n| n.id);
     let shards = current.shard_count() as usize;
     let mut owners: Vec<(ShardId, Option<NodeId>, MoveReason, bool)> = Vec::new();
-    let new_owner = owner_phase(current, &nodes, shards, &mut owners);
+    let new_owner = owner_phase(current, &nodes, shards, pinned, &mut owners);
     let mut alloc = Allocation::default();
     if current.replica_factor() <= 1 {
         for (shard, to, reason, promoted) in owners {
@@ -130,15 +145,31 @@ fn owner_phase<'a>(
     current: &'a ShardMap,
     nodes: &[&Candidate],
     shards: usize,
+    pinned: &BTreeMap<ShardId, NodeId>,
     moved: &mut Vec<(ShardId, Option<NodeId>, MoveReason, bool)>,
 ) -> impl Fn(ShardId) -> Option<NodeId> + 'a {
-    let counts = current.owner_counts();
+    let candidate = |id: &NodeId| nodes.binary_search_by_key(id, |n| n.id).is_ok();
+    // Pins to live candidates hold: their shards start on their node.
+    let pins: BTreeMap<ShardId, NodeId> =
+        pinned.iter().filter(|(s, n)| (s.0 as usize) < shards && candidate(n)).map(|(s, n)| (*s, *n)).collect();
+    let mut owners = current.owners().to_vec();
+    let mut pin_moves = Vec::new();
+    for (s, n) in &pins {
+        if owners[s.0 as usize] != Some(*n) {
+            pin_moves.push((*s, Some(*n), MoveReason::Pinned, current.replicas(*s).contains(n)));
+            owners[s.0 as usize] = Some(*n);
+        }
+    }
+    let mut counts: BTreeMap<NodeId, u32> = BTreeMap::new();
+    for o in owners.iter().flatten() {
+        *counts.entry(*o).or_default() += 1;
+    }
     let held: Vec<u64> = nodes.iter().map(|n| u64::from(counts.get(&n.id).copied().unwrap_or(0))).collect();
     let quota = quotas(shards as u64, nodes, &held);
     // Nodes that must give shards up: those gone (all of theirs) and those over quota (the surplus).
     let mut release: Vec<(NodeId, u64, MoveReason)> = counts
         .iter()
-        .filter(|(id, _)| nodes.binary_search_by_key(id, |n| &n.id).is_err())
+        .filter(|(id, _)| !candidate(id))
         .map(|(id, c)| (*id, u64::from(*c), MoveReason::OwnerLeft))
         .collect();
     for (i, n) in nodes.iter().enumerate() {
@@ -150,11 +181,12 @@ fn owner_phase<'a>(
     let unassigned = shards as u64 - counts.values().map(|c| u64::from(*c)).sum::<u64>();
     let to_free = unassigned + release.iter().map(|r| r.1).sum::<u64>();
     if to_free > 0 {
-        let owners = current.owners();
-        // Scan from the top so an over-quota node keeps its lowest-numbered shards.
+        // Scan from the top so an over-quota node keeps its lowest-numbered shards; pinned
+        // shards are never given up.
         for s in (0..shards).rev() {
             match owners[s] {
                 None => freed.push((ShardId(s as u32), MoveReason::Unassigned)),
+                Some(_) if pins.contains_key(&ShardId(s as u32)) => {}
                 Some(o) => {
                     if let Some(r) = release.iter_mut().find(|r| r.0 == o && r.1 > 0) {
                         r.1 -= 1;
@@ -198,6 +230,9 @@ fn owner_phase<'a>(
     for ((shard, reason), t) in freed.into_iter().zip(taken) {
         moved.push((shard, t.map(|t| t.0), reason, t.is_some_and(|t| t.1)));
     }
+    // A pinned shard is never freed, so the two lists name distinct shards.
+    moved.extend(pin_moves);
+    moved.sort_by_key(|m| m.0);
     let overrides: Vec<(ShardId, Option<NodeId>)> = moved.iter().map(|m| (m.0, m.1)).collect();
     move |shard: ShardId| match overrides.binary_search_by_key(&shard, |o| o.0) {
         Ok(i) => overrides[i].1,

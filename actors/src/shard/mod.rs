@@ -6,6 +6,6 @@ mod alloc;
 mod hash;
 mod map;
 
-pub use alloc::{allocate, Allocation, Candidate, Move, MoveReason, Plan};
+pub use alloc::{allocate, allocate_pinned, Allocation, Candidate, Move, MoveReason, Plan};
 pub use hash::{shard_for, ShardKey};
 pub use map::{Assignment, MapDecodeError, ShardMap};

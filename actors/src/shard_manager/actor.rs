@@ -10,13 +10,14 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use super::core::{Core, Decision};
+use crate::consensus::manage::{ManageError, Rebalance, RebalancePlan, Refused};
 use crate::consensus::types::Raft;
 use crate::consensus::{AppliedState, Consensus, Propose};
 use crate::events::ClusterEvent;
 use crate::lease::LeaseService;
 use crate::membership::{MemberState, View};
-use crate::shard::Plan;
-use crate::state::CommandResult;
+use crate::shard::{Allocation, Plan};
+use crate::state::{ClusterState, Command, CommandResult};
 use crate::types::NodeId;
 
 const TICK: Duration = Duration::from_millis(50);
@@ -84,17 +85,8 @@ impl ShardManager {
         // nodes are fenced (no renewal granted) until the decision below is in the log or dropped.
         // Members, and the old owners of pending handoffs (one that is no longer a member must
         // still be released on the lease rule).
-        let expired: BTreeSet<NodeId> = match leader_for {
-            Some(_) => applied
-                .state
-                .members
-                .keys()
-                .chain(applied.state.handoffs.values().map(|h| &h.from))
-                .copied()
-                .collect::<BTreeSet<NodeId>>()
-                .into_iter()
-                .filter(|n| self.lease.fence_expired(*n))
-                .collect(),
+        let expired = match leader_for {
+            Some(_) => self.fence_expired(&applied.state),
             None => BTreeSet::new(),
         };
         let decision = self.core.tick(Instant::now(), leader_for, &applied.state, |n| expired.contains(&n));
@@ -123,6 +115,21 @@ impl ShardManager {
         }));
     }
 
+    /// Members (and old owners of pending handoffs: one that is no longer a member must still
+    /// be released on the lease rule) whose lease surely ran out. They are fenced (no renewal
+    /// granted) until the decision made on this is in the log or dropped: call `unfence`.
+    fn fence_expired(&self, state: &ClusterState) -> BTreeSet<NodeId> {
+        state
+            .members
+            .keys()
+            .chain(state.handoffs.values().map(|h| &h.from))
+            .copied()
+            .collect::<BTreeSet<NodeId>>()
+            .into_iter()
+            .filter(|n| self.lease.fence_expired(*n))
+            .collect()
+    }
+
     fn in_flight(&self) -> bool {
         self.busy
     }
@@ -147,6 +154,92 @@ impl ShardManager {
             self.emit(ClusterEvent::MemberDown(*id));
         }
         self.up = up;
+    }
+}
+
+/// The plan an operator sees: the allocation of the moment, named by a hash of its epoch and
+/// every change.
+fn plan_of(state: &ClusterState, alloc: &Allocation) -> RebalancePlan {
+    let epoch = state.shard_map.epoch();
+    let bytes = crate::wire::encode(&(epoch, &alloc.changes));
+    RebalancePlan {
+        id: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+        epoch,
+        manual: state.manual_rebalance,
+        moves: alloc.plan.moves.clone(),
+        replica_changes: alloc.plan.replica_changes,
+    }
+}
+
+impl Handler<Rebalance> for ShardManager {
+    type Result = ResponseActFuture<Self, Result<RebalancePlan, ManageError>>;
+
+    /// An operator's plan or commit (relayed here by the consensus actor on the leader). A
+    /// commit is decided like a tick: on the lease table, with expired owners fenced until it is
+    /// in the log; shards of live owners move by handoff.
+    fn handle(&mut self, msg: Rebalance, _: &mut Context<Self>) -> Self::Result {
+        let done = |r| Box::pin(fut::ready(r));
+        let Some(led) = self.lease.leader_for() else { return done(Err(ManageError::NoLeader)) };
+        if !self.core.settled(led) {
+            return done(Err(ManageError::Refused(Refused::Settling)));
+        }
+        if self.busy {
+            return done(Err(ManageError::Busy));
+        }
+        let applied = self.applied.borrow().clone();
+        let state = &applied.state;
+        let expired = self.fence_expired(state);
+        let alloc = Core::allocation(state, &|n| expired.contains(&n));
+        let plan = plan_of(state, &alloc);
+        let Some(given) = msg.commit else {
+            self.lease.unfence(expired);
+            return done(Ok(plan));
+        };
+        if given != plan.id {
+            self.lease.unfence(expired);
+            return done(Err(ManageError::Refused(Refused::PlanChanged { given, now: plan.id })));
+        }
+        if alloc.changes.is_empty() {
+            self.lease.unfence(expired);
+            return done(Ok(plan));
+        }
+        let (direct, handoffs) = Core::split(state, alloc, &|n| expired.contains(&n));
+        let epoch = state.shard_map.epoch();
+        info!(plan = %plan.id, moves = plan.moves.len(), direct = direct.len(), handoffs = handoffs.len(), "rebalance: operator's commit");
+        self.busy = true;
+        let consensus = self.consensus.clone();
+        let failed = |e: &dyn std::fmt::Display| ManageError::Failed(format!("rebalance commit: {e}"));
+        let work = async move {
+            let mut based_on = epoch;
+            if !direct.is_empty() {
+                match consensus.send(Propose(Command::SetAssignments { based_on, changes: direct })).await {
+                    Ok(Ok(CommandResult::Applied { index })) => based_on = crate::types::Epoch(index),
+                    Ok(Ok(other)) => return Err(failed(&format!("{other:?}; nothing moved, plan again"))),
+                    Ok(Err(e)) => return Err(failed(&e)),
+                    Err(e) => return Err(failed(&e)),
+                }
+            }
+            if !handoffs.is_empty() {
+                match consensus.send(Propose(Command::BeginHandoff { based_on, moves: handoffs })).await {
+                    Ok(Ok(CommandResult::Applied { .. })) => {}
+                    Ok(Ok(other)) => {
+                        return Err(failed(&format!("{other:?}: the assignments are in, the handoffs not; plan again")))
+                    }
+                    Ok(Err(e)) => return Err(failed(&e)),
+                    Err(e) => return Err(failed(&e)),
+                }
+            }
+            Ok(())
+        };
+        Box::pin(work.into_actor(self).map(move |r, act, _| {
+            act.busy = false;
+            act.lease.unfence(expired);
+            r?;
+            let started = Plan { moves: plan.moves.clone(), replica_changes: plan.replica_changes };
+            act.emit(ClusterEvent::RebalanceStarted(started.clone()));
+            act.open_plan = Some(started);
+            Ok(plan)
+        }))
     }
 }
 

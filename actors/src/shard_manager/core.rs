@@ -11,6 +11,10 @@
 //!   while the old one's handler still runs.
 //! - Planned moves, first assignments and replica changes are debounced, so a rolling start
 //!   becomes one map change.
+//! - Pinned shards (an operator's `shard move`) go to their node like any planned move.
+//! - With manual rebalancing, moves that only balance load (an owner over its quota) wait for an
+//!   operator to commit a plan ([`Core::split`] gives the commit's commands); failover, first
+//!   assignments, drains and pins stay automatic.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,9 +22,12 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use super::Config;
-use crate::shard::{allocate, Assignment, Candidate, Plan};
+use crate::shard::{allocate_pinned, Allocation, Assignment, Candidate, MoveReason, Plan};
 use crate::state::{ClusterState, Command};
 use crate::types::{NodeId, ShardId};
+
+/// A planned move: `(shard, from, to)`, as `Command::BeginHandoff` carries it.
+pub type Handoff = (ShardId, NodeId, Assignment);
 
 /// What the core wants done.
 // One decision per 50 ms tick at most: its size does not matter.
@@ -57,6 +64,40 @@ impl Core {
             .collect()
     }
 
+    /// What the allocator would do now (pins honoured), leaving out shards whose handoff is in
+    /// flight.
+    pub fn allocation(state: &ClusterState, expired: &impl Fn(NodeId) -> bool) -> Allocation {
+        let mut alloc = allocate_pinned(&state.shard_map, &Self::candidates(state, expired), &state.pinned);
+        alloc.changes.retain(|(s, _)| !state.handoffs.contains_key(s));
+        alloc.plan.moves.retain(|m| !state.handoffs.contains_key(&m.shard));
+        alloc
+    }
+
+    /// Whether a leader that has led for `led` may move shards (it first lets the members renew
+    /// their leases with it).
+    pub fn settled(&self, led: Duration) -> bool {
+        led >= self.cfg.debounce.min(self.cfg.takeover)
+    }
+
+    /// How `alloc` is carried out now: direct assignments (shards with no owner, or an owner
+    /// whose lease surely ran out) and handoffs from live owners.
+    pub fn split(
+        state: &ClusterState,
+        alloc: Allocation,
+        expired: &impl Fn(NodeId) -> bool,
+    ) -> (Vec<(ShardId, Assignment)>, Vec<Handoff>) {
+        let map = &state.shard_map;
+        let mut direct = Vec::new();
+        let mut handoffs = Vec::new();
+        for (s, a) in alloc.changes {
+            match map.owner(s) {
+                Some(o) if !expired(o) && Some(o) != a.owner => handoffs.push((s, o, a)),
+                _ => direct.push((s, a)),
+            }
+        }
+        (direct, handoffs)
+    }
+
     /// Called on every tick with the latest state. `leader_for` is how long this node has led
     /// (`None`: not the leader); `expired(node)` whether the node's lease has surely run out.
     pub fn tick(
@@ -74,7 +115,7 @@ impl Core {
             return Decision::Wait;
         }
         // A new leader first lets the members renew their leases with it.
-        if led < self.cfg.debounce.min(self.cfg.takeover) {
+        if !self.settled(led) {
             return Decision::Wait;
         }
         let map = &state.shard_map;
@@ -90,8 +131,15 @@ impl Core {
             return self.commit(Command::Released { node, shards }, None);
         }
 
-        let alloc = allocate(map, &Self::candidates(state, &expired));
-        let changes: Vec<_> = alloc.changes.into_iter().filter(|(s, _)| !state.handoffs.contains_key(s)).collect();
+        let mut alloc = Self::allocation(state, &expired);
+        if state.manual_rebalance {
+            // Load-balancing moves wait for an operator's commit.
+            let held: std::collections::BTreeSet<ShardId> =
+                alloc.plan.moves.iter().filter(|m| m.reason == MoveReason::OverQuota).map(|m| m.shard).collect();
+            alloc.changes.retain(|(s, _)| !held.contains(s));
+            alloc.plan.moves.retain(|m| !held.contains(&m.shard));
+        }
+        let changes = alloc.changes;
         if changes.is_empty() {
             self.needed_since = None;
             return Decision::Wait;
@@ -251,5 +299,43 @@ mod tests {
         };
         assert_eq!(moves.len(), 8);
         assert!(moves.iter().all(|(_, from, to)| *from == NodeId(2) && to.owner == Some(NodeId(1))));
+    }
+
+    #[test]
+    fn manual_rebalancing_holds_load_moves_but_not_pins_or_failover() {
+        let mut st = assigned(&[1, 2]);
+        st.apply(&Command::SetRebalance { manual: true }, 11);
+        st.apply(&Command::RegisterMember { meta: NodeMeta { id: NodeId(3), weight: 1, ..NodeMeta::default() } }, 12);
+        let t0 = Instant::now();
+        let mut c = Core::new(Config::default());
+        for k in 0..5 {
+            let t = t0 + Duration::from_secs(k);
+            assert_eq!(c.tick(t, Some(Duration::from_secs(5 + k)), &st, |_| false), Decision::Wait, "held");
+        }
+        // The plan an operator would commit: node 3's quota, as handoffs from live owners.
+        let alloc = Core::allocation(&st, &|_| false);
+        assert_eq!(alloc.plan.moves.len(), 5);
+        let (direct, handoffs) = Core::split(&st, alloc, &|_| false);
+        assert!(direct.is_empty());
+        assert!(handoffs.iter().all(|(_, _, a)| a.owner == Some(NodeId(3))));
+        // A pin is carried out (after the debounce), manual or not.
+        st.apply(&Command::Pin { shard: ShardId(0), node: Some(NodeId(3)) }, 13);
+        let t = t0 + Duration::from_secs(10);
+        assert_eq!(c.tick(t, Some(Duration::from_secs(20)), &st, |_| false), Decision::Wait);
+        let Command::BeginHandoff { moves, .. } =
+            commit(c.tick(t + Duration::from_secs(1), Some(Duration::from_secs(21)), &st, |_| false))
+        else {
+            panic!("a pin is a handoff")
+        };
+        assert_eq!(moves.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(), vec![(ShardId(0), NodeId(1))]);
+        // Failover is never held.
+        c.committed();
+        let mut c = Core::new(Config::default());
+        let Command::SetAssignments { changes, .. } =
+            commit(c.tick(t, Some(Duration::from_secs(20)), &st, |n| n == NodeId(2)))
+        else {
+            panic!("failover")
+        };
+        assert_eq!(changes.len(), 8);
     }
 }

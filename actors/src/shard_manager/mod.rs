@@ -8,7 +8,7 @@ mod core;
 use std::time::Duration;
 
 pub use actor::ShardManager;
-pub use core::{Core, Decision};
+pub use core::{Core, Decision, Handoff};
 
 /// Shard manager timings.
 #[derive(Clone, Debug)]

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -162,5 +164,53 @@ proptest! {
             prop_assert_eq!(all.len(), want + 1);
         }
         assert_balanced(&map, &nodes);
+    }
+}
+
+#[test]
+fn a_pinned_shard_moves_to_its_node_and_the_node_sheds_another() {
+    let nodes = cands(&[(1, 1), (2, 1)]);
+    let (map, _) = applied(&ShardMap::new(8, 1), &nodes, 1);
+    assert_eq!(map.owner(ShardId(0)), Some(NodeId(1)));
+    let pins = BTreeMap::from([(ShardId(0), NodeId(2))]);
+    let alloc = allocate_pinned(&map, &nodes, &pins);
+    let mut next = map.clone();
+    next.apply(&alloc.changes, Epoch(2));
+    assert_eq!(next.owner(ShardId(0)), Some(NodeId(2)), "on its pinned node");
+    assert!(alloc.plan.moves.iter().any(|m| m.shard == ShardId(0) && m.reason == MoveReason::Pinned));
+    assert_balanced(&next, &nodes);
+    assert!(allocate_pinned(&next, &nodes, &pins).is_empty(), "stable once there");
+    // Its node leaves: the pin is ignored while it is away.
+    let (gone, _) = {
+        let alloc = allocate_pinned(&next, &nodes[..1], &pins);
+        let mut m = next.clone();
+        m.apply(&alloc.changes, Epoch(3));
+        (m, alloc)
+    };
+    assert_eq!(gone.owner(ShardId(0)), Some(NodeId(1)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn pins_hold_and_the_result_is_stable(
+        nodes in arb_nodes(),
+        shards in 1u32..1000,
+        picks in prop::collection::vec((0u32..1000, 0usize..20), 0..10),
+    ) {
+        let (map, _) = applied(&ShardMap::new(shards, 1), &nodes, 1);
+        let pins: BTreeMap<ShardId, NodeId> =
+            picks.iter().map(|(s, n)| (ShardId(s % shards), nodes[n % nodes.len()].id)).collect();
+        let alloc = allocate_pinned(&map, &nodes, &pins);
+        let mut next = map.clone();
+        next.apply(&alloc.changes, Epoch(2));
+        for (s, n) in &pins {
+            prop_assert_eq!(next.owner(*s), Some(*n));
+        }
+        prop_assert!(!next.has_unassigned());
+        prop_assert!(allocate_pinned(&next, &nodes, &pins).is_empty(), "a second run changes nothing");
+        // No pins, no difference from the plain allocator.
+        prop_assert_eq!(allocate_pinned(&map, &nodes, &BTreeMap::new()), allocate(&map, &nodes));
     }
 }
