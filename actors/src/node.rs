@@ -56,8 +56,11 @@ pub struct Config {
     pub workers: u32,
     /// This node's zone.
     pub zone: Option<String>,
-    /// This node's dashboard address, announced to others.
+    /// This node's dashboard address, announced to others (`0.0.0.0:port`: the host of a
+    /// listening address is published instead).
     pub dashboard: Option<String>,
+    /// The host (or `host:port`) published instead of the listening addresses.
+    pub advertise: Option<String>,
     /// Pre-shared cluster secret.
     pub secret: Option<[u8; 32]>,
     /// mDNS discovery on or off.
@@ -294,7 +297,8 @@ impl Node {
         // With nobody to discover (no seeds, no mDNS) a bootstrap node creates its cluster at
         // once; otherwise it first looks around (`bootstrap_when_alone`).
         let discovers = !cfg.seeds.is_empty() || cfg.mdns;
-        let raft_node = RaftNode { peer_id: Some(peer), addrs: vec![cfg.listen.to_string()] };
+        let raft_addr = membership::published_addr(&cfg.listen, cfg.advertise.as_deref());
+        let raft_node = RaftNode { peer_id: Some(peer), addrs: vec![raft_addr.to_string()] };
         if cfg.bootstrap && !discovers {
             consensus::actor_bootstrap(&raft, id, raft_node.clone()).await.map_err(Box::new)?;
             info!(node = %id, "bootstrapped a new cluster");
@@ -309,7 +313,8 @@ impl Node {
             zone: cfg.zone.clone(),
             dashboard: cfg.dashboard.clone(),
         };
-        let core = membership::Core::new(cfg.membership.clone(), cfg.cluster.clone(), peer, meta, rand::random());
+        let core = membership::Core::new(cfg.membership.clone(), cfg.cluster.clone(), peer, meta, rand::random())
+            .with_advertise(cfg.advertise.clone());
         let (membership, view) = Membership::new(core, transport.clone());
         membership_ctx.run(membership);
         let settings = Settings {

@@ -314,7 +314,20 @@ impl ClusterConfig {
     /// Starts the node and serves `routes` beside the dashboard on its address. Handlers get
     /// the cluster as `web::Data<Cluster>`.
     pub async fn start_with_routes(self, routes: fn(&mut actix_web::web::ServiceConfig)) -> Result<Cluster, Error> {
-        let node = Node::start(self.node.clone()).await?;
+        // The dashboard's port is bound first, so the address this node publishes is the real
+        // one (never port 0), with the advertised host if there is one.
+        let mut node_cfg = self.node.clone();
+        let listener = match self.dashboard {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr).map_err(|source| Error::Dashboard { addr, source })?;
+                let bound = l.local_addr().map_err(|source| Error::Dashboard { addr, source })?;
+                l.set_nonblocking(true).map_err(|source| Error::Dashboard { addr, source })?;
+                node_cfg.dashboard = Some(published_dashboard(bound, node_cfg.advertise.as_deref()));
+                Some((addr, l))
+            }
+            None => None,
+        };
+        let node = Node::start(node_cfg).await?;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let handles: Arc<[ArbiterHandle]> = arbiters.iter().map(|a| a.handle()).collect();
@@ -348,14 +361,33 @@ impl ClusterConfig {
             token: self.node.management_token.clone(),
         });
         let cluster = Cluster { inner };
-        if let Some(addr) = self.dashboard {
-            let (server, bound) = crate::dashboard::serve(addr, cluster.clone(), routes)
+        if let Some((addr, listener)) = listener {
+            let (server, bound) = crate::dashboard::serve(listener, cluster.clone(), routes)
                 .map_err(|source| Error::Dashboard { addr, source })?;
             actix_rt::spawn(server);
             info!(url = %format!("http://{bound}/"), "dashboard");
             let _ = cluster.inner.dashboard.set(bound);
         }
         Ok(cluster)
+    }
+}
+
+/// The dashboard address to publish for one bound at `bound`: the advertised host with the bound
+/// port, else the bound address (`0.0.0.0:port` is completed by the membership layer with the
+/// host of a listening address).
+fn published_dashboard(bound: SocketAddr, advertise: Option<&str>) -> String {
+    let Some(adv) = advertise else { return bound.to_string() };
+    let host = match adv.parse::<SocketAddr>() {
+        Ok(sa) => sa.ip().to_string(),
+        Err(_) => match adv.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => adv.rsplit_once(':').map_or(adv, |(h, _)| h).to_string(),
+        },
+    };
+    if host.contains(':') {
+        format!("[{host}]:{}", bound.port())
+    } else {
+        format!("{host}:{}", bound.port())
     }
 }
 

@@ -84,6 +84,51 @@ pub enum ConfigError {
     /// The management token is too short to be a secret.
     #[error("management_token: a token is at least 16 characters (use a random one, e.g. `openssl rand -hex 32`)")]
     Token,
+    /// A config file could not be read, or a key in it is unknown or has a bad value.
+    #[error("{}", file_message(path, key, reason))]
+    File {
+        /// The file (empty for text parsed with `str::parse`).
+        path: PathBuf,
+        /// The key (empty for a file that does not parse or cannot be read).
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A `CLUSTERFUNK_*` environment variable is unknown or has a bad value.
+    #[error("{var}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file a setting names (`secret_file`, `token_file`) cannot be read.
+    #[error("{field}: cannot read {}: {reason}", path.display())]
+    Unreadable {
+        /// The setting.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A timing or size does not fit the others, with the reason.
+    #[error("{field}: {reason}")]
+    Timing {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn file_message(path: &std::path::Path, key: &str, reason: &str) -> String {
+    let file = if path.as_os_str().is_empty() { "config".to_string() } else { path.display().to_string() };
+    if key.is_empty() {
+        format!("{file}: {reason}")
+    } else {
+        format!("{file}: {key}: {reason}")
+    }
 }
 
 /// How nodes become members.
@@ -151,6 +196,11 @@ pub struct Builder {
     mode: Mode,
     members: Vec<String>,
     management_token: Option<clusterfunk_actors::types::Token>,
+    advertise: Option<String>,
+    membership: clusterfunk_actors::membership::Config,
+    raft: clusterfunk_actors::consensus::Config,
+    debounce: Duration,
+    proxy: clusterfunk_actors::proxy::Config,
 }
 
 impl Default for Builder {
@@ -184,6 +234,11 @@ impl Default for Builder {
             mode: Mode::Dev,
             members: Vec::new(),
             management_token: None,
+            advertise: None,
+            membership: Default::default(),
+            raft: Default::default(),
+            debounce: clusterfunk_actors::shard_manager::Config::default().debounce,
+            proxy: Default::default(),
         }
     }
 }
@@ -214,6 +269,81 @@ impl Builder {
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.listen = addr.into();
         self
+    }
+
+    /// The host (or `host:port`) other nodes dial and the dashboard links show for this node,
+    /// when it differs from what it listens on: a node behind NAT or in a container, or one
+    /// listening on `0.0.0.0`. Without a port, the port it listens on. Default: its listening
+    /// addresses (every interface's, for `0.0.0.0`); a node never publishes `0.0.0.0` or port 0.
+    pub fn advertise(mut self, host: impl Into<String>) -> Self {
+        self.advertise = Some(host.into());
+        self
+    }
+
+    /// How often this node gossips its heartbeat. Default 250 ms: faster detects a crash sooner
+    /// (with [`failure_detector`](Builder::failure_detector)) and costs more traffic, per node, to
+    /// every node.
+    pub fn gossip_interval(mut self, every: Duration) -> Self {
+        self.membership.heartbeat_interval = every;
+        self
+    }
+
+    /// Silence after which a member is suspect, and after which it is down. Default 1 s and
+    /// 2 s: a crashed node's shards move after `down` plus the rebalance debounce at the latest
+    /// (sooner once its lease runs out); shorter risks marking a busy node down.
+    pub fn failure_detector(mut self, suspect: Duration, down: Duration) -> Self {
+        self.membership.suspect_after = suspect;
+        self.membership.down_after = down;
+        self
+    }
+
+    pub(crate) fn failure_detector_now(&self) -> (Duration, Duration) {
+        (self.membership.suspect_after, self.membership.down_after)
+    }
+
+    /// Raft's leader heartbeat and election timeout range. Default 50 ms and 150–300 ms: a new
+    /// leader about 0.5 s after the old one dies. Shorter fails over sooner and risks needless
+    /// elections on a loaded machine; the lease must cover three heartbeats.
+    pub fn raft_timing(mut self, heartbeat: Duration, election_min: Duration, election_max: Duration) -> Self {
+        self.raft.heartbeat_interval = heartbeat;
+        self.raft.election_timeout = (election_min, election_max);
+        self
+    }
+
+    pub(crate) fn raft_timing_now(&self) -> (Duration, Duration, Duration) {
+        (self.raft.heartbeat_interval, self.raft.election_timeout.0, self.raft.election_timeout.1)
+    }
+
+    /// How long a needed rebalance waits to be committed, so a burst of joins (a rolling start)
+    /// becomes one map change. Failover is not debounced. Default 500 ms.
+    pub fn rebalance_debounce(mut self, wait: Duration) -> Self {
+        self.debounce = wait;
+        self
+    }
+
+    /// How long a remote request may take, and how long a message waits for its shard to get
+    /// an owner (during a failover or handoff) before it fails. Default 5 s and 5 s.
+    pub fn proxy_timeouts(mut self, request: Duration, route_wait: Duration) -> Self {
+        self.proxy.request_timeout = request;
+        self.proxy.route_wait = route_wait;
+        self
+    }
+
+    pub(crate) fn proxy_timeouts_now(&self) -> (Duration, Duration) {
+        (self.proxy.request_timeout, self.proxy.route_wait)
+    }
+
+    /// Frames queued per peer, and messages waiting for a route at once; beyond either a send
+    /// fails at once with an error (never a silent drop). Default 4096 and 10,000: memory under
+    /// a burst vs. failing early.
+    pub fn proxy_queues(mut self, per_peer: usize, waiting: usize) -> Self {
+        self.proxy.queue_per_peer = per_peer;
+        self.proxy.max_waiting = waiting;
+        self
+    }
+
+    pub(crate) fn proxy_queues_now(&self) -> (usize, usize) {
+        (self.proxy.queue_per_peer, self.proxy.max_waiting)
     }
 
     /// How nodes become members: [`Mode::Dev`] (the default: every node that finds the cluster
@@ -480,8 +610,10 @@ impl Builder {
         if token.as_ref().is_some_and(|t| t.expose().chars().count() < 16) {
             return Err(ConfigError::Token);
         }
-        let raft: clusterfunk_actors::consensus::Config = Default::default();
+        self.check_timings()?;
+        let raft = self.raft.clone();
         self.lease.validate(raft.heartbeat_interval).map_err(ConfigError::Lease)?;
+        let advertise = self.advertise.as_deref().map(advertised).transpose()?;
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("clusterfunk-data").join(format!("{}-{}", self.name, self.env)));
@@ -503,9 +635,10 @@ impl Builder {
             dashboard: dashboard.map(|d| d.to_string()),
             secret,
             mdns: self.mdns,
-            membership: Default::default(),
-            raft: Default::default(),
-            shard_manager: Default::default(),
+            advertise,
+            membership: self.membership,
+            raft,
+            shard_manager: clusterfunk_actors::shard_manager::Config { debounce: self.debounce, ..Default::default() },
             lease: self.lease,
             journal: self.journal,
             hook_budget: self.hook_budget,
@@ -519,10 +652,94 @@ impl Builder {
             dashboard,
             entities: self.entities,
             passivate_after: self.passivate_after,
-            proxy: Default::default(),
+            proxy: self.proxy,
             hooks: self.hooks,
         })
     }
+
+    /// Timings and sizes that do not fit each other are refused here, not at run time.
+    fn check_timings(&self) -> Result<(), ConfigError> {
+        let t = |field, reason: String| Err(ConfigError::Timing { field, reason });
+        let m = &self.membership;
+        if m.heartbeat_interval.is_zero() {
+            return t("gossip_interval", "must be more than zero".into());
+        }
+        if m.suspect_after <= m.heartbeat_interval {
+            return t(
+                "suspect_after",
+                format!("{:?} must be longer than gossip_interval ({:?})", m.suspect_after, m.heartbeat_interval),
+            );
+        }
+        if m.down_after <= m.suspect_after {
+            return t(
+                "down_after",
+                format!("{:?} must be longer than suspect_after ({:?})", m.down_after, m.suspect_after),
+            );
+        }
+        let (hb, (min, max)) = (self.raft.heartbeat_interval, self.raft.election_timeout);
+        if hb < Duration::from_millis(1) {
+            return t("raft_heartbeat", "must be at least 1ms".into());
+        }
+        if min <= hb {
+            return t("election_timeout_min", format!("{min:?} must be longer than raft_heartbeat ({hb:?})"));
+        }
+        if max <= min {
+            return t("election_timeout_max", format!("{max:?} must be longer than election_timeout_min ({min:?})"));
+        }
+        if self.debounce > Duration::from_secs(60) {
+            return t(
+                "rebalance_debounce",
+                format!("{:?} is over a minute: joins would wait that long for shards", self.debounce),
+            );
+        }
+        let p = &self.proxy;
+        if p.request_timeout.is_zero() {
+            return t("proxy_request_timeout", "must be more than zero".into());
+        }
+        if p.route_wait.is_zero() {
+            return t("proxy_route_wait", "must be more than zero".into());
+        }
+        if p.queue_per_peer == 0 {
+            return t("proxy_queue", "must be at least 1".into());
+        }
+        if p.max_waiting == 0 {
+            return t("proxy_max_waiting", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// An advertised `host` or `host:port`: a concrete address others can use (never `0.0.0.0`,
+/// `::` or port 0).
+fn advertised(value: &str) -> Result<String, ConfigError> {
+    let err =
+        |reason: &str| ConfigError::Address { field: "advertise", value: value.to_string(), reason: reason.into() };
+    let v = value.trim();
+    let (host, port) = match v.parse::<SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), Some(a.port())),
+        Err(_) => match v.parse::<std::net::IpAddr>() {
+            Ok(ip) => (ip.to_string(), None),
+            Err(_) => match v.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => {
+                    (h.to_string(), Some(p.parse::<u16>().map_err(|_| err("the port is not a number"))?))
+                }
+                _ => (v.to_string(), None),
+            },
+        },
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(err("expected a host or host:port"));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(err("an unspecified address (0.0.0.0, ::) is not one others can reach"));
+    }
+    if port == Some(0) {
+        return Err(err("port 0 is not one others can reach; leave the port out to use the listening one"));
+    }
+    Ok(match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
 }
 
 fn resolve(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -589,6 +806,21 @@ mod tests {
         assert_eq!(b().member("0123456789abcdeg").build().unwrap_err(), ConfigError::Member("0123456789abcdeg".into()));
         assert!(b().mode(Mode::Production).member("0123456789abcdef").build().is_ok());
         assert_eq!(b().management_token("short").build().unwrap_err(), ConfigError::Token);
+        let field = |b: Builder| match b.build() {
+            Err(ConfigError::Timing { field, .. }) => field,
+            Err(ConfigError::Address { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(field(b().failure_detector(ms(100), ms(2000)).gossip_interval(ms(200))), "suspect_after");
+        assert_eq!(field(b().failure_detector(ms(1000), ms(900))), "down_after");
+        assert_eq!(field(b().raft_timing(ms(50), ms(40), ms(300))), "election_timeout_min");
+        assert_eq!(field(b().raft_timing(ms(50), ms(150), ms(150))), "election_timeout_max");
+        assert_eq!(field(b().proxy_queues(0, 10)), "proxy_queue");
+        assert_eq!(field(b().advertise("0.0.0.0")), "advertise");
+        assert_eq!(field(b().advertise("10.0.0.5:0")), "advertise");
+        assert!(b().advertise("node-1.example.internal").build().is_ok());
+        assert!(b().advertise("10.0.0.5:7000").raft_timing(ms(20), ms(100), ms(200)).lease(ms(300)).build().is_ok());
         assert!(b().management_token("a".repeat(16)).build().is_ok());
     }
 

@@ -41,9 +41,9 @@ async fn index() -> impl Responder {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("dashboard.html"))
 }
 
-/// Binds the dashboard on `addr` (one worker thread: it serves operators, not traffic).
+/// Serves the dashboard on `listener` (one worker thread: it serves operators, not traffic).
 pub(crate) fn serve(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     cluster: Cluster,
     routes: fn(&mut web::ServiceConfig),
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
@@ -60,7 +60,7 @@ pub(crate) fn serve(
     })
     .workers(1)
     .disable_signals()
-    .bind(addr)?;
-    let bound = server.addrs().first().copied().unwrap_or(addr);
+    .listen(listener)?;
+    let bound = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("no address bound"))?;
     Ok((server.run(), bound))
 }

@@ -23,6 +23,7 @@ mod dashboard;
 mod entity;
 pub mod hooks;
 mod manage;
+mod settings;
 mod status;
 
 pub use cluster::{Cluster, Error, Faults, ReplicaSet};
@@ -34,6 +35,7 @@ pub use config::{Builder, ClusterConfig, ConfigError, Mode};
 pub use entity::{fencing_epoch, EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
 pub use hooks::ClusterEvent;
 pub use manage::MemberInfo;
+pub use settings::{parse_duration, Settings, KEYS as SETTINGS_KEYS};
 pub use status::{
     ClusterInfo, ClusterStatus, FaultsStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus,
     TransportStatus,

@@ -109,6 +109,11 @@ pub struct Core {
     raft_members: Vec<NodeId>,
     /// Whether this node is deciding whether to bootstrap, announced in its heartbeats.
     bootstrapping: bool,
+    /// The host (or `host:port`) this node publishes instead of its listening addresses.
+    advertise: Option<String>,
+    /// Whether the published dashboard host was taken from a listening address (the dashboard
+    /// listens on every interface): a later, non-loopback address replaces a loopback one.
+    dashboard_derived: bool,
 }
 
 impl Core {
@@ -131,7 +136,16 @@ impl Core {
             effects: Vec::new(),
             raft_members: Vec::new(),
             bootstrapping: false,
+            advertise: None,
+            dashboard_derived: false,
         }
+    }
+
+    /// Publishes `advertise` (a host or `host:port`; without a port, the listening one) as this
+    /// node's only address, instead of its listening addresses.
+    pub fn with_advertise(mut self, advertise: Option<String>) -> Core {
+        self.advertise = advertise;
+        self
     }
 
     /// The current view.
@@ -167,9 +181,18 @@ impl Core {
             Input::Listening(addr) => {
                 let local = self.view.local;
                 if let Some(me) = self.view.members.get_mut(&local) {
-                    let a = addr.to_string();
+                    let a = published_addr(&addr, self.advertise.as_deref()).to_string();
                     if !me.meta.addrs.contains(&a) {
-                        me.meta.addrs.push(a);
+                        if self.advertise.is_some() {
+                            me.meta.addrs = vec![a];
+                        } else {
+                            me.meta.addrs.push(a);
+                        }
+                        self.effects.push(Effect::ViewChanged);
+                    }
+                    if let Some(d) = dashboard_host(me.meta.dashboard.as_deref(), &addr, self.dashboard_derived) {
+                        me.meta.dashboard = Some(d);
+                        self.dashboard_derived = true;
                         self.effects.push(Effect::ViewChanged);
                     }
                 }
@@ -309,6 +332,47 @@ pub(crate) fn node_of(peer: &PeerId) -> NodeId {
     NodeId::from_peer_bytes(&peer.to_bytes())
 }
 
+/// The address this node publishes for a listening address `addr`: `addr` itself, or the
+/// advertised host (with its own port, or `addr`'s).
+pub fn published_addr(addr: &Multiaddr, advertise: Option<&str>) -> Multiaddr {
+    let Some(adv) = advertise else { return addr.clone() };
+    let listen_port = addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+        _ => None,
+    });
+    let (host, port) = match adv.parse::<std::net::SocketAddr>() {
+        Ok(sa) => (sa.ip().to_string(), Some(sa.port())),
+        Err(_) => match adv.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => (h.to_string(), p.parse().ok()),
+            _ => (adv.trim_matches(|c| c == '[' || c == ']').to_string(), None),
+        },
+    };
+    let Some(port) = port.or(listen_port) else { return addr.clone() };
+    let proto = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => "ip4",
+        Ok(std::net::IpAddr::V6(_)) => "ip6",
+        Err(_) => "dns",
+    };
+    format!("/{proto}/{host}/tcp/{port}").parse().unwrap_or_else(|_| addr.clone())
+}
+
+/// The dashboard address to publish once this node listens on `addr`, if it changes: a
+/// dashboard bound to every interface (`0.0.0.0:port`) is published with `addr`'s IP, a
+/// non-loopback one replacing a loopback one taken earlier (`derived`). Never `0.0.0.0`.
+pub fn dashboard_host(dashboard: Option<&str>, addr: &Multiaddr, derived: bool) -> Option<String> {
+    let current: std::net::SocketAddr = dashboard?.parse().ok()?;
+    let ip = addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    })?;
+    if ip.is_unspecified() {
+        return None;
+    }
+    let better = current.ip().is_unspecified() || (derived && current.ip().is_loopback() && !ip.is_loopback());
+    better.then(|| std::net::SocketAddr::new(ip, current.port()).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -316,6 +380,22 @@ mod tests {
     use libp2p::identity::Keypair;
 
     use super::*;
+
+    #[test]
+    fn a_node_never_publishes_an_unspecified_address_or_port_zero() {
+        let a: Multiaddr = "/ip4/127.0.0.1/tcp/7000".parse().unwrap();
+        let lan: Multiaddr = "/ip4/10.1.2.3/tcp/7000".parse().unwrap();
+        assert_eq!(published_addr(&a, None), a);
+        assert_eq!(published_addr(&a, Some("10.0.0.9")).to_string(), "/ip4/10.0.0.9/tcp/7000");
+        assert_eq!(published_addr(&a, Some("10.0.0.9:9000")).to_string(), "/ip4/10.0.0.9/tcp/9000");
+        assert_eq!(published_addr(&a, Some("node-1.internal")).to_string(), "/dns/node-1.internal/tcp/7000");
+        assert_eq!(published_addr(&a, Some("::1")).to_string(), "/ip6/::1/tcp/7000");
+        assert_eq!(dashboard_host(Some("0.0.0.0:8080"), &a, false).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(dashboard_host(Some("127.0.0.1:8080"), &lan, true).as_deref(), Some("10.1.2.3:8080"));
+        assert_eq!(dashboard_host(Some("127.0.0.1:8080"), &lan, false), None, "bound to loopback: stays");
+        assert_eq!(dashboard_host(Some("10.1.2.3:8080"), &a, true), None, "never back to loopback");
+        assert_eq!(dashboard_host(None, &a, false), None);
+    }
 
     fn peer() -> PeerId {
         Keypair::generate_ed25519().public().to_peer_id()

@@ -12,7 +12,7 @@ mod core;
 use std::time::Duration;
 
 pub use actor::{Bootstrapping, Membership, RaftMembers};
-pub use core::{Core, Effect, Input, MemberState, MemberView, View};
+pub use core::{dashboard_host, published_addr, Core, Effect, Input, MemberState, MemberView, View};
 
 /// Membership timings.
 ///

@@ -21,6 +21,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         workers: 1,
         zone: None,
         dashboard: None,
+        advertise: None,
         secret: None,
         mdns: false,
         membership: Default::default(),

@@ -16,54 +16,69 @@ use clap::Parser;
 use clusterfunk::Cluster;
 use tracing::{error, info};
 
-/// Command-line flags of a demo node.
+/// Command-line flags of a demo node. The node settings have the same names as the config
+/// file's keys and the `CLUSTERFUNK_*` variables (docs/operations.md, "Configuration"); a flag
+/// wins over the environment, which wins over the file.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "demo", about = "A clusterfunk demo node")]
 pub struct Args {
-    /// Cluster key.
-    #[arg(long, default_value = "demo")]
-    pub name: String,
-    /// Environment.
-    #[arg(long, default_value = "dev")]
-    pub env: String,
+    /// A TOML file of settings (`CLUSTERFUNK_CONFIG` works too).
+    #[arg(long, env = "CLUSTERFUNK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Cluster key [default: demo].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Environment [default: dev].
+    #[arg(long)]
+    pub env: Option<String>,
     /// Create a new cluster with this node as its first member.
     #[arg(long)]
     pub bootstrap: bool,
-    /// Where this node keeps its key and Raft log (default `clusterfunk-data/<name>-<env>`).
+    /// Where this node keeps its key and Raft log [default: clusterfunk-data/<name>-<env>].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// host:port to listen on for other nodes.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    pub listen: String,
+    /// host:port to listen on for other nodes [default: 0.0.0.0:0].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// The host (or host:port) other nodes and dashboard links use for this node, when it is
+    /// not what it listens on (behind NAT, in a container, listening on 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// A seed host:port to join (repeatable).
     #[arg(long = "join")]
     pub join: Vec<String>,
     /// host:port for the dashboard and API.
     #[arg(long)]
     pub dashboard: Option<String>,
-    /// Number of shards (fixed when the cluster is created).
-    #[arg(long, default_value_t = 1024)]
-    pub shards: u32,
-    /// This node's weight.
-    #[arg(long, default_value_t = 1)]
-    pub weight: u32,
-    /// Worker threads this node declares.
-    #[arg(long, default_value_t = 1)]
-    pub workers: u32,
-    /// Voters to keep (1, 3, 5, 7).
-    #[arg(long, default_value_t = 3)]
-    pub voters: usize,
+    /// Number of shards, fixed when the cluster is created [default: 1024].
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Copies of each shard: an owner and followers [default: 1].
+    #[arg(long)]
+    pub replica_factor: Option<u32>,
+    /// This node's weight [default: 1].
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// Worker threads this node declares [default: 1].
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// This node's failure zone (replicas go to distinct zones).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Voters to keep (1, 3, 5, 7) [default: 3].
+    #[arg(long)]
+    pub voters: Option<usize>,
     /// Pre-shared cluster secret, 64 hex characters. Prefer `--secret-file` or
     /// `CLUSTERFUNK_SECRET`: a command line is visible to every user of the machine.
-    #[arg(long, env = "CLUSTERFUNK_SECRET", hide_env_values = true)]
+    #[arg(long)]
     pub secret: Option<String>,
     /// A file holding the cluster secret (64 hex characters).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
     /// How nodes become members: `dev` (every node that finds the cluster joins) or
-    /// `production` (only by command or `--member`).
-    #[arg(long, default_value = "dev", value_parser = ["dev", "production"])]
-    pub mode: String,
+    /// `production` (only by command or `--member`) [default: dev].
+    #[arg(long, value_parser = ["dev", "production"])]
+    pub mode: Option<String>,
     /// Production mode: a node id admitted as a member without a command (repeatable).
     #[arg(long = "member")]
     pub members: Vec<String>,
@@ -74,6 +89,10 @@ pub struct Args {
     /// Turn off mDNS discovery.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Timings and sizes (see docs/operations.md, "Configuration", for each default and its
+    /// trade-off): durations with a unit, e.g. `250ms`, `2s`.
+    #[command(flatten)]
+    pub timings: Timings,
     /// Start N nodes on this machine (child processes) and print their dashboards.
     #[arg(long)]
     pub local: Option<u32>,
@@ -98,6 +117,120 @@ pub struct Args {
     /// Demo traffic: messages per second this node sends to random counters (0 = none).
     #[arg(long, default_value_t = 50)]
     pub traffic: u32,
+}
+
+/// The timing and size flags (each also a config key and a `CLUSTERFUNK_*` variable).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Timings {
+    /// Gossip heartbeat interval [default: 250ms].
+    #[arg(long, value_parser = duration)]
+    pub gossip_interval: Option<Duration>,
+    /// Silence before a member is suspect [default: 1s].
+    #[arg(long, value_parser = duration)]
+    pub suspect_after: Option<Duration>,
+    /// Silence before a member is down [default: 2s].
+    #[arg(long, value_parser = duration)]
+    pub down_after: Option<Duration>,
+    /// Raft leader heartbeat [default: 50ms].
+    #[arg(long, value_parser = duration)]
+    pub raft_heartbeat: Option<Duration>,
+    /// Raft election timeout, low end [default: 150ms].
+    #[arg(long, value_parser = duration)]
+    pub election_timeout_min: Option<Duration>,
+    /// Raft election timeout, high end [default: 300ms].
+    #[arg(long, value_parser = duration)]
+    pub election_timeout_max: Option<Duration>,
+    /// L, the node lease [default: 500ms].
+    #[arg(long, value_parser = duration)]
+    pub lease: Option<Duration>,
+    /// ρ, the largest relative clock drift [default: 0.01].
+    #[arg(long)]
+    pub lease_drift: Option<f64>,
+    /// G, extra wait before a silent node's shards move [default: 100ms].
+    #[arg(long, value_parser = duration)]
+    pub lease_grace: Option<Duration>,
+    /// How long a needed rebalance waits, to batch a rolling start [default: 500ms].
+    #[arg(long, value_parser = duration)]
+    pub rebalance_debounce: Option<Duration>,
+    /// How long a remote request may take [default: 5s].
+    #[arg(long, value_parser = duration)]
+    pub proxy_request_timeout: Option<Duration>,
+    /// How long a message waits for its shard's owner [default: 5s].
+    #[arg(long, value_parser = duration)]
+    pub proxy_route_wait: Option<Duration>,
+    /// Frames queued per peer before a send fails [default: 4096].
+    #[arg(long)]
+    pub proxy_queue: Option<usize>,
+    /// Messages waiting for a route at once before a send fails [default: 10000].
+    #[arg(long)]
+    pub proxy_max_waiting: Option<usize>,
+    /// Idle time before an entity stops [default: 120s].
+    #[arg(long, value_parser = duration)]
+    pub passivate_after: Option<Duration>,
+    /// How long each lifecycle hook may run [default: 2s].
+    #[arg(long, value_parser = duration)]
+    pub hook_budget: Option<Duration>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    clusterfunk::parse_duration(s)
+}
+
+impl Args {
+    /// The node settings the flags give (only those given).
+    pub fn settings(&self) -> clusterfunk::Settings {
+        let t = &self.timings;
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let mut s = clusterfunk::Settings::default();
+        s.name = self.name.clone();
+        s.env = self.env.clone();
+        s.data_dir = self.data_dir.clone();
+        s.listen = self.listen.clone();
+        s.advertise = self.advertise.clone();
+        s.join = list(&self.join);
+        s.dashboard = self.dashboard.clone();
+        s.bootstrap = self.bootstrap.then_some(true);
+        s.mdns = self.no_mdns.then_some(false);
+        s.shards = self.shards;
+        s.replica_factor = self.replica_factor;
+        s.voters = self.voters;
+        s.weight = self.weight;
+        s.workers = self.workers;
+        s.zone = self.zone.clone();
+        s.mode = self.mode.as_deref().map(|m| {
+            if m == "production" {
+                clusterfunk::Mode::Production
+            } else {
+                clusterfunk::Mode::Dev
+            }
+        });
+        s.members = list(&self.members);
+        s.secret_file = self.secret_file.clone();
+        s.secret = self.secret.clone();
+        s.token_file = self.token_file.clone();
+        s.passivate_after = t.passivate_after;
+        s.hook_budget = t.hook_budget;
+        s.gossip_interval = t.gossip_interval;
+        s.suspect_after = t.suspect_after;
+        s.down_after = t.down_after;
+        s.raft_heartbeat = t.raft_heartbeat;
+        s.election_timeout_min = t.election_timeout_min;
+        s.election_timeout_max = t.election_timeout_max;
+        s.lease = t.lease;
+        s.lease_drift = t.lease_drift;
+        s.lease_grace = t.lease_grace;
+        s.rebalance_debounce = t.rebalance_debounce;
+        s.proxy_request_timeout = t.proxy_request_timeout;
+        s.proxy_route_wait = t.proxy_route_wait;
+        s.proxy_queue = t.proxy_queue;
+        s.proxy_max_waiting = t.proxy_max_waiting;
+        s
+    }
+
+    /// The settings in force: the config file, the environment, then these flags.
+    pub fn resolve(&self) -> Result<clusterfunk::Settings, clusterfunk::ConfigError> {
+        clusterfunk::Settings::load(self.config.as_deref(), self.settings())
+    }
 }
 
 fn parse_faults(s: &str) -> Result<clusterfunk::FaultPlan, String> {
@@ -152,46 +285,13 @@ pub fn main_with(app: App) -> i32 {
 
 /// Runs one node of `app` until Ctrl-C or SIGTERM.
 pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
-    let mut b = Cluster::builder()
-        .name(&args.name)
-        .env(&args.env)
-        .bootstrap(args.bootstrap)
-        .listen(&args.listen)
-        .shards(args.shards)
-        .weight(args.weight)
-        .workers(args.workers)
-        .voters(args.voters)
-        .mdns(!args.no_mdns);
-    b = (app.register)(b);
-    if let Some(d) = &args.data_dir {
-        b = b.data_dir(d);
+    let settings = args.resolve()?;
+    if args.secret.is_some() {
+        tracing::warn!("--secret on the command line is visible to every user of this machine; use --secret-file or CLUSTERFUNK_SECRET");
     }
-    if let Some(d) = &args.dashboard {
-        b = b.dashboard(d);
-    }
+    let mut b = (app.register)(Cluster::builder().name("demo")).settings(&settings)?;
     if let Some(j) = &args.journal {
         b = b.journal(j);
-    }
-    if let Some(path) = &args.secret_file {
-        let s = std::fs::read_to_string(path).with_context(|| format!("--secret-file {}", path.display()))?;
-        b = b.secret(s.trim());
-    } else if let Some(s) = &args.secret {
-        if std::env::var_os("CLUSTERFUNK_SECRET").is_none() {
-            tracing::warn!("--secret on the command line is visible to every user of this machine; use --secret-file or CLUSTERFUNK_SECRET");
-        }
-        b = b.secret(s);
-    }
-    if args.mode == "production" {
-        b = b.mode(clusterfunk::Mode::Production);
-    }
-    for m in &args.members {
-        b = b.member(m);
-    }
-    if let Some(path) = &args.token_file {
-        let t = std::fs::read_to_string(path).with_context(|| format!("--token-file {}", path.display()))?;
-        b = b.management_token(t.trim());
-    } else if let Ok(t) = std::env::var("CLUSTERFUNK_TOKEN") {
-        b = b.management_token(t.trim());
     }
     if let Some(plan) = &args.faults {
         tracing::warn!(%plan, "message fault injection is on: this node delays, drops, duplicates and reorders what it sends");
@@ -206,9 +306,6 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     }
     if let Some(rate) = args.lease_clock_rate {
         b = b.lease_clock_rate(rate);
-    }
-    for j in &args.join {
-        b = b.join(j);
     }
     let cluster = b.build()?.start_with_routes(app.routes).await?;
     if let (Some(load), true) = (app.traffic, args.traffic > 0) {
@@ -281,6 +378,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// Starts `n` nodes as child processes on loopback and waits for Ctrl-C.
 fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
     anyhow::ensure!((1..=16).contains(&n), "--local: {n} is not between 1 and 16");
+    let settings = args.resolve()?;
     let exe = std::env::current_exe().context("cannot find the demo executable")?;
     let tmp;
     let base: &Path = match &args.data_dir {
@@ -296,12 +394,25 @@ fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
     for (i, (p2p, http)) in ports.iter().enumerate() {
         let dir = base.join(format!("node-{i}"));
         let mut cmd = Command::new(&exe);
-        cmd.args(["--name", &args.name, "--env", &args.env, "--no-mdns"])
+        // The children read the same config file and environment; what --local decides for
+        // each (its addresses, its data dir, who bootstraps) is given as flags, which win.
+        if let Some(c) = &args.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["--name", settings.name.as_deref().unwrap_or("demo")])
+            .args(["--env", settings.env.as_deref().unwrap_or("dev"), "--no-mdns"])
             .args(["--listen", &format!("127.0.0.1:{p2p}"), "--dashboard", &format!("127.0.0.1:{http}")])
-            .args(["--shards", &args.shards.to_string(), "--voters", &args.voters.to_string()])
             .args(["--traffic", &args.traffic.to_string()])
             .arg("--data-dir")
             .arg(&dir);
+        for (flag, v) in [("--shards", args.shards), ("--replica-factor", args.replica_factor)] {
+            if let Some(v) = v {
+                cmd.args([flag, &v.to_string()]);
+            }
+        }
+        if let Some(v) = args.voters {
+            cmd.args(["--voters", &v.to_string()]);
+        }
         if i == 0 && !dir.join("raft.redb").exists() {
             cmd.arg("--bootstrap");
         }
