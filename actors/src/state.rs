@@ -297,8 +297,21 @@ impl ClusterState {
             Command::SetRebalance { manual } => self.manual_rebalance = *manual,
             Command::AbortRebalance => {
                 self.manual_rebalance = true;
-                for (shard, h) in &mut self.handoffs {
-                    h.to = Assignment { owner: Some(h.from), replicas: self.shard_map.replicas(*shard) };
+                // Back only to an old owner that may still take shards: not one that was removed
+                // or is draining (its shard would just move off again, or wait on a non-member).
+                let back =
+                    |id: NodeId| self.members.contains_key(&id) && !self.is_draining(id) && !self.removed.contains(&id);
+                let aborted: Vec<(ShardId, NodeId)> =
+                    self.handoffs.iter().filter(|(_, h)| back(h.from)).map(|(s, h)| (*s, h.from)).collect();
+                for (shard, from) in aborted {
+                    let replicas = self.shard_map.replicas(shard);
+                    if let Some(h) = self.handoffs.get_mut(&shard) {
+                        h.to = Assignment { owner: Some(from), replicas };
+                    }
+                    // A pin would only plan the move again at once.
+                    if self.pinned.get(&shard).is_some_and(|n| *n != from) {
+                        self.pinned.remove(&shard);
+                    }
                 }
             }
         }
@@ -372,6 +385,7 @@ mod tests {
     fn an_aborted_handoff_returns_to_its_old_owner_at_a_new_epoch() {
         let mut st = ClusterState::default();
         st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        st.apply(&Command::RegisterMember { meta: meta(1) }, 1);
         let one = |o| Assignment { owner: Some(NodeId(o)), replicas: vec![] };
         st.apply(&Command::SetAssignments { based_on: Epoch(0), changes: vec![(ShardId(1), one(1))] }, 2);
         st.apply(&Command::BeginHandoff { based_on: Epoch(2), moves: vec![(ShardId(1), NodeId(1), one(2))] }, 3);
@@ -381,6 +395,58 @@ mod tests {
         st.apply(&Command::Released { node: NodeId(1), shards: vec![(ShardId(1), Epoch(3))] }, 5);
         assert_eq!(st.shard_map.owner(ShardId(1)), Some(NodeId(1)), "back with its old owner");
         assert_eq!(st.shard_map.shard_epoch(ShardId(1)), Epoch(5), "under a new epoch");
+    }
+
+    #[test]
+    fn an_abort_sends_back_only_to_an_owner_that_may_take_shards() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        for i in [1, 2, 3] {
+            st.apply(&Command::RegisterMember { meta: meta(i) }, 2);
+        }
+        let one = |o| Assignment { owner: Some(NodeId(o)), replicas: vec![] };
+        let all = vec![(ShardId(0), one(1)), (ShardId(1), one(2)), (ShardId(2), one(3))];
+        st.apply(&Command::SetAssignments { based_on: Epoch(0), changes: all }, 3);
+        st.apply(&Command::Pin { shard: ShardId(0), node: Some(NodeId(3)) }, 4);
+        let moves = vec![(ShardId(0), NodeId(1), one(3)), (ShardId(1), NodeId(2), one(3))];
+        st.apply(&Command::BeginHandoff { based_on: Epoch(3), moves }, 5);
+        st.apply(&Command::SetDrained { id: NodeId(2), drained: true }, 6);
+        st.apply(&Command::AbortRebalance, 7);
+        assert_eq!(st.handoffs[&ShardId(0)].to.owner, Some(NodeId(1)), "back to its old owner");
+        assert_eq!(st.handoffs[&ShardId(1)].to.owner, Some(NodeId(3)), "a drained owner does not get it back");
+        assert!(st.pinned.is_empty(), "the aborted move's pin is dropped");
+    }
+
+    #[test]
+    fn a_state_written_before_pins_still_decodes() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 3, replica_factor: 1 }, 1);
+        st.apply(&Command::RegisterMember { meta: meta(1) }, 2);
+        let map = serde_bytes::ByteBuf::from(st.shard_map.encode());
+        // The ten fields a node of the previous release wrote.
+        let old = (
+            &st.name,
+            &st.members,
+            map,
+            &st.handoffs,
+            &st.draining,
+            &st.drained,
+            &st.allowed,
+            &st.removed,
+            &st.held,
+            st.production,
+        );
+        let decoded: ClusterState = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(decoded, st);
+    }
+
+    #[test]
+    fn new_commands_golden_bytes() {
+        let hex =
+            |c: &Command| -> String { rmp_serde::to_vec(c).unwrap().iter().map(|b| format!("{b:02x}")).collect() };
+        assert_eq!(hex(&Command::Pin { shard: ShardId(3), node: Some(NodeId(5)) }), "81a350696e920305");
+        assert_eq!(hex(&Command::SetRebalance { manual: true }), "81ac536574526562616c616e636591c3");
+        assert_eq!(hex(&Command::AbortRebalance), "ae41626f7274526562616c616e6365");
     }
 
     #[test]

@@ -39,6 +39,8 @@ const CHANGE: Duration = Duration::from_secs(10);
 /// How long a leader holds a relayed request's RPC before answering `ManagePending` (below the
 /// transport's 2 s RPC timeout).
 const RELAY_ANSWER: Duration = Duration::from_millis(1200);
+/// How long a rebalance plan or commit waits for the shard manager to be free.
+const REBALANCE_WAIT: Duration = Duration::from_secs(5);
 /// How long a membership write (a probe, a state command) may take to commit: a leader that
 /// lost its quorum must answer rather than hold the lock.
 const WRITE: Duration = Duration::from_secs(10);
@@ -182,9 +184,27 @@ impl Exec {
             }
             m.id
         };
+        // Under the membership lock, so no other operator's request (an abort, a pin) lands
+        // between the plan of the moment and its commit.
+        let _guard =
+            tokio::time::timeout(LOCK_WAIT, self.lock.clone().lock_owned()).await.map_err(|_| ManageError::Busy)?;
         let to = self.rebalancer.get().ok_or(ManageError::Busy)?;
         let committing = commit.is_some();
-        let plan = to.send(Rebalance { commit }).await.map_err(|e| ManageError::Failed(e.to_string()))??;
+        // The shard manager is busy while one of its own decisions commits, and a new leader
+        // settles for about a second: both pass.
+        let deadline = tokio::time::Instant::now() + REBALANCE_WAIT;
+        let plan = loop {
+            let r =
+                to.send(Rebalance { commit: commit.clone() }).await.map_err(|e| ManageError::Failed(e.to_string()))?;
+            match r {
+                Err(ManageError::Busy | ManageError::Refused(manage::Refused::Settling))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r?,
+            }
+        };
         let steps = if committing { plan.moves.len() } else { 0 };
         Ok(Done { leader: Some(me), steps, plan: Some(plan) })
     }

@@ -157,6 +157,9 @@ pub enum Refused {
     /// A new leader lets the members renew their leases with it before it moves shards.
     #[error("the leader took over moments ago and waits for the members' leases; retry in a few seconds")]
     Settling,
+    /// Handoffs are in flight: each one that finishes changes the plan.
+    #[error("{0} handoffs are still in flight; plan once they finished (`clusterfunk shards` shows them)")]
+    HandoffsInFlight(usize),
 }
 
 /// One step of a request, run in order.

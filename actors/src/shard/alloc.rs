@@ -265,6 +265,34 @@ fn quotas(total: u64, nodes: &[&Candidate], held: &[u64]) -> Vec<u64> {
     quota
 }
 
+/// [`quotas`] with each node's quota at most `cap`: capped nodes get their cap, and the rest of
+/// `total` is shared by the others again, until every quota fits.
+fn capped_quotas(total: u64, nodes: &[&Candidate], held: &[u64], cap: &[u64]) -> Vec<u64> {
+    let mut quota = vec![0u64; nodes.len()];
+    let mut open: Vec<usize> = (0..nodes.len()).collect();
+    let mut left = total;
+    loop {
+        let sub: Vec<&Candidate> = open.iter().map(|i| nodes[*i]).collect();
+        let sub_held: Vec<u64> = open.iter().map(|i| held[*i]).collect();
+        let q = quotas(left, &sub, &sub_held);
+        let over: Vec<usize> = open.iter().zip(&q).filter(|(i, q)| **q > cap[**i]).map(|(i, _)| *i).collect();
+        if over.is_empty() {
+            for (i, q) in open.iter().zip(q) {
+                quota[*i] = q;
+            }
+            return quota;
+        }
+        for i in over {
+            quota[i] = cap[i];
+            left = left.saturating_sub(cap[i]);
+            open.retain(|o| *o != i);
+        }
+        if open.is_empty() {
+            return quota;
+        }
+    }
+}
+
 /// Decides followers for every shard, given the new owners.
 fn follower_phase(
     current: &ShardMap,
@@ -288,7 +316,20 @@ fn follower_phase(
             }
         }
     }
-    let quota = quotas(u64::from(shards) * slots as u64, nodes, &held);
+    // A node cannot follow the shards it owns: its share is capped there and the rest spread
+    // over the others by weight (an uncapped share cannot be met, and the allocator would
+    // move one follower back and forth forever).
+    let owned: Vec<u64> = {
+        let mut o = vec![0u64; nodes.len()];
+        for s in 0..shards {
+            if let Some(Ok(i)) = owner_of(ShardId(s)).map(|id| nodes.binary_search_by_key(&id, |n| n.id)) {
+                o[i] += 1;
+            }
+        }
+        o
+    };
+    let cap: Vec<u64> = owned.iter().map(|o| u64::from(shards) - o).collect();
+    let quota = capped_quotas(u64::from(shards) * slots as u64, nodes, &held, &cap);
     let mut count = vec![0u64; nodes.len()];
     let mut result: Vec<Vec<NodeId>> = Vec::with_capacity(shards as usize);
     // Keep pass.

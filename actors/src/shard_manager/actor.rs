@@ -188,6 +188,9 @@ impl Handler<Rebalance> for ShardManager {
         }
         let applied = self.applied.borrow().clone();
         let state = &applied.state;
+        if !state.handoffs.is_empty() {
+            return done(Err(ManageError::Refused(Refused::HandoffsInFlight(state.handoffs.len()))));
+        }
         let expired = self.fence_expired(state);
         let alloc = Core::allocation(state, &|n| expired.contains(&n));
         let plan = plan_of(state, &alloc);
@@ -209,24 +212,30 @@ impl Handler<Rebalance> for ShardManager {
         self.busy = true;
         let consensus = self.consensus.clone();
         let failed = |e: &dyn std::fmt::Display| ManageError::Failed(format!("rebalance commit: {e}"));
+        // No time limit on the writes, as for a tick's decision: the expired owners stay fenced
+        // until each write is in the log or refused (a fence lifted while a write might still
+        // be appended could let a grant at an older index outlive the move).
         let work = async move {
+            let propose = |cmd| async {
+                match consensus.send(Propose(cmd)).await {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(failed(&e)),
+                    Err(e) => Err(failed(&e)),
+                }
+            };
             let mut based_on = epoch;
             if !direct.is_empty() {
-                match consensus.send(Propose(Command::SetAssignments { based_on, changes: direct })).await {
-                    Ok(Ok(CommandResult::Applied { index })) => based_on = crate::types::Epoch(index),
-                    Ok(Ok(other)) => return Err(failed(&format!("{other:?}; nothing moved, plan again"))),
-                    Ok(Err(e)) => return Err(failed(&e)),
-                    Err(e) => return Err(failed(&e)),
+                match propose(Command::SetAssignments { based_on, changes: direct }).await? {
+                    CommandResult::Applied { index } => based_on = crate::types::Epoch(index),
+                    other => return Err(failed(&format!("{other:?}; nothing moved, plan again"))),
                 }
             }
             if !handoffs.is_empty() {
-                match consensus.send(Propose(Command::BeginHandoff { based_on, moves: handoffs })).await {
-                    Ok(Ok(CommandResult::Applied { .. })) => {}
-                    Ok(Ok(other)) => {
+                match propose(Command::BeginHandoff { based_on, moves: handoffs }).await? {
+                    CommandResult::Applied { .. } => {}
+                    other => {
                         return Err(failed(&format!("{other:?}: the assignments are in, the handoffs not; plan again")))
                     }
-                    Ok(Err(e)) => return Err(failed(&e)),
-                    Err(e) => return Err(failed(&e)),
                 }
             }
             Ok(())

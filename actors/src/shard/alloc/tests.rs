@@ -197,20 +197,42 @@ proptest! {
     fn pins_hold_and_the_result_is_stable(
         nodes in arb_nodes(),
         shards in 1u32..1000,
-        picks in prop::collection::vec((0u32..1000, 0usize..20), 0..10),
+        r in 1u32..4,
+        picks in prop::collection::vec((0u32..1000, 0usize..40), 0..10),
     ) {
-        let (map, _) = applied(&ShardMap::new(shards, 1), &nodes, 1);
-        let pins: BTreeMap<ShardId, NodeId> =
-            picks.iter().map(|(s, n)| (ShardId(s % shards), nodes[n % nodes.len()].id)).collect();
+        let (map, _) = applied(&ShardMap::new(shards, r), &nodes, 1);
+        // Some pins name a node that is not a candidate (index past the list): ignored.
+        let pins: BTreeMap<ShardId, NodeId> = picks
+            .iter()
+            .map(|(s, n)| (ShardId(s % shards), nodes.get(*n).map_or(NodeId(5000 + *n as u64), |c| c.id)))
+            .collect();
         let alloc = allocate_pinned(&map, &nodes, &pins);
         let mut next = map.clone();
         next.apply(&alloc.changes, Epoch(2));
+        let candidate = |id: &NodeId| nodes.iter().any(|c| c.id == *id);
         for (s, n) in &pins {
-            prop_assert_eq!(next.owner(*s), Some(*n));
+            if candidate(n) {
+                prop_assert_eq!(next.owner(*s), Some(*n));
+            }
         }
         prop_assert!(!next.has_unassigned());
-        prop_assert!(allocate_pinned(&next, &nodes, &pins).is_empty(), "a second run changes nothing");
-        // No pins, no difference from the plain allocator.
-        prop_assert_eq!(allocate_pinned(&map, &nodes, &BTreeMap::new()), allocate(&map, &nodes));
+        // Nobody holds more than its quota (rounded up), unless its pins alone are more.
+        let total: u64 = nodes.iter().map(|n| u64::from(n.weight)).sum();
+        let counts = next.owner_counts();
+        for n in &nodes {
+            let quota = (u64::from(shards) * u64::from(n.weight)).div_ceil(total);
+            let pinned = pins.iter().filter(|(s, p)| **p == n.id && next.owner(**s) == Some(n.id)).count() as u64;
+            let held = u64::from(counts.get(&n.id).copied().unwrap_or(0));
+            prop_assert!(held <= quota.max(pinned), "node {} holds {held}, quota {quota}, pinned {pinned}", n.id);
+        }
+        for s in 0..shards {
+            let a = next.assignment(ShardId(s));
+            prop_assert!(!a.replicas.contains(&a.owner.unwrap()), "shard {s}: its owner is its own follower");
+        }
+        // A fixpoint with one copy; with followers and unequal weights the follower phase can
+        // move one follower back and forth between runs (docs/sharding.md, "Known limits").
+        if r == 1 {
+            prop_assert!(allocate_pinned(&next, &nodes, &pins).is_empty(), "a second run changes nothing");
+        }
     }
 }
