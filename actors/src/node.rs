@@ -61,6 +61,9 @@ pub struct Config {
     pub dashboard: Option<String>,
     /// The host (or `host:port`) published instead of the listening addresses.
     pub advertise: Option<String>,
+    /// The wire protocol version announced at handshakes, for tests that stand in for an older
+    /// build (default: [`crate::wire::VERSION`]).
+    pub wire_version: Option<u32>,
     /// Pre-shared cluster secret.
     pub secret: Option<[u8; 32]>,
     /// mDNS discovery on or off.
@@ -287,6 +290,7 @@ impl Node {
         tcfg.secret = cfg.secret;
         tcfg.mdns = cfg.mdns;
         tcfg.faults = cfg.faults.clone();
+        tcfg.wire_version = cfg.wire_version.unwrap_or(crate::wire::VERSION);
         let transport = Transport::spawn(tcfg, outputs, &transport_arbiter.handle()).await?;
 
         let raft_cfg = cfg.raft.to_openraft(&cfg.cluster.to_string())?;

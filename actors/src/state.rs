@@ -109,6 +109,29 @@ pub enum Command {
     AbortRebalance,
 }
 
+impl Command {
+    /// The wire protocol version that introduced this command ([`crate::wire::VERSION`]): a
+    /// node speaking an older one cannot decode it, so it is not written until none is left.
+    pub fn since_wire(&self) -> u32 {
+        match self {
+            Command::Init { .. }
+            | Command::RegisterMember { .. }
+            | Command::SetAssignments { .. }
+            | Command::RemoveMember { .. }
+            | Command::BeginHandoff { .. }
+            | Command::Released { .. }
+            | Command::SetDraining { .. } => 1,
+            Command::SetDrained { .. }
+            | Command::HoldLearner { .. }
+            | Command::SetProduction
+            | Command::SetAllowed { .. }
+            | Command::Pin { .. }
+            | Command::SetRebalance { .. }
+            | Command::AbortRebalance => 2,
+        }
+    }
+}
+
 /// A planned move in progress: the shard is unowned until `from` confirms it stopped.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Handoff {

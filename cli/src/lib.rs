@@ -560,12 +560,14 @@ fn print_members(m: &Value) -> Result<(), Failure> {
                     } else {
                         "-"
                     };
-                    vec![text(&m["id"]), role, text(&m["state"]), drain.into(), text(&m["shards"]), text(&m["addr"])]
+                    let (id, state, shards, addr, wire) =
+                        (text(&m["id"]), text(&m["state"]), text(&m["shards"]), text(&m["addr"]), text(&m["wire"]));
+                    vec![id, role, state, drain.into(), shards, wire, addr]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["ID", "ROLE", "STATE", "DRAIN", "SHARDS", "ADDRESS"], rows);
+    table(&["ID", "ROLE", "STATE", "DRAIN", "SHARDS", "WIRE", "ADDRESS"], rows);
     Ok(())
 }
 

@@ -158,8 +158,9 @@ impl Cluster {
                 std::any::type_name::<E>()
             )
         });
+        let entity = self.inner.registry.entity_id::<E>().expect("registered: its host exists");
         Sharded {
-            entity: crate::entity::wire_id::<E>(),
+            entity,
             host,
             registry: self.inner.registry.clone(),
             router: self.inner.router.clone(),

@@ -61,8 +61,8 @@ pub enum ConfigError {
     /// An entity type was registered twice.
     #[error("entity: {0} is registered twice")]
     DuplicateEntity(&'static str),
-    /// Two registered types hash to the same wire id: rename one.
-    #[error("entity: {a} and {b} have the same wire id; rename one of them")]
+    /// Two registered types have the same wire name (or hash to the same wire id): name one.
+    #[error("entity: {a} and {b} have the same wire name; give one another with .named(..) or .handles_as::<..>(..)")]
     WireIdCollision {
         /// One type.
         a: &'static str,
@@ -197,6 +197,7 @@ pub struct Builder {
     members: Vec<String>,
     management_token: Option<clusterfunk_actors::types::Token>,
     advertise: Option<String>,
+    wire_version: Option<u32>,
     membership: clusterfunk_actors::membership::Config,
     raft: clusterfunk_actors::consensus::Config,
     debounce: Duration,
@@ -235,6 +236,7 @@ impl Default for Builder {
             members: Vec::new(),
             management_token: None,
             advertise: None,
+            wire_version: None,
             membership: Default::default(),
             raft: Default::default(),
             debounce: clusterfunk_actors::shard_manager::Config::default().debounce,
@@ -523,6 +525,15 @@ impl Builder {
         self
     }
 
+    /// Upgrade tests only: announce this wire protocol version at handshakes, standing in for
+    /// an older build (the leader then writes no change that version cannot read). Never in
+    /// production.
+    #[doc(hidden)]
+    pub fn announce_wire_version(mut self, v: u32) -> Self {
+        self.wire_version = Some(v);
+        self
+    }
+
     /// Clock fault injection, for the chaos lab: the lease clock runs at `rate` of true time
     /// (a drift past the configured ρ). Never in production.
     #[doc(hidden)]
@@ -636,6 +647,7 @@ impl Builder {
             secret,
             mdns: self.mdns,
             advertise,
+            wire_version: self.wire_version,
             membership: self.membership,
             raft,
             shard_manager: clusterfunk_actors::shard_manager::Config { debounce: self.debounce, ..Default::default() },

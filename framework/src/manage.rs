@@ -68,7 +68,7 @@ pub(crate) fn members(cluster: &Cluster) -> Vec<MemberInfo> {
     let owned = map.owner_counts();
     ids.into_iter()
         .map(|id| MemberInfo {
-            member: crate::status::member_status(id, &applied, &view),
+            member: crate::status::member_status(id, &applied, &view, node),
             leader: leader == Some(id),
             draining: applied.state.is_draining(id),
             drained: applied.state.drained.contains(&id),

@@ -128,6 +128,9 @@ pub struct MemberStatus {
     pub zone: Option<String>,
     /// Dashboard `host:port`, if it serves one.
     pub dashboard: Option<String>,
+    /// The wire protocol version it announced at its last handshake with this node (this
+    /// node's own for itself), if known.
+    pub wire: Option<u32>,
 }
 
 /// A summary of the shard map.
@@ -185,7 +188,8 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
     let applied = node.applied.borrow().clone();
     let view = node.view.borrow().clone();
     let map = node.map.borrow().clone();
-    let members = applied.membership.membership().nodes().map(|(id, _)| member_status(*id, &applied, &view)).collect();
+    let members =
+        applied.membership.membership().nodes().map(|(id, _)| member_status(*id, &applied, &view, node)).collect();
     let owners = map.owner_counts().iter().map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>();
     let assigned: u32 = map.owner_counts().values().sum();
     let stats = node.transport.stats();
@@ -265,7 +269,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
 
 /// One node as this node sees it: what it said about itself by gossip (or registered), its Raft
 /// role (`registered` when it is only in the cluster state) and its liveness.
-pub(crate) fn member_status(id: NodeId, applied: &AppliedState, view: &View) -> MemberStatus {
+pub(crate) fn member_status(id: NodeId, applied: &AppliedState, view: &View, node: &Node) -> MemberStatus {
     let membership = applied.membership.membership();
     let seen = view.members.get(&id);
     let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(&id));
@@ -287,6 +291,11 @@ pub(crate) fn member_status(id: NodeId, applied: &AppliedState, view: &View) -> 
         workers: meta.map_or(1, |m| m.workers),
         zone: meta.and_then(|m| m.zone.clone()),
         dashboard: meta.and_then(|m| m.dashboard.clone()),
+        wire: if id == node.id {
+            Some(node.transport.wire_version())
+        } else {
+            meta.and_then(|m| m.peer_id).and_then(|p| node.transport.peer_wire(&p))
+        },
     }
 }
 

@@ -153,3 +153,51 @@ fn registering_a_type_twice_is_refused() {
         .unwrap_err();
     assert!(matches!(err, ConfigError::DuplicateEntity(name) if name.ends_with("Fragile")), "{err}");
 }
+
+/// A second message type named `Inc`, in another module: the same default wire name.
+mod other {
+    use actix::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Message, Serialize, Deserialize)]
+    #[rtype(result = "u64")]
+    pub struct Inc;
+
+    impl Handler<Inc> for super::Fragile {
+        type Result = u64;
+        fn handle(&mut self, _: Inc, _: &mut Context<Self>) -> u64 {
+            self.0 += 10;
+            self.0
+        }
+    }
+}
+
+#[test]
+fn two_types_under_one_wire_name_are_refused_until_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = builder(dir.path()).entity::<Fragile>(|e| e.handles::<Inc>().handles::<other::Inc>()).build().unwrap_err();
+    assert!(matches!(err, ConfigError::WireIdCollision { .. }), "{err}");
+    assert!(err.to_string().contains("handles_as"), "the error says how: {err}");
+    builder(dir.path())
+        .entity::<Fragile>(|e| e.named("lifecycle.fragile").handles::<Inc>().handles_as::<other::Inc>("other.inc"))
+        .build()
+        .expect("named apart, both are accepted");
+}
+
+#[actix::test]
+async fn a_message_named_by_its_registration_is_delivered_under_that_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = builder(dir.path())
+        .entity::<Fragile>(|e| e.named("lifecycle.fragile").handles_as::<other::Inc>("other.inc"))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let f = c.sharded::<Fragile>();
+    c.wait_until(Duration::from_secs(10), "a shard map", |s| s.shard_map.epoch > 0).await.unwrap();
+    assert_eq!(f.send(&"k".to_string(), other::Inc).await.unwrap(), 10);
+    let unregistered = f.send(&"k".to_string(), Inc).await.unwrap_err();
+    assert!(matches!(unregistered, SendError::NotRegistered { .. }), "{unregistered}");
+    c.shutdown().await;
+}

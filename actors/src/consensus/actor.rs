@@ -87,6 +87,9 @@ pub enum ProposeError {
     /// The leader refused the forwarded command.
     #[error("the leader refused the command: {0}")]
     Refused(Unauthorized),
+    /// A node of the configuration could not read the command yet.
+    #[error(transparent)]
+    Upgrade(manage::Refused),
 }
 
 /// The consensus actor.
@@ -106,6 +109,8 @@ pub struct Consensus {
     jobs: Arc<std::sync::Mutex<Jobs>>,
     /// The leader's shard manager, for rebalance plans and commits (it starts after consensus).
     rebalancer: Arc<OnceLock<Recipient<Rebalance>>>,
+    /// Why an auto membership step waits for an upgrade (logged once per reason).
+    upgrade_wait: Option<String>,
 }
 
 /// What carrying out a membership request needs, cloned out of the actor.
@@ -163,6 +168,14 @@ impl Exec {
                     return Err(ManageError::Refused(why));
                 }
             };
+            for step in &steps {
+                if let Step::Write(cmd) = step {
+                    if let Err(why) = wire_gate(&self.raft, &self.transport, cmd) {
+                        info!(op = op.name(), reason = %why, "membership request refused");
+                        return Err(ManageError::Refused(why));
+                    }
+                }
+            }
             info!(op = op.name(), ?op, steps = steps.len(), "membership request");
             total += steps.len();
             leader = self.steps(&op, steps).await?.or(Some(m.id));
@@ -286,6 +299,28 @@ impl Exec {
             }
         }
         Ok(leader)
+    }
+}
+
+/// Refuses `cmd` while a node of the Raft configuration announced (at its last handshake) a wire
+/// protocol version older than the one that introduced `cmd`: it could not decode the entry
+/// and would stop at it. Nodes never seen since this one started are not counted.
+fn wire_gate(raft: &Raft, transport: &transport::Handle, cmd: &Command) -> Result<(), manage::Refused> {
+    let needs = cmd.since_wire();
+    if needs <= 1 {
+        return Ok(());
+    }
+    let m = raft.metrics().borrow().clone();
+    let oldest = m
+        .membership_config
+        .membership()
+        .nodes()
+        .filter(|(id, _)| **id != m.id)
+        .filter_map(|(id, n)| n.peer_id.and_then(|p| transport.peer_wire(&p)).map(|w| (w, *id)))
+        .min();
+    match oldest {
+        Some((has, node)) if has < needs => Err(manage::Refused::Upgrade { node, has, needs }),
+        _ => Ok(()),
     }
 }
 
@@ -413,6 +448,7 @@ impl Consensus {
             token,
             jobs: Default::default(),
             rebalancer: Default::default(),
+            upgrade_wait: None,
         }
     }
 
@@ -498,6 +534,15 @@ impl Consensus {
         let view = self.view.borrow().clone();
         self.note_unadmitted(&applied, &view);
         let Some(action) = auto::next_action(&applied, &view, &self.settings) else { return };
+        if let Action::Write(cmd) = &action {
+            if let Err(why) = wire_gate(&self.raft, &self.transport, cmd) {
+                if self.upgrade_wait.replace(why.to_string()).as_deref() != Some(&why.to_string()) {
+                    warn!(reason = %why, "membership step waits for an upgrade");
+                }
+                return;
+            }
+        }
+        self.upgrade_wait = None;
         info!(?action, "membership step");
         let raft = self.raft.clone();
         let fut = async move {
@@ -672,6 +717,9 @@ impl Handler<Propose> for Consensus {
         // logged by openraft as an error.
         if self.raft.metrics().borrow().running_state.is_err() {
             return Box::pin(std::future::ready(Err(ProposeError::NoLeader)));
+        }
+        if let Err(why) = wire_gate(&self.raft, &self.transport, &msg.0) {
+            return Box::pin(std::future::ready(Err(ProposeError::Upgrade(why))));
         }
         Box::pin(async move {
             match raft.client_write(msg.0.clone()).await {

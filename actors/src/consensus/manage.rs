@@ -157,6 +157,16 @@ pub enum Refused {
     /// A new leader lets the members renew their leases with it before it moves shards.
     #[error("the leader took over moments ago and waits for the members' leases; retry in a few seconds")]
     Settling,
+    /// A node of the configuration speaks an older wire protocol and could not read the change.
+    #[error("node {node} speaks wire protocol {has} and cannot read this change (it needs {needs}): upgrade it first (docs/operations.md, \"Rolling upgrades\")")]
+    Upgrade {
+        /// The oldest node.
+        node: NodeId,
+        /// The version it announced.
+        has: u32,
+        /// The version the change needs.
+        needs: u32,
+    },
     /// Handoffs are in flight: each one that finishes changes the plan.
     #[error("{0} handoffs are still in flight; plan once they finished (`clusterfunk shards` shows them)")]
     HandoffsInFlight(usize),

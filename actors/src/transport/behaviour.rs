@@ -32,6 +32,18 @@ pub(crate) fn protocol_version(cfg: &Config) -> String {
     format!("clusterfunk/1/{}/{}", cfg.cluster.key, cfg.cluster.env)
 }
 
+/// The identify agent version: the build, and the wire protocol version it speaks
+/// (`clusterfunk/0.1.0 wire/2`).
+pub(crate) fn agent_version(wire: u32) -> String {
+    format!("clusterfunk/{} wire/{wire}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The wire protocol version in a peer's agent version; a build from before the version
+/// exchange announced none, and speaks version 1.
+pub(crate) fn wire_of(agent_version: &str) -> u32 {
+    agent_version.split_whitespace().find_map(|t| t.strip_prefix("wire/")).and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
 /// The gossip topic for membership heartbeats.
 pub(crate) fn topic(cfg: &Config) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("clusterfunk/{}/{}/members", cfg.cluster.key, cfg.cluster.env))
@@ -61,7 +73,7 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error
     let local = cfg.keypair.public().to_peer_id();
     let identify = identify::Behaviour::new(
         identify::Config::new(protocol_version(cfg), cfg.keypair.public())
-            .with_agent_version(format!("clusterfunk/{}", env!("CARGO_PKG_VERSION"))),
+            .with_agent_version(agent_version(cfg.wire_version)),
     );
     let mdns = if cfg.mdns {
         let mdns_cfg = mdns::Config { query_interval: Duration::from_secs(5), ..mdns::Config::default() };
@@ -103,4 +115,17 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_version_rides_in_the_agent_version() {
+        assert_eq!(wire_of(&agent_version(crate::wire::VERSION)), crate::wire::VERSION);
+        assert_eq!(wire_of(&agent_version(7)), 7);
+        assert_eq!(wire_of("clusterfunk/0.1.0"), 1, "a build before the exchange speaks version 1");
+        assert_eq!(wire_of("clusterfunk/0.1.0 wire/x"), 1);
+    }
 }

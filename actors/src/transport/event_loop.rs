@@ -86,6 +86,7 @@ impl Transport {
         let stats = Arc::new(Stats::default());
         let faults = Arc::new(crate::faults::MessageFaults::new(cfg.faults.clone()));
         let rpc_timeout = cfg.rpc_timeout;
+        let wire_version = cfg.wire_version;
         let local = cfg.keypair.public().to_peer_id();
         let (started_tx, started_rx) = oneshot::channel();
         let task_stats = stats.clone();
@@ -130,7 +131,7 @@ impl Transport {
             return Err(StartError::Stopped);
         }
         let streams = started_rx.await.map_err(|_| StartError::Stopped)??;
-        Ok(Handle { tx, seeds, local, stats, streams, faults, rpc_timeout })
+        Ok(Handle { tx, seeds, local, stats, streams, faults, rpc_timeout, wire_version })
     }
 
     async fn run(mut self) {
@@ -284,6 +285,11 @@ impl Transport {
             self.foreign.insert(peer_id);
             let _ = self.swarm.disconnect_peer_id(peer_id);
             return;
+        }
+        let wire = behaviour::wire_of(&info.agent_version);
+        let old = self.stats.peer_wire.lock().unwrap_or_else(|e| e.into_inner()).insert(peer_id, wire);
+        if old != Some(wire) && wire != crate::wire::VERSION {
+            info!(peer = %peer_id, theirs = wire, ours = crate::wire::VERSION, "peer speaks another wire protocol version");
         }
         for a in &info.listen_addrs {
             self.swarm.add_peer_address(peer_id, a.clone());

@@ -56,6 +56,9 @@ pub struct Config {
     /// Message-level fault injection from the start (tests and the chaos lab only); can also
     /// be set later with [`Handle::faults`]. Default none.
     pub faults: Option<FaultPlan>,
+    /// The wire protocol version announced at the handshake. Default [`crate::wire::VERSION`];
+    /// another value only in tests that stand in for an older build.
+    pub wire_version: u32,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             rpc_timeout: Duration::from_secs(2),
             redial_interval: Duration::from_secs(2),
             faults: None,
+            wire_version: crate::wire::VERSION,
         }
     }
 }
@@ -162,6 +166,9 @@ pub struct Stats {
     pub connected_peers: AtomicU64,
     /// Gossip heartbeats signed by another peer than the one they describe, dropped.
     pub forged_heartbeats: AtomicU64,
+    /// The wire protocol version each peer announced at its handshake (identify), kept after
+    /// it disconnects (the last one known).
+    pub peer_wire: std::sync::Mutex<std::collections::HashMap<PeerId, u32>>,
 }
 
 impl Stats {
@@ -189,9 +196,15 @@ pub struct Handle {
     streams: libp2p_stream::Control,
     faults: Arc<MessageFaults>,
     rpc_timeout: Duration,
+    wire_version: u32,
 }
 
 impl Handle {
+    /// The wire protocol version this node announces.
+    pub fn wire_version(&self) -> u32 {
+        self.wire_version
+    }
+
     /// What is known of each static seed (addresses, resolution errors).
     pub fn seeds(&self) -> Vec<seeds::SeedStatus> {
         self.seeds.status()
@@ -200,6 +213,12 @@ impl Handle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// The wire protocol version `peer` announced at its handshake (the last one known), if it
+    /// connected since this node started.
+    pub fn peer_wire(&self, peer: &PeerId) -> Option<u32> {
+        self.stats.peer_wire.lock().unwrap_or_else(|e| e.into_inner()).get(peer).copied()
     }
 
     /// A control to open and accept long-lived streams (the proxy path). Each clone has one

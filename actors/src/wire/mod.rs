@@ -14,6 +14,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub mod gossip;
+
+/// The wire protocol version this build speaks, announced at every handshake (identify's agent
+/// version, `wire/N`). Version 1: the builds before the exchange (no `wire/` token). Version 2
+/// adds the operators' commands to the cluster state (`SetDrained` .. `AbortRebalance`) and
+/// their relay (`RaftRequest::Manage`, `ManageResult`, `ReadIndex`). A leader writes a command
+/// only once every node of the Raft configuration announced a version that reads it
+/// (`state::Command::since_wire`; docs/operations.md, "Rolling upgrades").
+pub const VERSION: u32 = 2;
 pub use gossip::{Gossip, Heartbeat};
 
 /// Encodes a message with rmp-serde.

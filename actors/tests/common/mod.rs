@@ -22,6 +22,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         zone: None,
         dashboard: None,
         advertise: None,
+        wire_version: None,
         secret: None,
         mdns: false,
         membership: Default::default(),

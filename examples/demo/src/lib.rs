@@ -114,6 +114,9 @@ pub struct Args {
     /// Fault injection for the chaos lab: the lease clock runs at this rate of true time.
     #[arg(long, hide = true)]
     pub lease_clock_rate: Option<f64>,
+    /// Upgrade tests: announce this wire protocol version, standing in for an older build.
+    #[arg(long, hide = true)]
+    pub announce_wire_version: Option<u32>,
     /// Demo traffic: messages per second this node sends to random counters (0 = none).
     #[arg(long, default_value_t = 50)]
     pub traffic: u32,
@@ -306,6 +309,10 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
     }
     if let Some(rate) = args.lease_clock_rate {
         b = b.lease_clock_rate(rate);
+    }
+    if let Some(v) = args.announce_wire_version {
+        tracing::warn!(wire = v, "announcing an older wire protocol version (an upgrade test)");
+        b = b.announce_wire_version(v);
     }
     let cluster = b.build()?.start_with_routes(app.routes).await?;
     if let (Some(load), true) = (app.traffic, args.traffic > 0) {

@@ -128,9 +128,50 @@ where
     type Output = M::Result;
 }
 
-/// The wire id of a type: xxh3 of its type name. Derived here and nowhere else; every node
-/// runs the same binary, so the names agree, and collisions are refused when the cluster is built.
-pub(crate) fn wire_id<T: ?Sized>() -> (u64, &'static str) {
-    let name = std::any::type_name::<T>();
-    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()), name)
+/// The wire id of a wire name: xxh3 of its bytes. Derived here and nowhere else.
+pub(crate) fn wire_id(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+/// The default wire name of a type: its name without module paths (`Vec<Add>` for
+/// `alloc::vec::Vec<demo::counter::Add>`), so moving a type to another module does not change
+/// it. Kept for the life of the process (one per registered type).
+pub(crate) fn default_wire_name<T: ?Sized>() -> &'static str {
+    Box::leak(short_name(std::any::type_name::<T>()).into_boxed_str())
+}
+
+/// `full` without its path segments.
+fn short_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut ident = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            ident.push(c);
+        } else if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            ident.clear();
+        } else {
+            out.push_str(&ident);
+            ident.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&ident);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_wire_names_ignore_module_paths() {
+        assert_eq!(short_name("demo::counter::Add"), "Add");
+        assert_eq!(short_name("alloc::vec::Vec<demo::counter::Add>"), "Vec<Add>");
+        assert_eq!(short_name("a::Pair<b::X, c::d::Y>"), "Pair<X, Y>");
+        assert_eq!(short_name("Plain"), "Plain");
+        // Pinned: a wire id is part of the protocol (docs/wire-protocol.md).
+        assert_eq!(wire_id("Add"), xxhash_rust::xxh3::xxh3_64(b"Add"));
+    }
 }

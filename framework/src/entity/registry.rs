@@ -12,33 +12,87 @@ use clusterfunk_actors::types::NodeId;
 use futures::future::BoxFuture;
 
 use super::host::{Admission, EntityHost, HostControl, Undelivered};
-use super::{wire_id, RemoteMessage, ShardedActor};
+use super::{default_wire_name, wire_id, RemoteMessage, ShardedActor};
 use crate::config::ConfigError;
 
 type Handle = Arc<dyn Fn(Envelope) -> BoxFuture<'static, Result<Vec<u8>, Refusal>> + Send + Sync>;
 type MakeHandle<E> = fn(Arc<EntityHost<E>>) -> Handle;
 
+/// One registered message type.
+struct MessageReg<E: ShardedActor> {
+    id: u64,
+    name: &'static str,
+    ty: TypeId,
+    type_name: &'static str,
+    make: MakeHandle<E>,
+}
+
 /// The messages an entity type handles from other nodes; built with
 /// `Cluster::builder().entity::<E>(|e| e.handles::<M1>().handles::<M2>())`.
+///
+/// Every entity type and message type has a **wire name**, which nodes use to tell each other
+/// what a message is: by default the type's name without its module path (`Counter`, `Add`),
+/// so moving a type to another module changes nothing on the wire. Name them yourself when two
+/// types share a name, or to keep the wire name when a type is renamed:
+///
+/// ```
+/// # use actix::prelude::*;
+/// # use clusterfunk::{EntityInfo, ShardedActor};
+/// # struct Counter;
+/// # impl Actor for Counter { type Context = Context<Self>; }
+/// # impl ShardedActor for Counter { type Key = String; fn from_key(_: &String, _: EntityInfo) -> Self { Counter } }
+/// # #[derive(Message, serde::Serialize, serde::Deserialize)] #[rtype(result = "u64")] struct Add(u64);
+/// # impl Handler<Add> for Counter { type Result = u64; fn handle(&mut self, _: Add, _: &mut Context<Self>) -> u64 { 0 } }
+/// let builder = clusterfunk::Cluster::builder()
+///     .entity::<Counter>(|e| e.named("shop.counter").handles_as::<Add>("shop.counter.add"));
+/// # let _ = builder;
+/// ```
 pub struct EntityRegistration<E: ShardedActor> {
-    messages: Vec<(u64, &'static str, MakeHandle<E>)>,
+    name: Option<&'static str>,
+    messages: Vec<MessageReg<E>>,
     _entity: PhantomData<fn() -> E>,
 }
 
 impl<E: ShardedActor> EntityRegistration<E> {
     pub(crate) fn new() -> Self {
-        EntityRegistration { messages: Vec::new(), _entity: PhantomData }
+        EntityRegistration { name: None, messages: Vec::new(), _entity: PhantomData }
     }
 
-    /// `E` accepts `M` from any node.
-    pub fn handles<M>(mut self) -> Self
+    /// The entity type's wire name (default: its type name without the module path). Every
+    /// node of a cluster must use the same one.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// `E` accepts `M` from any node, under `M`'s default wire name (its type name without the
+    /// module path).
+    pub fn handles<M>(self) -> Self
     where
         M: RemoteMessage,
         E: Handler<M>,
     {
-        let (id, name) = wire_id::<M>();
-        self.messages.push((id, name, make_handle::<E, M>));
+        self.handles_as::<M>(default_wire_name::<M>())
+    }
+
+    /// `E` accepts `M` from any node, under the wire name `name`.
+    pub fn handles_as<M>(mut self, name: &'static str) -> Self
+    where
+        M: RemoteMessage,
+        E: Handler<M>,
+    {
+        self.messages.push(MessageReg {
+            id: wire_id(name),
+            name,
+            ty: TypeId::of::<M>(),
+            type_name: std::any::type_name::<M>(),
+            make: make_handle::<E, M>,
+        });
         self
+    }
+
+    fn wire_name(&self) -> &'static str {
+        self.name.unwrap_or_else(default_wire_name::<E>)
     }
 }
 
@@ -71,8 +125,10 @@ where
 
 /// What a registration contributes once the node runs.
 pub(crate) trait EntitySpec: Send + Sync {
-    fn entity(&self) -> (u64, &'static str);
-    fn messages(&self) -> Vec<(u64, &'static str)>;
+    /// The wire id, wire name and Rust type name.
+    fn entity(&self) -> (u64, &'static str, &'static str);
+    /// The messages' wire ids, wire names and Rust type names.
+    fn messages(&self) -> Vec<(u64, &'static str, &'static str)>;
     fn install(&self, env: &HostEnv, reg: &mut Registry);
 }
 
@@ -84,43 +140,48 @@ pub(crate) struct HostEnv {
 }
 
 impl<E: ShardedActor> EntitySpec for EntityRegistration<E> {
-    fn entity(&self) -> (u64, &'static str) {
-        wire_id::<E>()
+    fn entity(&self) -> (u64, &'static str, &'static str) {
+        let name = self.wire_name();
+        (wire_id(name), name, std::any::type_name::<E>())
     }
 
-    fn messages(&self) -> Vec<(u64, &'static str)> {
-        self.messages.iter().map(|(id, name, _)| (*id, *name)).collect()
+    fn messages(&self) -> Vec<(u64, &'static str, &'static str)> {
+        self.messages.iter().map(|m| (m.id, m.name, m.type_name)).collect()
     }
 
     fn install(&self, env: &HostEnv, reg: &mut Registry) {
         let host = Arc::new(EntityHost::<E>::new(env.arbiters.clone(), env.node, env.ownership.clone(), env.idle));
-        let (eid, name) = wire_id::<E>();
+        let name = self.wire_name();
+        let eid = wire_id(name);
         reg.entities.insert(eid, name);
-        for (mid, _, make) in &self.messages {
-            reg.handlers.insert((eid, *mid), make(host.clone()));
+        reg.entity_ids.insert(TypeId::of::<E>(), (eid, std::any::type_name::<E>()));
+        for m in &self.messages {
+            reg.handlers.insert((eid, m.id), (m.make)(host.clone()));
+            reg.message_ids.insert((TypeId::of::<E>(), m.ty), m.id);
         }
         reg.controls.push(host.clone());
         reg.hosts.insert(TypeId::of::<E>(), host);
     }
 }
 
-/// Refuses registrations whose wire ids collide (or repeat an entity type).
+/// Refuses registrations whose wire ids collide (two types under one wire name, or two names
+/// with one hash) or that repeat an entity type.
 pub(crate) fn check_ids(specs: &[Arc<dyn EntitySpec>]) -> Result<(), ConfigError> {
     let mut entities: HashMap<u64, &'static str> = HashMap::new();
     for spec in specs {
-        let (id, name) = spec.entity();
-        if let Some(other) = entities.insert(id, name) {
-            return Err(if other == name {
-                ConfigError::DuplicateEntity(name)
+        let (id, _, ty) = spec.entity();
+        if let Some(other) = entities.insert(id, ty) {
+            return Err(if other == ty {
+                ConfigError::DuplicateEntity(ty)
             } else {
-                ConfigError::WireIdCollision { a: other, b: name }
+                ConfigError::WireIdCollision { a: other, b: ty }
             });
         }
         let mut messages: HashMap<u64, &'static str> = HashMap::new();
-        for (mid, mname) in spec.messages() {
-            if let Some(other) = messages.insert(mid, mname) {
-                if other != mname {
-                    return Err(ConfigError::WireIdCollision { a: other, b: mname });
+        for (mid, _, mty) in spec.messages() {
+            if let Some(other) = messages.insert(mid, mty) {
+                if other != mty {
+                    return Err(ConfigError::WireIdCollision { a: other, b: mty });
                 }
             }
         }
@@ -134,6 +195,10 @@ pub(crate) struct Registry {
     entities: HashMap<u64, &'static str>,
     handlers: HashMap<(u64, u64), Handle>,
     hosts: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    /// Entity type → its wire id and Rust type name.
+    entity_ids: HashMap<TypeId, (u64, &'static str)>,
+    /// (entity type, message type) → the message's wire id.
+    message_ids: HashMap<(TypeId, TypeId), u64>,
     pub(crate) controls: Vec<Arc<dyn HostControl>>,
 }
 
@@ -150,8 +215,14 @@ impl Registry {
         self.hosts.get(&TypeId::of::<E>()).cloned().and_then(|h| h.downcast::<EntityHost<E>>().ok())
     }
 
-    pub(crate) fn handles(&self, entity: u64, message: u64) -> bool {
-        self.handlers.contains_key(&(entity, message))
+    /// The wire id and type name of entity type `E`, if registered.
+    pub(crate) fn entity_id<E: ShardedActor>(&self) -> Option<(u64, &'static str)> {
+        self.entity_ids.get(&TypeId::of::<E>()).copied()
+    }
+
+    /// The wire id `M` was registered under for `E`, if it was.
+    pub(crate) fn message_id<E: ShardedActor, M: 'static>(&self) -> Option<u64> {
+        self.message_ids.get(&(TypeId::of::<E>(), TypeId::of::<M>())).copied()
     }
 }
 

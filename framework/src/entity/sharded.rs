@@ -10,7 +10,7 @@ use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 
 use super::host::{Admission, EntityHost, Undelivered};
 use super::registry::Registry;
-use super::{wire_id, RemoteMessage, ShardedActor};
+use super::{RemoteMessage, ShardedActor};
 use crate::RouteError;
 
 /// Why a message to an entity was not answered.
@@ -51,7 +51,7 @@ impl From<Refusal> for SendError {
 
 /// Sends messages to the entities of type `E`, wherever they live. Cheap to clone.
 pub struct Sharded<E: ShardedActor> {
-    /// The entity type's wire id and name, computed once.
+    /// The entity type's wire id and Rust type name, looked up once.
     pub(crate) entity: (u64, &'static str),
     pub(crate) host: Arc<EntityHost<E>>,
     pub(crate) registry: Arc<Registry>,
@@ -203,11 +203,10 @@ impl<E: ShardedActor> Sharded<E> {
     /// The wire ids of `E` and `M`, if `M` was registered for `E`.
     fn ids<M: RemoteMessage>(&self) -> Result<(u64, u64), SendError> {
         let (eid, ename) = self.entity;
-        let (mid, mname) = wire_id::<M>();
-        if !self.registry.handles(eid, mid) {
-            return Err(SendError::NotRegistered { entity: ename, message: mname });
+        match self.registry.message_id::<E, M>() {
+            Some(mid) => Ok((eid, mid)),
+            None => Err(SendError::NotRegistered { entity: ename, message: std::any::type_name::<M>() }),
         }
-        Ok((eid, mid))
     }
 
     /// Before this node has the cluster's state there is no shard count: wait for the first map.
