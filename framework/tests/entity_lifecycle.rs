@@ -175,7 +175,8 @@ mod other {
 #[test]
 fn two_types_under_one_wire_name_are_refused_until_one_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let err = builder(dir.path()).entity::<Fragile>(|e| e.handles::<Inc>().handles::<other::Inc>()).build().unwrap_err();
+    let err =
+        builder(dir.path()).entity::<Fragile>(|e| e.handles::<Inc>().handles::<other::Inc>()).build().unwrap_err();
     assert!(matches!(err, ConfigError::WireIdCollision { .. }), "{err}");
     assert!(err.to_string().contains("handles_as"), "the error says how: {err}");
     builder(dir.path())

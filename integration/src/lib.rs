@@ -48,7 +48,9 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    // A body is JSON (the examples' mutating routes refuse anything else).
+    let ct = if method == "GET" { "" } else { "Content-Type: application/json\r\n" };
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;

@@ -77,5 +77,13 @@ fn a_wrong_secret_cannot_connect() -> anyhow::Result<()> {
     let bad_id = bad_status["node_id"].as_str().unwrap_or_default().to_string();
     assert!(!s["members"].to_string().contains(&bad_id), "the wrong secret never joins: {s}");
     assert_eq!(bad_status["transport"]["connected_peers"], 0, "the wrong secret has no connection: {bad_status}");
+    // In no member list of any good node: the status, the management API, the shard map.
+    for n in [&a, &good] {
+        for path in ["/api/cluster", "/cluster/members", "/cluster/shards"] {
+            let (code, body) = clusterfunk_integration::http_get(&n.dashboard, path)?;
+            assert_eq!(code, 200, "{path}: {body}");
+            assert!(!body.contains(&bad_id), "{path} of {} lists the wrong-secret node: {body}", n.dashboard);
+        }
+    }
     Ok(())
 }

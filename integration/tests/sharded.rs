@@ -26,6 +26,19 @@ fn one_instance_per_key_and_failover() -> anyhow::Result<()> {
     }
     let values: Vec<u64> = answers.iter().map(|a| a["value"].as_u64().unwrap_or(0)).collect();
     assert_eq!(values, vec![1, 2, 3], "one instance counted all three: {answers:?}");
+    // A cross-site form post cannot count (the route takes JSON only), and counts nothing.
+    let form = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&nodes[0].dashboard)?;
+        let ct = "application/x-www-form-urlencoded";
+        write!(s, "POST /counter/k HTTP/1.0\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: 3\r\n\r\na=1")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        resp
+    };
+    assert!(form.starts_with("HTTP/1.0 415") || form.starts_with("HTTP/1.1 415"), "{form}");
+    let again = add(&nodes[0], "k").ok_or_else(|| anyhow::anyhow!("add failed"))?;
+    assert_eq!(again["value"], 4, "the form post counted nothing: {again}");
     let owner = answers[0]["node"].as_str().unwrap_or_default().to_string();
     assert!(answers.iter().all(|a| a["node"] == owner.as_str()), "{answers:?}");
 

@@ -48,9 +48,16 @@ impl Handler<Add> for Counter {
     }
 }
 
-/// `POST /counter/{key}`: adds 1 to the key's counter, wherever it lives.
+/// `POST /counter/{key}` (`Content-Type: application/json`, no body needed): adds 1 to the key's
+/// counter, wherever it lives. Another content type is refused (415): a cross-site form cannot
+/// send JSON. A counter stores one number per key.
 #[post("/counter/{key}")]
-async fn add(cluster: web::Data<Cluster>, key: web::Path<String>) -> HttpResponse {
+async fn add(cluster: web::Data<Cluster>, req: actix_web::HttpRequest, key: web::Path<String>) -> HttpResponse {
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") {
+        return HttpResponse::UnsupportedMediaType()
+            .json(serde_json::json!({ "error": "send Content-Type: application/json (a cross-site form cannot)" }));
+    }
     match cluster.sharded::<Counter>().send(&key.into_inner(), Add(1)).await {
         Ok(added) => HttpResponse::Ok().json(added),
         Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() })),

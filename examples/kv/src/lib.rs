@@ -5,12 +5,17 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `PUT /kv/{key}` (body: the value) | `{"key", "value", "write_id", "node", "shard"}` |
+//! | `PUT /kv/{key}` (body: the value, a JSON string) | `{"key", "value", "write_id", "node", "shard"}` |
 //! | `GET /kv/{key}` | the same, or 404 `{"error": "not found", ...}` |
 //! | `DELETE /kv/{key}` | `{"key", "deleted", "write_id", "node", "shard"}` |
 //! | `POST /kv/{key}/cas` `{"expect": value or null, "value": value}` | 200 as `PUT`, or 409 with the current value |
-//! | `POST /kv/{key}/append` (body: an element) | the key's append-only set, `{"set": [...], ...}` |
+//! | `POST /kv/{key}/append` (body: an element, a JSON string) | the key's append-only set, `{"set": [...], ...}` |
 //! | `GET /kv/{key}/set` | the key's append-only set |
+//!
+//! Bodies are JSON, sent as `Content-Type: application/json`: a request with another content type
+//! is refused (415), so a cross-site form cannot write. What a key stores is bounded: a value of
+//! at most [`MAX_VALUE`] bytes, a set of at most [`MAX_SET`] elements of at most [`MAX_ELEMENT`]
+//! bytes each (413 beyond, nothing stored).
 //!
 //! Every answer also carries `epoch` (the shard's fencing epoch on the node that answered) and
 //! `instance` (the entity incarnation that answered: a restarted or moved entity starts empty).
@@ -21,9 +26,16 @@
 //! not a database.
 
 use actix::prelude::*;
-use actix_web::{delete, get, post, put, web, HttpResponse};
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use clusterfunk::{Cluster, EntityInfo, SendError, ShardedActor};
 use serde::{Deserialize, Serialize};
+
+/// The largest value a key stores, in bytes.
+pub const MAX_VALUE: usize = 64 << 10;
+/// The most elements a key's set holds.
+pub const MAX_SET: usize = 100_000;
+/// The largest set element, in bytes.
+pub const MAX_ELEMENT: usize = 256;
 
 /// The node app: the KV entity and its routes.
 pub const APP: clusterfunk_demo::App = clusterfunk_demo::App {
@@ -134,9 +146,14 @@ pub struct Append(pub String);
 impl Handler<Append> for Kv {
     type Result = MessageResult<Append>;
     fn handle(&mut self, Append(x): Append, _: &mut Context<Self>) -> Self::Result {
-        if !self.set.contains(&x) {
-            self.set.push(x);
+        if self.set.contains(&x) {
+            return MessageResult(self.reply(true));
         }
+        // Full: nothing added, and the answer says so.
+        if self.set.len() >= MAX_SET || x.len() > MAX_ELEMENT {
+            return MessageResult(self.reply(false));
+        }
+        self.set.push(x);
         MessageResult(self.reply(true))
     }
 }
@@ -199,9 +216,48 @@ async fn get_key(cluster: web::Data<Cluster>, key: web::Path<String>) -> HttpRes
     answer(cluster.sharded::<Kv>().send(&key.into_inner(), Get).await, 404)
 }
 
+/// A JSON body of a mutating request, or the answer that refuses it: another content type is
+/// 415 (a cross-site form sends `application/x-www-form-urlencoded`, `multipart/form-data` or
+/// `text/plain`, never JSON), a body that does not parse is 400.
+fn json_body<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: &[u8],
+    what: &str,
+) -> Result<T, Box<HttpResponse>> {
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") {
+        return Err(Box::new(
+            HttpResponse::UnsupportedMediaType()
+                .json(serde_json::json!({ "error": "the body must be JSON, sent as Content-Type: application/json" })),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(
+            HttpResponse::BadRequest().json(serde_json::json!({ "error": format!("the body must be {what}: {e}") })),
+        )
+    })
+}
+
+fn too_large(what: &str, max: usize) -> HttpResponse {
+    HttpResponse::PayloadTooLarge()
+        .json(serde_json::json!({ "error": format!("{what} is over {max} bytes; nothing stored") }))
+}
+
 #[put("/kv/{key}")]
-async fn put_key(cluster: web::Data<Cluster>, key: web::Path<String>, body: String) -> HttpResponse {
-    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Put(body)).await, 409)
+async fn put_key(
+    cluster: web::Data<Cluster>,
+    req: HttpRequest,
+    key: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let value: String = match json_body(&req, &body, "the value, a JSON string") {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if value.len() > MAX_VALUE {
+        return too_large("the value", MAX_VALUE);
+    }
+    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Put(value)).await, 409)
 }
 
 #[delete("/kv/{key}")]
@@ -216,23 +272,44 @@ struct CasBody {
     value: String,
 }
 
-/// The body is JSON whatever its content type, so `curl -d '{...}'` works as is.
 #[post("/kv/{key}/cas")]
-async fn cas_key(cluster: web::Data<Cluster>, key: web::Path<String>, body: web::Bytes) -> HttpResponse {
-    let CasBody { expect, value } = match serde_json::from_slice(&body) {
+async fn cas_key(
+    cluster: web::Data<Cluster>,
+    req: HttpRequest,
+    key: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let CasBody { expect, value } = match json_body(&req, &body, "{\"expect\": value or null, \"value\": value}") {
         Ok(b) => b,
-        Err(e) => {
-            return HttpResponse::BadRequest().json(serde_json::json!({
-                "error": format!("the body must be {{\"expect\": value or null, \"value\": value}}: {e}")
-            }))
-        }
+        Err(r) => return *r,
     };
+    if value.len() > MAX_VALUE {
+        return too_large("the value", MAX_VALUE);
+    }
     answer(cluster.sharded::<Kv>().send(&key.into_inner(), Cas { expect, value }).await, 409)
 }
 
 #[post("/kv/{key}/append")]
-async fn append_key(cluster: web::Data<Cluster>, key: web::Path<String>, body: String) -> HttpResponse {
-    answer(cluster.sharded::<Kv>().send(&key.into_inner(), Append(body)).await, 409)
+async fn append_key(
+    cluster: web::Data<Cluster>,
+    req: HttpRequest,
+    key: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let elem: String = match json_body(&req, &body, "the element, a JSON string") {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    if elem.len() > MAX_ELEMENT {
+        return too_large("the element", MAX_ELEMENT);
+    }
+    match cluster.sharded::<Kv>().send(&key.into_inner(), Append(elem)).await {
+        Ok(reply) if !reply.ok => HttpResponse::InsufficientStorage().json(serde_json::json!({
+            "error": format!("the set is full ({MAX_SET} elements); nothing added"), "key": reply.key,
+            "node": reply.node, "shard": reply.shard, "epoch": reply.epoch, "instance": reply.instance
+        })),
+        r => answer(r, 409),
+    }
 }
 
 #[get("/kv/{key}/set")]

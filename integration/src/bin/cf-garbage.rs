@@ -4,8 +4,10 @@
 //! random bytes under a valid length, length prefixes over the limit, frames cut short, well-formed
 //! proxy requests for unknown entities and out-of-range shards, and random gossip. Then
 //! *well-formed hostile* requests: a high-term AppendEntries and Vote, forwarded `Released` and
-//! `SetAssignments` commands, a lease for the node itself, and heartbeats forged for the node:
-//! every Raft request must be answered `Refused` (it is not a member of the Raft configuration).
+//! `SetAssignments` commands, a lease for the node itself, the operators' path (membership
+//! requests with guessed tokens, forwarded operator commands, a read index, a poll for a relayed
+//! answer), and heartbeats forged for the node: every Raft request must be answered `Refused`
+//! (it is not a member of the Raft configuration), the poll with nothing.
 //!
 //! `cf-garbage --name chaos --env lab [--secret HEX] [--seed N] [--rounds N] HOST:PORT...`
 //!
@@ -20,11 +22,12 @@ use std::io;
 use std::time::Duration;
 
 use clusterfunk::{Epoch, ShardId};
+use clusterfunk_actors::consensus::manage::{ManageError, MemberOp};
 use clusterfunk_actors::consensus::rpc::{LeaseRequest, RaftRequest, RaftResponse};
 use clusterfunk_actors::proxy::{Envelope, Frame};
 use clusterfunk_actors::state::Command;
 use clusterfunk_actors::testing::{framed, RawCodec};
-use clusterfunk_actors::types::{ClusterName, NodeId, NodeMeta};
+use clusterfunk_actors::types::{ClusterName, NodeId, NodeMeta, Token};
 use clusterfunk_actors::wire::{self, Gossip, Heartbeat};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::core::muxing::StreamMuxerBox;
@@ -300,8 +303,9 @@ impl Peer {
         wire::decode(bytes.get(4..)?).ok()
     }
 
-    /// Well-formed hostile requests to one node: each must be refused. Returns (sent, refused).
-    async fn hostile(&mut self, addr: &Multiaddr, args: &Args) -> Result<(u32, u32), String> {
+    /// Well-formed hostile requests to one node: each must be refused. Returns (Raft requests
+    /// sent, refused, forged heartbeats sent).
+    async fn hostile(&mut self, addr: &Multiaddr, args: &Args) -> Result<(u32, u32, u32), String> {
         let peer = self.connect(addr).await.ok_or("cannot connect")?;
         let me = NodeId::from_peer_bytes(&self.swarm.local_peer_id().to_bytes());
         let target = NodeId::from_peer_bytes(&peer.to_bytes());
@@ -318,6 +322,16 @@ impl Peer {
             RaftRequest::ClientWrite(Command::SetAssignments { based_on: Epoch(1), changes: vec![] }),
             RaftRequest::ClientWrite(Command::RemoveMember { id: target }),
             RaftRequest::Lease(LeaseRequest { node: target, term: 1 }),
+            // The operators' path: membership by command with guessed tokens, the operators'
+            // state commands forwarded, and a read index (a members-only view of the log).
+            RaftRequest::Manage { op: MemberOp::Remove(target), token: Token::new("guess-0123456789abcdef") },
+            RaftRequest::Manage { op: MemberOp::Add(me), token: Token::new("") },
+            RaftRequest::Manage { op: MemberOp::RebalanceCommit("0".repeat(16)), token: Token::new("x".repeat(32)) },
+            RaftRequest::ClientWrite(Command::SetAllowed { id: me, allowed: true }),
+            RaftRequest::ClientWrite(Command::SetProduction),
+            RaftRequest::ClientWrite(Command::Pin { shard: ShardId(0), node: Some(me) }),
+            RaftRequest::ClientWrite(Command::AbortRebalance),
+            RaftRequest::ReadIndex,
         ];
         let (mut sent, mut refused) = (0, 0);
         for req in &requests {
@@ -327,8 +341,17 @@ impl Peer {
                 other => eprintln!("  hostile {}: answered {other:?}", req.kind()),
             }
         }
+        // A poll for a relayed request's answer is answered to anyone, with nothing: only the
+        // relay of a request gets its result (and only a member can relay).
+        sent += 1;
+        let poll = RaftRequest::ManageResult { id: 1, token: Token::new("guess-0123456789abcdef") };
+        match self.raft_rpc(peer, &poll).await {
+            Some(RaftResponse::Refused(_)) | Some(RaftResponse::Manage(Err(ManageError::Failed(_)))) => refused += 1,
+            other => eprintln!("  hostile {}: answered {other:?}", poll.kind()),
+        }
         // Heartbeats forged for the node (its id and peer id, our signature), and for a node
         // that does not exist (its id, our peer id).
+        let mut forged = 0;
         let cluster = ClusterName::new(&args.name, &args.env);
         for meta in [
             NodeMeta { id: target, peer_id: Some(peer), weight: 10_000, workers: 1, ..NodeMeta::default() },
@@ -350,10 +373,10 @@ impl Peer {
             };
             let topic = self.topic.clone();
             if self.drive_publish(topic, wire::encode(&Gossip::Heartbeat(hb))).await {
-                sent += 1;
+                forged += 1;
             }
         }
-        Ok((sent, refused))
+        Ok((sent, refused, forged))
     }
 
     /// Publishes `data` once the node is known to subscribe to the topic (up to 3 s).
@@ -439,11 +462,9 @@ async fn main() {
         let sock: std::net::SocketAddr = target.parse().expect("checked above");
         let addr: Multiaddr = format!("/ip4/{}/tcp/{}", sock.ip(), sock.port()).parse().expect("an address");
         match peer.hostile(&addr, &args).await {
-            Ok((sent, refused)) => {
-                println!(
-                    "HOSTILE target={target} sent={sent} refused={refused} (6 raft requests, 2 forged heartbeats)"
-                );
-                not_refused += 6 - refused;
+            Ok((sent, refused, forged)) => {
+                println!("HOSTILE target={target} raft_requests={sent} refused={refused} forged_heartbeats={forged}");
+                not_refused += sent - refused;
             }
             Err(e) => {
                 eprintln!("cf-garbage: {target}: {e}");

@@ -178,7 +178,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "garbage-frames",
-            about: "with the cluster secret on: raw garbage to every node's TCP port, then a peer holding the secret sends random, oversized and cut-short frames on every protocol, and well-formed hostile RPCs (high-term AppendEntries and Vote, forwarded Released / SetAssignments / RemoveMember, a lease for the node, forged heartbeats): all refused, the cluster undisturbed",
+            about: "with the cluster secret on: raw garbage to every node's TCP port, then a peer holding the secret sends random, oversized and cut-short frames on every protocol, and well-formed hostile RPCs (high-term AppendEntries and Vote, forwarded Released / SetAssignments / RemoveMember, a lease for the node, membership requests with guessed tokens, forwarded operator commands, a read index, forged heartbeats): all refused, members, pins and the rebalance mode unchanged, the cluster undisturbed",
             ci: true,
             run: Run::Faults { opts: || LabOpts { secret: true, ..LabOpts::default() }, inject: garbage_frames },
         },
@@ -617,6 +617,18 @@ fn garbage_frames(env: &mut Env) -> anyhow::Result<()> {
     let prefix = env.lab.net.exec_prefix(0);
     let terms_before: Vec<Option<u64>> =
         env.lab.nodes.iter().map(|n| n.status().ok().and_then(|s| s["term"].as_u64())).collect();
+    // What an operator's command would change: who is a member, pins, the rebalance mode.
+    let operated = |n: &crate::NodeProc| -> Option<(Vec<String>, String)> {
+        let (_, members) = crate::http_get(&n.dashboard, "/cluster/members").ok()?;
+        let members: Vec<serde_json::Value> = serde_json::from_str(&members).ok()?;
+        let mut ids: Vec<String> = members.iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect();
+        ids.sort();
+        let (_, shards) = crate::http_get(&n.dashboard, "/cluster/shards").ok()?;
+        let shards: serde_json::Value = serde_json::from_str(&shards).ok()?;
+        let pins = shards["assignments"].as_array()?.iter().filter(|r| !r["pinned"].is_null()).count();
+        Some((ids, format!("rebalance {} pins {pins}", shards["rebalance"])))
+    };
+    let operated_before: Vec<_> = env.lab.nodes.iter().map(operated).collect();
     let out = std::process::Command::new(&prefix[0])
         .args(&prefix[1..])
         .arg(&garbage)
@@ -635,6 +647,10 @@ fn garbage_frames(env: &mut Env) -> anyhow::Result<()> {
         env.lab.nodes.iter().map(|n| n.status().ok().and_then(|s| s["term"].as_u64())).collect();
     if terms_after != terms_before || terms_after.iter().any(Option::is_none) {
         bail!("the Raft term moved under hostile requests: {terms_before:?} -> {terms_after:?}");
+    }
+    let operated_after: Vec<_> = env.lab.nodes.iter().map(operated).collect();
+    if operated_after != operated_before || operated_after.iter().any(Option::is_none) {
+        bail!("hostile requests changed what only an operator may: {operated_before:?} -> {operated_after:?}");
     }
     let (refused, forged): (Vec<u64>, Vec<u64>) = env
         .lab

@@ -217,11 +217,13 @@ impl Workload {
 pub fn invoke(client: usize, id: u64, addr: &str, via: usize, key: &str, op: Op) -> Record {
     let (method, path, body) = match &op {
         Op::Read => ("GET", format!("/kv/{key}"), String::new()),
-        Op::Write { value } => ("PUT", format!("/kv/{key}"), value.clone()),
+        Op::Write { value } => ("PUT", format!("/kv/{key}"), serde_json::Value::from(value.as_str()).to_string()),
         Op::Cas { expect, value } => {
             ("POST", format!("/kv/{key}/cas"), serde_json::json!({"expect": expect, "value": value}).to_string())
         }
-        Op::Append { elem } => ("POST", format!("/kv/{key}/append"), elem.clone()),
+        Op::Append { elem } => {
+            ("POST", format!("/kv/{key}/append"), serde_json::Value::from(elem.as_str()).to_string())
+        }
         Op::ReadSet => ("GET", format!("/kv/{key}/set"), String::new()),
     };
     let mut rec = Record {
@@ -301,7 +303,8 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> Answer {
     let Ok(mut s) = TcpStream::connect_timeout(&sa, CONNECT) else { return Answer::NotSent };
     let _ = s.set_read_timeout(Some(ANSWER));
     let _ = s.set_write_timeout(Some(ANSWER));
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let ct = if method == "GET" { "" } else { "Content-Type: application/json\r\n" };
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len());
     if s.write_all(req.as_bytes()).is_err() {
         return Answer::Unknown;
     }
