@@ -128,19 +128,26 @@ fn bearer(req: &HttpRequest) -> Token {
     Token::new(t)
 }
 
+/// The refusal of a request without this node's token (401, or 403 where no token is
+/// configured), checked before anything of the request is read: a caller without the token
+/// learns nothing, not even whether its body would parse.
+fn unauthorized(cluster: &Cluster, req: &HttpRequest) -> Option<HttpResponse> {
+    let e = check_token(cluster.inner_token(), &bearer(req)).err()?;
+    let n = cluster.node().refusals.bad_token();
+    if n.is_power_of_two() {
+        let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::warn!(%peer, refused = n, path = req.path(), "management request without a valid token refused");
+    }
+    Some(answer(Err(e)))
+}
+
 /// Runs `op` with the request's token: checked here first (401 without a change), then on the
 /// leader, to which the node relays it.
 async fn run(cluster: &Cluster, req: &HttpRequest, op: MemberOp) -> HttpResponse {
-    let token = bearer(req);
-    if let Err(e) = check_token(cluster.inner_token(), &token) {
-        let n = cluster.node().refusals.bad_token();
-        if n.is_power_of_two() {
-            let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            tracing::warn!(%peer, refused = n, op = op.name(), "management request without a valid token refused");
-        }
-        return answer(Err(e));
+    if let Some(refused) = unauthorized(cluster, req) {
+        return refused;
     }
-    answer(cluster.node().manage(op, token).await)
+    answer(cluster.node().manage(op, bearer(req)).await)
 }
 
 fn answer(r: Result<Done, ManageError>) -> HttpResponse {
@@ -208,6 +215,9 @@ fn json_body<T: serde::de::DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> 
 
 #[post("/cluster/members")]
 async fn add(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
     let b: AddBody = match json_body(&req, &body) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -233,6 +243,9 @@ async fn change(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
     let b: PutBody = match json_body(&req, &body) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -373,6 +386,9 @@ async fn move_shard(
     shard: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
     let Ok(shard) = shard.parse::<u32>() else {
         return error(StatusCode::BAD_REQUEST, format!("shard: {shard:?} is not a shard number"), false);
     };
@@ -400,6 +416,9 @@ struct CommitBody {
 
 #[post("/cluster/rebalance/commit")]
 async fn rebalance_commit(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
     let b: CommitBody = match json_body(&req, &body) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -420,6 +439,9 @@ struct ModeBody {
 
 #[put("/cluster/rebalance")]
 async fn rebalance_mode(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
     let b: ModeBody = match json_body(&req, &body) {
         Ok(b) => b,
         Err(r) => return *r,
