@@ -14,7 +14,8 @@ use crate::config::{Builder, ConfigError, Mode};
 /// ```
 /// use clusterfunk::Settings;
 /// let file: Settings = "shards = 256\ngossip_interval = \"100ms\"\n".parse().unwrap();
-/// let flags = Settings { shards: Some(512), ..Settings::default() };
+/// let mut flags = Settings::default();
+/// flags.shards = Some(512);
 /// let s = file.overlay(flags);
 /// assert_eq!(s.shards, Some(512));
 /// assert_eq!(s.gossip_interval, Some(std::time::Duration::from_millis(100)));
