@@ -704,6 +704,13 @@ impl Builder {
                 format!("{:?} is over a minute: joins would wait that long for shards", self.debounce),
             );
         }
+        // openraft takes whole milliseconds; a fraction would be dropped there but not in the
+        // lease service's quorum window.
+        for (field, d) in [("raft_heartbeat", hb), ("election_timeout_min", min), ("election_timeout_max", max)] {
+            if d.subsec_nanos() % 1_000_000 != 0 {
+                return t(field, format!("{d:?} is not a whole number of milliseconds"));
+            }
+        }
         let p = &self.proxy;
         if p.request_timeout.is_zero() {
             return t("proxy_request_timeout", "must be more than zero".into());
@@ -711,46 +718,49 @@ impl Builder {
         if p.route_wait.is_zero() {
             return t("proxy_route_wait", "must be more than zero".into());
         }
-        if p.queue_per_peer == 0 {
-            return t("proxy_queue", "must be at least 1".into());
+        const MAX_QUEUE: usize = 1 << 24;
+        if p.queue_per_peer == 0 || p.queue_per_peer > MAX_QUEUE {
+            return t("proxy_queue", format!("{} is not between 1 and {MAX_QUEUE}", p.queue_per_peer));
         }
-        if p.max_waiting == 0 {
-            return t("proxy_max_waiting", "must be at least 1".into());
+        if p.max_waiting == 0 || p.max_waiting > MAX_QUEUE {
+            return t("proxy_max_waiting", format!("{} is not between 1 and {MAX_QUEUE}", p.max_waiting));
         }
         Ok(())
     }
 }
 
-/// An advertised `host` or `host:port`: a concrete address others can use (never `0.0.0.0`,
-/// `::` or port 0).
+/// An advertised `host`, `host:port`, `ip`, `ip:port` or `[ipv6]:port`: a concrete address
+/// others can use (never `0.0.0.0`, `::` or port 0), in a form `published_addr` reads back.
 fn advertised(value: &str) -> Result<String, ConfigError> {
     let err =
         |reason: &str| ConfigError::Address { field: "advertise", value: value.to_string(), reason: reason.into() };
     let v = value.trim();
-    let (host, port) = match v.parse::<SocketAddr>() {
-        Ok(a) => (a.ip().to_string(), Some(a.port())),
-        Err(_) => match v.parse::<std::net::IpAddr>() {
-            Ok(ip) => (ip.to_string(), None),
-            Err(_) => match v.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') => {
-                    (h.to_string(), Some(p.parse::<u16>().map_err(|_| err("the port is not a number"))?))
-                }
-                _ => (v.to_string(), None),
-            },
-        },
+    let (host, port): (String, Option<u16>) = if let Ok(a) = v.parse::<SocketAddr>() {
+        (a.ip().to_string(), Some(a.port()))
+    } else if let Ok(ip) = v.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>() {
+        (ip.to_string(), None)
+    } else {
+        match v.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => {
+                (h.to_string(), Some(p.parse::<u16>().map_err(|_| err("the port is not a number"))?))
+            }
+            _ => (v.to_string(), None),
+        }
     };
-    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/' || c == '[' || c == ']') {
         return Err(err("expected a host or host:port"));
     }
-    if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+    let ip = host.parse::<std::net::IpAddr>().ok();
+    if ip.is_some_and(|ip| ip.is_unspecified()) {
         return Err(err("an unspecified address (0.0.0.0, ::) is not one others can reach"));
     }
     if port == Some(0) {
         return Err(err("port 0 is not one others can reach; leave the port out to use the listening one"));
     }
-    Ok(match port {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
+    Ok(match (ip, port) {
+        (Some(ip), Some(p)) => SocketAddr::new(ip, p).to_string(),
+        (None, Some(p)) => format!("{host}:{p}"),
+        (_, None) => host,
     })
 }
 
@@ -832,6 +842,11 @@ mod tests {
         assert_eq!(field(b().advertise("0.0.0.0")), "advertise");
         assert_eq!(field(b().advertise("10.0.0.5:0")), "advertise");
         assert!(b().advertise("node-1.example.internal").build().is_ok());
+        assert_eq!(field(b().advertise("[::]")), "advertise");
+        assert_eq!(advertised("[2001:db8::1]:7000").unwrap(), "[2001:db8::1]:7000");
+        assert_eq!(advertised("2001:db8::1").unwrap(), "2001:db8::1");
+        assert_eq!(field(b().raft_timing(Duration::from_micros(50_500), ms(150), ms(300))), "raft_heartbeat");
+        assert_eq!(field(b().proxy_queues(1 << 30, 10)), "proxy_queue");
         assert!(b().advertise("10.0.0.5:7000").raft_timing(ms(20), ms(100), ms(200)).lease(ms(300)).build().is_ok());
         assert!(b().management_token("a".repeat(16)).build().is_ok());
     }

@@ -230,6 +230,9 @@ async fn add(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) ->
 
 #[delete("/cluster/members/{id}")]
 async fn remove(cluster: web::Data<Cluster>, req: HttpRequest, id: web::Path<String>) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
     match resolve_node(&cluster, &id) {
         Ok(id) => run(&cluster, &req, MemberOp::Remove(id)).await,
         Err(e) => error(StatusCode::NOT_FOUND, e, true),

@@ -333,8 +333,24 @@ impl Settings {
         Ok(s)
     }
 
-    /// These settings with every one `over` sets replaced by its value.
-    pub fn overlay(self, over: Settings) -> Settings {
+    /// These settings with every one `over` sets replaced by its value. A secret and its file
+    /// (and the token and its file) go together: the later source that names either decides.
+    pub fn overlay(mut self, mut over: Settings) -> Settings {
+        if over.secret.is_some() || over.secret_file.is_some() {
+            self.secret = None;
+            self.secret_file = None;
+        }
+        if over.token.is_some() || over.token_file.is_some() {
+            self.token = None;
+            self.token_file = None;
+        }
+        // Within one source, a file wins over a value.
+        if over.secret_file.is_some() {
+            over.secret = None;
+        }
+        if over.token_file.is_some() {
+            over.token = None;
+        }
         macro_rules! pick {
             ($($f:ident),* $(,)?) => { Settings { $($f: over.$f.or(self.$f)),* } };
         }
@@ -548,6 +564,24 @@ mod tests {
         let flags = Settings { shards: Some(3), ..Settings::default() };
         let s = file.overlay(env).overlay(flags);
         assert_eq!((s.shards, s.weight, s.zone.as_deref()), (Some(3), Some(2), Some("a")));
+    }
+
+    #[test]
+    fn a_secret_and_its_file_come_from_one_source() {
+        let file: Settings = "secret_file = \"/etc/from-file\"\n".parse().unwrap();
+        let env = Settings::from_vars(vars(&[("CLUSTERFUNK_SECRET", "from-env")])).unwrap();
+        let s = file.clone().overlay(env.clone());
+        assert_eq!(
+            (s.secret.as_deref(), s.secret_file),
+            (Some("from-env"), None),
+            "the environment wins over the file"
+        );
+        let flags = Settings { secret_file: Some("/run/from-flag".into()), ..Settings::default() };
+        let s = file.overlay(env).overlay(flags);
+        assert_eq!((s.secret, s.secret_file), (None, Some(PathBuf::from("/run/from-flag"))), "a flag wins over both");
+        let env = Settings::from_vars(vars(&[("CLUSTERFUNK_TOKEN_FILE", "/t"), ("CLUSTERFUNK_TOKEN", "x")])).unwrap();
+        let s = Settings::default().overlay(env);
+        assert_eq!((s.token, s.token_file), (None, Some(PathBuf::from("/t"))), "within one source the file wins");
     }
 
     #[test]

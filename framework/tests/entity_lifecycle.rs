@@ -152,6 +152,13 @@ fn registering_a_type_twice_is_refused() {
         .build()
         .unwrap_err();
     assert!(matches!(err, ConfigError::DuplicateEntity(name) if name.ends_with("Fragile")), "{err}");
+    // Under another wire name it is still one type: two hosts would make one key live twice.
+    let err = builder(dir.path())
+        .entity::<Fragile>(|e| e.handles::<Inc>())
+        .entity::<Fragile>(|e| e.named("fragile.again").handles::<Boom>())
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::DuplicateEntity(name) if name.ends_with("Fragile")), "{err}");
 }
 
 /// A second message type named `Inc`, in another module: the same default wire name.

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use clusterfunk_integration::{free_port, logs, run_to_exit, wait_until, NodeProc};
+use clusterfunk_integration::{free_ports, logs, run_to_exit, wait_until, NodeProc};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(40);
@@ -69,7 +69,8 @@ fn file_then_environment_then_flags_and_no_wildcard_is_ever_published() -> anyho
          gossip_interval = \"100ms\"\nmdns = false\nbootstrap = true\n",
     )?;
     let f = file.to_string_lossy().to_string();
-    let (p2p, http) = (free_port(), free_port());
+    let ports = free_ports(4);
+    let (p2p, http) = (ports[0], ports[1]);
     let mut a = NodeProc::new(
         exe(),
         dir.path().join("a"),
@@ -102,8 +103,9 @@ fn file_then_environment_then_flags_and_no_wildcard_is_ever_published() -> anyho
     }
     assert!(m["dashboard"].as_str().unwrap().ends_with(&format!(":{http}")), "{m}");
 
-    // Advertised: exactly that host is published, with the listening port.
-    let (p2p_b, http_b) = (free_port(), free_port());
+    // Advertised: exactly that host is published, with the listening port: an address no
+    // listener of this node has, so it can only come from --advertise.
+    let (p2p_b, http_b) = (ports[2], ports[3]);
     let mut b = NodeProc::new(
         exe(),
         dir.path().join("b"),
@@ -117,7 +119,7 @@ fn file_then_environment_then_flags_and_no_wildcard_is_ever_published() -> anyho
             "--no-mdns",
             "--bootstrap",
             "--advertise",
-            "127.0.0.1",
+            "192.0.2.10",
             "--traffic",
             "0",
         ],
@@ -129,7 +131,7 @@ fn file_then_environment_then_flags_and_no_wildcard_is_ever_published() -> anyho
         (m["addr"].is_string() && m["dashboard"].is_string()).then_some(m)
     })
     .map_err(|e| fail(e, std::slice::from_ref(&b)))?;
-    assert_eq!(m["addr"], format!("127.0.0.1:{p2p_b}").as_str(), "{m}");
-    assert_eq!(m["dashboard"], format!("127.0.0.1:{http_b}").as_str(), "{m}");
+    assert_eq!(m["addr"], format!("192.0.2.10:{p2p_b}").as_str(), "{m}");
+    assert_eq!(m["dashboard"], format!("192.0.2.10:{http_b}").as_str(), "{m}");
     Ok(())
 }

@@ -168,9 +168,13 @@ impl Exec {
                     return Err(ManageError::Refused(why));
                 }
             };
+            let leaving = match op {
+                MemberOp::Remove(id) | MemberOp::Replace { old: id, .. } => Some(id),
+                _ => None,
+            };
             for step in &steps {
                 if let Step::Write(cmd) = step {
-                    if let Err(why) = wire_gate(&self.raft, &self.transport, cmd) {
+                    if let Err(why) = wire_gate_except(&self.raft, &self.transport, cmd, leaving) {
                         info!(op = op.name(), reason = %why, "membership request refused");
                         return Err(ManageError::Refused(why));
                     }
@@ -306,6 +310,17 @@ impl Exec {
 /// protocol version older than the one that introduced `cmd`: it could not decode the entry
 /// and would stop at it. Nodes never seen since this one started are not counted.
 fn wire_gate(raft: &Raft, transport: &transport::Handle, cmd: &Command) -> Result<(), manage::Refused> {
+    wire_gate_except(raft, transport, cmd, None)
+}
+
+/// [`wire_gate`], not counting `leaving`: the node an operator removes or replaces (a dead old
+/// node must not block its own removal; it never reads the log again).
+fn wire_gate_except(
+    raft: &Raft,
+    transport: &transport::Handle,
+    cmd: &Command,
+    leaving: Option<NodeId>,
+) -> Result<(), manage::Refused> {
     let needs = cmd.since_wire();
     if needs <= 1 {
         return Ok(());
@@ -315,8 +330,15 @@ fn wire_gate(raft: &Raft, transport: &transport::Handle, cmd: &Command) -> Resul
         .membership_config
         .membership()
         .nodes()
-        .filter(|(id, _)| **id != m.id)
-        .filter_map(|(id, n)| n.peer_id.and_then(|p| transport.peer_wire(&p)).map(|w| (w, *id)))
+        .filter(|(id, _)| Some(**id) != leaving)
+        .filter_map(|(id, n)| {
+            let wire = if *id == m.id {
+                Some(transport.wire_version())
+            } else {
+                n.peer_id.and_then(|p| transport.peer_wire(&p))
+            };
+            wire.map(|w| (w, *id))
+        })
         .min();
     match oldest {
         Some((has, node)) if has < needs => Err(manage::Refused::Upgrade { node, has, needs }),

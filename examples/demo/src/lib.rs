@@ -236,6 +236,16 @@ impl Args {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_passes_every_flag_but_the_ones_it_decides() {
+        let args = ["--local", "3", "--mode", "production", "--listen=1.2.3.4:5", "--zone", "a", "--bootstrap"];
+        let got = super::passed_to_children(args.iter().map(|s| s.to_string()));
+        assert_eq!(got, ["--mode", "production", "--zone", "a"]);
+    }
+}
+
 fn parse_faults(s: &str) -> Result<clusterfunk::FaultPlan, String> {
     s.parse().map_err(|e: clusterfunk::FaultPlanError| e.to_string())
 }
@@ -382,10 +392,33 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The flags of a `--local` run that its children get too: all but those `--local` decides for
+/// each child (with their values).
+fn passed_to_children(args: impl Iterator<Item = String>) -> Vec<String> {
+    const DECIDED: &[&str] = &["--local", "--listen", "--dashboard", "--data-dir", "--join", "--advertise"];
+    const SWITCHES: &[&str] = &["--bootstrap", "--no-mdns"];
+    let mut out = Vec::new();
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        if SWITCHES.contains(&a.as_str()) {
+            continue;
+        }
+        if let Some(flag) = DECIDED.iter().find(|f| a == **f || a.starts_with(&format!("{f}="))) {
+            if a == *flag {
+                args.next();
+            }
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
 /// Starts `n` nodes as child processes on loopback and waits for Ctrl-C.
 fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
     anyhow::ensure!((1..=16).contains(&n), "--local: {n} is not between 1 and 16");
     let settings = args.resolve()?;
+    let passed = passed_to_children(std::env::args().skip(1));
     let exe = std::env::current_exe().context("cannot find the demo executable")?;
     let tmp;
     let base: &Path = match &args.data_dir {
@@ -401,24 +434,15 @@ fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
     for (i, (p2p, http)) in ports.iter().enumerate() {
         let dir = base.join(format!("node-{i}"));
         let mut cmd = Command::new(&exe);
-        // The children read the same config file and environment; what --local decides for
-        // each (its addresses, its data dir, who bootstraps) is given as flags, which win.
-        if let Some(c) = &args.config {
-            cmd.arg("--config").arg(c);
-        }
-        cmd.args(["--name", settings.name.as_deref().unwrap_or("demo")])
-            .args(["--env", settings.env.as_deref().unwrap_or("dev"), "--no-mdns"])
-            .args(["--listen", &format!("127.0.0.1:{p2p}"), "--dashboard", &format!("127.0.0.1:{http}")])
-            .args(["--traffic", &args.traffic.to_string()])
+        // The children read the same config file and environment, and get every flag given
+        // here but the ones `--local` decides for each (its addresses, data dir, seed, who
+        // bootstraps): those it sets itself.
+        cmd.args(&passed)
+            .args(["--no-mdns", "--listen", &format!("127.0.0.1:{p2p}"), "--dashboard", &format!("127.0.0.1:{http}")])
             .arg("--data-dir")
             .arg(&dir);
-        for (flag, v) in [("--shards", args.shards), ("--replica-factor", args.replica_factor)] {
-            if let Some(v) = v {
-                cmd.args([flag, &v.to_string()]);
-            }
-        }
-        if let Some(v) = args.voters {
-            cmd.args(["--voters", &v.to_string()]);
+        if !passed.iter().any(|a| a == "--name" || a.starts_with("--name=")) {
+            cmd.args(["--name", settings.name.as_deref().unwrap_or("demo")]);
         }
         if i == 0 && !dir.join("raft.redb").exists() {
             cmd.arg("--bootstrap");

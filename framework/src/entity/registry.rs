@@ -49,13 +49,19 @@ struct MessageReg<E: ShardedActor> {
 /// ```
 pub struct EntityRegistration<E: ShardedActor> {
     name: Option<&'static str>,
+    default_name: &'static str,
     messages: Vec<MessageReg<E>>,
     _entity: PhantomData<fn() -> E>,
 }
 
 impl<E: ShardedActor> EntityRegistration<E> {
     pub(crate) fn new() -> Self {
-        EntityRegistration { name: None, messages: Vec::new(), _entity: PhantomData }
+        EntityRegistration {
+            name: None,
+            default_name: default_wire_name::<E>(),
+            messages: Vec::new(),
+            _entity: PhantomData,
+        }
     }
 
     /// The entity type's wire name (default: its type name without the module path). Every
@@ -92,7 +98,7 @@ impl<E: ShardedActor> EntityRegistration<E> {
     }
 
     fn wire_name(&self) -> &'static str {
-        self.name.unwrap_or_else(default_wire_name::<E>)
+        self.name.unwrap_or(self.default_name)
     }
 }
 
@@ -168,8 +174,13 @@ impl<E: ShardedActor> EntitySpec for EntityRegistration<E> {
 /// with one hash) or that repeat an entity type.
 pub(crate) fn check_ids(specs: &[Arc<dyn EntitySpec>]) -> Result<(), ConfigError> {
     let mut entities: HashMap<u64, &'static str> = HashMap::new();
+    let mut types = std::collections::HashSet::new();
     for spec in specs {
         let (id, _, ty) = spec.entity();
+        // One type twice, even under two wire names, would get two hosts: one key live twice.
+        if !types.insert(ty) {
+            return Err(ConfigError::DuplicateEntity(ty));
+        }
         if let Some(other) = entities.insert(id, ty) {
             return Err(if other == ty {
                 ConfigError::DuplicateEntity(ty)
