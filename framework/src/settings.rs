@@ -22,7 +22,7 @@ use crate::config::{Builder, ConfigError, Mode};
 /// let builder = clusterfunk::Cluster::builder().settings(&s).unwrap();
 /// # let _ = builder;
 /// ```
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Settings {
     /// Cluster key ([`Builder::name`]).
@@ -99,6 +99,55 @@ pub struct Settings {
     pub proxy_queue: Option<usize>,
     /// Messages waiting for a route at once ([`Builder::proxy_queues`]).
     pub proxy_max_waiting: Option<usize>,
+}
+
+/// Every field, the secret and the token shown only as set or not.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        let mut d = f.debug_struct("Settings");
+        macro_rules! show {
+            ($($field:ident),* $(,)?) => { $(d.field(stringify!($field), &self.$field);)* };
+        }
+        show!(
+            name,
+            env,
+            data_dir,
+            listen,
+            advertise,
+            join,
+            dashboard,
+            bootstrap,
+            mdns,
+            shards,
+            replica_factor,
+            voters,
+            weight,
+            workers,
+            zone,
+            mode,
+            members,
+            secret_file,
+            token_file,
+            passivate_after,
+            hook_budget,
+            gossip_interval,
+            suspect_after,
+            down_after,
+            raft_heartbeat,
+            election_timeout_min,
+            election_timeout_max,
+            lease,
+            lease_drift,
+            lease_grace,
+            rebalance_debounce,
+            proxy_request_timeout,
+            proxy_route_wait,
+            proxy_queue,
+            proxy_max_waiting,
+        );
+        d.field("secret", &redacted(&self.secret)).field("token", &redacted(&self.token)).finish()
+    }
 }
 
 /// The keys, as a file, `CLUSTERFUNK_<KEY>` and `--<key>` (with `-` for `_`) name them.
@@ -582,6 +631,18 @@ mod tests {
         let env = Settings::from_vars(vars(&[("CLUSTERFUNK_TOKEN_FILE", "/t"), ("CLUSTERFUNK_TOKEN", "x")])).unwrap();
         let s = Settings::default().overlay(env);
         assert_eq!((s.token, s.token_file), (None, Some(PathBuf::from("/t"))), "within one source the file wins");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret_or_the_token() {
+        let s = Settings::from_vars(vars(&[
+            ("CLUSTERFUNK_SECRET", "ab".repeat(32).as_str()),
+            ("CLUSTERFUNK_TOKEN", "t0p-s3cret-token"),
+        ]))
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("abab") && !shown.contains("t0p-s3cret"), "{shown}");
+        assert!(shown.contains("secret: Some(\"<redacted>\")"), "{shown}");
     }
 
     #[test]
