@@ -44,6 +44,8 @@ pub struct Config {
     /// Whether discovered nodes join automatically (dev mode); off in production mode, where
     /// only nodes on the allowlist (by command, or `members`) are admitted.
     pub auto_join: bool,
+    /// Start a new cluster with manual rebalancing (`auto::Settings::manual_rebalance`).
+    pub manual_rebalance: bool,
     /// Production mode: the nodes the configuration lists as members (admitted and promoted to
     /// voters up to `voters` by the leader).
     pub members: Vec<NodeId>,
@@ -328,6 +330,7 @@ impl Node {
             voters: cfg.voters,
             auto_join: cfg.auto_join,
             members: cfg.members.clone(),
+            manual_rebalance: cfg.manual_rebalance,
         };
         let lease =
             Arc::new(LeaseService::new(cfg.lease.clone(), raft.clone(), clock.clone(), cfg.raft.election_timeout.1));

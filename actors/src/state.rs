@@ -198,6 +198,10 @@ pub struct ClusterState {
     /// Whether load-balancing moves wait for an operator's commit.
     #[serde(default)]
     pub manual_rebalance: bool,
+    /// Whether the rebalancing mode was ever set (by command, an abort, or a leader configured
+    /// with `rebalance = "manual"`): from then on only commands change it.
+    #[serde(default)]
+    pub rebalance_set: bool,
 }
 
 impl ClusterState {
@@ -317,9 +321,13 @@ impl ClusterState {
                     self.pinned.remove(shard);
                 }
             },
-            Command::SetRebalance { manual } => self.manual_rebalance = *manual,
+            Command::SetRebalance { manual } => {
+                self.manual_rebalance = *manual;
+                self.rebalance_set = true;
+            }
             Command::AbortRebalance => {
                 self.manual_rebalance = true;
+                self.rebalance_set = true;
                 // Back only to an old owner that may still take shards: not one that was removed
                 // or is draining (its shard would just move off again, or wait on a non-member).
                 let back =
@@ -400,7 +408,7 @@ mod tests {
         let mut st = ClusterState::default();
         st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 3, replica_factor: 2 }, 1);
         st.apply(&Command::RegisterMember { meta: meta(1) }, 2);
-        let bytes = rmp_serde::to_vec(&st).unwrap();
+        let bytes = crate::wire::encode(&st);
         assert_eq!(rmp_serde::from_slice::<ClusterState>(&bytes).unwrap(), st);
     }
 
@@ -465,10 +473,12 @@ mod tests {
 
     #[test]
     fn new_commands_golden_bytes() {
-        let hex =
-            |c: &Command| -> String { rmp_serde::to_vec(c).unwrap().iter().map(|b| format!("{b:02x}")).collect() };
-        assert_eq!(hex(&Command::Pin { shard: ShardId(3), node: Some(NodeId(5)) }), "81a350696e920305");
-        assert_eq!(hex(&Command::SetRebalance { manual: true }), "81ac536574526562616c616e636591c3");
+        let hex = |c: &Command| -> String { crate::wire::encode(c).iter().map(|b| format!("{b:02x}")).collect() };
+        assert_eq!(
+            hex(&Command::Pin { shard: ShardId(3), node: Some(NodeId(5)) }),
+            "81a350696e82a5736861726403a46e6f646505"
+        );
+        assert_eq!(hex(&Command::SetRebalance { manual: true }), "81ac536574526562616c616e636581a66d616e75616cc3");
         assert_eq!(hex(&Command::AbortRebalance), "ae41626f7274526562616c616e6365");
     }
 
@@ -489,7 +499,10 @@ mod tests {
     #[test]
     fn command_golden_bytes() {
         let cmd = Command::RemoveMember { id: NodeId(5) };
-        let hex: String = rmp_serde::to_vec(&cmd).unwrap().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "81ac52656d6f76654d656d6265729105");
+        let hex: String = crate::wire::encode(&cmd).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "81ac52656d6f76654d656d62657281a2696405");
+        // The positional form earlier builds wrote (and keep in their logs) still decodes.
+        let old = [0x81, 0xac, b'R', b'e', b'm', b'o', b'v', b'e', b'M', b'e', b'm', b'b', b'e', b'r', 0x91, 0x05];
+        assert_eq!(crate::wire::decode::<Command>(&old).unwrap(), cmd);
     }
 }

@@ -222,7 +222,7 @@ mod tests {
             zone: None,
             dashboard: None,
         };
-        rmp_serde::to_vec(&m).unwrap()
+        crate::wire::encode(&m)
     }
 
     #[test]
@@ -230,7 +230,7 @@ mod tests {
         let text = "12D3KooWCMQ8kvhesHFcJAmuMGijzh3aA9q6wkhEtB1XJLQZtjHF";
         let meta: NodeMeta = rmp_serde::from_slice(&old(text)).unwrap();
         assert_eq!(meta.peer_id, Some(text.parse().unwrap()));
-        assert_eq!(rmp_serde::to_vec(&meta).unwrap(), old(text), "written as before");
+        assert_eq!(crate::wire::encode(&meta), old(text), "written as before");
         let none: NodeMeta = rmp_serde::from_slice(&old("")).unwrap();
         assert_eq!(none.peer_id, None);
         assert!(rmp_serde::from_slice::<NodeMeta>(&old("not-a-peer")).is_err(), "a bad peer id does not decode");

@@ -144,6 +144,17 @@ pub enum Mode {
     Production,
 }
 
+/// Whether load-balancing moves wait for an operator (docs/operations.md, "Moving shards by hand").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rebalance {
+    /// Shards move to even out load as soon as the allocator plans it (after the debounce).
+    #[default]
+    Auto,
+    /// Moves whose only reason is load wait for `clusterfunk rebalance commit`; failover, first
+    /// assignments, drains and pins stay automatic.
+    Manual,
+}
+
 /// Registered entity types (shown by name in `Debug`).
 #[derive(Clone, Default)]
 pub(crate) struct Specs(pub(crate) Vec<Arc<dyn EntitySpec>>);
@@ -194,6 +205,7 @@ pub struct Builder {
     disk_stall_trigger: Option<PathBuf>,
     lease_clock_rate: Option<f64>,
     mode: Mode,
+    rebalance: Rebalance,
     members: Vec<String>,
     management_token: Option<clusterfunk_actors::types::Token>,
     advertise: Option<String>,
@@ -233,6 +245,7 @@ impl Default for Builder {
             disk_stall_trigger: None,
             lease_clock_rate: None,
             mode: Mode::Dev,
+            rebalance: Rebalance::Auto,
             members: Vec::new(),
             management_token: None,
             advertise: None,
@@ -352,6 +365,15 @@ impl Builder {
     /// joins) or [`Mode::Production`] (only by command or the [`members`](Builder::members) list).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// The rebalancing mode a new cluster starts in ([`Rebalance::Auto`] by default). The first
+    /// leader configured with [`Rebalance::Manual`] that finds no mode recorded writes it; from
+    /// then on only `clusterfunk rebalance mode` changes it, so restarting nodes with this
+    /// setting never undoes an operator's choice.
+    pub fn rebalance(mut self, mode: Rebalance) -> Self {
+        self.rebalance = mode;
         self
     }
 
@@ -638,6 +660,7 @@ impl Builder {
             replica_factor: self.replica_factor,
             voters: self.voters,
             auto_join: self.mode == Mode::Dev,
+            manual_rebalance: self.rebalance == Rebalance::Manual,
             members,
             management_token: token,
             weight: self.weight,

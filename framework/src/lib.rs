@@ -31,7 +31,7 @@ pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};
 pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId};
-pub use config::{Builder, ClusterConfig, ConfigError, Mode};
+pub use config::{Builder, ClusterConfig, ConfigError, Mode, Rebalance};
 pub use entity::{fencing_epoch, EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
 pub use hooks::ClusterEvent;
 pub use manage::MemberInfo;

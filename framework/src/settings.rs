@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Builder, ConfigError, Mode};
+use crate::config::{Builder, ConfigError, Mode, Rebalance};
 
 /// Every setting a node takes, each optional: what is not set keeps the builder's default.
 ///
@@ -91,6 +91,8 @@ pub struct Settings {
     pub lease_grace: Option<Duration>,
     /// Rebalance debounce ([`Builder::rebalance_debounce`]).
     pub rebalance_debounce: Option<Duration>,
+    /// `auto` or `manual`: the rebalancing mode a new cluster starts in ([`Builder::rebalance`]).
+    pub rebalance: Option<Rebalance>,
     /// Remote request timeout ([`Builder::proxy_timeouts`]).
     pub proxy_request_timeout: Option<Duration>,
     /// How long a message waits for its shard's owner ([`Builder::proxy_timeouts`]).
@@ -141,6 +143,7 @@ impl std::fmt::Debug for Settings {
             lease_drift,
             lease_grace,
             rebalance_debounce,
+            rebalance,
             proxy_request_timeout,
             proxy_route_wait,
             proxy_queue,
@@ -183,6 +186,7 @@ pub const KEYS: &[&str] = &[
     "lease_drift",
     "lease_grace",
     "rebalance_debounce",
+    "rebalance",
     "proxy_request_timeout",
     "proxy_route_wait",
     "proxy_queue",
@@ -294,6 +298,13 @@ impl Settings {
                 }
                 "lease_grace" => self.lease_grace = Some(dur(raw)?),
                 "rebalance_debounce" => self.rebalance_debounce = Some(dur(raw)?),
+                "rebalance" => {
+                    self.rebalance = Some(match text(raw)?.as_str() {
+                        "auto" => Rebalance::Auto,
+                        "manual" => Rebalance::Manual,
+                        other => return Err(format!("{other:?} is not auto or manual")),
+                    })
+                }
                 "proxy_request_timeout" => self.proxy_request_timeout = Some(dur(raw)?),
                 "proxy_route_wait" => self.proxy_route_wait = Some(dur(raw)?),
                 "proxy_queue" => self.proxy_queue = Some(number(raw)?),
@@ -437,6 +448,7 @@ impl Settings {
             lease_drift,
             lease_grace,
             rebalance_debounce,
+            rebalance,
             proxy_request_timeout,
             proxy_route_wait,
             proxy_queue,
@@ -503,6 +515,7 @@ impl Builder {
         with!(lease_drift);
         with!(lease_grace);
         with!(rebalance_debounce);
+        with!(rebalance);
         for j in s.join.unwrap_or_default() {
             self = self.join(j);
         }
@@ -652,6 +665,7 @@ mod tests {
             let value = match *key {
                 "bootstrap" | "mdns" => "true",
                 "mode" => "production",
+                "rebalance" => "manual",
                 "lease_drift" => "0.01",
                 k if k.ends_with("_after")
                     || k.ends_with("_interval")

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(state) = rmp_serde::from_slice::<AppliedState>(data) {
-        let bytes = rmp_serde::to_vec(&state).expect("encodes");
+        let bytes = clusterfunk_actors::wire::encode(&state);
         assert_eq!(rmp_serde::from_slice::<AppliedState>(&bytes).expect("round trip"), state);
     }
 });

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use clusterfunk_integration::{free_ports, logs, run_to_exit, wait_until, NodeProc};
+use clusterfunk_integration::{free_ports, http_get, logs, run_to_exit, wait_until, NodeProc};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(40);
@@ -66,7 +66,7 @@ fn file_then_environment_then_flags_and_no_wildcard_is_ever_published() -> anyho
     std::fs::write(
         &file,
         "name = \"cfgtest\"\nenv = \"lab\"\nshards = 32\nweight = 1\nzone = \"from-file\"\n\
-         gossip_interval = \"100ms\"\nmdns = false\nbootstrap = true\n",
+         gossip_interval = \"100ms\"\nmdns = false\nbootstrap = true\nrebalance = \"manual\"\n",
     )?;
     let f = file.to_string_lossy().to_string();
     let ports = free_ports(4);
@@ -102,6 +102,13 @@ fn file_then_environment_then_flags_and_no_wildcard_is_ever_published() -> anyho
         assert!(!v.starts_with("0.0.0.0") && !v.ends_with(":0"), "{field} published as {v}");
     }
     assert!(m["dashboard"].as_str().unwrap().ends_with(&format!(":{http}")), "{m}");
+    // The file's rebalancing mode is the new cluster's, written through Raft.
+    wait_until(T, "the configured rebalancing mode in the cluster state", || {
+        let (code, body) = http_get(&a.dashboard, "/cluster/shards").ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["rebalance"] == "manual").then_some(())
+    })
+    .map_err(|e| fail(e, std::slice::from_ref(&a)))?;
 
     // Advertised: exactly that host is published, with the listening port: an address no
     // listener of this node has, so it can only come from --advertise.

@@ -29,6 +29,10 @@ pub struct Settings {
     /// leader that sees them missing from it (unless an operator removed them since), and
     /// promoted to voters up to `voters`.
     pub members: Vec<NodeId>,
+    /// The rebalancing mode a cluster starts in (`rebalance = "manual"`): written by the first
+    /// leader configured for it that finds no mode recorded; after that only commands change it
+    /// (an operator's `rebalance mode auto` is not undone by a restart).
+    pub manual_rebalance: bool,
 }
 
 /// The largest weight a node is registered with: a heartbeat claiming more (a misconfigured or
@@ -104,6 +108,9 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
             return Some(Action::Write(Command::SetAllowed { id: *id, allowed: true }));
         }
     }
+    if s.manual_rebalance && !st.rebalance_set && !st.manual_rebalance {
+        return Some(Action::Write(Command::SetRebalance { manual: true }));
+    }
     let up: Vec<&NodeMeta> = view.members.values().filter(|m| m.state == MemberState::Up).map(|m| &m.meta).collect();
     for meta in &up {
         let known = st.members.contains_key(&meta.id);
@@ -170,6 +177,7 @@ mod tests {
             voters: 3,
             auto_join: true,
             members: vec![],
+            manual_rebalance: false,
         }
     }
 
@@ -252,6 +260,22 @@ mod tests {
         a.state.apply(&Command::SetProduction, 2);
         assert_eq!(next_action(&a, &v, &s), None, "an unknown node does not join in manual mode");
         assert_eq!(refused(&a, &v, &s), vec![NodeId(9)], "and is counted as refused");
+    }
+
+    #[test]
+    fn a_configured_rebalance_mode_is_written_once_and_a_command_outlasts_it() {
+        let mut s = settings();
+        s.manual_rebalance = true;
+        let v = view(&[1]);
+        let mut a = applied(&[1], &[1], &[]);
+        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::SetRebalance { manual: true })));
+        a.state.apply(&Command::SetRebalance { manual: true }, 2);
+        assert_eq!(next_action(&a, &v, &s), None, "written once");
+        // An operator turns it back to auto; a leader restarted with the same config leaves it.
+        a.state.apply(&Command::SetRebalance { manual: false }, 3);
+        assert_eq!(next_action(&a, &v, &s), None, "the operator's command outlasts the config");
+        s.manual_rebalance = false;
+        assert_eq!(next_action(&applied(&[1], &[1], &[]), &v, &s), None, "auto is the default: nothing to write");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = rmp_serde::to_vec(&self.applied).expect("encoding into a Vec cannot fail");
+        let data = crate::wire::encode(&self.applied);
         let last = self.applied.last_applied;
         let snapshot_id = match last {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
@@ -94,7 +94,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let meta = SnapshotMeta { last_log_id: last, last_membership: self.applied.membership.clone(), snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        let bytes = rmp_serde::to_vec(&stored).expect("encoding into a Vec cannot fail");
+        let bytes = crate::wire::encode(&stored);
         self.store
             .put_meta_durable(SNAPSHOT, bytes)
             .await
@@ -147,7 +147,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied: AppliedState =
             rmp_serde::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        let bytes = rmp_serde::to_vec(&stored).expect("encoding into a Vec cannot fail");
+        let bytes = crate::wire::encode(&stored);
         let sig = meta.signature();
         self.store
             .put_meta_durable(SNAPSHOT, bytes)

@@ -183,7 +183,7 @@ impl Store {
 
     /// Writes a metadata value durably.
     pub(crate) fn put_meta<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), redb::Error> {
-        let bytes = rmp_serde::to_vec(value).expect("encoding into a Vec cannot fail");
+        let bytes = crate::wire::encode(value);
         let tx = self.db.begin_write()?;
         tx.open_table(META)?.insert(key, bytes.as_slice())?;
         tx.commit()?;
@@ -337,7 +337,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = rmp_serde::to_vec(vote).expect("encoding into a Vec cannot fail");
+        let bytes = crate::wire::encode(vote);
         self.store.put_meta_durable(VOTE, bytes).await.map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
@@ -346,7 +346,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let bytes = rmp_serde::to_vec(&committed).expect("encoding into a Vec cannot fail");
+        let bytes = crate::wire::encode(&committed);
         self.store.put_meta_durable(COMMITTED, bytes).await.map_err(|e| StorageIOError::write(&e).into())
     }
 
@@ -359,10 +359,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| (e.get_log_id().index, rmp_serde::to_vec(&e).expect("encoding into a Vec cannot fail")))
-            .collect();
+        let encoded: Vec<(u64, Vec<u8>)> =
+            entries.into_iter().map(|e| (e.get_log_id().index, crate::wire::encode(&e))).collect();
         let result = self
             .store
             .write(move |tx| {
@@ -399,7 +397,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let upto = log_id.index;
-        let bytes = rmp_serde::to_vec(&log_id).expect("encoding into a Vec cannot fail");
+        let bytes = crate::wire::encode(&log_id);
         self.store
             .write(move |tx| {
                 tx.open_table(META)?.insert(PURGED, bytes.as_slice())?;

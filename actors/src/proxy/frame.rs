@@ -68,7 +68,7 @@ impl Frame {
 /// `msg` encoded with a 4-byte big-endian length prefix.
 pub(crate) fn length_prefixed<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut out = vec![0u8; 4];
-    rmp_serde::encode::write(&mut out, msg).expect("encoding into a Vec cannot fail");
+    crate::wire::encode_into(&mut out, msg);
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_be_bytes());
     out
@@ -84,6 +84,66 @@ mod tests {
             Frame::Request { env, .. } => env.clone(),
             Frame::Response { .. } => unreachable!("a request"),
         }
+    }
+
+    /// The next build's frame: the envelope with a field appended (what a `traceparent` would
+    /// be), so this build stands in for the one before it.
+    mod next {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub(super) struct Envelope {
+            pub(super) entity: u64,
+            pub(super) message: u64,
+            pub(super) shard: crate::types::ShardId,
+            #[serde(with = "serde_bytes")]
+            pub(super) key: Vec<u8>,
+            #[serde(with = "serde_bytes")]
+            pub(super) payload: Vec<u8>,
+            #[serde(default)]
+            pub(super) epoch: crate::types::Epoch,
+            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+            pub(super) replica: bool,
+            #[serde(default)]
+            pub(super) trace: Option<String>,
+        }
+
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub(super) enum Frame {
+            Request { id: u64, env: Envelope },
+        }
+    }
+
+    #[test]
+    fn an_appended_field_crosses_builds_both_ways() {
+        let env = next::Envelope {
+            entity: 1,
+            message: 2,
+            shard: ShardId(3),
+            key: b"k".to_vec(),
+            payload: vec![0x90],
+            epoch: Epoch(7),
+            replica: true,
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        };
+        // The next build writes the field; this one skips it and reads the rest.
+        let bytes = length_prefixed(&next::Frame::Request { id: 5, env: env.clone() });
+        let Frame::Request { id, env: old } = crate::wire::decode::<Frame>(&bytes[4..]).unwrap() else {
+            panic!("a request")
+        };
+        assert_eq!(
+            (id, old.entity, old.message, old.shard, old.epoch, old.replica),
+            (5, 1, 2, ShardId(3), Epoch(7), true)
+        );
+        assert_eq!((old.key.as_slice(), old.payload.as_slice()), (&b"k"[..], &[0x90][..]));
+        // This build writes no such field; the next one reads its default.
+        let next::Frame::Request { env: back, .. } =
+            crate::wire::decode::<next::Frame>(&Frame::Request { id: 5, env: old }.encode()[4..]).unwrap();
+        assert_eq!(back, next::Envelope { trace: None, ..env.clone() });
+        // The positional form (what `rmp_serde::to_vec` writes) would not cross: the mutation
+        // this encoding exists to prevent.
+        let positional = rmp_serde::to_vec(&next::Frame::Request { id: 5, env }).unwrap();
+        assert!(crate::wire::decode::<Frame>(&positional).is_err());
     }
 
     #[test]
@@ -104,7 +164,17 @@ mod tests {
         assert_eq!(u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
         assert_eq!(crate::wire::decode::<Frame>(&bytes[4..]).unwrap(), f);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "0000001681a752657175657374920796010203c4016bc4019007");
+        assert_eq!(
+            hex,
+            "0000004481a75265717565737482a2696407a3656e7686a6656e7469747901a76d65737361676502a5736861726403\
+             a36b6579c4016ba77061796c6f6164c40190a565706f636807"
+        );
+        // The positional form earlier builds wrote still decodes.
+        let positional = [
+            0x81, 0xa7, b'R', b'e', b'q', b'u', b'e', b's', b't', 0x92, 0x07, 0x96, 1, 2, 3, 0xc4, 1, b'k', 0xc4, 1,
+            0x90, 0x07,
+        ];
+        assert_eq!(crate::wire::decode::<Frame>(&positional).unwrap(), f);
         // A frame from before the epoch field decodes with `Epoch(0)` (not stamped).
         let old = [
             0x81, 0xa7, b'R', b'e', b'q', b'u', b'e', b's', b't', 0x92, 0x07, 0x95, 1, 2, 3, 0xc4, 1, b'k', 0xc4, 1,

@@ -140,7 +140,7 @@ impl ShardMap {
         let mut out = Vec::with_capacity(
             64 + wire.owners.len() + wire.epochs.len() + wire.followers.len() + 9 * wire.nodes.len(),
         );
-        rmp_serde::encode::write(&mut out, &wire).expect("encoding into a Vec cannot fail");
+        crate::wire::encode_into(&mut out, &wire);
         out
     }
 
@@ -376,7 +376,16 @@ mod tests {
         let mut m = ShardMap::new(2, 1);
         m.assign(ShardId(1), &Assignment { owner: Some(NodeId(7)), replicas: vec![] }, Epoch(5));
         let hex: String = m.encode().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "98010502009107c404ffff0000c418010000000000000000000000010000000500000000000000c400");
+        assert_eq!(
+            hex,
+            "88a776657273696f6e01a565706f636805a673686172647302ad7265706c6963615f736c6f747300a56e6f6465739107\
+             a66f776e657273c404ffff0000a665706f636873c418010000000000000000000000010000000500000000000000a9666f\
+             6c6c6f77657273c400"
+        );
+        // The positional form earlier builds wrote still decodes.
+        let old = "98010502009107c404ffff0000c418010000000000000000000000010000000500000000000000c400";
+        let old: Vec<u8> = (0..old.len()).step_by(2).map(|i| u8::from_str_radix(&old[i..i + 2], 16).unwrap()).collect();
+        assert_eq!(ShardMap::decode(&old).unwrap(), m);
     }
 
     #[test]

@@ -66,14 +66,23 @@ mod tests {
     fn gossip_round_trip_and_golden() {
         let bytes = encode(&heartbeat());
         assert_eq!(decode::<Gossip>(&bytes).unwrap(), heartbeat());
-        // The peer id is its base58 text (`d9 34` + 52 bytes), as when the field was a String;
-        // `raft_members` and `bootstrapping` (appended) are the fifth and sixth elements:
-        // `96` ... `92 01 02 c3`.
+        // Structs are maps keyed by field name; the peer id is its base58 text (`d9 34` + 52
+        // bytes), as when the field was a String.
         assert_eq!(
             hex(&bytes),
-            "81a94865617274626561749692a473686f70a36465769701d934313244334b6f6f57434d51386b766865734846634a416d754d\
-             47696a7a68336141397136776b6845744231584a4c515a746a4846900102c0c00304920102c3"
+            "81a948656172746265617486a7636c757374657282a36b6579a473686f70a3656e76a3646576a46d65746187a2696401a7\
+             706565725f6964d934313244334b6f6f57434d51386b766865734846634a416d754d47696a7a68336141397136776b6845\
+             744231584a4c515a746a4846a5616464727390a677656967687401a7776f726b65727302a47a6f6e65c0a964617368626f\
+             617264c0a373657103ab696e6361726e6174696f6e04ac726166745f6d656d62657273920102ad626f6f74737472617070\
+             696e67c3"
         );
+        // The positional form earlier builds wrote (`raft_members` and `bootstrapping`, appended,
+        // are the fifth and sixth elements: `96` ... `92 01 02 c3`) still decodes.
+        let old =
+            "81a94865617274626561749692a473686f70a36465769701d934313244334b6f6f57434d51386b766865734846634a416d754d\
+                   47696a7a68336141397136776b6845744231584a4c515a746a4846900102c0c00304920102c3";
+        let old: Vec<u8> = (0..old.len()).step_by(2).map(|i| u8::from_str_radix(&old[i..i + 2], 16).unwrap()).collect();
+        assert_eq!(decode::<Gossip>(&old).unwrap(), heartbeat());
     }
 
     #[test]

@@ -24,9 +24,20 @@ pub mod gossip;
 pub const VERSION: u32 = 2;
 pub use gossip::{Gossip, Heartbeat};
 
-/// Encodes a message with rmp-serde.
-pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    rmp_serde::to_vec(msg).expect("encoding wire types into a Vec cannot fail")
+/// Encodes a message with rmp-serde, structs as maps keyed by field name (docs/wire-protocol.md,
+/// "Encoding"): a build that does not know an appended field skips it, and a build that knows it
+/// reads its default from a frame without it. Every build decodes both this and the positional
+/// arrays that earlier builds wrote, so the change needs no flag day.
+pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(&mut out, msg);
+    out
+}
+
+/// [`encode`], appended to `out`.
+pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, msg: &T) {
+    msg.serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
+        .expect("encoding wire types into a Vec cannot fail");
 }
 
 /// Decodes a message; any failure is `InvalidData`.

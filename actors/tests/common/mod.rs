@@ -15,6 +15,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         replica_factor: 1,
         voters: 1,
         auto_join: true,
+        manual_rebalance: false,
         members: vec![],
         management_token: None,
         weight: 1,

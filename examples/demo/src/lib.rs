@@ -152,6 +152,9 @@ pub struct Timings {
     /// G, extra wait before a silent node's shards move [default: 100ms].
     #[arg(long, value_parser = duration)]
     pub lease_grace: Option<Duration>,
+    /// The rebalancing mode a new cluster starts in: `auto` or `manual` [default: auto].
+    #[arg(long, value_parser = ["auto", "manual"])]
+    pub rebalance: Option<String>,
     /// How long a needed rebalance waits, to batch a rolling start [default: 500ms].
     #[arg(long, value_parser = duration)]
     pub rebalance_debounce: Option<Duration>,
@@ -223,6 +226,13 @@ impl Args {
         s.lease_drift = t.lease_drift;
         s.lease_grace = t.lease_grace;
         s.rebalance_debounce = t.rebalance_debounce;
+        s.rebalance = t.rebalance.as_deref().map(|m| {
+            if m == "manual" {
+                clusterfunk::Rebalance::Manual
+            } else {
+                clusterfunk::Rebalance::Auto
+            }
+        });
         s.proxy_request_timeout = t.proxy_request_timeout;
         s.proxy_route_wait = t.proxy_route_wait;
         s.proxy_queue = t.proxy_queue;

@@ -17,6 +17,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 pub use sharded::{SendError, Sharded};
 
+/// A user's message or reply as it goes on the wire: structs as maps keyed by field name, so a
+/// field appended with `#[serde(default)]` is skipped by the build before and defaulted by the
+/// build after (docs/wire-protocol.md, "Encoding"). Keys are not encoded with this.
+pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(value)
+}
+
 /// An entity type: one actix actor instance per key, living on the node that owns the key's
 /// shard.
 ///
@@ -163,6 +170,26 @@ fn short_name(full: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_field_appended_to_a_user_message_crosses_builds() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Before {
+            amount: u64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct After {
+            amount: u64,
+            #[serde(default)]
+            note: Option<String>,
+        }
+        let after = After { amount: 3, note: Some("gift".into()) };
+        let old: Before = rmp_serde::from_slice(&super::encode_value(&after).unwrap()).unwrap();
+        assert_eq!(old, Before { amount: 3 });
+        let new: After = rmp_serde::from_slice(&super::encode_value(&old).unwrap()).unwrap();
+        assert_eq!(new, After { amount: 3, note: None });
+        assert!(rmp_serde::from_slice::<Before>(&rmp_serde::to_vec(&after).unwrap()).is_err(), "positional fails");
+    }
+
     use super::*;
 
     #[test]

@@ -124,7 +124,7 @@ where
             let out = host.deliver(&key, env.shard, admission, msg).await.map_err(|e| match e {
                 Undelivered::Refused(r, _) | Undelivered::Failed(r) => r,
             })?;
-            rmp_serde::to_vec(&out).map_err(|e| Refusal::Malformed(format!("result: {e}")))
+            super::encode_value(&out).map_err(|e| Refusal::Malformed(format!("result: {e}")))
         })
     })
 }

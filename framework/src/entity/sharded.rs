@@ -113,7 +113,7 @@ impl<E: ShardedActor> Sharded<E> {
             message: mid,
             shard: shard.unwrap_or(ShardId(0)),
             key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(Arc::new(e)))?,
-            payload: rmp_serde::to_vec(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
+            payload: super::encode_value(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
             epoch: Epoch(0),
             replica: false,
         };
@@ -181,7 +181,7 @@ impl<E: ShardedActor> Sharded<E> {
             Ok(ids) => ids,
             Err(e) => return fail(e),
         };
-        let (key, payload) = match (rmp_serde::to_vec(key), rmp_serde::to_vec(&msg)) {
+        let (key, payload) = match (rmp_serde::to_vec(key), super::encode_value(&msg)) {
             (Ok(k), Ok(p)) => (k, p),
             (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(Arc::new(e))),
         };
