@@ -11,6 +11,7 @@ pub mod fatal;
 pub mod faults;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod serving;

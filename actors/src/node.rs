@@ -196,6 +196,8 @@ pub struct Node {
     pub refusals: Arc<consensus::authorize::Refusals>,
     /// Cluster-level events as this node sees them.
     pub events: broadcast::Sender<ClusterEvent>,
+    /// What the actors measure as it happens (docs/operations.md, "Metrics").
+    pub metrics: crate::metrics::Metrics,
     hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
     consensus: Addr<Consensus>,
     leaving: Arc<std::sync::atomic::AtomicBool>,
@@ -346,6 +348,8 @@ impl Node {
             membership_addr.clone().recipient(),
             cfg.management_token.clone(),
         );
+        let metrics = crate::metrics::Metrics::default();
+        let consensus_actor = consensus_actor.with_metrics(metrics.clone());
         let rebalancer = consensus_actor.rebalancer();
         let consensus = consensus_ctx.run(consensus_actor);
         let (events, _) = broadcast::channel(1024);
@@ -358,7 +362,8 @@ impl Node {
             applied.clone(),
             view.clone(),
             events.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         let _ = rebalancer.set(sm_actor.start().recipient());
         let own = ownership.clone();
         let lease_until = lease::spawn_keeper(
@@ -380,6 +385,7 @@ impl Node {
                 consensus: consensus.clone(),
                 hooks: hooks_rx,
                 budget: cfg.hook_budget,
+                metrics: metrics.clone(),
             },
         ));
         if cfg.bootstrap && discovers {
@@ -403,12 +409,18 @@ impl Node {
             serving: counters,
             refusals,
             events,
+            metrics,
             hooks,
             consensus,
             leaving,
             store: kept_store,
             arbiters: vec![transport_arbiter, raft_arbiter],
         })
+    }
+
+    /// The highest Raft log index this node saved as committed (0: none yet).
+    pub fn committed_index(&self) -> u64 {
+        self.store.committed_index()
     }
 
     /// Installs what runs when this node's shards change. No shard is activated before it is set.

@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "wire",
     "shard",
     "events",
+    "metrics",
     "state",
     "transport",
     "membership",

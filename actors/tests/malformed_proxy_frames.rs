@@ -39,6 +39,7 @@ async fn malformed_proxy_frame_drops_the_peer() {
         Arc::new(Nobody),
         node.ownership.clone(),
         node.transport_arbiter(),
+        node.metrics.clone(),
     );
     let addr = common::listen_addr(&node).await;
     let server = node.transport.local_peer_id();

@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     arbiters: Vec<Arbiter>,
     dashboard: std::sync::OnceLock<SocketAddr>,
     token: Option<clusterfunk_actors::types::Token>,
+    /// This node's Prometheus registry (`GET /metrics`).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Inner {
@@ -94,6 +96,11 @@ impl Cluster {
     /// The node (for the dashboard and management routes).
     pub(crate) fn node(&self) -> &Node {
         &self.inner.node
+    }
+
+    /// This node's metrics in the Prometheus text format (`GET /metrics`).
+    pub(crate) fn metrics_text(&self) -> String {
+        self.inner.metrics.encode()
     }
 
     /// The management token mutations must carry, if this node has one.
@@ -350,9 +357,11 @@ impl ClusterConfig {
             registry.clone(),
             node.ownership.clone(),
             node.transport_arbiter(),
+            node.metrics.clone(),
         );
         actix_rt::spawn(passivate(registry.clone(), self.passivate_after));
-        let inner = Arc::new(Inner {
+        let node_metrics = node.metrics.clone();
+        let inner = Arc::new_cyclic(|weak| Inner {
             node,
             cluster: self.node.cluster.clone(),
             registry,
@@ -360,6 +369,7 @@ impl ClusterConfig {
             arbiters,
             dashboard: std::sync::OnceLock::new(),
             token: self.node.management_token.clone(),
+            metrics: crate::metrics::Metrics::new(weak.clone(), &node_metrics),
         });
         let cluster = Cluster { inner };
         if let Some((addr, listener)) = listener {

@@ -1,4 +1,5 @@
-//! The dashboard and HTTP API: `GET /api/cluster`, `/health`, `/ready`, and a status page at `/`.
+//! The dashboard and HTTP API: `GET /api/cluster`, `/health`, `/ready`, `/metrics`, and a
+//! status page at `/`.
 
 use std::net::SocketAddr;
 
@@ -36,6 +37,12 @@ async fn ready(cluster: web::Data<Cluster>) -> impl Responder {
     HttpResponse::Ok().content_type("text/plain").body("ready\n")
 }
 
+/// Prometheus metrics of this node (docs/operations.md, "Metrics").
+#[get("/metrics")]
+async fn metrics(cluster: web::Data<Cluster>) -> impl Responder {
+    HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(cluster.metrics_text())
+}
+
 #[get("/")]
 async fn index() -> impl Responder {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("dashboard.html"))
@@ -54,6 +61,7 @@ pub(crate) fn serve(
             .service(api_cluster)
             .service(health)
             .service(ready)
+            .service(metrics)
             .service(index)
             .configure(crate::manage::routes)
             .configure(routes)

@@ -23,6 +23,7 @@ mod dashboard;
 mod entity;
 pub mod hooks;
 mod manage;
+mod metrics;
 mod settings;
 mod status;
 

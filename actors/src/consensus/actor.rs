@@ -111,6 +111,7 @@ pub struct Consensus {
     rebalancer: Arc<OnceLock<Recipient<Rebalance>>>,
     /// Why an auto membership step waits for an upgrade (logged once per reason).
     upgrade_wait: Option<String>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// What carrying out a membership request needs, cloned out of the actor.
@@ -471,7 +472,14 @@ impl Consensus {
             jobs: Default::default(),
             rebalancer: Default::default(),
             upgrade_wait: None,
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Records the node's event metrics here (the time from a proposal to its result).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Where the shard manager that carries out rebalance requests is set, once it started.
@@ -743,7 +751,9 @@ impl Handler<Propose> for Consensus {
         if let Err(why) = wire_gate(&self.raft, &self.transport, &msg.0) {
             return Box::pin(std::future::ready(Err(ProposeError::Upgrade(why))));
         }
+        let (started, took) = (std::time::Instant::now(), self.metrics.raft_write_seconds.clone());
         Box::pin(async move {
+            let _timed = crate::metrics::Timed::new(started, took);
             match raft.client_write(msg.0.clone()).await {
                 Ok(r) => Ok(r.data),
                 Err(RE::APIError(CWE::ForwardToLeader(fwd))) => {

@@ -67,6 +67,8 @@ pub struct Store {
     faults: Arc<crate::faults::DiskFaults>,
     /// Durable writes in progress.
     pending: Arc<PendingWrites>,
+    /// The highest log index saved as committed (0: none yet), for metrics.
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Nanoseconds since this process first asked (never 0).
@@ -130,7 +132,7 @@ impl Store {
         let path = dir.join(FILE);
         let open_err = |e: redb::Error| OpenError::Open { path: path.display().to_string(), source: e };
         let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
-        let store = Store { db: Arc::new(db), faults, pending: Default::default() };
+        let store = Store { db: Arc::new(db), faults, pending: Default::default(), committed: Default::default() };
         match store.get_meta::<ClusterName>(CLUSTER)? {
             Some(found) if &found != cluster => {
                 return Err(OpenError::OtherCluster { found, expected: cluster.clone() })
@@ -188,6 +190,11 @@ impl Store {
         tx.open_table(META)?.insert(key, bytes.as_slice())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The highest log index saved as committed (0: none yet).
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The log store over this database.
@@ -346,6 +353,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.store.committed.fetch_max(committed.map_or(0, |l| l.index), std::sync::atomic::Ordering::Relaxed);
         let bytes = crate::wire::encode(&committed);
         self.store.put_meta_durable(COMMITTED, bytes).await.map_err(|e| StorageIOError::write(&e).into())
     }

@@ -24,6 +24,20 @@ pub enum MemberState {
     Down,
 }
 
+impl MemberState {
+    /// Every state.
+    pub const ALL: [MemberState; 3] = [MemberState::Up, MemberState::Suspect, MemberState::Down];
+
+    /// The name it is serialized as (`up`, `suspect`, `down`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Up => "up",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        }
+    }
+}
+
 /// One member in the view.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct MemberView {

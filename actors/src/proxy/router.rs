@@ -73,12 +73,37 @@ struct Inner {
     arbiter: ArbiterHandle,
     waiting: Arc<Semaphore>,
     stats: Stats,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The shard router. Cheap to clone.
 #[derive(Clone)]
 pub struct Router {
     inner: Arc<Inner>,
+}
+
+/// The name a failure is counted under (`clusterfunk_proxy_failures_total{reason}`).
+fn reason(e: &Error) -> &'static str {
+    match e {
+        Error::Refused(r) => match r {
+            Refusal::NotOwner { .. } => "not_owner",
+            Refusal::UnknownEntity(_) => "unknown_entity",
+            Refusal::UnknownMessage(_) => "unknown_message",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::EntityFailed => "entity_failed",
+            Refusal::Overloaded => "owner_overloaded",
+            Refusal::WrongShard { .. } => "wrong_shard",
+            _ => "refused",
+        },
+        Error::QueueFull { .. } => "queue_full",
+        Error::Timeout { .. } => "timeout",
+        Error::Unreachable { .. } => "unreachable",
+        Error::ConnectionLost { .. } => "connection_lost",
+        Error::NoOwner { .. } => "no_owner",
+        Error::Overloaded => "overloaded",
+        Error::TooLarge { .. } => "too_large",
+        Error::Closed => "closed",
+    }
 }
 
 impl Router {
@@ -95,6 +120,7 @@ impl Router {
         dispatch: Arc<dyn Dispatch>,
         ownership: Arc<Ownership>,
         arbiter: ArbiterHandle,
+        metrics: crate::metrics::Metrics,
     ) -> Router {
         let protocol = super::protocol(cluster);
         let mut control = transport.streams();
@@ -114,6 +140,7 @@ impl Router {
                 ownership,
                 arbiter: arbiter.clone(),
                 stats: Stats::default(),
+                metrics,
             }),
         };
         match incoming {
@@ -123,6 +150,12 @@ impl Router {
             Err(e) => warn!(error = %e, "proxy protocol already registered; inbound proxy streams are not served"),
         }
         router
+    }
+
+    /// Messages waiting now for their shard to get an owner (at most the configured
+    /// `max_waiting`).
+    pub fn waiting(&self) -> usize {
+        self.inner.cfg.max_waiting.saturating_sub(self.inner.waiting.available_permits())
     }
 
     /// This node.
@@ -149,7 +182,17 @@ impl Router {
     /// route wait) while the shard has no owner (a handoff in progress, a failover); on `NotOwner`
     /// (the owner is activating, its lease lapsed, or one of the two maps is behind) or an
     /// unreachable owner, waits for a newer map or a moment and retries.
-    pub async fn request(&self, mut env: Envelope) -> Result<Vec<u8>, Error> {
+    pub async fn request(&self, env: Envelope) -> Result<Vec<u8>, Error> {
+        let result = self.route_request(env).await;
+        if let Err(e) = &result {
+            // Every failure, the route wait's (no owner, overloaded) included.
+            self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.proxy_failed(reason(e));
+        }
+        result
+    }
+
+    async fn route_request(&self, mut env: Envelope) -> Result<Vec<u8>, Error> {
         let start = Instant::now();
         let mut map = self.inner.map.clone();
         let mut refusals = 0u32;
@@ -181,9 +224,6 @@ impl Router {
                 other => break other,
             }
         };
-        if result.is_err() {
-            self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
-        }
         result
     }
 
@@ -249,8 +289,12 @@ impl Router {
         let _slot = link.slot(id);
         self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.cfg.request_timeout;
+        let sent = Instant::now();
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r.map_err(Error::Refused),
+            Ok(Ok(r)) => {
+                self.inner.metrics.proxy_latency_seconds.observe(sent.elapsed().as_secs_f64());
+                r.map_err(Error::Refused)
+            }
             Ok(Err(_)) => Err(Error::ConnectionLost { node }),
             Err(_) => Err(Error::Timeout { node, timeout }),
         }

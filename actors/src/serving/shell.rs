@@ -53,6 +53,7 @@ pub(crate) struct Inputs {
     pub(crate) consensus: Addr<Consensus>,
     pub(crate) hooks: watch::Receiver<Option<Arc<dyn ShardHooks>>>,
     pub(crate) budget: Duration,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// Runs the serving core of this node until the applied state or the lease watch closes.
@@ -67,7 +68,7 @@ pub(crate) async fn run(counters: Arc<Counters>, mut io: Inputs) {
     }
     let hooks = io.hooks.borrow().clone().expect("installed above");
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel(64);
-    let shell = Shell { counters, hooks, io, failed: failed_tx };
+    let shell = Shell { counters, hooks, io, failed: failed_tx, stopping: Default::default() };
     let mut io_lease = shell.io.lease.clone();
     let mut io_applied = shell.io.applied.clone();
     loop {
@@ -113,6 +114,9 @@ struct Shell {
     io: Inputs,
     /// Confirmations that did not commit, back to the core.
     failed: tokio::sync::mpsc::Sender<Vec<(ShardId, Epoch)>>,
+    /// When each shard's entities were last asked to stop: a handoff's start, for
+    /// `handoff_seconds` (one entry per shard at most).
+    stopping: Arc<std::sync::Mutex<std::collections::HashMap<ShardId, std::time::Instant>>>,
 }
 
 impl Shell {
@@ -159,7 +163,11 @@ impl Shell {
                     info!(shards = shards.len(), "stopped shards that moved away");
                 }
             }
-            Effect::StopEntities(shards) => self.stop_entities(shards).await,
+            Effect::StopEntities(shards) => {
+                let now = std::time::Instant::now();
+                self.stopping.lock().expect("never poisoned").extend(shards.iter().map(|s| (*s, now)));
+                self.stop_entities(shards).await
+            }
             Effect::Hooks(changes) => self.run_hooks(changes).await,
             Effect::ConfirmReleased(shards) => self.confirm(shards),
             Effect::Activate(_) => unreachable!("carried out by carry_out"),
@@ -214,10 +222,18 @@ impl Shell {
         // that fails goes back to the core, which confirms again (the leader releases a live
         // owner's shards only on the lease rule).
         let failed = self.failed.clone();
+        let (stopping, metrics) = (self.stopping.clone(), self.io.metrics.clone());
         actix::spawn(async move {
             let ok = match send.await {
                 Ok(Ok(CommandResult::Applied { index })) => {
                     info!(shards = shards.len(), index, "handoff confirmed: shards released");
+                    let mut stopping = stopping.lock().expect("never poisoned");
+                    for (s, _) in &shards {
+                        metrics.handoffs.inc();
+                        if let Some(t) = stopping.remove(s) {
+                            metrics.handoff_seconds.observe(t.elapsed().as_secs_f64());
+                        }
+                    }
                     true
                 }
                 Ok(Ok(other)) => {

@@ -37,6 +37,9 @@ pub struct Ownership {
     released: OnceLock<Box<[AtomicU64]>>,
     journal: Option<Arc<dyn Journal>>,
     rejected: AtomicU64,
+    /// Messages that showed this node serving a shard its own applied map gives another node
+    /// at a newer epoch (`Ownership::check`): two owners. Must stay 0.
+    double_owner: AtomicU64,
     /// The map of the last applied Raft entry; revocations (on apply) and activations take
     /// this lock, so a shard is never activated from a map older than the applied one.
     applied_map: Mutex<Option<Arc<ShardMap>>>,
@@ -66,6 +69,7 @@ impl Ownership {
             released: OnceLock::new(),
             journal,
             rejected: AtomicU64::new(0),
+            double_owner: AtomicU64::new(0),
             applied_map: Mutex::new(None),
         }
     }
@@ -172,10 +176,34 @@ impl Ownership {
             }
         }
         match self.serving_epoch(shard) {
-            // The sender knows of a newer assignment than the one active here: it retries.
             Some(active) if epoch.0 <= active.0 => Ok(active),
-            _ => Err(not_owner(map())),
+            // The sender knows of a newer assignment than the one active here: it retries. If
+            // this node's own map already gives the shard to another node at that epoch while
+            // the shard is still live here, two nodes serve it. (The map is published after the
+            // revocation it caused, so the second look at the table sees that revocation.)
+            Some(active) => {
+                let map = map();
+                let moved = map.shard_epoch(shard).0 >= epoch.0 && map.owner(shard) != Some(self.local);
+                if moved && self.serving_epoch(shard) == Some(active) {
+                    self.double_owner.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        %shard,
+                        served_at = active.0,
+                        stamped = epoch.0,
+                        owner = ?map.owner(shard),
+                        "double owner detected: this node serves a shard its map gives another node"
+                    );
+                }
+                Err(not_owner(map))
+            }
+            None => Err(not_owner(map())),
         }
+    }
+
+    /// How many times [`Self::check`] found this node serving a shard its own map gives another
+    /// node (`double_owner_detected`): 0 unless the safety rule broke.
+    pub fn double_owner_detected(&self) -> u64 {
+        self.double_owner.load(Ordering::Relaxed)
     }
 
     /// Whether this node may take a replica message (from the shard's leader to its followers)
@@ -349,5 +377,36 @@ mod tests {
 
         let events: Vec<Event> = journal.records.lock().unwrap().iter().map(|r| r.event).collect();
         assert_eq!(events, [Event::Activate, Event::Serve, Event::Deactivate]);
+    }
+
+    #[test]
+    fn a_message_showing_two_owners_is_counted_and_a_lagging_sender_is_not() {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let own = Ownership::new(NodeId(1), clock.clone(), None);
+        let mut map = Arc::new(ShardMap::new(4, 1));
+        owned_by(Arc::make_mut(&mut map), 2, 1, 10);
+        own.revoke(&map);
+        own.set_lease(Some(clock.now() + Duration::from_secs(5)));
+        assert!(own.activate_if_owned(ShardId(2), Epoch(10)));
+        // A sender ahead of this node's map (it knows epoch 12, this node's map does not yet):
+        // refused so it retries, not a double owner.
+        assert!(own.check(ShardId(2), Epoch(12), || map.clone()).is_err());
+        assert_eq!(own.double_owner_detected(), 0);
+        // A sender behind: stale, not a double owner either.
+        owned_by(Arc::make_mut(&mut map), 3, 1, 11);
+        assert!(own.check(ShardId(2), Epoch(10), || map.clone()).is_ok());
+        assert_eq!(own.double_owner_detected(), 0);
+        // The broken state the safety rule forbids, built by hand (the map moved the shard to
+        // node 7 at epoch 12 and was never applied here, so the shard is still live): a message
+        // stamped 12 shows it.
+        let mut moved = (*map).clone();
+        owned_by(&mut moved, 2, 7, 12);
+        let moved = Arc::new(moved);
+        assert!(own.check(ShardId(2), Epoch(12), || moved.clone()).is_err());
+        assert_eq!(own.double_owner_detected(), 1, "the detector fires");
+        // Applied as it should be, the move revokes first: the same message is not counted.
+        own.revoke(&moved);
+        assert!(own.check(ShardId(2), Epoch(12), || moved.clone()).is_err());
+        assert_eq!(own.double_owner_detected(), 1);
     }
 }

@@ -34,10 +34,28 @@ pub struct ShardManager {
     leader: Option<NodeId>,
     up: BTreeSet<NodeId>,
     open_plan: Option<Plan>,
+    /// When the open plan started (for `rebalance_seconds`).
+    plan_started: Option<std::time::Instant>,
     busy: bool,
+    metrics: crate::metrics::Metrics,
 }
 
 impl ShardManager {
+    /// Records the node's event metrics here (rebalances and their duration).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// A plan with moves started: it stays open until its last handoff is done.
+    fn started(&mut self, plan: Plan) {
+        self.metrics.rebalances.inc();
+        if self.open_plan.is_none() {
+            self.plan_started = Some(std::time::Instant::now());
+        }
+        self.open_plan = Some(plan);
+    }
+
     /// A shard manager reporting events on `events`. (The committed map is the applied state's:
     /// readers take it through [`crate::consensus::MapView`].)
     pub fn new(
@@ -60,6 +78,8 @@ impl ShardManager {
             leader: None,
             up: BTreeSet::new(),
             open_plan: None,
+            plan_started: None,
+            metrics: crate::metrics::Metrics::default(),
             busy: false,
         }
     }
@@ -74,6 +94,9 @@ impl ShardManager {
         self.watch_cluster();
         if self.open_plan.is_some() && !self.in_flight() && applied.state.handoffs.is_empty() {
             let plan = self.open_plan.take().expect("checked");
+            if let Some(t) = self.plan_started.take() {
+                self.metrics.rebalance_seconds.observe(t.elapsed().as_secs_f64());
+            }
             info!(moves = plan.moves.len(), "rebalance finished");
             self.emit(ClusterEvent::RebalanceFinished(plan));
         }
@@ -105,7 +128,7 @@ impl ShardManager {
                     info!(epoch = index, "shard map committed");
                     if let Some(plan) = plan {
                         act.emit(ClusterEvent::RebalanceStarted(plan.clone()));
-                        act.open_plan = Some(plan);
+                        act.started(plan);
                     }
                 }
                 Ok(Ok(other)) => warn!(result = ?other, "shard map refused; recomputing"),
@@ -246,7 +269,7 @@ impl Handler<Rebalance> for ShardManager {
             r?;
             let started = Plan { moves: plan.moves.clone(), replica_changes: plan.replica_changes };
             act.emit(ClusterEvent::RebalanceStarted(started.clone()));
-            act.open_plan = Some(started);
+            act.started(started);
             Ok(plan)
         }))
     }

@@ -342,6 +342,7 @@ impl Transport {
                 // Blame the signed author, not the neighbour that relayed it: messages are
                 // validated before they are forwarded, so a relay is only possible from a node
                 // that accepted it (an older version), and dropping it would cut a good link.
+                Stats::bump(&self.stats.malformed_gossip);
                 match message.source {
                     Some(author) => self.malformed(author, &e),
                     None => Stats::bump(&self.stats.malformed_frames),
@@ -363,6 +364,7 @@ impl Transport {
                 self.on_raft_request(peer, request, channel)
             }
             E::Message { peer, message: M::Request { request: Inbound::Malformed(e), .. }, .. } => {
+                Stats::bump(&self.stats.malformed_raft);
                 self.malformed(peer, &e)
             }
             E::Message { message: M::Response { request_id, response }, .. } => {
@@ -373,6 +375,7 @@ impl Transport {
             E::OutboundFailure { peer, request_id, error, .. } => {
                 if let request_response::OutboundFailure::Io(io) = &error {
                     if io.kind() == io::ErrorKind::InvalidData {
+                        Stats::bump(&self.stats.malformed_raft);
                         self.malformed(peer, io);
                     }
                 }
@@ -383,6 +386,7 @@ impl Transport {
             E::InboundFailure { peer, error: request_response::InboundFailure::Io(io), .. }
                 if io.kind() == io::ErrorKind::InvalidData =>
             {
+                Stats::bump(&self.stats.malformed_raft);
                 self.malformed(peer, &io);
             }
             _ => {}

@@ -158,6 +158,10 @@ pub enum Error {
 pub struct Stats {
     /// Frames refused as malformed or oversized (each closed its connection).
     pub malformed_frames: AtomicU64,
+    /// Of those, gossip messages.
+    pub malformed_gossip: AtomicU64,
+    /// Of those, Raft frames (requests and responses).
+    pub malformed_raft: AtomicU64,
     /// Connections refused because the peer is of another cluster.
     pub foreign_peers: AtomicU64,
     /// Events dropped because a receiving mailbox was full.
@@ -305,6 +309,7 @@ impl Handle {
     /// counted with the transport's malformed frames, and every connection to it closed.
     pub fn malformed(&self, peer: PeerId, error: &dyn std::fmt::Display) {
         Stats::bump(&self.stats.malformed_frames);
+        Stats::bump(&self.stats.malformed_raft);
         tracing::warn!(%peer, %error, "malformed frame: closing the connection to this peer");
         self.disconnect(peer);
     }

@@ -117,7 +117,14 @@ pub(crate) struct EntityHost<E: ShardedActor> {
     idle: Duration,
     started: Instant,
     activations: AtomicU64,
+    /// The type's wire name (the `entity_type` label of its metrics).
+    name: &'static str,
+    /// Instances stopped, by reason: idle, their shard stopped here, they stopped themselves.
+    passivated: [AtomicU64; 3],
 }
+
+/// Why instances stopped, as `HostControl::passivated` counts them.
+pub(crate) const PASSIVATION_REASONS: [&str; 3] = ["idle", "shard_stopped", "stopped"];
 
 /// What the node does to every host, whatever its type.
 pub(crate) trait HostControl: Send + Sync {
@@ -130,10 +137,20 @@ pub(crate) trait HostControl: Send + Sync {
     fn len(&self) -> usize;
     /// Instances created so far.
     fn activations(&self) -> u64;
+    /// The type's wire name.
+    fn name(&self) -> &'static str;
+    /// Instances stopped so far, per [`PASSIVATION_REASONS`].
+    fn passivated(&self) -> [u64; 3];
 }
 
 impl<E: ShardedActor> EntityHost<E> {
-    pub(crate) fn new(arbiters: Arc<[ArbiterHandle]>, node: NodeId, ownership: Arc<Ownership>, idle: Duration) -> Self {
+    pub(crate) fn new(
+        name: &'static str,
+        arbiters: Arc<[ArbiterHandle]>,
+        node: NodeId,
+        ownership: Arc<Ownership>,
+        idle: Duration,
+    ) -> Self {
         EntityHost {
             entities: DashMap::new(),
             retired: std::sync::Mutex::new(Vec::new()),
@@ -143,6 +160,8 @@ impl<E: ShardedActor> EntityHost<E> {
             idle,
             started: Instant::now(),
             activations: AtomicU64::new(0),
+            name,
+            passivated: Default::default(),
         }
     }
 
@@ -350,6 +369,7 @@ impl<E: ShardedActor> HostControl for EntityHost<E> {
             self.entities.iter().filter(|s| s.value().shard == shard).map(|s| s.key().clone()).collect();
         let mut stopping: Vec<oneshot::Receiver<()>> =
             keys.iter().filter_map(|k| self.entities.remove(k)).map(|(_, slot)| slot.stopped).collect();
+        self.passivated[1].fetch_add(stopping.len() as u64, Ordering::Relaxed);
         let mut retired = self.retired.lock().expect("retired lock is never poisoned");
         let (theirs, others): (Vec<_>, Vec<_>) = retired.drain(..).partition(|(s, _)| *s == shard);
         *retired = others;
@@ -383,6 +403,8 @@ impl<E: ShardedActor> HostControl for EntityHost<E> {
                     || (s.last_used.load(Ordering::Relaxed) < cutoff && s.in_flight.load(Ordering::Acquire) == 0)
             });
             if let Some((_, slot)) = gone {
+                let reason = if slot.jobs.is_closed() { 2 } else { 0 };
+                self.passivated[reason].fetch_add(1, Ordering::Relaxed);
                 retired.push((slot.shard, slot.stopped));
             }
         }
@@ -394,5 +416,13 @@ impl<E: ShardedActor> HostControl for EntityHost<E> {
 
     fn activations(&self) -> u64 {
         self.activations.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn passivated(&self) -> [u64; 3] {
+        self.passivated.each_ref().map(|c| c.load(Ordering::Relaxed))
     }
 }

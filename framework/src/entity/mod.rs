@@ -11,6 +11,7 @@ use actix::{Actor, Context, Message};
 use clusterfunk_actors::shard::ShardKey;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 pub use host::fencing_epoch;
+pub(crate) use host::PASSIVATION_REASONS;
 pub use registry::EntityRegistration;
 pub(crate) use registry::{check_ids, EntitySpec, HostEnv, Registry};
 use serde::de::DeserializeOwned;

@@ -156,8 +156,9 @@ impl<E: ShardedActor> EntitySpec for EntityRegistration<E> {
     }
 
     fn install(&self, env: &HostEnv, reg: &mut Registry) {
-        let host = Arc::new(EntityHost::<E>::new(env.arbiters.clone(), env.node, env.ownership.clone(), env.idle));
         let name = self.wire_name();
+        let host =
+            Arc::new(EntityHost::<E>::new(name, env.arbiters.clone(), env.node, env.ownership.clone(), env.idle));
         let eid = wire_id(name);
         reg.entities.insert(eid, name);
         reg.entity_ids.insert(TypeId::of::<E>(), (eid, std::any::type_name::<E>()));
