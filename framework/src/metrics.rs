@@ -35,32 +35,25 @@ impl Metrics {
     pub(crate) fn new(inner: Weak<Inner>, m: &clusterfunk_actors::metrics::Metrics) -> Metrics {
         let mut r = Registry::with_prefix("clusterfunk");
         r.register("handoffs", "Shards this node handed off (stopped, and released in the log)", m.handoffs.clone());
-        r.register_with_unit(
-            "handoff_duration",
-            "From a handoff's start on this node (its entities asked to stop) to its release being in the log",
-            Unit::Seconds,
-            m.handoff_seconds.clone(),
-        );
         r.register("rebalances", "Rebalances this node started while it led (plans with moves)", m.rebalances.clone());
-        r.register_with_unit(
-            "rebalance_duration",
-            "From a rebalance's start to its last handoff done",
-            Unit::Seconds,
-            m.rebalance_seconds.clone(),
-        );
-        r.register_with_unit(
-            "proxy_latency",
-            "Round trip of a message forwarded to its shard's owner",
-            Unit::Seconds,
-            m.proxy_latency_seconds.clone(),
-        );
         r.register("proxy_failures", "Messages sent from this node that failed, by reason", m.proxy_failures.clone());
-        r.register_with_unit(
-            "raft_write_duration",
-            "From a command proposed on this node to its result (committed and applied, or refused)",
-            Unit::Seconds,
-            m.raft_write_seconds.clone(),
-        );
+        let durations = [
+            (
+                "handoff_duration",
+                "From a handoff's start on this node (its entities asked to stop) to its release being in the log",
+                &m.handoff_seconds,
+            ),
+            ("rebalance_duration", "From a rebalance's start to its last handoff done", &m.rebalance_seconds),
+            ("proxy_latency", "Round trip of a message forwarded to its shard's owner", &m.proxy_latency_seconds),
+            (
+                "raft_write_duration",
+                "From a command proposed on this node to its result (committed and applied, or refused)",
+                &m.raft_write_seconds,
+            ),
+        ];
+        for (name, help, h) in durations {
+            r.register_with_unit(name, help, Unit::Seconds, h.clone());
+        }
         r.register_collector(Box::new(Scrape { inner, failures: m.proxy_failures.clone() }));
         Metrics { registry: r }
     }
