@@ -485,6 +485,23 @@ impl Node {
         }
     }
 
+    /// Whether this node is ready (what `GET /ready` serves): it holds a committed map and a
+    /// valid lease, is neither fenced nor leaving, and serves every shard its map gives it
+    /// ([`serving::ready::readiness`]). The map is the serving table's, so the shards it is
+    /// compared with were revoked and activated against that very map.
+    pub fn ready(&self) -> Result<(), serving::ready::NotReady> {
+        let map = self.ownership.applied_map().unwrap_or_default();
+        let draining = self.applied.borrow().state.is_draining(self.id);
+        serving::ready::readiness(serving::ready::Inputs {
+            local: self.id,
+            map: &map,
+            lease_valid: self.ownership.lease_valid(),
+            refusal: self.lease.own_refusal(),
+            draining,
+            serving: |s| self.ownership.serving_epoch(s),
+        })
+    }
+
     /// The latest Raft metrics.
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()

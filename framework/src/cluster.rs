@@ -187,6 +187,13 @@ impl Cluster {
         self.inner.node.health()
     }
 
+    /// Whether this node is ready (what `GET /ready` serves): it holds a committed shard map
+    /// and a valid lease, is neither fenced by the leader nor draining, and serves every shard
+    /// the map gives it. `Err` says which condition fails, e.g. `no valid lease`.
+    pub fn ready(&self) -> Result<(), String> {
+        self.inner.node.ready().map_err(|e| e.to_string())
+    }
+
     /// The address the dashboard is bound to, if it runs.
     pub fn dashboard_addr(&self) -> Option<SocketAddr> {
         self.inner.dashboard.get().copied()

@@ -22,19 +22,14 @@ async fn health(cluster: web::Data<Cluster>) -> impl Responder {
     }
 }
 
-/// Readiness: a leader is known and every shard has an owner.
+/// Readiness of this node: a committed map, a valid lease, not fenced, not draining, and every
+/// shard the map gives it served here. 503 with the reason otherwise.
 #[get("/ready")]
 async fn ready(cluster: web::Data<Cluster>) -> impl Responder {
-    let s = cluster.status();
-    if s.leader.is_none() {
-        return HttpResponse::ServiceUnavailable().content_type("text/plain").body("not ready: no raft leader known\n");
+    match cluster.ready() {
+        Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        Err(why) => HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("not ready: {why}\n")),
     }
-    if s.shard_map.shards == 0 || s.shard_map.unassigned > 0 {
-        return HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body("not ready: shards without an owner\n");
-    }
-    HttpResponse::Ok().content_type("text/plain").body("ready\n")
 }
 
 /// Prometheus metrics of this node (docs/operations.md, "Metrics").

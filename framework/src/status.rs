@@ -58,6 +58,10 @@ pub struct OwnershipStatus {
     pub handoffs_pending: usize,
     /// Whether this node is leaving the cluster.
     pub draining: bool,
+    /// Why this node is not ready (what `GET /ready` says), or `None` when it is.
+    pub not_ready: Option<String>,
+    /// Why the leader refused this node's last lease renewal, if no grant came after it.
+    pub lease_refused: Option<String>,
 }
 
 /// Entity traffic on this node.
@@ -262,6 +266,8 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 abandoned_stops: node.serving.abandoned_stops.load(Ordering::Relaxed),
                 handoffs_pending: applied.state.handoffs.len(),
                 draining: applied.state.is_draining(node.id),
+                not_ready: node.ready().err().map(|e| e.to_string()),
+                lease_refused: node.lease.own_refusal().map(|r| r.to_string()),
             }
         },
     }

@@ -263,6 +263,17 @@ pub mod view {
 /// Starts `n` node processes of `exe` on loopback with static seeds: node 0 bootstraps, the
 /// others join it. `args` go to every node (besides listen, dashboard, data dir and join).
 pub fn start_cluster(exe: &Path, dir: &Path, n: usize, args: &[&str]) -> anyhow::Result<Vec<NodeProc>> {
+    start_cluster_each(exe, dir, n, args, |_| Vec::new())
+}
+
+/// [`start_cluster`], node `i` also getting the flags `each(i)` (a file of its own, say).
+pub fn start_cluster_each(
+    exe: &Path,
+    dir: &Path,
+    n: usize,
+    args: &[&str],
+    each: impl Fn(usize) -> Vec<String>,
+) -> anyhow::Result<Vec<NodeProc>> {
     let ports = free_ports(2 * n);
     let seed = format!("127.0.0.1:{}", ports[0]);
     let mut nodes: Vec<NodeProc> = (0..n)
@@ -272,7 +283,9 @@ pub fn start_cluster(exe: &Path, dir: &Path, n: usize, args: &[&str]) -> anyhow:
                 all.extend(["--join", seed.as_str()]);
             }
             let (listen, dash) = (format!("127.0.0.1:{}", ports[i]), format!("127.0.0.1:{}", ports[n + i]));
-            NodeProc::new(exe, dir.join(format!("n{i}")), listen, dash, &all)
+            let mut node = NodeProc::new(exe, dir.join(format!("n{i}")), listen, dash, &all);
+            node.args.extend(each(i));
+            node
         })
         .collect();
     nodes[0].start_with(&["--bootstrap"])?;

@@ -27,6 +27,9 @@ pub struct LeaseService {
     quorum_window: Duration,
     table: Mutex<Table>,
     evidence: Mutex<Evidence>,
+    /// Why the leader refused this node's last renewal, until the next grant (readiness shows
+    /// it: a fenced node is told so only in this reply).
+    own_refusal: Mutex<Option<super::Refusal>>,
 }
 
 /// The last Raft metrics report this service saw, and when it may have been published.
@@ -119,12 +122,29 @@ impl LeaseService {
     pub fn new(cfg: Config, raft: Raft, clock: Arc<dyn Clock>, quorum_window: Duration) -> LeaseService {
         let table = Table::new(cfg.clone());
         let evidence = Mutex::new(Evidence::new(raft.metrics(), clock.now()));
-        LeaseService { cfg, raft, clock, quorum_window, table: Mutex::new(table), evidence }
+        LeaseService {
+            cfg,
+            raft,
+            clock,
+            quorum_window,
+            table: Mutex::new(table),
+            evidence,
+            own_refusal: Mutex::new(None),
+        }
     }
 
     /// The lease timings.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Why the leader refused this node's last renewal, if no grant came after it.
+    pub fn own_refusal(&self) -> Option<super::Refusal> {
+        self.own_refusal.lock().expect("lease refusal lock is never poisoned").clone()
+    }
+
+    fn set_own_refusal(&self, refusal: Option<super::Refusal>) {
+        *self.own_refusal.lock().expect("lease refusal lock is never poisoned") = refusal;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -258,8 +278,14 @@ async fn run(
                 }
             }
             Some((sent, reply)) = done_rx.recv() => match reply {
-                LeaseReply::Granted { min_applied } => holder.granted(sent, min_applied),
-                LeaseReply::Refused { reason } => debug!(%reason, "lease renewal refused"),
+                LeaseReply::Granted { min_applied } => {
+                    svc.set_own_refusal(None);
+                    holder.granted(sent, min_applied)
+                }
+                LeaseReply::Refused { reason } => {
+                    debug!(%reason, "lease renewal refused");
+                    svc.set_own_refusal(Some(reason));
+                }
             },
         }
         let index = applied.borrow().last_applied.map_or(0, |l| l.index);

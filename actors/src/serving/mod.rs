@@ -7,11 +7,13 @@
 //!   the applied state; tested alone and in a deterministic simulation of many nodes;
 //! - `shell`: the task that carries the core's effects out;
 //! - `drain`: leaving (every shard handed off) and coming back after a restart;
-//! - [`journal`]: what the lab's checkers read.
+//! - [`journal`]: what the lab's checkers read;
+//! - [`ready`]: whether this node is ready (`GET /ready`).
 
 pub mod core;
 mod drain;
 pub mod journal;
+pub mod ready;
 mod shell;
 #[cfg(test)]
 mod sim;
