@@ -248,11 +248,14 @@ impl Collector for Scrape {
         )?;
 
         let count = |reason: &'static str| self.failures.get(&vec![("reason", reason)]).map_or(0, |c| c.get()) as f64;
-        let dropped = node.transport.stats().events_dropped.load(Ordering::Relaxed) as f64;
+        let ts = node.transport.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
         let rows = vec![
             (vec![("queue", "proxy_link".to_string())], count("queue_full")),
             (vec![("queue", "route_wait".to_string())], count("overloaded")),
-            (vec![("queue", "consensus_mailbox".to_string())], dropped),
+            (vec![("queue", "proxy_inbound".to_string())], load(&inner.router.stats().inbound_full)),
+            (vec![("queue", "consensus_mailbox".to_string())], load(&ts.raft_mailbox_full)),
+            (vec![("queue", "membership_mailbox".to_string())], load(&ts.events_dropped)),
         ];
         family(
             e,

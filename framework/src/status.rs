@@ -161,8 +161,10 @@ pub struct TransportStatus {
     pub malformed_frames: u64,
     /// Peers of other clusters refused.
     pub foreign_peers: u64,
-    /// Events dropped on a full mailbox.
+    /// Transport events dropped on a full membership mailbox.
     pub events_dropped: u64,
+    /// Raft requests refused on a full consensus mailbox.
+    pub raft_mailbox_full: u64,
     /// Gossip heartbeats dropped because they described another peer than their signer.
     pub forged_heartbeats: u64,
     /// The message fault plan in force (tests and the chaos lab), and what it did so far.
@@ -222,6 +224,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             malformed_frames: stats.malformed_frames.load(Ordering::Relaxed),
             foreign_peers: stats.foreign_peers.load(Ordering::Relaxed),
             events_dropped: stats.events_dropped.load(Ordering::Relaxed),
+            raft_mailbox_full: stats.raft_mailbox_full.load(Ordering::Relaxed),
             forged_heartbeats: stats.forged_heartbeats.load(Ordering::Relaxed),
             seeds: node.transport.seeds(),
             faults: {

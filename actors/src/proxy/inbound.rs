@@ -61,6 +61,7 @@ async fn serve(router: Router, peer: PeerId, stream: Stream) {
             continue;
         }
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            router.stats().inbound_full.fetch_add(1, Ordering::Relaxed);
             let resp = Frame::Response { id, result: Err(Refusal::Overloaded) }.encode();
             if tx.send(resp).await.is_err() {
                 return;

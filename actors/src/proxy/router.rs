@@ -57,6 +57,9 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Streams refused because their peer is not in the Raft configuration (docs/architecture.md §13).
     pub unauthorized: AtomicU64,
+    /// Requests from other nodes refused `Overloaded` because this node already ran its
+    /// maximum of inbound requests per stream.
+    pub inbound_full: AtomicU64,
 }
 
 struct Inner {
@@ -186,10 +189,16 @@ impl Router {
         let result = self.route_request(env).await;
         if let Err(e) = &result {
             // Every failure, the route wait's (no owner, overloaded) included.
-            self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
-            self.inner.metrics.proxy_failed(reason(e));
+            self.count_failure(e);
         }
         result
+    }
+
+    /// Counts a failed send (`traffic.failed`, `clusterfunk_proxy_failures_total{reason}`): for
+    /// callers that delivered without [`Self::request`] (the local fast path).
+    pub fn count_failure(&self, e: &Error) {
+        self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.proxy_failed(reason(e));
     }
 
     async fn route_request(&self, mut env: Envelope) -> Result<Vec<u8>, Error> {
@@ -255,9 +264,14 @@ impl Router {
     /// messages to a shard's followers, and for tests of fencing.
     pub async fn request_to(&self, node: NodeId, env: &Envelope) -> Result<Vec<u8>, Error> {
         if node == self.inner.local {
+            // `serve_local` counts its own failures (as served here).
             return self.serve_local(env.clone()).await.map_err(Error::Refused);
         }
-        self.remote(node, env).await
+        let result = self.remote(node, env).await;
+        if let Err(e) = &result {
+            self.count_failure(e);
+        }
+        result
     }
 
     /// Whether this node serves `shard` right now (lease valid, shard active): a caller may then

@@ -228,9 +228,12 @@ impl Shell {
                 Ok(Ok(CommandResult::Applied { index })) => {
                     info!(shards = shards.len(), index, "handoff confirmed: shards released");
                     let mut stopping = stopping.lock().expect("never poisoned");
+                    // Counted once per shard whose entities this incarnation stopped: a
+                    // confirmation repeated after its reply was lost changes nothing, and
+                    // finds no entry.
                     for (s, _) in &shards {
-                        metrics.handoffs.inc();
                         if let Some(t) = stopping.remove(s) {
+                            metrics.handoffs.inc();
                             metrics.handoff_seconds.observe(t.elapsed().as_secs_f64());
                         }
                     }

@@ -400,7 +400,7 @@ impl Transport {
             Err(_) => {
                 // Dropping the channel fails the peer's request: an error to the caller, not a
                 // silent drop. Raft retries.
-                Stats::bump(&self.stats.events_dropped);
+                Stats::bump(&self.stats.raft_mailbox_full);
                 warn!(peer = %from, "consensus mailbox full: raft request refused");
             }
         }

@@ -164,8 +164,11 @@ pub struct Stats {
     pub malformed_raft: AtomicU64,
     /// Connections refused because the peer is of another cluster.
     pub foreign_peers: AtomicU64,
-    /// Events dropped because a receiving mailbox was full.
+    /// Transport events dropped because the membership mailbox was full.
     pub events_dropped: AtomicU64,
+    /// Raft requests refused because the consensus mailbox was full (the peer's request fails;
+    /// Raft retries).
+    pub raft_mailbox_full: AtomicU64,
     /// Peers connected now.
     pub connected_peers: AtomicU64,
     /// Gossip heartbeats signed by another peer than the one they describe, dropped.

@@ -103,7 +103,10 @@ impl<E: ShardedActor> Sharded<E> {
                     // The shard stopped here before the handler ran: the message comes back
                     // and goes the way of any other (to the new owner, once there is one).
                     Err(Undelivered::Refused(_, m)) => msg = m,
-                    Err(Undelivered::Failed(r)) => return Err(SendError::from(r)),
+                    Err(Undelivered::Failed(r)) => {
+                        self.router.count_failure(&RouteError::Refused(r.clone()));
+                        return Err(SendError::from(r));
+                    }
                 }
             }
         }
