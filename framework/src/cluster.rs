@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     token: Option<clusterfunk_actors::types::Token>,
     /// This node's Prometheus registry (`GET /metrics`).
     pub(crate) metrics: crate::metrics::Metrics,
+    /// The dashboard's events timeline (filled while the dashboard runs).
+    pub(crate) timeline: crate::timeline::Timeline,
 }
 
 impl Inner {
@@ -96,6 +98,16 @@ impl Cluster {
     /// The node (for the dashboard and management routes).
     pub(crate) fn node(&self) -> &Node {
         &self.inner.node
+    }
+
+    /// The dashboard's events timeline.
+    pub(crate) fn timeline(&self) -> &crate::timeline::Timeline {
+        &self.inner.timeline
+    }
+
+    /// Live entity instances of `shard` on this node, over every entity type.
+    pub(crate) fn entities_in(&self, shard: ShardId) -> u64 {
+        self.inner.registry.controls.iter().map(|h| h.len_in(shard) as u64).sum()
     }
 
     /// This node's metrics in the Prometheus text format (`GET /metrics`).
@@ -377,12 +389,14 @@ impl ClusterConfig {
             dashboard: std::sync::OnceLock::new(),
             token: self.node.management_token.clone(),
             metrics: crate::metrics::Metrics::new(weak.clone(), &node_metrics),
+            timeline: Default::default(),
         });
         let cluster = Cluster { inner };
         if let Some((addr, listener)) = listener {
             let (server, bound) = crate::dashboard::serve(listener, cluster.clone(), routes)
                 .map_err(|source| Error::Dashboard { addr, source })?;
             actix_rt::spawn(server);
+            crate::timeline::spawn(&cluster.inner);
             info!(url = %format!("http://{bound}/"), "dashboard");
             let _ = cluster.inner.dashboard.set(bound);
         }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 
+use clusterfunk_actors::types::{NodeId, ShardId};
+
 use crate::cluster::Cluster;
 
 #[get("/api/cluster")]
@@ -38,6 +40,86 @@ async fn metrics(cluster: web::Data<Cluster>) -> impl Responder {
     HttpResponse::Ok().content_type(crate::metrics::CONTENT_TYPE).body(cluster.metrics_text())
 }
 
+/// `GET /api/shards?epoch=E` query: the epoch of the map the page holds.
+#[derive(serde::Deserialize)]
+struct ShardsQuery {
+    epoch: Option<u64>,
+}
+
+/// The applied shard map, compact, for the dashboard's grid: node ids once, then one owner
+/// index per shard (-1: none), each shard's epoch, and followers and handoffs where there are
+/// any. When the page already holds this epoch, only `{"epoch", "unchanged": true}`: the page
+/// polls every second and refetches the map only when it changed.
+#[get("/api/shards")]
+async fn api_shards(cluster: web::Data<Cluster>, q: web::Query<ShardsQuery>) -> impl Responder {
+    let applied = cluster.node().applied.borrow().clone();
+    let st = &applied.state;
+    let map = &st.shard_map;
+    if q.epoch == Some(map.epoch().0) {
+        return HttpResponse::Ok().json(serde_json::json!({ "epoch": map.epoch().0, "unchanged": true }));
+    }
+    let nodes: Vec<NodeId> = applied.membership.membership().nodes().map(|(id, _)| *id).collect();
+    let mut positions: std::collections::HashMap<NodeId, i64> =
+        nodes.iter().enumerate().map(|(i, n)| (*n, i as i64)).collect();
+    let mut names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+    let mut idx = |n: NodeId| -> i64 {
+        let next = positions.len() as i64;
+        *positions.entry(n).or_insert_with(|| {
+            names.push(n.to_string());
+            next
+        })
+    };
+    let shards = map.shard_count();
+    let owner: Vec<i64> = (0..shards).map(|s| map.owner(ShardId(s)).map_or(-1, &mut idx)).collect();
+    let epochs: Vec<u64> = (0..shards).map(|s| map.shard_epoch(ShardId(s)).0).collect();
+    let replicas: Vec<Vec<i64>> = if map.replica_factor() > 1 {
+        (0..shards).map(|s| map.replicas(ShardId(s)).into_iter().map(&mut idx).collect()).collect()
+    } else {
+        Vec::new()
+    };
+    let handoffs: Vec<serde_json::Value> = st
+        .handoffs
+        .iter()
+        .map(|(s, h)| serde_json::json!([s.0, idx(h.from), h.to.owner.map_or(-1, &mut idx)]))
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "epoch": map.epoch().0,
+        "shards": shards,
+        "replica_factor": map.replica_factor(),
+        "nodes": names,
+        "owner": owner,
+        "epochs": epochs,
+        "replicas": replicas,
+        "handoffs": handoffs,
+    }))
+}
+
+/// One shard in full, for the grid's click: its owner, followers, epoch, handoff and pin as
+/// the applied map has them, and what this node holds of it (served here, live entities).
+#[get("/api/shards/{shard}")]
+async fn api_shard(cluster: web::Data<Cluster>, shard: web::Path<u32>) -> impl Responder {
+    let applied = cluster.node().applied.borrow().clone();
+    let st = &applied.state;
+    let map = &st.shard_map;
+    let s = ShardId(*shard);
+    if s.0 >= map.shard_count() {
+        return HttpResponse::NotFound()
+            .json(serde_json::json!({ "error": format!("shard {} is not below {}", s.0, map.shard_count()) }));
+    }
+    let id = |n: NodeId| n.to_string();
+    HttpResponse::Ok().json(serde_json::json!({
+        "shard": s.0,
+        "owner": map.owner(s).map(id),
+        "replicas": map.replicas(s).into_iter().map(id).collect::<Vec<_>>(),
+        "epoch": map.shard_epoch(s).0,
+        "pinned": st.pinned.get(&s).map(|n| id(*n)),
+        "handoff": st.handoffs.get(&s).map(|h| serde_json::json!({ "from": id(h.from), "to": h.to.owner.map(id) })),
+        "node": id(cluster.node_id()),
+        "served_here_at": cluster.node().ownership.serving_epoch(s).map(|e| e.0),
+        "entities_here": cluster.entities_in(s),
+    }))
+}
+
 #[get("/")]
 async fn index() -> impl Responder {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("dashboard.html"))
@@ -57,6 +139,9 @@ pub(crate) fn serve(
             .service(health)
             .service(ready)
             .service(metrics)
+            .service(api_shards)
+            .service(api_shard)
+            .service(crate::timeline::route)
             .service(index)
             .configure(crate::manage::routes)
             .configure(routes)

@@ -26,6 +26,7 @@ mod manage;
 mod metrics;
 mod settings;
 mod status;
+mod timeline;
 
 pub use cluster::{Cluster, Error, Faults, ReplicaSet};
 pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};

@@ -85,6 +85,8 @@ pub struct TrafficStatus {
     pub entities: u64,
     /// Entity instances created here so far.
     pub activations: u64,
+    /// Entity instances alive here now, per entity type.
+    pub by_type: BTreeMap<String, u64>,
 }
 
 /// The cluster's name.
@@ -105,6 +107,8 @@ pub struct RaftInfo {
     pub last_log_index: Option<u64>,
     /// The last applied index on this node.
     pub last_applied: Option<u64>,
+    /// The highest index this node knows to be committed.
+    pub commit_index: u64,
     /// Raft, lease and forwarded-command requests refused because the sender may not ask them,
     /// per reason (`not_member`, `other_node`, `leader_only`).
     pub refused: BTreeMap<String, u64>,
@@ -135,6 +139,13 @@ pub struct MemberStatus {
     /// The wire protocol version it announced at its last handshake with this node (this
     /// node's own for itself), if known.
     pub wire: Option<u32>,
+    /// Shards it owns in the applied map.
+    pub owned: u32,
+    /// Shards it follows (replicas) in the applied map.
+    pub followed: u32,
+    /// Milliseconds its lease may still run: this node's own, and every member's while this
+    /// node leads (from the renewals it granted); `None` where this node cannot know.
+    pub lease_left_ms: Option<u64>,
 }
 
 /// A summary of the shard map.
@@ -194,8 +205,14 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
     let applied = node.applied.borrow().clone();
     let view = node.view.borrow().clone();
     let map = node.map.borrow().clone();
-    let members =
-        applied.membership.membership().nodes().map(|(id, _)| member_status(*id, &applied, &view, node)).collect();
+    let followed = applied.state.shard_map.follower_counts();
+    let leases = node.lease.leases_left();
+    let members = applied
+        .membership
+        .membership()
+        .nodes()
+        .map(|(id, _)| member_status_with(*id, &applied, &view, node, &followed, leases.as_ref()))
+        .collect();
     let owners = map.owner_counts().iter().map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>();
     let assigned: u32 = map.owner_counts().values().sum();
     let stats = node.transport.stats();
@@ -208,6 +225,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             state: format!("{:?}", m.state),
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
+            commit_index: node.committed_index(),
             refused: node.refusals.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             unadmitted: node.refusals.unadmitted_nodes().iter().map(|id| id.to_string()).collect(),
         },
@@ -253,6 +271,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 unauthorized: r.unauthorized.load(Ordering::Relaxed),
                 entities: inner.registry.controls.iter().map(|h| h.len() as u64).sum(),
                 activations: inner.registry.controls.iter().map(|h| h.activations()).sum(),
+                by_type: inner.registry.controls.iter().map(|h| (h.name().to_string(), h.len() as u64)).collect(),
             }
         },
         ownership: {
@@ -279,6 +298,21 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
 /// One node as this node sees it: what it said about itself by gossip (or registered), its Raft
 /// role (`registered` when it is only in the cluster state) and its liveness.
 pub(crate) fn member_status(id: NodeId, applied: &AppliedState, view: &View, node: &Node) -> MemberStatus {
+    let followed = applied.state.shard_map.follower_counts();
+    let leases = node.lease.leases_left();
+    member_status_with(id, applied, view, node, &followed, leases.as_ref())
+}
+
+/// [`member_status`] with the follower counts and the leader's lease table computed once for
+/// every member.
+fn member_status_with(
+    id: NodeId,
+    applied: &AppliedState,
+    view: &View,
+    node: &Node,
+    followed: &BTreeMap<NodeId, u32>,
+    leases: Option<&std::collections::HashMap<NodeId, std::time::Duration>>,
+) -> MemberStatus {
     let membership = applied.membership.membership();
     let seen = view.members.get(&id);
     let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(&id));
@@ -304,6 +338,14 @@ pub(crate) fn member_status(id: NodeId, applied: &AppliedState, view: &View, nod
             Some(node.transport.wire_version())
         } else {
             meta.and_then(|m| m.peer_id).and_then(|p| node.transport.peer_wire(&p))
+        },
+        owned: applied.state.shard_map.owner_counts().get(&id).copied().unwrap_or(0),
+        followed: followed.get(&id).copied().unwrap_or(0),
+        lease_left_ms: if id == node.id {
+            let now = node.ownership.clock().now();
+            Some(node.ownership.lease_until().map_or(0, |u| u.saturating_duration_since(now).as_millis() as u64))
+        } else {
+            leases.map(|l| l.get(&id).map_or(0, |d| d.as_millis() as u64))
         },
     }
 }

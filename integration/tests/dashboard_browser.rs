@@ -1,62 +1,189 @@
-//! The status page in a real headless browser (Debian's `chromium`): it renders the members,
-//! the leader and live message rates from `/api/cluster`. Skips, saying why, without chromium.
+//! The dashboard in a real headless browser (Debian's `chromium`, driven over the DevTools
+//! protocol): loaded once, it lists the members, draws every shard of the map, shows rates, and
+//! shows a killed node down without a reload. Screenshots of a 3-node and a 10,000-shard
+//! cluster are written to `target/test-artifacts/`. Skips without chromium, except under CI,
+//! where it fails.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clusterfunk_integration::{start_cluster, view, wait_until};
+use clusterfunk_integration::browser::{chromium, Browser};
+use clusterfunk_integration::{logs, start_cluster, view, wait_formed, wait_until};
 
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+const T: Duration = Duration::from_secs(60);
+
+fn artifact(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts").join(name)
 }
 
-/// The page's DOM after its scripts ran for `budget_ms` of virtual time.
-fn dump_dom(browser: &str, url: &str, profile: &std::path::Path, budget_ms: u32) -> anyhow::Result<String> {
-    let out = Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
-        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--virtual-time-budget={budget_ms}"))
-        .args(["--dump-dom", url])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+/// The grid's state as the page drew it: `<drawn>/<unassigned>` once drawn.
+const GRID: &str = "(() => { const g = document.getElementById('grid'); \
+                    return g.dataset.drawn ? g.dataset.drawn + '/' + g.dataset.unassigned : null })()";
 
 #[test]
-fn status_page_renders_members_leader_and_rates() -> anyhow::Result<()> {
-    let Some(browser) = chromium() else {
-        clusterfunk_integration::skip(
-            "status_page_renders_members_leader_and_rates",
-            "chromium is not installed (apt-get install chromium)",
-        );
+fn the_page_lists_members_draws_every_shard_and_shows_a_killed_node_down_without_reload() -> anyhow::Result<()> {
+    let Some(binary) = chromium() else {
+        clusterfunk_integration::skip("dashboard_browser", "chromium is not installed (apt-get install chromium)");
         return Ok(());
     };
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let dir = tempfile::tempdir()?;
     // A harmless fault plan, so the page must show that fault injection is on.
-    let nodes = start_cluster(
-        exe,
-        dir.path(),
-        3,
-        &["--name", "page", "--no-mdns", "--shards", "64", "--traffic", "200", "--faults", "delay=0ms..1ms"],
-    )?;
-    let leader = wait_until(Duration::from_secs(30), "3 members up with traffic", || {
+    let token = dir.path().join("token");
+    std::fs::write(&token, "dashboard-test-token-0123456789\n")?;
+    let tf = token.to_string_lossy().to_string();
+    let args = [
+        "--name",
+        "page",
+        "--no-mdns",
+        "--shards",
+        "256",
+        "--traffic",
+        "200",
+        "--faults",
+        "delay=0ms..1ms",
+        "--token-file",
+        &tf,
+    ];
+    let mut nodes = start_cluster(exe, dir.path(), 3, &args)?;
+    let ids = wait_formed(&nodes, 256, T)?;
+    let leader = wait_until(T, "3 members up with traffic", || {
         let s = nodes[0].status().ok()?;
         (view::members_in(&s, "up").len() == 3 && s["traffic"]["local"].as_u64()? > 0)
             .then(|| view::leader(&s))
             .flatten()
-    })?;
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
+
     let url = format!("http://{}/", nodes[0].dashboard);
-    let dom = wait_until(Duration::from_secs(60), "the page to show 3 members and a rate", || {
-        let dom = dump_dom(browser, &url, &dir.path().join("profile"), 3000).ok()?;
-        let rows = dom.matches("<td class=\"up\">up</td>").count();
-        (rows == 3 && dom.contains(&leader) && !dom.contains("id=\"sent\">0<")).then_some(dom)
-    })?;
-    assert!(dom.contains("page/dev"), "cluster name shown");
-    assert_eq!(dom.matches(">voter<").count(), 3, "three voters listed");
-    assert!(dom.contains("<div id=\"error\" class=\"down\"></div>"), "no error shown");
-    assert!(dom.contains("fault injection on: delay=0us..1000us"), "a node under fault injection says so");
+    let mut page = Browser::open(binary, &url, 1400, 1200)?;
+    // A mark the page keeps only if it is never reloaded.
+    page.eval("window.__loaded_once = 42")?;
+
+    let up = "document.querySelectorAll('#members tbody tr[data-state=up]').length";
+    page.wait_for(T, "3 members up", &format!("{up} === 3"))?;
+    assert_eq!(page.wait_for(T, "the grid drawn", GRID)?, "256/0", "every shard drawn, each with an owner");
+    page.wait_for(T, "a message rate", "+document.getElementById('sent').textContent > 0")?;
+    let text = page.eval("document.body.innerText")?.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("page/dev"), "the cluster's name is shown");
+    assert!(text.contains("fault injection on: delay=0us..1000us"), "a node under fault injection says so");
+    assert!(text.contains(&leader[leader.len() - 6..]), "the leader is shown");
+    let owned = page.eval("[...document.querySelectorAll('#members tbody tr')].map(r => +r.cells[6].textContent).reduce((a, b) => a + b, 0)")?;
+    assert_eq!(owned.as_u64(), Some(256), "the members' owned shards add up to the map");
+    let roles =
+        page.eval("[...document.querySelectorAll('#members tbody tr')].map(r => r.cells[2].textContent).join(',')")?;
+    assert_eq!(roles, "voter,voter,voter");
+    page.wait_for(T, "the events timeline", "document.querySelectorAll('#timeline div').length > 0")?;
+    let shot = page.screenshot(&artifact("dashboard-3-nodes.png"))?;
+    eprintln!("screenshot: {}", shot.display());
+
+    // Management from the page. Without the token every action is disabled; a wrong token is
+    // refused and changes nothing.
+    let all_disabled = "[...document.querySelectorAll('[data-act]')].every(b => b.disabled)";
+    assert_eq!(page.eval(all_disabled)?, true, "no action without the token");
+    let set_token = |t: &str| {
+        format!("(() => {{ const t = document.getElementById('token'); t.value = '{t}'; t.dispatchEvent(new Event('input')); return true }})()")
+    };
+    page.eval(&set_token("not-the-token"))?;
+    page.eval("document.getElementById('stepdown').click()")?;
+    page.wait_for(
+        T,
+        "the wrong token refused",
+        "document.getElementById('actionlog').textContent.includes('step down: 401')",
+    )?;
+    assert_eq!(
+        view::leader(&nodes[0].status()?).as_deref(),
+        Some(leader.as_str()),
+        "a refused step-down changes nothing"
+    );
+    // The right token: pin shard 0 to a node that does not own it; the grid shows it moved.
+    page.eval(&set_token("dashboard-test-token-0123456789"))?;
+    let owner0 = page.eval("map.nodes[map.owner[0]]")?.as_str().unwrap_or_default().to_string();
+    let target = ids[..2].iter().find(|id| **id != owner0).expect("a node other than the owner").clone();
+    page.eval(&format!(
+        "(() => {{ document.getElementById('mvshard').value = 0; document.getElementById('mvto').value = '{target}'; \
+         document.getElementById('mvbtn').click(); return true }})()"
+    ))?;
+    page.wait_for(T, "shard 0 drawn on its new owner", &format!("map.nodes[map.owner[0]] === '{target}'"))?;
+    // A rebalance plan is shown before it is committed; then committed.
+    page.eval("document.getElementById('planbtn').click()")?;
+    page.wait_for(
+        T,
+        "the plan shown",
+        "document.getElementById('plan').innerText.includes('Nothing moves until you commit')",
+    )?;
+    assert_eq!(page.eval("document.getElementById('commitbtn').disabled")?, false, "a shown plan can be committed");
+    page.eval("document.getElementById('commitbtn').click()")?;
+    let log = page.wait_for(T, "the commit answered", "(() => { const l = document.getElementById('actionlog').textContent; return l.includes('commit plan') && l })()")?;
+    eprintln!("action log:\n{}", log.as_str().unwrap_or_default());
+    assert!(log.as_str().unwrap_or_default().contains(": done"), "{log}");
+
+    // Kill a node that is not the one serving the page: it shows down, without a reload.
+    let victim = 2;
+    nodes[victim].kill();
+    let victim_id = &ids[victim];
+    page.wait_for(
+        T,
+        "the killed node shown down",
+        &format!("[...document.querySelectorAll('#members tbody tr')].some(r => r.dataset.state === 'down' && r.cells[0].title === '{victim_id}')"),
+    )?;
+    page.wait_for(
+        T,
+        "the timeline to report it",
+        "[...document.querySelectorAll('#timeline div[data-kind=down]')].length > 0",
+    )?;
+    assert_eq!(page.eval("window.__loaded_once")?, 42, "the page was not reloaded");
+    assert_eq!(page.eval(up)?, 2, "the two others stay up");
+    let shot = page.screenshot(&artifact("dashboard-node-down.png"))?;
+    eprintln!("screenshot: {}", shot.display());
+    Ok(())
+}
+
+#[test]
+fn a_ten_thousand_shard_map_is_drawn_whole_and_a_shard_can_be_inspected() -> anyhow::Result<()> {
+    let Some(binary) = chromium() else {
+        clusterfunk_integration::skip("dashboard_browser", "chromium is not installed (apt-get install chromium)");
+        return Ok(());
+    };
+    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let dir = tempfile::tempdir()?;
+    let args = ["--name", "bigmap", "--no-mdns", "--shards", "10000", "--traffic", "50"];
+    let nodes = start_cluster(exe, dir.path(), 3, &args)?;
+    wait_formed(&nodes, 10_000, T)?;
+    let url = format!("http://{}/", nodes[1].dashboard);
+    let mut page = Browser::open(binary, &url, 1400, 1500)?;
+    assert_eq!(page.wait_for(T, "the 10,000-shard grid drawn", GRID)?, "10000/0");
+    // Three owners in the legend, and their counts add up.
+    let legend = page.eval("document.getElementById('legend').innerText")?;
+    let total: u64 = legend.as_str().unwrap_or_default().split_whitespace().filter_map(|w| w.parse::<u64>().ok()).sum();
+    assert_eq!(total, 10_000, "legend: {legend}");
+    // Hover a cell: the tooltip names the shard, its owner and epoch.
+    let at = page.eval(
+        "(() => { const r = document.getElementById('grid').getBoundingClientRect(); \
+         return [r.left + cell * 7.5, r.top + cell * 2.5] })()",
+    )?;
+    let (x, y) = (at[0].as_f64().unwrap_or(0.0), at[1].as_f64().unwrap_or(0.0));
+    page.call("Input.dispatchMouseEvent", serde_json::json!({ "type": "mouseMoved", "x": x, "y": y }))?;
+    let tip = page.wait_for(
+        T,
+        "the tooltip",
+        "document.getElementById('tip').style.display === 'block' && document.getElementById('tip').textContent",
+    )?;
+    let expected = page.eval("'shard ' + (2 * cols + 7)")?;
+    let tip = tip.as_str().unwrap_or_default().to_string();
+    assert!(
+        tip.starts_with(expected.as_str().unwrap_or("?")) && tip.contains("owner") && tip.contains("epoch"),
+        "{tip}"
+    );
+    // Click it: the details panel shows what the node holds of it.
+    for kind in ["mousePressed", "mouseReleased"] {
+        page.call(
+            "Input.dispatchMouseEvent",
+            serde_json::json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+        )?;
+    }
+    page.wait_for(T, "the shard's details", "document.getElementById('shard').innerText.includes('entities here')")?;
+    let shot = page.screenshot(&artifact("dashboard-10000-shards.png"))?;
+    eprintln!("screenshot: {}", shot.display());
     Ok(())
 }

@@ -114,6 +114,18 @@ impl Table {
         now.saturating_duration_since(last) >= self.cfg.takeover_after()
     }
 
+    /// While this table is the leader's: for each node that renewed, how long the lease it holds
+    /// may still run (at most the lease duration from the renewal's arrival here).
+    pub fn leases_left(&self, now: Instant) -> Option<HashMap<NodeId, Duration>> {
+        self.leader_since?;
+        Some(
+            self.last
+                .iter()
+                .map(|(n, at)| (*n, self.cfg.duration.saturating_sub(now.saturating_duration_since(*at))))
+                .collect(),
+        )
+    }
+
     /// How long this node has been leader.
     pub fn leader_for(&self, now: Instant) -> Option<Duration> {
         self.leader_since.map(|t| now.saturating_duration_since(t))

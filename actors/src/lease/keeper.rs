@@ -138,6 +138,13 @@ impl LeaseService {
         &self.cfg
     }
 
+    /// While this node leads: how long each node's lease may still run, by the renewals it
+    /// granted (the dashboard's lease column).
+    pub fn leases_left(&self) -> Option<std::collections::HashMap<NodeId, Duration>> {
+        let now = self.clock.waiting_now();
+        self.lock().leases_left(now)
+    }
+
     /// Why the leader refused this node's last renewal, if no grant came after it.
     pub fn own_refusal(&self) -> Option<super::Refusal> {
         self.own_refusal.lock().expect("lease refusal lock is never poisoned").clone()

@@ -81,6 +81,15 @@ impl ShardMap {
             .unwrap_or_default()
     }
 
+    /// How many shards each node follows (is a replica of).
+    pub fn follower_counts(&self) -> BTreeMap<NodeId, u32> {
+        let mut counts = BTreeMap::new();
+        for n in self.followers.iter().flatten() {
+            *counts.entry(*n).or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// The assignment of `shard`.
     pub fn assignment(&self, shard: ShardId) -> Assignment {
         Assignment { owner: self.owner(shard), replicas: self.replicas(shard) }

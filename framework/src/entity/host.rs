@@ -135,6 +135,8 @@ pub(crate) trait HostControl: Send + Sync {
     fn passivate_idle(&self);
     /// Live instances.
     fn len(&self) -> usize;
+    /// Live instances of `shard`.
+    fn len_in(&self, shard: ShardId) -> usize;
     /// Instances created so far.
     fn activations(&self) -> u64;
     /// The type's wire name.
@@ -408,6 +410,10 @@ impl<E: ShardedActor> HostControl for EntityHost<E> {
                 retired.push((slot.shard, slot.stopped));
             }
         }
+    }
+
+    fn len_in(&self, shard: ShardId) -> usize {
+        self.entities.iter().filter(|s| s.value().shard == shard).count()
     }
 
     fn len(&self) -> usize {
