@@ -188,6 +188,11 @@ impl NodeProc {
         self.child.is_some()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Whether the process has exited; its exit code if so.
     pub fn exited(&mut self) -> Option<Option<i32>> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|s| s.code())
