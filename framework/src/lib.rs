@@ -27,6 +27,7 @@ mod metrics;
 mod settings;
 mod status;
 mod timeline;
+mod trace;
 
 pub use cluster::{Cluster, Error, Faults, ReplicaSet};
 pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};
@@ -42,6 +43,7 @@ pub use status::{
     ClusterInfo, ClusterStatus, FaultsStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus,
     TransportStatus,
 };
+pub use trace::traceparent;
 
 /// What most users import.
 pub mod prelude {

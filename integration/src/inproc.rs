@@ -59,6 +59,18 @@ impl Handler<Fence> for Tally {
     }
 }
 
+/// Answers the W3C trace context the handler runs under ([`clusterfunk::traceparent`]).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Option<String>")]
+pub struct Traced;
+
+impl Handler<Traced> for Tally {
+    type Result = Option<String>;
+    fn handle(&mut self, _: Traced, _: &mut Context<Self>) -> Option<String> {
+        clusterfunk::traceparent()
+    }
+}
+
 /// Starts a node of cluster `name` listening on `listen`: it bootstraps when `join` is `None`.
 pub async fn node(dir: &std::path::Path, name: &str, listen: String, join: Option<String>) -> anyhow::Result<Cluster> {
     let b = Cluster::builder()
@@ -70,7 +82,7 @@ pub async fn node(dir: &std::path::Path, name: &str, listen: String, join: Optio
         .voters(1)
         .mdns(false)
         .passivate_after(Duration::from_secs(3600))
-        .entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>());
+        .entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>().handles::<Traced>());
     let b = match join {
         Some(j) => b.join(j),
         None => b.bootstrap(true),

@@ -216,6 +216,7 @@ async fn an_envelope_whose_shard_is_not_its_keys_is_refused_and_its_sender_dropp
         payload: rmp_serde::to_vec(&Count).unwrap(),
         epoch: map.shard_epoch(wrong),
         replica: false,
+        trace: None,
     };
     let before = nodes[a].status().traffic.malformed;
     let answer = sender.router().request_to(nodes[a].node_id(), &env).await;

@@ -321,6 +321,7 @@ async fn an_old_owner_coming_back_is_refused_by_the_new_epoch() {
         payload: vec![0xc0],
         epoch: old_epoch,
         replica: false,
+        trace: None,
     };
     let deadline = tokio::time::Instant::now() + T;
     let refusal = loop {

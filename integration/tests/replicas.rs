@@ -77,6 +77,7 @@ async fn followers_take_replica_messages_and_serve_on_when_promoted() {
         payload: rmp_serde::to_vec(&Inc).unwrap(),
         epoch,
         replica: true,
+        trace: None,
     };
     let r = owner.router().request_to(bystander.node_id(), &env(set.epoch)).await;
     assert!(matches!(r, Err(RouteError::Refused(Refusal::NotOwner { .. }))), "a non-follower refuses: {r:?}");

@@ -28,6 +28,11 @@ pub struct Envelope {
     /// Not sent when false, so owner-bound frames are as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replica: bool,
+    /// The sender's W3C trace context (`traceparent`), so the receiver continues its trace.
+    /// Appended: not sent when `None`, skipped by a build before it; a receiver ignores one
+    /// that is not well-formed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 pub use crate::types::Refusal;
@@ -86,9 +91,9 @@ mod tests {
         }
     }
 
-    /// The next build's frame: the envelope with a field appended (what a `traceparent` would
-    /// be), so this build stands in for the one before it.
-    mod next {
+    /// The build before `trace` was appended: its envelope, so this build's frames can be shown
+    /// to cross to it and back.
+    mod prev {
         use serde::{Deserialize, Serialize};
 
         #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,8 +109,6 @@ mod tests {
             pub(super) epoch: crate::types::Epoch,
             #[serde(default, skip_serializing_if = "std::ops::Not::not")]
             pub(super) replica: bool,
-            #[serde(default)]
-            pub(super) trace: Option<String>,
         }
 
         #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +119,7 @@ mod tests {
 
     #[test]
     fn an_appended_field_crosses_builds_both_ways() {
-        let env = next::Envelope {
+        let env = Envelope {
             entity: 1,
             message: 2,
             shard: ShardId(3),
@@ -126,24 +129,26 @@ mod tests {
             replica: true,
             trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         };
-        // The next build writes the field; this one skips it and reads the rest.
-        let bytes = length_prefixed(&next::Frame::Request { id: 5, env: env.clone() });
-        let Frame::Request { id, env: old } = crate::wire::decode::<Frame>(&bytes[4..]).unwrap() else {
-            panic!("a request")
-        };
+        // This build writes the trace; the build before skips it and reads the rest.
+        let bytes = Frame::Request { id: 5, env: env.clone() }.encode();
+        let prev::Frame::Request { id, env: old } = crate::wire::decode::<prev::Frame>(&bytes[4..]).unwrap();
         assert_eq!(
             (id, old.entity, old.message, old.shard, old.epoch, old.replica),
             (5, 1, 2, ShardId(3), Epoch(7), true)
         );
         assert_eq!((old.key.as_slice(), old.payload.as_slice()), (&b"k"[..], &[0x90][..]));
-        // This build writes no such field; the next one reads its default.
-        let next::Frame::Request { env: back, .. } =
-            crate::wire::decode::<next::Frame>(&Frame::Request { id: 5, env: old }.encode()[4..]).unwrap();
-        assert_eq!(back, next::Envelope { trace: None, ..env.clone() });
+        // The build before writes no trace; this one reads `None`.
+        let from_prev = length_prefixed(&prev::Frame::Request { id: 5, env: old.clone() });
+        let Frame::Request { env: back, .. } = crate::wire::decode::<Frame>(&from_prev[4..]).unwrap() else {
+            panic!("a request")
+        };
+        assert_eq!(back, Envelope { trace: None, ..env.clone() });
+        // The trace round-trips here.
+        assert_eq!(crate::wire::decode::<Frame>(&bytes[4..]).unwrap(), Frame::Request { id: 5, env: env.clone() });
         // The positional form (what `rmp_serde::to_vec` writes) would not cross: the mutation
         // this encoding exists to prevent.
-        let positional = rmp_serde::to_vec(&next::Frame::Request { id: 5, env }).unwrap();
-        assert!(crate::wire::decode::<Frame>(&positional).is_err());
+        let positional = rmp_serde::to_vec(&Frame::Request { id: 5, env }).unwrap();
+        assert!(crate::wire::decode::<prev::Frame>(&positional).is_err());
     }
 
     #[test]
@@ -158,6 +163,7 @@ mod tests {
                 payload: vec![0x90],
                 epoch: Epoch(7),
                 replica: false,
+                trace: None,
             },
         };
         let bytes = f.encode();

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::{EntityInfo, RemoteMessage, ShardedActor};
+use crate::trace::{Current, TraceContext};
 
 /// Jobs an instance may have queued; a sender waits when its inbox is full.
 const INBOX: usize = 256;
@@ -239,6 +240,7 @@ impl<E: ShardedActor> EntityHost<E> {
         shard: ShardId,
         admission: Admission,
         msg: M,
+        trace: Option<TraceContext>,
     ) -> Result<M::Output, Undelivered<M>>
     where
         M: RemoteMessage,
@@ -252,6 +254,7 @@ impl<E: ShardedActor> EntityHost<E> {
         let (tx, rx) = oneshot::channel::<M::Output>();
         let (refuse_tx, mut refused) = oneshot::channel::<(Refusal, M)>();
         let own = self.ownership.clone();
+        let name = self.name;
         let job: Job<E> = Box::new(move |act: &mut E, ctx: &mut Context<E>| {
             if tx.is_closed() {
                 return; // the caller gave up: do not run it
@@ -261,6 +264,10 @@ impl<E: ShardedActor> EntityHost<E> {
                 return;
             }
             let _epoch = FencingEpoch::set(admission.epoch());
+            // The handler continues the sender's trace (docs/architecture.md §14).
+            let (ctx_trace, span) = TraceContext::handle_span(trace, name);
+            let _span = span.enter();
+            let _trace = Current::set(ctx_trace);
             let res = <E as Handler<M>>::handle(act, msg, ctx);
             res.handle(ctx, Some(tx));
         });

@@ -121,7 +121,9 @@ where
                 rmp_serde::from_slice(&env.payload).map_err(|e| Refusal::Malformed(format!("message: {e}")))?;
             // `env.epoch` is what the receiver admitted the message under (Router::serve_local).
             let admission = if env.replica { Admission::Replica(env.epoch) } else { Admission::Owner(env.epoch) };
-            let out = host.deliver(&key, env.shard, admission, msg).await.map_err(|e| match e {
+            // A sender's trace context that is not well-formed is ignored: a new trace starts.
+            let trace = env.trace.as_deref().and_then(crate::trace::TraceContext::parse);
+            let out = host.deliver(&key, env.shard, admission, msg, trace).await.map_err(|e| match e {
                 Undelivered::Refused(r, _) | Undelivered::Failed(r) => r,
             })?;
             super::encode_value(&out).map_err(|e| Refusal::Malformed(format!("result: {e}")))

@@ -11,7 +11,9 @@ use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 use super::host::{Admission, EntityHost, Undelivered};
 use super::registry::Registry;
 use super::{RemoteMessage, ShardedActor};
+use crate::trace::TraceContext;
 use crate::RouteError;
+use tracing::Instrument;
 
 /// Why a message to an entity was not answered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,7 +82,25 @@ impl<E: ShardedActor> Sharded<E> {
     ///
     /// Cancel-safe: dropping the future frees everything it holds at once (its queue slot, its
     /// pending answer). As after a timeout, a message already sent may or may not be handled.
-    pub async fn send<M>(&self, key: &E::Key, msg: M) -> Result<M::Output, SendError>
+    ///
+    /// The send continues the trace of the message being handled on this thread (a handler
+    /// sending on), else starts one: read when `send` is called, not when it is first polled
+    /// ([`traceparent`](crate::traceparent)).
+    pub fn send<'a, M>(
+        &'a self,
+        key: &'a E::Key,
+        msg: M,
+    ) -> impl std::future::Future<Output = Result<M::Output, SendError>> + 'a
+    where
+        M: RemoteMessage,
+        E: Handler<M>,
+    {
+        let (trace, parent) = TraceContext::for_send();
+        let span = trace.send_span(parent, self.entity.1);
+        self.send_traced(key, msg, trace).instrument(span)
+    }
+
+    async fn send_traced<M>(&self, key: &E::Key, msg: M, trace: TraceContext) -> Result<M::Output, SendError>
     where
         M: RemoteMessage,
         E: Handler<M>,
@@ -98,7 +118,7 @@ impl<E: ShardedActor> Sharded<E> {
         if let Some((shard, Route::Local)) = target {
             if let Some(epoch) = self.router.serving_epoch(shard) {
                 self.router.stats().local.fetch_add(1, Ordering::Relaxed);
-                match self.host.deliver(key, shard, Admission::Owner(epoch), msg).await {
+                match self.host.deliver(key, shard, Admission::Owner(epoch), msg, Some(trace)).await {
                     Ok(out) => return Ok(out),
                     // The shard stopped here before the handler ran: the message comes back
                     // and goes the way of any other (to the new owner, once there is one).
@@ -119,6 +139,7 @@ impl<E: ShardedActor> Sharded<E> {
             payload: super::encode_value(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
             epoch: Epoch(0),
             replica: false,
+            trace: Some(trace.traceparent()),
         };
         let env = match shard {
             Some(_) => env,
@@ -188,7 +209,18 @@ impl<E: ShardedActor> Sharded<E> {
             (Ok(k), Ok(p)) => (k, p),
             (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(Arc::new(e))),
         };
-        let env = Envelope { entity: eid, message: mid, shard, key, payload, epoch, replica: true };
+        let (trace, parent) = TraceContext::for_send();
+        let span = trace.send_span(parent, self.entity.1);
+        let env = Envelope {
+            entity: eid,
+            message: mid,
+            shard,
+            key,
+            payload,
+            epoch,
+            replica: true,
+            trace: Some(trace.traceparent()),
+        };
         let sends = followers.iter().map(|f| {
             let (router, env, f) = (&self.router, &env, *f);
             async move {
@@ -200,7 +232,7 @@ impl<E: ShardedActor> Sharded<E> {
                 (f, answer)
             }
         });
-        futures::future::join_all(sends).await
+        futures::future::join_all(sends).instrument(span).await
     }
 
     /// The wire ids of `E` and `M`, if `M` was registered for `E`.

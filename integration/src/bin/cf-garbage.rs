@@ -224,6 +224,7 @@ impl Peer {
             payload: self.random(64),
             epoch: Epoch(u64::MAX),
             replica: false,
+            trace: None,
         };
         let back = self.proxy_stream(peer, Frame::Request { id: 1, env }.encode()).await;
         t.sent += 1;

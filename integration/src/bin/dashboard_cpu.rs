@@ -59,7 +59,11 @@ fn main() -> anyhow::Result<()> {
     for round in 0..rounds {
         off.push(cpu_over(pid, window)?);
         let mut b = Browser::open(binary, &url, 1400, 1500)?;
-        b.wait_for(Duration::from_secs(60), "the grid drawn", "document.getElementById('grid').dataset.drawn === '10000'")?;
+        b.wait_for(
+            Duration::from_secs(60),
+            "the grid drawn",
+            "document.getElementById('grid').dataset.drawn === '10000'",
+        )?;
         let (browser_pid, c0) = (b.pid(), Instant::now());
         let b0 = browser_tree_cpu(browser_pid);
         let r0 = b.eval("refreshes")?.as_u64().unwrap_or(0);
