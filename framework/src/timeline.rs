@@ -58,9 +58,11 @@ impl Timeline {
         }
     }
 
-    /// The lines after `seq`.
+    /// The lines after `seq`; every line kept when `seq` is beyond the last one (a page that
+    /// followed this node before it restarted, its numbering starting again).
     pub(crate) fn after(&self, seq: u64) -> Vec<Item> {
         let g = self.items.lock().expect("timeline lock is never poisoned");
+        let seq = if seq > g.0 { 0 } else { seq };
         g.1.iter().filter(|i| i.seq > seq).cloned().collect()
     }
 }
@@ -317,5 +319,7 @@ mod tests {
         let last = all.last().unwrap().seq;
         assert!(t.after(last).is_empty());
         assert_eq!(t.after(last - 2).len(), 2);
+        // A page that followed an earlier run of this node gets everything again.
+        assert_eq!(t.after(last + 100).len(), KEEP);
     }
 }

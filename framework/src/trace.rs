@@ -32,7 +32,9 @@ thread_local! {
 }
 
 /// The W3C `traceparent` of the message being handled, inside a sharded entity's handler (on its
-/// thread, while the handler runs): `00-<trace id>-<span id>-<flags>`. `None` outside a handler.
+/// thread, while the handler's synchronous part runs): `00-<trace id>-<span id>-<flags>`. `None`
+/// outside a handler, and inside the future a handler returns (`ResponseActFuture`): read it in
+/// the handler and move it into the future to continue the trace there.
 ///
 /// ```
 /// assert_eq!(clusterfunk::traceparent(), None); // not inside a handler

@@ -57,15 +57,15 @@ fn ready_follows_the_lease_the_map_and_draining_of_each_node() -> anyhow::Result
     })
     .map_err(fail)?;
     assert!(why.contains("no valid lease") || why.contains("fenced"), "the reason names the lease: {why}");
+    // Its status says the same as /ready.
+    let s = nodes[l].status()?;
+    assert!(s["ownership"]["not_ready"].as_str().is_some_and(|r| r.contains("lease") || r.contains("fenced")), "{s}");
     // /health turns once the write has waited over a second.
     let health = wait_until(Duration::from_secs(3), "the stalled leader to say it is unhealthy", || {
         get(&nodes[l], "/health").filter(|(code, _)| *code == 503).map(|(_, body)| body)
     })
     .map_err(fail)?;
     assert!(health.contains("storage"), "the reason names the disk: {health}");
-    // Its status says the same as /ready.
-    let s = nodes[l].status()?;
-    assert!(s["ownership"]["not_ready"].as_str().is_some_and(|r| r.contains("lease") || r.contains("fenced")), "{s}");
 
     // The others take its shards over and are ready while it is parked.
     wait_until(T, "the others ready, serving the stalled node's shards too", || {

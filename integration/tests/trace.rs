@@ -72,7 +72,9 @@ fn a_message_is_one_trace_from_the_sender_to_the_entity_across_nodes() -> anyhow
 
         // Across the hop: a key b owns, sent from a.
         let remote = keys_on(&a, b.node_id(), 0, 1)[0];
+        let served_before = b.status().traffic.served;
         let tp = sharded.send(&remote, Traced).await?.expect("the handler runs under a trace context");
+        assert!(b.status().traffic.served > served_before, "the message crossed to b and was served there");
         let (handle, send) = spans_of(&spans, &tp);
         assert_eq!(handle.get("trace_id"), send.get("trace_id"), "one trace across the hop");
         assert!(!send.contains_key("parent_span_id"), "the send started the trace");

@@ -277,6 +277,8 @@ async fn run(
                 if now_leader != leader {
                     leader = now_leader;
                     next = tokio::time::Instant::now();
+                    // The old leader's refusal says nothing about the new one.
+                    svc.set_own_refusal(None);
                 }
             }
             changed = applied.changed() => {

@@ -69,11 +69,14 @@ pub fn readiness<F: Fn(ShardId) -> Option<Epoch>>(i: Inputs<'_, F>) -> Result<()
     if i.map.shard_count() == 0 {
         return Err(NotReady::NoMap);
     }
-    if i.refusal == Some(Refusal::Fenced) {
-        return Err(NotReady::Fenced);
-    }
+    // A node the leader fenced has no valid lease (its own count starts when it sent the
+    // renewal, the leader's when it arrived): a `Fenced` beside a valid lease is a late reply
+    // to an older renewal, overtaken by a grant.
     if !i.lease_valid {
-        return Err(NotReady::NoLease(i.refusal));
+        return Err(match i.refusal {
+            Some(Refusal::Fenced) => NotReady::Fenced,
+            other => NotReady::NoLease(other),
+        });
     }
     if i.draining {
         return Err(NotReady::Draining);
@@ -138,8 +141,13 @@ mod tests {
             readiness(Inputs { lease_valid: false, refusal: quorum.clone(), ..inputs(&m, &all) }),
             Err(NotReady::NoLease(quorum))
         );
-        // Fenced wins even over a lease this node still believes valid.
-        assert_eq!(readiness(Inputs { refusal: Some(Refusal::Fenced), ..inputs(&m, &all) }), Err(NotReady::Fenced));
+        let fenced = Some(Refusal::Fenced);
+        assert_eq!(
+            readiness(Inputs { lease_valid: false, refusal: fenced.clone(), ..inputs(&m, &all) }),
+            Err(NotReady::Fenced)
+        );
+        // Beside a valid lease a `Fenced` is a late reply to an older renewal: still ready.
+        assert_eq!(readiness(Inputs { refusal: fenced, ..inputs(&m, &all) }), Ok(()));
         assert_eq!(readiness(Inputs { draining: true, ..inputs(&m, &all) }), Err(NotReady::Draining));
     }
 
