@@ -50,9 +50,14 @@ fn three_nodes_form_fail_over_and_rejoin() -> anyhow::Result<()> {
     let (leader, epoch) =
         clusterfunk_integration::wait_until(T, "3 members up and one agreed map", || agreed(&refs, &sorted, &sorted))
             .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
-    let s = nodes[0].status()?;
-    let voters = s["members"].as_array().unwrap().iter().filter(|m| m["role"] == "voter").count();
-    assert_eq!(voters, 3, "all three are voters: {s}");
+    // The third node is promoted from learner a moment after the map agrees (slower on a loaded
+    // machine): waited for, not read once.
+    clusterfunk_integration::wait_until(T, "all three voters", || {
+        let s = nodes[0].status().ok()?;
+        let voters = s["members"].as_array()?.iter().filter(|m| m["role"] == "voter").count();
+        (voters == 3).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
     assert!(epoch > 0);
 
     eprintln!("--- phase 2: kill the leader {leader}");
