@@ -66,9 +66,11 @@ pub(crate) fn members(cluster: &Cluster) -> Vec<MemberInfo> {
         .chain(applied.state.members.keys().copied())
         .collect();
     let owned = map.owner_counts();
+    let followed = applied.state.shard_map.follower_counts();
+    let leases = node.lease.leases_left();
     ids.into_iter()
         .map(|id| MemberInfo {
-            member: crate::status::member_status(id, &applied, &view, node),
+            member: crate::status::member_status(id, &applied, &view, node, &followed, leases.as_ref()),
             leader: leader == Some(id),
             draining: applied.state.is_draining(id),
             drained: applied.state.drained.contains(&id),

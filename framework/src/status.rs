@@ -211,7 +211,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
         .membership
         .membership()
         .nodes()
-        .map(|(id, _)| member_status_with(*id, &applied, &view, node, &followed, leases.as_ref()))
+        .map(|(id, _)| member_status(*id, &applied, &view, node, &followed, leases.as_ref()))
         .collect();
     let owners = map.owner_counts().iter().map(|(id, n)| (id.to_string(), *n)).collect::<BTreeMap<_, _>>();
     let assigned: u32 = map.owner_counts().values().sum();
@@ -296,16 +296,10 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
 }
 
 /// One node as this node sees it: what it said about itself by gossip (or registered), its Raft
-/// role (`registered` when it is only in the cluster state) and its liveness.
-pub(crate) fn member_status(id: NodeId, applied: &AppliedState, view: &View, node: &Node) -> MemberStatus {
-    let followed = applied.state.shard_map.follower_counts();
-    let leases = node.lease.leases_left();
-    member_status_with(id, applied, view, node, &followed, leases.as_ref())
-}
-
-/// [`member_status`] with the follower counts and the leader's lease table computed once for
-/// every member.
-fn member_status_with(
+/// role (`registered` when it is only in the cluster state) and its liveness. `followed` (the map's follower counts) and `leases` (the
+/// leader's lease table, `LeaseService::leases_left`) are computed once by the caller for every
+/// member.
+pub(crate) fn member_status(
     id: NodeId,
     applied: &AppliedState,
     view: &View,
