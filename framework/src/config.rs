@@ -139,7 +139,7 @@ pub enum Mode {
     #[default]
     Dev,
     /// Nodes become members only by command (`clusterfunk member add`) or by the configuration's
-    /// [`members`](Builder::members) list; others are refused and counted. Voters change only by
+    /// [`member`](Builder::member) list; others are refused and counted. Voters change only by
     /// command, beyond the listed ones (docs/operations.md, "Running a production cluster").
     Production,
 }
@@ -362,7 +362,7 @@ impl Builder {
     }
 
     /// How nodes become members: [`Mode::Dev`] (the default: every node that finds the cluster
-    /// joins) or [`Mode::Production`] (only by command or the [`members`](Builder::members) list).
+    /// joins) or [`Mode::Production`] (only by command or the [`member`](Builder::member) list).
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self

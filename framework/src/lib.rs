@@ -14,6 +14,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Features
+//!
+//! - `opentelemetry`: the trace context every message carries ([`traceparent`]) is the
+//!   OpenTelemetry span's when the subscriber has a `tracing_opentelemetry` layer, so an
+//!   exporter sees the caller, the send and the entity's handler on the owning node as one trace.
+//!
 //! See `docs/` in the repository for the guides, and docs/architecture.md for how it fits together.
 #![warn(missing_docs, unreachable_pub)]
 

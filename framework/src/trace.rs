@@ -68,7 +68,7 @@ impl TraceContext {
     }
 
     /// The context a send starts from: a child of the handler's on this thread, else a new trace.
-    pub(crate) fn for_send() -> (TraceContext, Option<u64>) {
+    fn for_send() -> (TraceContext, Option<u64>) {
         match CURRENT.with(|c| c.get()) {
             Some(parent) => (parent.child(), Some(parent.span_id)),
             None => (TraceContext::root(), None),
@@ -98,31 +98,109 @@ impl TraceContext {
         Some(TraceContext { trace_id, span_id, flags })
     }
 
-    /// The span a handler runs in, continuing `parent` (the sender's context, if it sent one).
-    pub(crate) fn handle_span(parent: Option<TraceContext>, entity: &'static str) -> (TraceContext, tracing::Span) {
-        let (ctx, parent_span) = match parent {
-            Some(p) => (p.child(), Some(p.span_id)),
-            None => (TraceContext::root(), None),
-        };
+    /// Opens the span a send runs in and gives the context the message carries: the
+    /// OpenTelemetry span's when an OpenTelemetry layer records it (its parent is the caller's
+    /// span, as OpenTelemetry decides), else a child of the handler's context on this thread,
+    /// else a new trace.
+    pub(crate) fn open_send(entity: &'static str) -> (TraceContext, tracing::Span) {
         let span = tracing::info_span!(
-            "clusterfunk.handle",
+            "clusterfunk.send",
             entity,
-            trace_id = %format_args!("{:032x}", ctx.trace_id),
-            span_id = %format_args!("{:016x}", ctx.span_id),
-            parent_span_id = parent_span.map(|p| format!("{p:016x}")),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
         );
+        #[cfg(feature = "opentelemetry")]
+        if let Some(ctx) = otel::ids(&span) {
+            let parent = otel::parent_of(ctx.trace_id);
+            ctx.record(&span, parent);
+            return (ctx, span);
+        }
+        let (ctx, parent) = TraceContext::for_send();
+        ctx.record(&span, parent);
         (ctx, span)
     }
 
-    /// The span a send runs in.
-    pub(crate) fn send_span(&self, parent_span: Option<u64>, entity: &'static str) -> tracing::Span {
-        tracing::info_span!(
-            "clusterfunk.send",
+    /// Opens the span a handler runs in, continuing `parent` (the sender's context, if it sent
+    /// one), and gives the handler's context. With an OpenTelemetry layer, the span's
+    /// OpenTelemetry parent is the sender's span and the context is the span's own.
+    pub(crate) fn handle_span(parent: Option<TraceContext>, entity: &'static str) -> (TraceContext, tracing::Span) {
+        let span = tracing::info_span!(
+            "clusterfunk.handle",
             entity,
-            trace_id = %format_args!("{:032x}", self.trace_id),
-            span_id = %format_args!("{:016x}", self.span_id),
-            parent_span_id = parent_span.map(|p| format!("{p:016x}")),
-        )
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        let own = || match parent {
+            Some(p) => p.child(),
+            None => TraceContext::root(),
+        };
+        #[cfg(feature = "opentelemetry")]
+        let ctx = {
+            if let Some(p) = parent {
+                otel::set_parent(&span, p);
+            }
+            otel::ids(&span).unwrap_or_else(own)
+        };
+        #[cfg(not(feature = "opentelemetry"))]
+        let ctx = own();
+        ctx.record(&span, parent.map(|p| p.span_id));
+        (ctx, span)
+    }
+
+    /// Records this context on its span: `trace_id`, `span_id`, `parent_span_id` (lower-case hex).
+    fn record(&self, span: &tracing::Span, parent_span: Option<u64>) {
+        span.record("trace_id", tracing::field::display(format_args!("{:032x}", self.trace_id)));
+        span.record("span_id", tracing::field::display(format_args!("{:016x}", self.span_id)));
+        if let Some(p) = parent_span {
+            span.record("parent_span_id", tracing::field::display(format_args!("{p:016x}")));
+        }
+    }
+}
+
+/// The bridge to OpenTelemetry (feature `opentelemetry`): the ids of a span as the
+/// `tracing_opentelemetry` layer sees them, and a remote parent set on a span before it starts.
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use super::TraceContext;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    fn of(sc: &SpanContext) -> Option<TraceContext> {
+        sc.is_valid().then(|| TraceContext {
+            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            flags: sc.trace_flags().to_u8(),
+        })
+    }
+
+    /// The OpenTelemetry context of `span` (this starts it), if an OpenTelemetry layer records
+    /// it; `None` without such a layer or when the span is disabled.
+    pub(super) fn ids(span: &tracing::Span) -> Option<TraceContext> {
+        of(span.context().span().span_context())
+    }
+
+    /// The span id of the parent OpenTelemetry gives a span of `trace_id` opened here: the
+    /// caller's current span, else the OpenTelemetry context attached on this thread.
+    pub(super) fn parent_of(trace_id: u128) -> Option<u64> {
+        ids(&tracing::Span::current())
+            .or_else(|| of(opentelemetry::Context::current().span().span_context()))
+            .filter(|p| p.trace_id == trace_id)
+            .map(|p| p.span_id)
+    }
+
+    /// Makes the span a child of the (remote) sender's span. Without an OpenTelemetry layer
+    /// this does nothing.
+    pub(super) fn set_parent(span: &tracing::Span, parent: TraceContext) {
+        let sc = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id.to_be_bytes()),
+            SpanId::from_bytes(parent.span_id.to_be_bytes()),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::NONE,
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
     }
 }
 

@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use clusterfunk_integration::inproc::{keys_on, pair, Tally, Traced};
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id};
+use tracing::span::{Attributes, Id, Record};
 use tracing::Subscriber;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
-type Spans = Arc<Mutex<Vec<(String, HashMap<String, String>)>>>;
+/// Each span opened, with its fields: those given at its start and those recorded later (the
+/// trace ids are recorded right after the span opens).
+type Spans = Arc<Mutex<Vec<(Id, String, HashMap<String, String>)>>>;
 
 struct Capture(Spans);
 
@@ -30,11 +32,19 @@ impl Visit for Fields {
 }
 
 impl<S: Subscriber> Layer<S> for Capture {
-    fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
         if attrs.metadata().name().starts_with("clusterfunk.") {
             let mut f = Fields::default();
             attrs.record(&mut f);
-            self.0.lock().unwrap().push((attrs.metadata().name().to_string(), f.0));
+            self.0.lock().unwrap().push((id.clone(), attrs.metadata().name().to_string(), f.0));
+        }
+    }
+    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+        let mut spans = self.0.lock().unwrap();
+        if let Some((_, _, fields)) = spans.iter_mut().rev().find(|(i, _, _)| i == id) {
+            let mut f = Fields(std::mem::take(fields));
+            values.record(&mut f);
+            *fields = f.0;
         }
     }
 }
@@ -45,7 +55,8 @@ fn spans_of(spans: &Spans, traceparent: &str) -> (HashMap<String, String>, HashM
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "a W3C traceparent: {traceparent}");
     let (trace, span) = (parts[1], parts[2]);
-    let all = spans.lock().unwrap().clone();
+    let all: Vec<(String, HashMap<String, String>)> =
+        spans.lock().unwrap().iter().map(|(_, n, f)| (n.clone(), f.clone())).collect();
     let handle = all
         .iter()
         .find(|(n, f)| n == "clusterfunk.handle" && f.get("span_id").map(String::as_str) == Some(span))
@@ -78,6 +89,7 @@ fn a_message_is_one_trace_from_the_sender_to_the_entity_across_nodes() -> anyhow
         let (handle, send) = spans_of(&spans, &tp);
         assert_eq!(handle.get("trace_id"), send.get("trace_id"), "one trace across the hop");
         assert!(!send.contains_key("parent_span_id"), "the send started the trace");
+        assert_eq!(send.get("entity"), handle.get("entity"), "both sides name the entity type alike");
 
         // The local fast path continues the trace the same way.
         let local = keys_on(&a, a.node_id(), 0, 1)[0];

@@ -8,7 +8,7 @@ use clusterfunk_actors::proxy::{route, Envelope, Refusal, Route, Router};
 use clusterfunk_actors::shard::shard_for;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 
-use super::host::{Admission, EntityHost, Undelivered};
+use super::host::{Admission, EntityHost, HostControl, Undelivered};
 use super::registry::Registry;
 use super::{RemoteMessage, ShardedActor};
 use crate::trace::TraceContext;
@@ -95,8 +95,7 @@ impl<E: ShardedActor> Sharded<E> {
         M: RemoteMessage,
         E: Handler<M>,
     {
-        let (trace, parent) = TraceContext::for_send();
-        let span = trace.send_span(parent, self.entity.1);
+        let (trace, span) = TraceContext::open_send(HostControl::name(&*self.host));
         self.send_traced(key, msg, trace).instrument(span)
     }
 
@@ -159,7 +158,7 @@ impl<E: ShardedActor> Sharded<E> {
     /// A follower takes the message only if its own map makes it a follower of the shard at that
     /// epoch, and refuses anything stamped older than the newest epoch it saw for the shard: the
     /// writes of a deposed leader fail with `NotOwner` carrying the newer epoch. On the follower
-    /// the message goes to a replica instance of the entity ([`EntityInfo::replica`]); when the
+    /// the message goes to a replica instance of the entity ([`EntityInfo::replica`](crate::EntityInfo::replica)); when the
     /// follower is promoted, that instance (and what it was sent) serves on as the owner's.
     /// Nothing is retried: the answers say which followers have the message. Cancel-safe, like
     /// [`send`](Sharded::send). Refused with `NotOwner` (for every follower) unless this node
@@ -209,8 +208,7 @@ impl<E: ShardedActor> Sharded<E> {
             (Ok(k), Ok(p)) => (k, p),
             (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(Arc::new(e))),
         };
-        let (trace, parent) = TraceContext::for_send();
-        let span = trace.send_span(parent, self.entity.1);
+        let (trace, span) = TraceContext::open_send(HostControl::name(&*self.host));
         let env = Envelope {
             entity: eid,
             message: mid,
