@@ -14,17 +14,22 @@
 //! subscriber joins the two sides by `trace_id`. A peer's `traceparent` that is not exactly the
 //! W3C form (version 00, non-zero ids) is ignored (a new trace starts): it never refuses the
 //! message, and nothing of it is logged but the parsed ids.
+//!
+//! With the feature `opentelemetry` and a `tracing_opentelemetry` layer, the ids are
+//! OpenTelemetry's and each span's OpenTelemetry parent is set explicitly (module `otel`).
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A W3C trace context: the trace, this span, and the flags (bit 0: sampled).
+/// A W3C trace context: the trace, this span, and the flags (bit 0: sampled); `remote` when it
+/// came over the wire (parsed from a peer's envelope), not from a send on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TraceContext {
     pub(crate) trace_id: u128,
     pub(crate) span_id: u64,
     pub(crate) flags: u8,
+    pub(crate) remote: bool,
 }
 
 thread_local! {
@@ -55,16 +60,47 @@ fn random_u64() -> u64 {
     }
 }
 
+/// A span named `$name` with the trace fields: given at once when the context is known
+/// (`$ctx`, `$parent`), or left empty to be recorded once OpenTelemetry gave the ids (`empty`).
+macro_rules! trace_span {
+    ($name:literal, $entity:expr, $ctx:expr, $parent:expr) => {
+        tracing::info_span!(
+            $name,
+            entity = $entity,
+            trace_id = %format_args!("{:032x}", $ctx.trace_id),
+            span_id = %format_args!("{:016x}", $ctx.span_id),
+            parent_span_id = $parent.map(|p: u64| format!("{p:016x}")),
+        )
+    };
+    ($name:literal, $entity:expr, empty) => {
+        tracing::info_span!(
+            $name,
+            entity = $entity,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        )
+    };
+}
+
 impl TraceContext {
     /// A new trace, sampled.
     pub(crate) fn root() -> TraceContext {
         let trace_id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
-        TraceContext { trace_id, span_id: random_u64(), flags: 1 }
+        TraceContext { trace_id, span_id: random_u64(), flags: 1, remote: false }
     }
 
-    /// A span of the same trace below this one.
+    /// A span of the same trace below this one, on this node.
     pub(crate) fn child(&self) -> TraceContext {
-        TraceContext { span_id: random_u64(), ..*self }
+        TraceContext { span_id: random_u64(), remote: false, ..*self }
+    }
+
+    /// The handler's context below the sender's, or a new trace.
+    fn below(parent: Option<TraceContext>) -> TraceContext {
+        match parent {
+            Some(p) => p.child(),
+            None => TraceContext::root(),
+        }
     }
 
     /// The context a send starts from: a child of the handler's on this thread, else a new trace.
@@ -80,8 +116,8 @@ impl TraceContext {
         format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
     }
 
-    /// Parses a W3C `traceparent` of version 00; anything else (another length, upper-case or
-    /// non-hex digits, an all-zero id, version ff) is `None`.
+    /// Parses a peer's W3C `traceparent` of version 00; anything else (another length,
+    /// upper-case or non-hex digits, an all-zero id, version ff) is `None`.
     pub(crate) fn parse(s: &str) -> Option<TraceContext> {
         let b = s.as_bytes();
         if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' || &s[..2] != "00" {
@@ -95,112 +131,131 @@ impl TraceContext {
         let trace_id = u128::from_str_radix(t, 16).ok().filter(|v| *v != 0)?;
         let span_id = u64::from_str_radix(p, 16).ok().filter(|v| *v != 0)?;
         let flags = u8::from_str_radix(f, 16).ok()?;
-        Some(TraceContext { trace_id, span_id, flags })
+        Some(TraceContext { trace_id, span_id, flags, remote: true })
     }
 
     /// Opens the span a send runs in and gives the context the message carries: the
-    /// OpenTelemetry span's when an OpenTelemetry layer records it (its parent is the caller's
-    /// span, as OpenTelemetry decides), else a child of the handler's context on this thread,
-    /// else a new trace.
+    /// OpenTelemetry span's when an OpenTelemetry layer records it (feature `opentelemetry`),
+    /// else a child of the handler's context on this thread, else a new trace.
     pub(crate) fn open_send(entity: &'static str) -> (TraceContext, tracing::Span) {
-        let span = tracing::info_span!(
-            "clusterfunk.send",
-            entity,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
         #[cfg(feature = "opentelemetry")]
-        if let Some(ctx) = otel::ids(&span) {
-            let parent = otel::parent_of(ctx.trace_id);
-            ctx.record(&span, parent);
-            return (ctx, span);
+        return otel::open_send(entity);
+        #[cfg(not(feature = "opentelemetry"))]
+        {
+            let (ctx, parent) = TraceContext::for_send();
+            (ctx, trace_span!("clusterfunk.send", entity, ctx, parent))
         }
-        let (ctx, parent) = TraceContext::for_send();
-        ctx.record(&span, parent);
-        (ctx, span)
     }
 
     /// Opens the span a handler runs in, continuing `parent` (the sender's context, if it sent
-    /// one), and gives the handler's context. With an OpenTelemetry layer, the span's
-    /// OpenTelemetry parent is the sender's span and the context is the span's own.
+    /// one), and gives the handler's context: with an OpenTelemetry layer (feature
+    /// `opentelemetry`) the span's own, a child of the sender's span.
     pub(crate) fn handle_span(parent: Option<TraceContext>, entity: &'static str) -> (TraceContext, tracing::Span) {
-        let span = tracing::info_span!(
-            "clusterfunk.handle",
-            entity,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
-        let own = || match parent {
-            Some(p) => p.child(),
-            None => TraceContext::root(),
-        };
         #[cfg(feature = "opentelemetry")]
-        let ctx = {
-            if let Some(p) = parent {
-                otel::set_parent(&span, p);
-            }
-            otel::ids(&span).unwrap_or_else(own)
-        };
+        return otel::open_handle(parent, entity);
         #[cfg(not(feature = "opentelemetry"))]
-        let ctx = own();
-        ctx.record(&span, parent.map(|p| p.span_id));
-        (ctx, span)
-    }
-
-    /// Records this context on its span: `trace_id`, `span_id`, `parent_span_id` (lower-case hex).
-    fn record(&self, span: &tracing::Span, parent_span: Option<u64>) {
-        span.record("trace_id", tracing::field::display(format_args!("{:032x}", self.trace_id)));
-        span.record("span_id", tracing::field::display(format_args!("{:016x}", self.span_id)));
-        if let Some(p) = parent_span {
-            span.record("parent_span_id", tracing::field::display(format_args!("{p:016x}")));
+        {
+            let ctx = TraceContext::below(parent);
+            (ctx, trace_span!("clusterfunk.handle", entity, ctx, parent.map(|p| p.span_id)))
         }
     }
 }
 
-/// The bridge to OpenTelemetry (feature `opentelemetry`): the ids of a span as the
-/// `tracing_opentelemetry` layer sees them, and a remote parent set on a span before it starts.
+/// The bridge to OpenTelemetry (feature `opentelemetry`, docs/architecture.md §14). Each span
+/// is opened with empty trace fields and given its OpenTelemetry parent explicitly (so the
+/// fields name the parent the exporter records), then started: its ids are OpenTelemetry's.
+/// When the span is disabled or no OpenTelemetry layer records it, the ids are clusterfunk's own,
+/// recorded on the same span.
 #[cfg(feature = "opentelemetry")]
 mod otel {
     use super::TraceContext;
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use opentelemetry::Context;
+    use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
     fn of(sc: &SpanContext) -> Option<TraceContext> {
         sc.is_valid().then(|| TraceContext {
             trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
             span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
             flags: sc.trace_flags().to_u8(),
+            remote: sc.is_remote(),
         })
     }
 
-    /// The OpenTelemetry context of `span` (this starts it), if an OpenTelemetry layer records
-    /// it; `None` without such a layer or when the span is disabled.
-    pub(super) fn ids(span: &tracing::Span) -> Option<TraceContext> {
-        of(span.context().span().span_context())
+    /// Records the trace fields of a span opened with them empty.
+    fn record(span: &tracing::Span, ctx: TraceContext, parent_span: Option<u64>) {
+        span.record("trace_id", tracing::field::display(format_args!("{:032x}", ctx.trace_id)));
+        span.record("span_id", tracing::field::display(format_args!("{:016x}", ctx.span_id)));
+        if let Some(p) = parent_span {
+            span.record("parent_span_id", tracing::field::display(format_args!("{p:016x}")));
+        }
     }
 
-    /// The span id of the parent OpenTelemetry gives a span of `trace_id` opened here: the
-    /// caller's current span, else the OpenTelemetry context attached on this thread.
-    pub(super) fn parent_of(trace_id: u128) -> Option<u64> {
-        ids(&tracing::Span::current())
-            .or_else(|| of(opentelemetry::Context::current().span().span_context()))
-            .filter(|p| p.trace_id == trace_id)
-            .map(|p| p.span_id)
+    /// Sets `cx` as the span's parent and starts it: its OpenTelemetry context and its parent's
+    /// span id, or `None` when no OpenTelemetry layer records the span.
+    fn start(span: &tracing::Span, cx: Context) -> Option<(TraceContext, Option<u64>)> {
+        if span.is_disabled() {
+            return None;
+        }
+        let parent = of(cx.span().span_context());
+        let parent = match span.set_parent(cx) {
+            Ok(()) => parent,
+            Err(SetParentError::LayerNotFound | SetParentError::SpanDisabled) => return None,
+            Err(e) => {
+                // Another layer started the span first: it is in OpenTelemetry under a parent
+                // this code did not choose, so no parent is recorded.
+                tracing::debug!(error = %e, "a clusterfunk span could not be given its OpenTelemetry parent");
+                None
+            }
+        };
+        let ctx = of(span.context().span().span_context())?;
+        Some((ctx, parent.filter(|p| p.trace_id == ctx.trace_id).map(|p| p.span_id)))
     }
 
-    /// Makes the span a child of the (remote) sender's span. Without an OpenTelemetry layer
-    /// this does nothing.
-    pub(super) fn set_parent(span: &tracing::Span, parent: TraceContext) {
-        let sc = SpanContext::new(
-            TraceId::from_bytes(parent.trace_id.to_be_bytes()),
-            SpanId::from_bytes(parent.span_id.to_be_bytes()),
-            TraceFlags::new(parent.flags),
-            true,
-            TraceState::NONE,
-        );
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    /// The send's span, a child of the caller's OpenTelemetry context: the one current on this
+    /// thread (entering a span makes its context current, by the layer's default), else the
+    /// current tracing span's (a layer built without context activation).
+    pub(super) fn open_send(entity: &'static str) -> (TraceContext, tracing::Span) {
+        let span = trace_span!("clusterfunk.send", entity, empty);
+        let caller = || {
+            let current = Context::current();
+            if current.span().span_context().is_valid() {
+                current
+            } else {
+                tracing::Span::current().context()
+            }
+        };
+        let (ctx, parent) = match span.is_disabled() {
+            false => start(&span, caller()),
+            true => None,
+        }
+        .unwrap_or_else(TraceContext::for_send);
+        record(&span, ctx, parent);
+        (ctx, span)
+    }
+
+    /// The handler's span, a child of the sender's span (remote when it came over the wire),
+    /// or a root when the sender sent none: never of whatever context is current on the
+    /// entity's thread.
+    pub(super) fn open_handle(parent: Option<TraceContext>, entity: &'static str) -> (TraceContext, tracing::Span) {
+        let span = trace_span!("clusterfunk.handle", entity, empty);
+        let cx = || match parent {
+            Some(p) => Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_bytes(p.trace_id.to_be_bytes()),
+                SpanId::from_bytes(p.span_id.to_be_bytes()),
+                TraceFlags::new(p.flags),
+                p.remote,
+                TraceState::NONE,
+            )),
+            None => Context::new(),
+        };
+        let (ctx, parent_span) = match span.is_disabled() {
+            false => start(&span, cx()),
+            true => None,
+        }
+        .unwrap_or_else(|| (TraceContext::below(parent), parent.map(|p| p.span_id)));
+        record(&span, ctx, parent_span);
+        (ctx, span)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod cleanup;
 pub mod inproc;
 pub mod journal;
 pub mod netns;
+pub mod spans;
 
 use anyhow::{bail, Context};
 use serde_json::Value;

@@ -5,49 +5,10 @@
 //! `clusterfunk::traceparent()`. The same holds on the local fast path.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use clusterfunk_integration::inproc::{keys_on, pair, Tally, Traced};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::Subscriber;
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-
-/// Each span opened, with its fields: those given at its start and those recorded later (the
-/// trace ids are recorded right after the span opens).
-type Spans = Arc<Mutex<Vec<(Id, String, HashMap<String, String>)>>>;
-
-struct Capture(Spans);
-
-#[derive(Default)]
-struct Fields(HashMap<String, String>);
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), format!("{value:?}"));
-    }
-}
-
-impl<S: Subscriber> Layer<S> for Capture {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
-        if attrs.metadata().name().starts_with("clusterfunk.") {
-            let mut f = Fields::default();
-            attrs.record(&mut f);
-            self.0.lock().unwrap().push((id.clone(), attrs.metadata().name().to_string(), f.0));
-        }
-    }
-    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        let mut spans = self.0.lock().unwrap();
-        if let Some((_, _, fields)) = spans.iter_mut().rev().find(|(i, _, _)| i == id) {
-            let mut f = Fields(std::mem::take(fields));
-            values.record(&mut f);
-            *fields = f.0;
-        }
-    }
-}
+use clusterfunk_integration::spans::{Capture, Spans};
+use tracing_subscriber::layer::SubscriberExt;
 
 /// The `clusterfunk.handle` span whose trace context the handler reported, and the
 /// `clusterfunk.send` span it continues.
@@ -55,26 +16,18 @@ fn spans_of(spans: &Spans, traceparent: &str) -> (HashMap<String, String>, HashM
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "a W3C traceparent: {traceparent}");
     let (trace, span) = (parts[1], parts[2]);
-    let all: Vec<(String, HashMap<String, String>)> =
-        spans.lock().unwrap().iter().map(|(_, n, f)| (n.clone(), f.clone())).collect();
-    let handle = all
-        .iter()
-        .find(|(n, f)| n == "clusterfunk.handle" && f.get("span_id").map(String::as_str) == Some(span))
-        .map(|(_, f)| f.clone())
-        .unwrap_or_else(|| panic!("no handle span {span} among {all:?}"));
+    let all = spans.all();
+    let handle =
+        spans.find("clusterfunk.handle", span).unwrap_or_else(|| panic!("no handle span {span} among {all:?}"));
     assert_eq!(handle.get("trace_id").map(String::as_str), Some(trace));
     let parent = handle.get("parent_span_id").cloned().expect("the handle span has a parent");
-    let send = all
-        .iter()
-        .find(|(n, f)| n == "clusterfunk.send" && f.get("span_id") == Some(&parent))
-        .map(|(_, f)| f.clone())
-        .unwrap_or_else(|| panic!("no send span {parent} among {all:?}"));
+    let send = spans.find("clusterfunk.send", &parent).unwrap_or_else(|| panic!("no send span {parent} among {all:?}"));
     (handle, send)
 }
 
 #[test]
 fn a_message_is_one_trace_from_the_sender_to_the_entity_across_nodes() -> anyhow::Result<()> {
-    let spans: Spans = Arc::default();
+    let spans = Spans::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture(spans.clone())))?;
     actix_rt::System::new().block_on(async move {
         let dir = tempfile::tempdir()?;
