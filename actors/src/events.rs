@@ -2,7 +2,7 @@
 //! user's hooks (`clusterfunk::hooks`), which document their order.
 
 use crate::shard::Plan;
-use crate::types::{Epoch, NodeId, ShardId};
+use crate::types::{Epoch, NodeId, ShardId, WorkerIndex};
 
 /// Something that happened to this node's shards or to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, actix::Message)]
@@ -74,4 +74,7 @@ pub enum ClusterEvent {
     RebalanceStarted(Plan),
     /// Every move of that plan is done.
     RebalanceFinished(Plan),
+    /// This node's place in the worker index changed (a member joined or left, a worker count
+    /// changed, or this node is leaving: then its index is `None`).
+    WorkersChanged(WorkerIndex),
 }

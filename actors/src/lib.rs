@@ -23,5 +23,6 @@ pub mod testing;
 pub mod transport;
 pub mod types;
 pub mod wire;
+pub mod workers;
 
 pub use libp2p::{multiaddr, Multiaddr};

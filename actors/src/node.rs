@@ -21,6 +21,7 @@ use crate::shard_manager::{self, ShardManager};
 use crate::state::{Command, CommandResult};
 use crate::transport::{self, Transport};
 use crate::types::{ClusterName, NodeId, NodeMeta};
+use crate::workers::WorkerIndex;
 
 /// Everything a node needs to start. Validated by the `clusterfunk` crate's builder.
 #[derive(Clone, Debug)]
@@ -56,6 +57,11 @@ pub struct Config {
     pub weight: u32,
     /// This node's worker count.
     pub workers: u32,
+    /// Static worker indices: `(base, total)` from configuration instead of the cluster state.
+    pub static_workers: Option<(u64, u64)>,
+    /// The instance id that names this node for people (`None`: the one kept in the data
+    /// directory, if any).
+    pub name: Option<String>,
     /// This node's zone.
     pub zone: Option<String>,
     /// This node's dashboard address, announced to others (`0.0.0.0:port`: the host of a
@@ -196,6 +202,11 @@ pub struct Node {
     pub refusals: Arc<consensus::authorize::Refusals>,
     /// Cluster-level events as this node sees them.
     pub events: broadcast::Sender<ClusterEvent>,
+    /// This node's place in the worker index (`crate::workers`), as it changes.
+    pub workers: watch::Receiver<WorkerIndex>,
+    /// This node's instance id, if it has one.
+    pub name: Option<String>,
+    workers_tx: Arc<watch::Sender<WorkerIndex>>,
     /// What the actors measure as it happens (docs/operations.md, "Metrics").
     pub metrics: crate::metrics::Metrics,
     hooks: watch::Sender<Option<Arc<dyn ShardHooks>>>,
@@ -312,6 +323,7 @@ impl Node {
             info!(node = %id, "bootstrapped a new cluster");
         }
 
+        let name = instance_name(dir, cfg.name.clone())?;
         let meta = NodeMeta {
             id,
             peer_id: Some(peer),
@@ -320,6 +332,7 @@ impl Node {
             workers: cfg.workers,
             zone: cfg.zone.clone(),
             dashboard: cfg.dashboard.clone(),
+            name: name.clone(),
         };
         let core = membership::Core::new(cfg.membership.clone(), cfg.cluster.clone(), peer, meta, rand::random())
             .with_advertise(cfg.advertise.clone());
@@ -393,6 +406,16 @@ impl Node {
         }
         let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         actix::spawn(serving::rejoin(id, consensus.clone(), applied.clone(), leaving.clone()));
+        let first = match cfg.static_workers {
+            Some((base, total)) => WorkerIndex::fixed(base, cfg.workers, total),
+            None => WorkerIndex { count: cfg.workers, ..WorkerIndex::default() },
+        };
+        let (workers_tx, workers) = watch::channel(first);
+        let workers_tx = Arc::new(workers_tx);
+        if cfg.static_workers.is_none() {
+            let own = cfg.workers;
+            actix::spawn(track_workers(id, own, applied.clone(), leaving.clone(), workers_tx.clone(), events.clone()));
+        }
         if let Some(path) = cfg.disk_stall_trigger.clone() {
             actix::spawn(stall_trigger(path, kept_store.faults().clone(), raft.clone(), view.clone()));
         }
@@ -409,6 +432,9 @@ impl Node {
             serving: counters,
             refusals,
             events,
+            workers,
+            name,
+            workers_tx,
             metrics,
             hooks,
             consensus,
@@ -524,6 +550,11 @@ impl Node {
         let deadline = tokio::time::Instant::now() + timeout;
         // A leaving node never stands for election (it still votes).
         self.raft.runtime_config().elect(false);
+        // Its workers stop being indexed now, before the cluster commits the leave: an index
+        // it gives up early is never held twice.
+        self.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+        let now = *self.workers.borrow();
+        publish_workers(&self.workers_tx, &self.events, &self.leaving, now);
         let result = serving::drain(self.id, &self.consensus, &self.applied, &self.leaving, timeout).await;
         if result == Ok(serving::Drained::AllLeaving) {
             self.quiesce().await;
@@ -583,6 +614,85 @@ impl Node {
 
 /// The node key's file name in the data directory.
 const KEY_FILE: &str = "node.key";
+/// The instance id's file name in the data directory.
+const NAME_FILE: &str = "instance-id";
+
+/// The instance id: `given` (written to the data directory when it differs from the one kept
+/// there), else the one kept there, else none.
+fn instance_name(dir: &Path, given: Option<String>) -> Result<Option<String>, StartError> {
+    let io = |path: &Path, action, source| StartError::DataDir { path: path.to_path_buf(), action, source };
+    let path = dir.join(NAME_FILE);
+    let kept = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_string()).filter(|t| crate::types::name_error(t).is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&path, "read", e)),
+    };
+    match given {
+        Some(name) if kept.as_ref() != Some(&name) => {
+            if let Some(old) = &kept {
+                info!(old = %old, new = %name, "instance id changed");
+            }
+            let tmp = dir.join(format!("{NAME_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{name}\n")).map_err(|e| io(&tmp, "write", e))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| io(&tmp, "sync", e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io(&path, "rename", e))?;
+            sync_dir(dir).map_err(|e| io(dir, "sync", e))?;
+            Ok(Some(name))
+        }
+        Some(name) => Ok(Some(name)),
+        None => Ok(kept),
+    }
+}
+
+/// Publishes this node's place in the worker index (out of it once `leaving` is set: read under
+/// the watch's lock, so a value computed before the leave began cannot overwrite the leave's),
+/// and a `WorkersChanged` event, if it changed.
+fn publish_workers(
+    tx: &watch::Sender<WorkerIndex>,
+    events: &broadcast::Sender<ClusterEvent>,
+    leaving: &std::sync::atomic::AtomicBool,
+    next: WorkerIndex,
+) {
+    let mut published = next;
+    let changed = tx.send_if_modified(|w| {
+        if leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            published = next.left();
+        }
+        std::mem::replace(w, published) != published
+    });
+    let next = published;
+    if changed {
+        info!(
+            index = next.index.map_or(-1, |i| i as i64),
+            count = next.count,
+            total = next.total,
+            epoch = next.epoch,
+            "worker index"
+        );
+        let _ = events.send(ClusterEvent::WorkersChanged(next));
+    }
+}
+
+/// Dynamic mode: derives this node's worker index from every applied state.
+async fn track_workers(
+    id: NodeId,
+    own_count: u32,
+    mut applied: watch::Receiver<Arc<AppliedState>>,
+    leaving: Arc<std::sync::atomic::AtomicBool>,
+    tx: Arc<watch::Sender<WorkerIndex>>,
+    events: broadcast::Sender<ClusterEvent>,
+) {
+    loop {
+        let mut next = WorkerIndex::of(&applied.borrow_and_update().state, id);
+        if next.index.is_none() {
+            next.count = own_count; // not registered (yet): what this node declares
+        }
+        publish_workers(&tx, &events, &leaving, next);
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
 fn load_or_create_key(dir: &Path) -> Result<Keypair, StartError> {
     let io = |path: &Path, action, source| StartError::DataDir { path: path.to_path_buf(), action, source };

@@ -114,6 +114,9 @@ impl Command {
     /// node speaking an older one cannot decode it, so it is not written until none is left.
     pub fn since_wire(&self) -> u32 {
         match self {
+            // An instance id orders the worker index: a node that cannot read it would drop it
+            // from the snapshots it sends, and its receivers would order by node id instead.
+            Command::RegisterMember { meta } if meta.name.is_some() => 3,
             Command::Init { .. }
             | Command::RegisterMember { .. }
             | Command::SetAssignments { .. }
@@ -198,6 +201,10 @@ pub struct ClusterState {
     /// Whether load-balancing moves wait for an operator's commit.
     #[serde(default)]
     pub manual_rebalance: bool,
+    /// The log index of the last change to the worker layout ([`ClusterState::worker_layout`]):
+    /// the worker index's epoch (`crate::workers`).
+    #[serde(default)]
+    pub workers_epoch: u64,
     /// Whether the rebalancing mode was ever set (by command, an abort, or a leader configured
     /// with `rebalance = "manual"`): from then on only commands change it.
     #[serde(default)]
@@ -221,8 +228,33 @@ impl ClusterState {
         self.shard_map.owner_counts().get(&id).is_none_or(|n| *n == 0) && self.handoffs.values().all(|h| h.from != id)
     }
 
-    /// Applies `cmd`, committed at log `index`.
+    /// The worker index's layout: members not leaving, in instance-id order (the name, else the
+    /// node id in hex; ties by node id), with their worker counts.
+    pub fn worker_layout(&self) -> Vec<(String, NodeId, u32)> {
+        let mut layout: Vec<(String, NodeId, u32)> = self
+            .members
+            .values()
+            .filter(|m| !self.draining.contains(&m.id))
+            .map(|m| (m.name.clone().unwrap_or_else(|| m.id.to_string()), m.id, m.workers))
+            .collect();
+        layout.sort();
+        layout
+    }
+
+    /// Applies `cmd`, committed at log `index`; a change to the worker layout sets
+    /// [`workers_epoch`](ClusterState::workers_epoch) to `index`.
     pub fn apply(&mut self, cmd: &Command, index: u64) -> CommandResult {
+        let layout_may_change =
+            matches!(cmd, Command::RegisterMember { .. } | Command::RemoveMember { .. } | Command::SetDraining { .. });
+        let before = layout_may_change.then(|| self.worker_layout());
+        let result = self.apply_command(cmd, index);
+        if before.is_some_and(|b| b != self.worker_layout()) {
+            self.workers_epoch = index;
+        }
+        result
+    }
+
+    fn apply_command(&mut self, cmd: &Command, index: u64) -> CommandResult {
         match cmd {
             Command::Init { name, shards, replica_factor } => {
                 if self.name.is_some() {
@@ -449,6 +481,15 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_id_waits_for_wire_3() {
+        let plain = Command::RegisterMember { meta: meta(1) };
+        assert_eq!(plain.since_wire(), 1, "a registration without a name reads as before");
+        let named = Command::RegisterMember { meta: NodeMeta { name: Some("node1".into()), ..meta(1) } };
+        assert_eq!(named.since_wire(), 3);
+        const { assert!(crate::wire::VERSION >= 3) };
+    }
+
+    #[test]
     fn a_state_written_before_pins_still_decodes() {
         let mut st = ClusterState::default();
         st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 3, replica_factor: 1 }, 1);
@@ -468,7 +509,10 @@ mod tests {
             st.production,
         );
         let decoded: ClusterState = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(decoded, st);
+        // A state from before the worker index has no worker epoch: 0 until the next change to
+        // the layout (docs/operations.md, "Rolling upgrades").
+        assert_eq!(st.workers_epoch, 2, "the registration changed the layout");
+        assert_eq!(decoded, ClusterState { workers_epoch: 0, ..st });
     }
 
     #[test]

@@ -122,6 +122,54 @@ pub struct NodeMeta {
     pub zone: Option<String>,
     /// `host:port` of the node's dashboard and API, if it serves one.
     pub dashboard: Option<String>,
+    /// The instance id a person gave the node (`-i ID`): shown beside its node id, and what the
+    /// worker index orders instances by. Appended: not sent when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// This instance's place in the cluster-wide worker index (docs/architecture.md §8.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerIndex {
+    /// The index of this instance's first worker (its workers are `index .. index + count`);
+    /// `None` while it is not in the index (not yet a member, or leaving).
+    pub index: Option<u64>,
+    /// This instance's worker count.
+    pub count: u32,
+    /// Workers in the whole cluster.
+    pub total: u64,
+    /// The Raft log index of the change that gave this layout (0 in static mode): the same on
+    /// every node for one layout, higher for a later one.
+    pub epoch: u64,
+}
+
+impl WorkerIndex {
+    /// Static mode: `count` workers from `base`, `total` in all, set by configuration.
+    pub fn fixed(base: u64, count: u32, total: u64) -> WorkerIndex {
+        WorkerIndex { index: Some(base), count, total, epoch: 0 }
+    }
+
+    /// Not in the index (this instance left), keeping its count.
+    pub fn left(self) -> WorkerIndex {
+        WorkerIndex { index: None, ..self }
+    }
+}
+
+/// The longest instance id.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why `name` cannot be an instance id: empty, longer than [`MAX_NAME_LEN`] bytes, or a character
+/// other than ASCII letters, digits, `.`, `_` and `-`.
+pub fn name_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("it is empty".into())
+    } else if name.len() > MAX_NAME_LEN {
+        Some(format!("it is longer than {MAX_NAME_LEN} bytes"))
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            .map(|c| format!("{c:?} is not a letter, digit, '.', '_' or '-'"))
+    }
 }
 
 /// A peer id as its base58 text (`""` for none): the format node metadata and Raft node records

@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "events",
     "metrics",
     "state",
+    "workers",
     "transport",
     "membership",
     "consensus",

@@ -562,17 +562,32 @@ fn print_members(m: &Value) -> Result<(), Failure> {
                     };
                     let (id, state, shards, addr, wire) =
                         (text(&m["id"]), text(&m["state"]), text(&m["shards"]), text(&m["addr"]), text(&m["wire"]));
-                    vec![id, role, state, drain.into(), shards, wire, addr]
+                    let workers = match (m["worker_first"].as_u64(), m["workers"].as_u64()) {
+                        (Some(first), Some(n)) if n > 0 => format!("{first}-{}", first + n - 1),
+                        _ => "-".into(),
+                    };
+                    vec![id, text(&m["name"]), role, state, drain.into(), shards, workers, wire, addr]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["ID", "ROLE", "STATE", "DRAIN", "SHARDS", "WIRE", "ADDRESS"], rows);
+    table(&["ID", "NAME", "ROLE", "STATE", "DRAIN", "SHARDS", "WORKERS", "WIRE", "ADDRESS"], rows);
     Ok(())
 }
 
 fn print_status(s: &Value) -> Result<(), Failure> {
-    println!("node      {}", text(&s["node_id"]));
+    match s["node_name"].as_str() {
+        Some(name) => println!("node      {} ({name})", text(&s["node_id"])),
+        None => println!("node      {}", text(&s["node_id"])),
+    }
+    let w = &s["workers"];
+    println!(
+        "workers   index {} count {} of {} (epoch {})",
+        text(&w["index"]),
+        text(&w["count"]),
+        text(&w["total"]),
+        text(&w["epoch"])
+    );
     println!("cluster   {}/{}", text(&s["cluster"]["name"]), text(&s["cluster"]["env"]));
     println!("leader    {} (term {})", text(&s["leader"]), text(&s["term"]));
     println!("raft      {} applied {}", text(&s["raft"]["state"]), text(&s["raft"]["last_applied"]));

@@ -10,7 +10,7 @@ use clusterfunk_actors::node::{Node, StartError};
 use clusterfunk_actors::proxy::Router;
 use clusterfunk_actors::serving::DrainError;
 use clusterfunk_actors::shard::{shard_for, ShardKey, ShardMap};
-use clusterfunk_actors::types::{ClusterName, NodeId, ShardId};
+use clusterfunk_actors::types::{ClusterName, NodeId, ShardId, WorkerIndex};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -123,6 +123,41 @@ impl Cluster {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.inner.node.id
+    }
+
+    /// This node's instance id (`-i ID`, [`Builder::instance_id`](crate::Builder::instance_id)),
+    /// if it has one.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.inner.node.name.as_deref()
+    }
+
+    /// This node's place in the cluster-wide worker index: its first index, its count, the
+    /// cluster's total and the epoch (docs/architecture.md §8.3). In dynamic mode it follows the
+    /// committed cluster state: at one epoch no two workers in the cluster hold one index, so hand
+    /// the epoch to whatever the workers share as a fencing token. `index` is `None` until this
+    /// node is a member and once it is leaving. In static mode
+    /// ([`Builder::static_workers`](crate::Builder::static_workers)) it is the configured range,
+    /// epoch 0.
+    ///
+    /// ```no_run
+    /// # async fn run(cluster: clusterfunk::Cluster) {
+    /// let mut workers = cluster.watch_workers();
+    /// while let Some(w) = workers.changed().await {
+    ///     match w.index {
+    ///         Some(first) => println!("workers {first}..{} of {} (epoch {})", first + u64::from(w.count), w.total, w.epoch),
+    ///         None => println!("not in the worker index"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn workers(&self) -> WorkerIndex {
+        *self.inner.node.workers.borrow()
+    }
+
+    /// Follows [`workers`](Cluster::workers) as it changes (also a
+    /// [`ClusterEvent::WorkersChanged`](crate::ClusterEvent::WorkersChanged) to the hooks).
+    pub fn watch_workers(&self) -> WorkerWatch {
+        WorkerWatch { rx: self.inner.node.workers.clone(), first: true }
     }
 
     /// The current committed shard map: an immutable snapshot, swapped whole on change.
@@ -279,6 +314,24 @@ impl Cluster {
     /// token for the service's own storage.
     pub fn shard_epoch(&self, shard: ShardId) -> Option<clusterfunk_actors::types::Epoch> {
         self.inner.node.ownership.serving_epoch(shard)
+    }
+}
+
+/// This node's place in the worker index as it changes ([`Cluster::watch_workers`]).
+pub struct WorkerWatch {
+    rx: tokio::sync::watch::Receiver<WorkerIndex>,
+    first: bool,
+}
+
+impl WorkerWatch {
+    /// The current value at the first call, then each new one as it comes (a value that changes
+    /// twice quickly may be seen once, at its latest); `None` once the node stopped.
+    pub async fn changed(&mut self) -> Option<WorkerIndex> {
+        if std::mem::take(&mut self.first) {
+            return Some(*self.rx.borrow_and_update());
+        }
+        self.rx.changed().await.ok()?;
+        Some(*self.rx.borrow_and_update())
     }
 }
 

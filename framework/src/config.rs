@@ -39,6 +39,38 @@ pub enum ConfigError {
     /// `workers` must be at least 1.
     #[error("workers: a node runs at least 1 worker")]
     Workers,
+    /// `workers` is over `max_workers`.
+    #[error("workers: {workers} is over max_workers ({max})")]
+    WorkersTooMany {
+        /// The count given.
+        workers: u32,
+        /// The maximum configured.
+        max: u32,
+    },
+    /// `max_workers` is 0 or over the largest count a leader registers.
+    #[error("max_workers: {0} is not between 1 and 65536")]
+    MaxWorkers(u32),
+    /// Static worker indices that do not fit: this node's range must lie inside the total.
+    #[error("worker_index: {base} + {workers} workers is beyond worker_total {total}")]
+    StaticWorkers {
+        /// The base index given.
+        base: u64,
+        /// This node's worker count.
+        workers: u32,
+        /// The total given.
+        total: u64,
+    },
+    /// `worker_index` and `worker_total` go together.
+    #[error("worker_index and worker_total: give both (static worker indices) or neither")]
+    StaticWorkersHalf,
+    /// The instance id is not usable.
+    #[error("instance_id: {value:?} is not usable: {reason}")]
+    InstanceId {
+        /// The value given.
+        value: String,
+        /// Why.
+        reason: String,
+    },
     /// `voters` must be 1, 3, 5 or 7.
     #[error("voters: {0} is not 1, 3, 5 or 7 (an even count adds no fault tolerance)")]
     Voters(usize),
@@ -191,6 +223,9 @@ pub struct Builder {
     voters: usize,
     weight: u32,
     workers: u32,
+    max_workers: u32,
+    static_workers: (Option<u64>, Option<u64>),
+    instance_id: Option<String>,
     zone: Option<String>,
     secret: Option<clusterfunk_actors::types::Token>,
     mdns: bool,
@@ -231,6 +266,9 @@ impl Default for Builder {
             voters: 3,
             weight: 1,
             workers: 1,
+            max_workers: 1024,
+            static_workers: (None, None),
+            instance_id: None,
             zone: None,
             secret: None,
             mdns: true,
@@ -442,9 +480,39 @@ impl Builder {
         self
     }
 
-    /// Worker threads this node declares for the worker index. Default 1.
+    /// Worker threads this node declares for the worker index ([`Cluster::workers`](crate::Cluster::workers)).
+    /// Default 1; at most [`max_workers`](Builder::max_workers).
     pub fn workers(mut self, n: u32) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// The most workers this node may declare (a start with more is refused). Default 1024.
+    pub fn max_workers(mut self, n: u32) -> Self {
+        self.max_workers = n;
+        self
+    }
+
+    /// Static worker indices: this node's workers are `base .. base + workers` of `total`, as
+    /// configured, with no coordination (and no guarantee that two nodes do not overlap).
+    /// Default: dynamic, derived from the committed cluster state.
+    pub fn static_workers(mut self, base: u64, total: u64) -> Self {
+        self.static_workers = (Some(base), Some(total));
+        self
+    }
+
+    /// Settings give the two halves of [`static_workers`](Builder::static_workers) one by one;
+    /// one without the other is refused at `build`.
+    pub(crate) fn static_worker_parts(mut self, base: Option<u64>, total: Option<u64>) -> Self {
+        self.static_workers = (base.or(self.static_workers.0), total.or(self.static_workers.1));
+        self
+    }
+
+    /// The instance id that names this node for people (`-i ID`): shown beside its node id, and
+    /// what the worker index orders instances by. Letters, digits, `.`, `_`, `-`; at most 64
+    /// bytes. Kept in the data directory: a restart without one keeps the last one given.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
         self
     }
 
@@ -610,6 +678,25 @@ impl Builder {
         if self.workers == 0 {
             return Err(ConfigError::Workers);
         }
+        if self.max_workers == 0 || self.max_workers > clusterfunk_actors::workers::MAX_WORKERS {
+            return Err(ConfigError::MaxWorkers(self.max_workers));
+        }
+        if self.workers > self.max_workers {
+            return Err(ConfigError::WorkersTooMany { workers: self.workers, max: self.max_workers });
+        }
+        let static_workers = match self.static_workers {
+            (None, None) => None,
+            (Some(base), Some(total)) => match base.checked_add(u64::from(self.workers)) {
+                Some(end) if end <= total => Some((base, total)),
+                _ => return Err(ConfigError::StaticWorkers { base, workers: self.workers, total }),
+            },
+            _ => return Err(ConfigError::StaticWorkersHalf),
+        };
+        if let Some(id) = &self.instance_id {
+            if let Some(reason) = clusterfunk_actors::types::name_error(id) {
+                return Err(ConfigError::InstanceId { value: id.clone(), reason });
+            }
+        }
         if ![1, 3, 5, 7].contains(&self.voters) {
             return Err(ConfigError::Voters(self.voters));
         }
@@ -665,6 +752,8 @@ impl Builder {
             management_token: token,
             weight: self.weight,
             workers: self.workers,
+            static_workers,
+            name: self.instance_id,
             zone: self.zone,
             dashboard: dashboard.map(|d| d.to_string()),
             secret,

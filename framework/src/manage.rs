@@ -513,6 +513,7 @@ pub(crate) fn event_json(ev: &ClusterEvent) -> (&'static str, Value) {
         ClusterEvent::MemberDown(n) => ("member_down", serde_json::json!({ "node": id(n) })),
         ClusterEvent::RebalanceStarted(p) => ("rebalance_started", plan(p)),
         ClusterEvent::RebalanceFinished(p) => ("rebalance_finished", plan(p)),
+        ClusterEvent::WorkersChanged(w) => ("workers_changed", serde_json::json!(w)),
         _ => ("other", serde_json::json!({ "debug": format!("{ev:?}") })),
     }
 }

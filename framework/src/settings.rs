@@ -53,6 +53,14 @@ pub struct Settings {
     pub weight: Option<u32>,
     /// Worker threads declared ([`Builder::workers`]).
     pub workers: Option<u32>,
+    /// The most workers a node may declare ([`Builder::max_workers`]).
+    pub max_workers: Option<u32>,
+    /// Static worker indices: this node's first index ([`Builder::static_workers`]).
+    pub worker_index: Option<u64>,
+    /// Static worker indices: the total ([`Builder::static_workers`]).
+    pub worker_total: Option<u64>,
+    /// The instance id that names this node for people ([`Builder::instance_id`]).
+    pub instance_id: Option<String>,
     /// Failure zone ([`Builder::zone`]).
     pub zone: Option<String>,
     /// `dev` or `production` ([`Builder::mode`]).
@@ -126,6 +134,10 @@ impl std::fmt::Debug for Settings {
             voters,
             weight,
             workers,
+            max_workers,
+            worker_index,
+            worker_total,
+            instance_id,
             zone,
             mode,
             members,
@@ -169,6 +181,10 @@ pub const KEYS: &[&str] = &[
     "voters",
     "weight",
     "workers",
+    "max_workers",
+    "worker_index",
+    "worker_total",
+    "instance_id",
     "zone",
     "mode",
     "members",
@@ -272,6 +288,10 @@ impl Settings {
                 "voters" => self.voters = Some(number(raw)?),
                 "weight" => self.weight = Some(number(raw)?),
                 "workers" => self.workers = Some(number(raw)?),
+                "max_workers" => self.max_workers = Some(number(raw)?),
+                "worker_index" => self.worker_index = Some(number(raw)?),
+                "worker_total" => self.worker_total = Some(number(raw)?),
+                "instance_id" => self.instance_id = Some(text(raw)?),
                 "zone" => self.zone = Some(text(raw)?),
                 "mode" => {
                     self.mode = Some(match text(raw)?.as_str() {
@@ -429,6 +449,10 @@ impl Settings {
             voters,
             weight,
             workers,
+            max_workers,
+            worker_index,
+            worker_total,
+            instance_id,
             zone,
             mode,
             members,
@@ -506,6 +530,9 @@ impl Builder {
         with!(voters);
         with!(weight);
         with!(workers);
+        with!(max_workers);
+        with!(instance_id);
+        self = self.static_worker_parts(s.worker_index, s.worker_total);
         with!(zone);
         with!(mode);
         with!(passivate_after);
@@ -679,9 +706,8 @@ mod tests {
                 {
                     "1s"
                 }
-                "shards" | "replica_factor" | "voters" | "weight" | "workers" | "proxy_queue" | "proxy_max_waiting" => {
-                    "3"
-                }
+                "shards" | "replica_factor" | "voters" | "weight" | "workers" | "max_workers" | "worker_index"
+                | "worker_total" | "proxy_queue" | "proxy_max_waiting" => "3",
                 _ => "x",
             };
             assert!(s.set(key, Raw::One(value.into())).is_ok(), "{key} = {value}");

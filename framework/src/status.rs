@@ -17,6 +17,10 @@ use serde::Serialize;
 pub struct ClusterStatus {
     /// This node.
     pub node_id: String,
+    /// This node's instance id, if it has one.
+    pub node_name: Option<String>,
+    /// This node's place in the worker index ([`Cluster::workers`](crate::Cluster::workers)).
+    pub workers: crate::WorkerIndex,
     /// The cluster's name.
     pub cluster: ClusterInfo,
     /// The Raft leader, if known.
@@ -122,6 +126,11 @@ pub struct RaftInfo {
 pub struct MemberStatus {
     /// Node id.
     pub id: String,
+    /// Its instance id (`-i ID`), if it has one.
+    pub name: Option<String>,
+    /// Its first worker index in the committed state (its workers are `worker_first ..
+    /// worker_first + workers`); `None` while it is not in the index.
+    pub worker_first: Option<u64>,
     /// `host:port` it listens on for other nodes.
     pub addr: Option<String>,
     /// `voter` or `learner` (`registered`: in the cluster state, not in the Raft configuration).
@@ -218,6 +227,8 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
     let stats = node.transport.stats();
     ClusterStatus {
         node_id: node.id.to_string(),
+        node_name: node.name.clone(),
+        workers: *node.workers.borrow(),
         cluster: ClusterInfo { name: cluster.key.clone(), env: cluster.env.clone() },
         leader: m.current_leader.map(|l| l.to_string()),
         term: m.current_term,
@@ -321,6 +332,10 @@ pub(crate) fn member_status(
     };
     MemberStatus {
         id: id.to_string(),
+        // Gossip is not validated as a registration is: a name a person could not have given
+        // (control characters, say) is not shown.
+        name: meta.and_then(|m| m.name.clone()).filter(|n| clusterfunk_actors::types::name_error(n).is_none()),
+        worker_first: clusterfunk_actors::workers::WorkerIndex::of(&applied.state, id).index,
         addr: host_port(addrs),
         role,
         state: seen.map_or(MemberState::Down, |v| v.state),

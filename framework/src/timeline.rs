@@ -261,6 +261,13 @@ async fn run(
                 Ok(ClusterEvent::RebalanceFinished(p)) => {
                     out.push(("rebalance", format!("rebalance finished: {} move{}", p.moves.len(), plural(p.moves.len()))));
                 }
+                Ok(ClusterEvent::WorkersChanged(w)) => out.push((
+                    "workers",
+                    match w.index {
+                        Some(i) => format!("worker index {i} ({} worker{}) of {}, epoch {}", w.count, plural(w.count as usize), w.total, w.epoch),
+                        None => "out of the worker index".to_string(),
+                    },
+                )),
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => out.push(("lagged", format!("{n} events missed (the timeline fell behind)"))),
                 Err(RecvError::Closed) => return,

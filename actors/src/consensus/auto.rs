@@ -40,9 +40,15 @@ pub struct Settings {
 pub const MAX_WEIGHT: u32 = 10_000;
 
 /// What the leader registers of what a node said about itself: its weight capped at
-/// [`MAX_WEIGHT`] (and at least 1).
+/// [`MAX_WEIGHT`] (and at least 1), its worker count at [`MAX_WORKERS`](crate::workers::MAX_WORKERS)
+/// (so the cluster's total cannot overflow), and no instance id unless it is a valid one.
 pub fn admitted(meta: &NodeMeta) -> NodeMeta {
-    NodeMeta { weight: meta.weight.clamp(1, MAX_WEIGHT), ..meta.clone() }
+    NodeMeta {
+        weight: meta.weight.clamp(1, MAX_WEIGHT),
+        workers: meta.workers.min(crate::workers::MAX_WORKERS),
+        name: meta.name.clone().filter(|n| crate::types::name_error(n).is_none()),
+        ..meta.clone()
+    }
 }
 
 /// The next membership step.
@@ -166,6 +172,7 @@ mod tests {
             workers: 1,
             zone: None,
             dashboard: None,
+            name: None,
         }
     }
 
@@ -215,7 +222,15 @@ mod tests {
 
     #[test]
     fn a_claimed_weight_is_registered_capped() {
-        let m = NodeMeta { id: NodeId(3), weight: u32::MAX, ..NodeMeta::default() };
+        let m = NodeMeta {
+            id: NodeId(3),
+            weight: u32::MAX,
+            workers: u32::MAX,
+            name: Some("x\u{1b}[2J".into()),
+            ..NodeMeta::default()
+        };
+        assert_eq!(admitted(&m).workers, crate::workers::MAX_WORKERS);
+        assert_eq!(admitted(&m).name, None, "an instance id with a control character is not registered");
         assert_eq!(admitted(&m).weight, MAX_WEIGHT);
         assert_eq!(admitted(&NodeMeta { weight: 0, ..m.clone() }).weight, 1);
         assert_eq!(admitted(&NodeMeta { weight: 7, ..m }).weight, 7);

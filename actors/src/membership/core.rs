@@ -424,6 +424,7 @@ mod tests {
             workers: 1,
             zone: None,
             dashboard: None,
+            name: None,
         }
     }
 

@@ -33,7 +33,7 @@ pub(crate) fn protocol_version(cfg: &Config) -> String {
 }
 
 /// The identify agent version: the build, and the wire protocol version it speaks
-/// (`clusterfunk/0.1.0 wire/2`).
+/// (`clusterfunk/0.1.0 wire/3`).
 pub(crate) fn agent_version(wire: u32) -> String {
     format!("clusterfunk/{} wire/{wire}", env!("CARGO_PKG_VERSION"))
 }

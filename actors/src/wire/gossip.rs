@@ -54,6 +54,7 @@ mod tests {
                 workers: 2,
                 zone: None,
                 dashboard: None,
+                name: None,
             },
             seq: 3,
             incarnation: 4,

@@ -20,6 +20,8 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         management_token: None,
         weight: 1,
         workers: 1,
+        static_workers: None,
+        name: None,
         zone: None,
         dashboard: None,
         advertise: None,

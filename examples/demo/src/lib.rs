@@ -278,19 +278,6 @@ pub const DEMO: App = App {
     traffic: Some(|c, rate| Box::pin(traffic(c, rate))),
 };
 
-/// Drops openraft 0.9's `ERROR RPCError` event: it repeats, at ERROR, the WARN `error
-/// replication to target=...` it logs just before for the same failed replication call (a
-/// heartbeat that timed out on a starved machine, a peer that is gone), so a transient network
-/// hiccup would read as an error. The WARN stays, and so does every other ERROR (a storage
-/// error in replication has an `error` field, not `err`).
-fn not_a_duplicate() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
-    tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.level() == &tracing::Level::ERROR
-            && meta.target().starts_with("openraft::replication")
-            && meta.fields().field("err").is_some())
-    })
-}
-
 /// Parses the process arguments and runs the demo; returns the process exit code.
 pub fn main() -> i32 {
     main_with(DEMO)
@@ -299,15 +286,7 @@ pub fn main() -> i32 {
 /// Parses the process arguments and runs `app` (one node, or `--local N`); returns the exit code.
 pub fn main_with(app: App) -> i32 {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn"));
-    // Colours only on a terminal: a node's output in a log file stays plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
-    tracing_subscriber::registry().with(fmt.with_filter(filter).with_filter(not_a_duplicate())).init();
+    clusterfunk::logging::init("info,openraft=warn,libp2p=warn", clusterfunk::logging::Output::Stdout);
     let result = match args.local {
         Some(n) => run_local(&args, n),
         None => actix_rt::System::new().block_on(run_node(args, app)),
