@@ -77,4 +77,7 @@ pub enum ClusterEvent {
     /// This node's place in the worker index changed (a member joined or left, a worker count
     /// changed, or this node is leaving: then its index is `None`).
     WorkersChanged(WorkerIndex),
+    /// This node is refused membership, for the reason given (another member holds its
+    /// instance id): it gets no shards and no worker index until the reason is gone.
+    MembershipRefused(String),
 }

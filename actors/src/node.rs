@@ -206,6 +206,8 @@ pub struct Node {
     pub workers: watch::Receiver<WorkerIndex>,
     /// This node's instance id, if it has one.
     pub name: Option<String>,
+    /// Why this node is refused membership, while it is (another member holds its instance id).
+    pub refused: watch::Receiver<Option<String>>,
     workers_tx: Arc<watch::Sender<WorkerIndex>>,
     /// What the actors measure as it happens (docs/operations.md, "Metrics").
     pub metrics: crate::metrics::Metrics,
@@ -329,7 +331,8 @@ impl Node {
             peer_id: Some(peer),
             addrs: Vec::new(),
             weight: cfg.weight,
-            workers: cfg.workers,
+            // A node with static indices takes no part in the dynamic index.
+            workers: if cfg.static_workers.is_some() { 0 } else { cfg.workers },
             zone: cfg.zone.clone(),
             dashboard: cfg.dashboard.clone(),
             name: name.clone(),
@@ -412,6 +415,10 @@ impl Node {
         };
         let (workers_tx, workers) = watch::channel(first);
         let workers_tx = Arc::new(workers_tx);
+        let (refused_tx, refused) = watch::channel(None);
+        if let Some(name) = name.clone() {
+            actix::spawn(watch_name_conflict(id, name, view.clone(), refused_tx, events.clone()));
+        }
         if cfg.static_workers.is_none() {
             let own = cfg.workers;
             actix::spawn(track_workers(id, own, applied.clone(), leaving.clone(), workers_tx.clone(), events.clone()));
@@ -434,6 +441,7 @@ impl Node {
             events,
             workers,
             name,
+            refused,
             workers_tx,
             metrics,
             hooks,
@@ -623,7 +631,13 @@ fn instance_name(dir: &Path, given: Option<String>) -> Result<Option<String>, St
     let io = |path: &Path, action, source| StartError::DataDir { path: path.to_path_buf(), action, source };
     let path = dir.join(NAME_FILE);
     let kept = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text.trim().to_string()).filter(|t| crate::types::name_error(t).is_none()),
+        Ok(text) => match crate::types::name_error(text.trim()) {
+            None => Some(text.trim().to_string()),
+            Some(reason) => {
+                warn!(path = %path.display(), reason = %reason, "the kept instance id is not usable: ignored");
+                None
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io(&path, "read", e)),
     };
@@ -644,24 +658,27 @@ fn instance_name(dir: &Path, given: Option<String>) -> Result<Option<String>, St
     }
 }
 
-/// Publishes this node's place in the worker index (out of it once `leaving` is set: read under
-/// the watch's lock, so a value computed before the leave began cannot overwrite the leave's),
-/// and a `WorkersChanged` event, if it changed.
+/// Publishes this node's place in the worker index, and a `WorkersChanged` event (sent under the
+/// watch's lock, so events come in the watch's order), if it changed. Once `leaving` is set the
+/// node is out of the index for good: the first value after it is the one before with no index
+/// (read under the lock, so a value computed before the leave began cannot overwrite it), and
+/// later layouts are not followed.
 fn publish_workers(
     tx: &watch::Sender<WorkerIndex>,
     events: &broadcast::Sender<ClusterEvent>,
     leaving: &std::sync::atomic::AtomicBool,
     next: WorkerIndex,
 ) {
-    let mut published = next;
-    let changed = tx.send_if_modified(|w| {
-        if leaving.load(std::sync::atomic::Ordering::SeqCst) {
-            published = next.left();
+    tx.send_if_modified(|w| {
+        let next = match leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            true if w.index.is_none() => return false,
+            true => w.left(),
+            false => next,
+        };
+        if *w == next {
+            return false;
         }
-        std::mem::replace(w, published) != published
-    });
-    let next = published;
-    if changed {
+        *w = next;
         info!(
             index = next.index.map_or(-1, |i| i as i64),
             count = next.count,
@@ -670,6 +687,48 @@ fn publish_workers(
             "worker index"
         );
         let _ = events.send(ClusterEvent::WorkersChanged(next));
+        true
+    });
+}
+
+/// While this node is not a member, whether a member it hears of holds its instance id (the
+/// leader does not register a second holder, `consensus::auto::name_holder`): then it says so,
+/// at ERROR (an operator has to act) and as a `MembershipRefused` event, once per reason.
+async fn watch_name_conflict(
+    id: NodeId,
+    name: String,
+    mut view: watch::Receiver<Arc<View>>,
+    tx: watch::Sender<Option<String>>,
+    events: broadcast::Sender<ClusterEvent>,
+) {
+    loop {
+        let reason = {
+            let v = view.borrow_and_update();
+            let member = v.members.values().any(|m| m.raft_members.contains(&id));
+            let holder = v.members.values().find(|m| {
+                m.meta.id != id
+                    && m.state == membership::MemberState::Up
+                    && m.meta.name.as_deref() == Some(name.as_str())
+                    && m.raft_members.contains(&m.meta.id)
+            });
+            match (member, holder) {
+                (false, Some(h)) => Some(format!(
+                    "instance id {name:?} is held by member {}: start this node with another one, or remove that member first (clusterfunk member remove {})",
+                    h.meta.id, h.meta.id
+                )),
+                _ => None,
+            }
+        };
+        if *tx.borrow() != reason {
+            if let Some(r) = &reason {
+                tracing::error!(node = %id, reason = %r, "refused membership");
+                let _ = events.send(ClusterEvent::MembershipRefused(r.clone()));
+            }
+            tx.send_replace(reason);
+        }
+        if view.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -201,14 +201,22 @@ pub struct ClusterState {
     /// Whether load-balancing moves wait for an operator's commit.
     #[serde(default)]
     pub manual_rebalance: bool,
-    /// The log index of the last change to the worker layout ([`ClusterState::worker_layout`]):
-    /// the worker index's epoch (`crate::workers`).
-    #[serde(default)]
-    pub workers_epoch: u64,
     /// Whether the rebalancing mode was ever set (by command, an abort, or a leader configured
     /// with `rebalance = "manual"`): from then on only commands change it.
     #[serde(default)]
     pub rebalance_set: bool,
+    /// The log index of the last change to the worker layout ([`ClusterState::worker_layout`]):
+    /// the worker index's epoch (`crate::workers`). A state written before the worker index
+    /// reads as [`WORKERS_EPOCH_UNKNOWN`] until [`settle_workers_epoch`](ClusterState::settle_workers_epoch).
+    #[serde(default = "workers_epoch_unknown")]
+    pub workers_epoch: u64,
+}
+
+/// The worker epoch of a state written before the worker index, until it is settled.
+pub const WORKERS_EPOCH_UNKNOWN: u64 = u64::MAX;
+
+fn workers_epoch_unknown() -> u64 {
+    WORKERS_EPOCH_UNKNOWN
 }
 
 impl ClusterState {
@@ -228,13 +236,24 @@ impl ClusterState {
         self.shard_map.owner_counts().get(&id).is_none_or(|n| *n == 0) && self.handoffs.values().all(|h| h.from != id)
     }
 
-    /// The worker index's layout: members not leaving, in instance-id order (the name, else the
+    /// A state restored from a snapshot written before the worker index has no worker epoch:
+    /// it takes the snapshot's log index, the index of a state whose layout it is. Two nodes
+    /// then never show one epoch for two layouts (equal epochs are equal log points), and a
+    /// later layout still has a higher epoch; only one layout may show two epochs, until the next
+    /// change.
+    pub fn settle_workers_epoch(&mut self, snapshot_index: u64) {
+        if self.workers_epoch == WORKERS_EPOCH_UNKNOWN {
+            self.workers_epoch = snapshot_index;
+        }
+    }
+
+    /// The worker index's layout: members not leaving (nor being removed by an operator), (the name, else the
     /// node id in hex; ties by node id), with their worker counts.
     pub fn worker_layout(&self) -> Vec<(String, NodeId, u32)> {
         let mut layout: Vec<(String, NodeId, u32)> = self
             .members
             .values()
-            .filter(|m| !self.draining.contains(&m.id))
+            .filter(|m| !self.draining.contains(&m.id) && !self.removed.contains(&m.id))
             .map(|m| (m.name.clone().unwrap_or_else(|| m.id.to_string()), m.id, m.workers))
             .collect();
         layout.sort();
@@ -244,8 +263,15 @@ impl ClusterState {
     /// Applies `cmd`, committed at log `index`; a change to the worker layout sets
     /// [`workers_epoch`](ClusterState::workers_epoch) to `index`.
     pub fn apply(&mut self, cmd: &Command, index: u64) -> CommandResult {
-        let layout_may_change =
-            matches!(cmd, Command::RegisterMember { .. } | Command::RemoveMember { .. } | Command::SetDraining { .. });
+        // A removal starts with `SetAllowed { allowed: false }`, which the removed node still
+        // applies (it leaves the Raft configuration next, and never sees `RemoveMember`).
+        let layout_may_change = matches!(
+            cmd,
+            Command::RegisterMember { .. }
+                | Command::RemoveMember { .. }
+                | Command::SetDraining { .. }
+                | Command::SetAllowed { .. }
+        );
         let before = layout_may_change.then(|| self.worker_layout());
         let result = self.apply_command(cmd, index);
         if before.is_some_and(|b| b != self.worker_layout()) {
@@ -509,10 +535,13 @@ mod tests {
             st.production,
         );
         let decoded: ClusterState = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        // A state from before the worker index has no worker epoch: 0 until the next change to
-        // the layout (docs/operations.md, "Rolling upgrades").
+        // A state from before the worker index has no worker epoch: it takes the snapshot's
+        // index when restored (docs/operations.md, "Rolling upgrades").
         assert_eq!(st.workers_epoch, 2, "the registration changed the layout");
-        assert_eq!(decoded, ClusterState { workers_epoch: 0, ..st });
+        let mut decoded = decoded;
+        assert_eq!(decoded.workers_epoch, WORKERS_EPOCH_UNKNOWN);
+        decoded.settle_workers_epoch(9);
+        assert_eq!(decoded, ClusterState { workers_epoch: 9, ..st });
     }
 
     #[test]

@@ -76,8 +76,13 @@ mod tests {
         // A changed worker count is a new layout.
         s.apply(&Command::RegisterMember { meta: meta(30, "node1", 3) }, 10);
         assert_eq!(WorkerIndex::of(&s, NodeId(10)), WorkerIndex { index: Some(3), count: 1, total: 8, epoch: 10 });
-        s.apply(&Command::RemoveMember { id: NodeId(30) }, 11);
+        // An operator's removal starts with taking it off the allowlist, which the removed node
+        // still applies (it never sees the `RemoveMember` that follows): it is out from there.
+        s.apply(&Command::SetAllowed { id: NodeId(30), allowed: false }, 11);
+        assert_eq!(WorkerIndex::of(&s, NodeId(30)).index, None, "the removed node sees itself out");
         assert_eq!(WorkerIndex::of(&s, NodeId(10)), WorkerIndex { index: Some(0), count: 1, total: 5, epoch: 11 });
+        s.apply(&Command::RemoveMember { id: NodeId(30) }, 12);
+        assert_eq!(WorkerIndex::of(&s, NodeId(10)).epoch, 11, "the same layout, the same epoch");
     }
 
     #[test]

@@ -563,7 +563,7 @@ fn print_members(m: &Value) -> Result<(), Failure> {
                     let (id, state, shards, addr, wire) =
                         (text(&m["id"]), text(&m["state"]), text(&m["shards"]), text(&m["addr"]), text(&m["wire"]));
                     let workers = match (m["worker_first"].as_u64(), m["workers"].as_u64()) {
-                        (Some(first), Some(n)) if n > 0 => format!("{first}-{}", first + n - 1),
+                        (Some(first), Some(n)) if n > 0 => format!("{first}-{}", first.saturating_add(n - 1)),
                         _ => "-".into(),
                     };
                     vec![id, text(&m["name"]), role, state, drain.into(), shards, workers, wire, addr]

@@ -160,6 +160,13 @@ impl Cluster {
         WorkerWatch { rx: self.inner.node.workers.clone(), first: true }
     }
 
+    /// Why this node is refused membership, while it is: another member holds its instance id
+    /// (also a [`ClusterEvent::MembershipRefused`](crate::ClusterEvent::MembershipRefused), and
+    /// an ERROR in the log). A refused node gets no shards and no worker index.
+    pub fn membership_refused(&self) -> Option<String> {
+        self.inner.node.refused.borrow().clone()
+    }
+
     /// The current committed shard map: an immutable snapshot, swapped whole on change.
     pub fn shard_map(&self) -> Arc<ShardMap> {
         self.inner.node.map.borrow().clone()

@@ -514,6 +514,7 @@ pub(crate) fn event_json(ev: &ClusterEvent) -> (&'static str, Value) {
         ClusterEvent::RebalanceStarted(p) => ("rebalance_started", plan(p)),
         ClusterEvent::RebalanceFinished(p) => ("rebalance_finished", plan(p)),
         ClusterEvent::WorkersChanged(w) => ("workers_changed", serde_json::json!(w)),
+        ClusterEvent::MembershipRefused(reason) => ("membership_refused", serde_json::json!({ "reason": reason })),
         _ => ("other", serde_json::json!({ "debug": format!("{ev:?}") })),
     }
 }

@@ -21,6 +21,8 @@ pub struct ClusterStatus {
     pub node_name: Option<String>,
     /// This node's place in the worker index ([`Cluster::workers`](crate::Cluster::workers)).
     pub workers: crate::WorkerIndex,
+    /// Why this node is refused membership, while it is.
+    pub membership_refused: Option<String>,
     /// The cluster's name.
     pub cluster: ClusterInfo,
     /// The Raft leader, if known.
@@ -229,6 +231,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
         node_id: node.id.to_string(),
         node_name: node.name.clone(),
         workers: *node.workers.borrow(),
+        membership_refused: node.refused.borrow().clone(),
         cluster: ClusterInfo { name: cluster.key.clone(), env: cluster.env.clone() },
         leader: m.current_leader.map(|l| l.to_string()),
         term: m.current_term,
@@ -320,7 +323,8 @@ pub(crate) fn member_status(
 ) -> MemberStatus {
     let membership = applied.membership.membership();
     let seen = view.members.get(&id);
-    let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or_else(|| applied.state.members.get(&id));
+    let registered = applied.state.members.get(&id);
+    let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or(registered);
     let raft_addrs = membership.get_node(&id).map(|n| n.addrs.as_slice()).unwrap_or_default();
     let addrs = meta.map(|m| m.addrs.as_slice()).filter(|a| !a.is_empty()).unwrap_or(raft_addrs);
     let role = if membership.voter_ids().any(|v| v == id) {
@@ -332,15 +336,17 @@ pub(crate) fn member_status(
     };
     MemberStatus {
         id: id.to_string(),
-        // Gossip is not validated as a registration is: a name a person could not have given
-        // (control characters, say) is not shown.
-        name: meta.and_then(|m| m.name.clone()).filter(|n| clusterfunk_actors::types::name_error(n).is_none()),
+        // The registered name and worker count (what orders and sizes the worker index), else
+        // what gossip says, validated as a registration would be.
+        name: registered
+            .map_or_else(|| meta.and_then(|m| m.name.clone()), |r| r.name.clone())
+            .filter(|n| clusterfunk_actors::types::name_error(n).is_none()),
         worker_first: clusterfunk_actors::workers::WorkerIndex::of(&applied.state, id).index,
         addr: host_port(addrs),
         role,
         state: seen.map_or(MemberState::Down, |v| v.state),
         weight: meta.map_or(1, |m| m.weight),
-        workers: meta.map_or(1, |m| m.workers),
+        workers: registered.or(meta).map_or(1, |m| m.workers),
         zone: meta.and_then(|m| m.zone.clone()),
         dashboard: meta.and_then(|m| m.dashboard.clone()),
         wire: if id == node.id {

@@ -268,6 +268,7 @@ async fn run(
                         None => "out of the worker index".to_string(),
                     },
                 )),
+                Ok(ClusterEvent::MembershipRefused(reason)) => out.push(("refused", format!("this node is refused membership: {reason}"))),
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => out.push(("lagged", format!("{n} events missed (the timeline fell behind)"))),
                 Err(RecvError::Closed) => return,

@@ -510,7 +510,15 @@ impl Consensus {
     fn note_unadmitted(&self, applied: &AppliedState, view: &View) {
         for id in auto::refused(applied, view, &self.settings) {
             if self.refusals.unadmitted(id) {
-                warn!(node = %id, "node refused membership: not on the allowlist (production mode) or removed by an operator");
+                let holder = view.members.get(&id).and_then(|m| auto::name_holder(&applied.state, &m.meta));
+                match holder {
+                    Some(holder) => {
+                        warn!(node = %id, holder = %holder, "node refused membership: a member holds its instance id")
+                    }
+                    None => {
+                        warn!(node = %id, "node refused membership: not on the allowlist (production mode) or removed by an operator")
+                    }
+                }
             }
         }
     }

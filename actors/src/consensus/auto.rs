@@ -75,8 +75,16 @@ pub fn admissible(st: &crate::state::ClusterState, id: NodeId, s: &Settings) -> 
     !st.removed.contains(&id) && (open(st, s) || st.allowed.contains(&id))
 }
 
+/// The member, other than `meta`'s node, that already holds the instance id `meta` would be
+/// registered with: two instances never share one (the second is not registered).
+pub fn name_holder(st: &crate::state::ClusterState, meta: &NodeMeta) -> Option<NodeId> {
+    let name = admitted(meta).name?;
+    st.members.values().find(|m| m.id != meta.id && m.name.as_deref() == Some(name.as_str())).map(|m| m.id)
+}
+
 /// Nodes this cluster sees (Up in gossip) that are not members and may not become ones: in
-/// production mode, those not on the allowlist; in any mode, those an operator removed.
+/// production mode, those not on the allowlist; in any mode, those an operator removed and those
+/// whose instance id a member holds.
 pub fn refused(applied: &AppliedState, view: &View, s: &Settings) -> Vec<NodeId> {
     let st = &applied.state;
     if st.name.is_none() {
@@ -85,8 +93,8 @@ pub fn refused(applied: &AppliedState, view: &View, s: &Settings) -> Vec<NodeId>
     view.members
         .values()
         .filter(|m| m.state == MemberState::Up && m.meta.id != view.local && !st.members.contains_key(&m.meta.id))
+        .filter(|m| !admissible(st, m.meta.id, s) || name_holder(st, &m.meta).is_some())
         .map(|m| m.meta.id)
-        .filter(|id| !admissible(st, *id, s))
         .collect()
 }
 
@@ -103,7 +111,7 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
     }
     let local = view.members.get(&view.local)?;
     let registered = |m: &NodeMeta| st.members.get(&m.id) == Some(&admitted(m));
-    if !registered(&local.meta) {
+    if !registered(&local.meta) && name_holder(st, &local.meta).is_none() {
         return Some(Action::Write(Command::RegisterMember { meta: admitted(&local.meta) }));
     }
     if !s.auto_join {
@@ -120,7 +128,11 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
     let up: Vec<&NodeMeta> = view.members.values().filter(|m| m.state == MemberState::Up).map(|m| &m.meta).collect();
     for meta in &up {
         let known = st.members.contains_key(&meta.id);
-        if !registered(meta) && !st.removed.contains(&meta.id) && (known || admissible(st, meta.id, s)) {
+        if !registered(meta)
+            && !st.removed.contains(&meta.id)
+            && (known || admissible(st, meta.id, s))
+            && name_holder(st, meta).is_none()
+        {
             return Some(Action::Write(Command::RegisterMember { meta: admitted(meta) }));
         }
     }
@@ -218,6 +230,31 @@ mod tests {
             voters.iter().chain(learners).map(|i| (NodeId(*i), RaftNode::default())).collect();
         let m = Membership::new(vec![voters.iter().map(|i| NodeId(*i)).collect()], nodes);
         AppliedState { last_applied: None, membership: StoredMembership::new(Some(LogId::default()), m), state }
+    }
+
+    #[test]
+    fn a_second_instance_claiming_a_held_instance_id_is_not_registered() {
+        let named = |id: u64, name: &str| NodeMeta { name: Some(name.into()), ..meta(id) };
+        let mut a = applied(&[1], &[1], &[]);
+        a.state.apply(&Command::RegisterMember { meta: named(1, "node1") }, 3);
+        let mut v = view(&[1, 2, 3]);
+        v.members.get_mut(&NodeId(2)).unwrap().meta = named(2, "node1");
+        v.members.get_mut(&NodeId(1)).unwrap().meta = named(1, "node1");
+        let s = settings();
+        assert_eq!(name_holder(&a.state, &named(2, "node1")), Some(NodeId(1)));
+        assert_eq!(name_holder(&a.state, &named(1, "node1")), None, "a member re-registering keeps its own");
+        // Node 3 (no name) is registered; node 2 never is, and is counted as refused.
+        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(3) })));
+        a.state.apply(&Command::RegisterMember { meta: meta(3) }, 4);
+        let step = next_action(&a, &v, &s);
+        assert!(!matches!(step, Some(Action::Write(Command::RegisterMember { .. }))), "{step:?}");
+        assert_eq!(refused(&a, &v, &s), vec![NodeId(2)]);
+        // A leader whose own instance id another member holds does not register itself either.
+        let mut v = view(&[2, 1, 3]);
+        v.members.get_mut(&NodeId(2)).unwrap().meta = named(2, "node1");
+        v.members.get_mut(&NodeId(1)).unwrap().meta = named(1, "node1");
+        let step = next_action(&a, &v, &s);
+        assert!(!matches!(step, Some(Action::Write(Command::RegisterMember { .. }))), "{step:?}");
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl StateMachine {
     /// of the applied state.
     pub fn open(store: Store) -> Result<(StateMachine, watch::Receiver<Arc<AppliedState>>), super::store::StoreError> {
         let applied = match store.get_meta::<StoredSnapshot>(SNAPSHOT)? {
-            Some(snap) => rmp_serde::from_slice(&snap.data)?,
+            Some(snap) => settled(rmp_serde::from_slice(&snap.data)?),
             None => AppliedState::default(),
         };
         let (tx, rx) = watch::channel(Arc::new(applied.clone()));
@@ -69,6 +69,13 @@ impl StateMachine {
         }
         self.tx.send_replace(Arc::new(self.applied.clone()));
     }
+}
+
+/// A restored state, its worker epoch settled (`ClusterState::settle_workers_epoch`).
+fn settled(mut applied: AppliedState) -> AppliedState {
+    let index = applied.last_applied.map_or(0, |l| l.index);
+    applied.state.settle_workers_epoch(index);
+    applied
 }
 
 /// Whether received snapshot bytes decode as an applied state (checked before openraft hands
@@ -144,8 +151,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let applied: AppliedState =
-            rmp_serde::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let applied: AppliedState = settled(
+            rmp_serde::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?,
+        );
         let stored = StoredSnapshot { meta: meta.clone(), data };
         let bytes = crate::wire::encode(&stored);
         let sig = meta.signature();
@@ -162,5 +170,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let stored: Option<StoredSnapshot> =
             self.store.get_meta(SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(SnapshotData::from_bytes(s.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::WORKERS_EPOCH_UNKNOWN;
+    use crate::types::{ClusterName, NodeId};
+
+    #[test]
+    fn a_snapshot_from_before_the_worker_index_takes_its_log_index_as_the_worker_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &ClusterName::new("a", "b")).unwrap();
+        // A state written before the field decodes with the sentinel, as this one does.
+        let mut applied = AppliedState {
+            last_applied: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(3, NodeId(1)), 42)),
+            ..AppliedState::default()
+        };
+        applied.state.workers_epoch = WORKERS_EPOCH_UNKNOWN;
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id: "3-42-1".into(),
+        };
+        store.put_meta(SNAPSHOT, &StoredSnapshot { meta, data: crate::wire::encode(&applied) }).unwrap();
+        let (sm, rx) = StateMachine::open(store).unwrap();
+        assert_eq!(sm.applied.state.workers_epoch, 42);
+        assert_eq!(rx.borrow().state.workers_epoch, 42);
     }
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use clusterfunk::{Cluster, WorkerIndex};
+use clusterfunk::{Cluster, ClusterEvent, WorkerIndex};
 
 #[derive(Parser, Debug)]
 #[command(name = "workers", about = "Print this instance's place in the cluster-wide worker index")]
@@ -98,29 +98,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let (Some(index), Some(total)) = (args.index, args.total) {
         b = b.static_workers(index, total);
     }
-    let cluster = b.build()?.start().await?;
-    let mut watch = cluster.watch_workers();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut last = None;
-    loop {
-        tokio::select! {
-            w = watch.changed() => match w {
-                Some(w) => {
-                    print(&w);
-                    last = Some(w);
-                }
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+    // Refused membership (another instance holds this instance id): say why and stop.
+    let (refused_tx, mut refused) = tokio::sync::watch::channel(None::<String>);
+    let refused_tx = std::sync::Arc::new(refused_tx);
+    b = b.on_event(move |ev| {
+        let tx = refused_tx.clone();
+        async move {
+            if let ClusterEvent::MembershipRefused(reason) = ev {
+                tx.send_replace(Some(reason));
+            }
         }
+    });
+    let cluster = b.build()?.start().await?;
+    // Every change is printed as it comes, during the leave too (the instance is out of the
+    // index as soon as it starts to leave).
+    let last = std::rc::Rc::new(std::cell::Cell::new(None));
+    let mut watch = cluster.watch_workers();
+    let printed = last.clone();
+    let printer = actix_rt::spawn(async move {
+        while let Some(w) = watch.changed().await {
+            print(&w);
+            printed.set(Some(w));
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        Ok(reason) = refused.wait_for(Option::is_some) => {
+            let reason = reason.clone().unwrap_or_default();
+            printer.abort();
+            cluster.shutdown().await;
+            anyhow::bail!("refused: {reason}");
+        }
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
     if let Err(e) = cluster.leave(Duration::from_secs(10)).await {
         tracing::warn!(error = %e, "left without a complete handoff");
     }
-    // Leaving took this instance out of the index (index -1).
+    printer.abort();
     let now = cluster.workers();
-    if last != Some(now) {
+    if last.get() != Some(now) {
         print(&now);
     }
     Ok(())

@@ -9,18 +9,25 @@ use std::time::Duration;
 
 use clusterfunk_integration::{logs, run_to_exit, start_cluster_each, wait_formed, wait_until, NodeProc};
 
-/// The last block the instance printed: (index, count, total, epoch).
-fn last_block(n: &NodeProc) -> Option<(i64, u64, u64, u64)> {
-    let log = std::fs::read_to_string(n.log_path()).ok()?;
+/// Every block the instance printed, in order: (index, count, total, epoch).
+fn blocks(n: &NodeProc) -> Vec<(i64, u64, u64, u64)> {
+    let log = std::fs::read_to_string(n.log_path()).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
-    let at = lines.iter().rposition(|l| l.starts_with("instance index: "))?;
-    let field = |i: usize, name: &str| lines.get(at + i)?.strip_prefix(name)?.trim().parse::<i64>().ok();
-    Some((
-        field(0, "instance index: ")?,
-        field(1, "instance thread count: ")? as u64,
-        field(2, "total thread count: ")? as u64,
-        field(3, "epoch: ")? as u64,
-    ))
+    let block = |at: usize| {
+        let field = |i: usize, name: &str| lines.get(at + i)?.strip_prefix(name)?.trim().parse::<i64>().ok();
+        Some((
+            field(0, "instance index: ")?,
+            field(1, "instance thread count: ")? as u64,
+            field(2, "total thread count: ")? as u64,
+            field(3, "epoch: ")? as u64,
+        ))
+    };
+    (0..lines.len()).filter(|i| lines[*i].starts_with("instance index: ")).filter_map(block).collect()
+}
+
+/// The last block the instance printed.
+fn last_block(n: &NodeProc) -> Option<(i64, u64, u64, u64)> {
+    blocks(n).pop()
 }
 
 /// Waits until the instances print these (index, count, total), all at one epoch; returns it.
@@ -64,7 +71,12 @@ fn three_instances_take_contiguous_ranges_and_close_the_gap_when_one_leaves() ->
     assert!(nodes[1].signal(libc::SIGTERM));
     let code = wait_until(Duration::from_secs(20), "node2 exited", || nodes[1].exited())?;
     assert_eq!(code, Some(0), "{}", nodes[1].log_tail(20));
-    assert_eq!(last_block(&nodes[1]).map(|b| b.0), Some(-1), "a leaving instance prints index -1");
+    // It printed -1 once, under the epoch it held: out of the index as soon as it started to
+    // leave, before the cluster committed the leave (which comes under a later epoch).
+    assert_eq!(last_block(&nodes[1]).map(|b| (b.0, b.3)), Some((-1, first)), "{}", nodes[1].log_tail(30));
+    let all = blocks(&nodes[1]);
+    let at = all.iter().rposition(|b| b.0 == 2).expect("node2 held index 2");
+    assert_eq!(all[at + 1..], [(-1, 1, 7, first)], "after index 2, only the leave's -1: {all:?}");
     let after = wait_layout(&[&nodes[0], &nodes[2]], &[(0, 2, 6), (2, 4, 6)])?;
     assert!(after > first, "a new layout has a later epoch: {after} after {first}");
 
@@ -75,6 +87,29 @@ fn three_instances_take_contiguous_ranges_and_close_the_gap_when_one_leaves() ->
     let back = wait_layout(&[&nodes[0], &nodes[1], &nodes[2]], &[(0, 2, 7), (2, 1, 7), (3, 4, 7)])?;
     assert!(back > after, "the rejoin is a later epoch: {back} after {after}");
     assert_eq!(nodes[1].status()?["node_name"], "node2");
+
+    // A fourth instance claiming node1's instance id is refused with the reason, and changes
+    // nothing.
+    let seed = nodes[0].listen.clone();
+    let (code, out) = run_to_exit(
+        exe,
+        &[
+            "-k",
+            &key,
+            "--no-mdns",
+            "-i",
+            "node1",
+            "--join",
+            &seed,
+            "--data-dir",
+            dir.path().join("dup").to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    )?;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("refused: instance id \"node1\" is held by member"), "{out}");
+    assert!(!out.contains("instance index: 0"), "the refused instance never got an index:\n{out}");
+    assert_eq!(last_block(&nodes[0]).map(|b| (b.0, b.2, b.3)), Some((0, 7, back)), "the layout did not change");
     Ok(())
 }
 
@@ -104,6 +139,12 @@ fn static_mode_prints_the_configured_range_and_bad_counts_and_ids_are_refused() 
     n.start()?;
     let b = wait_until(Duration::from_secs(20), "the static block", || last_block(&n))?;
     assert_eq!(b, (5, 2, 10, 0), "static mode: the flags' range, epoch 0");
+    // A static node takes no part in the dynamic index: registered with no workers.
+    let s = wait_until(Duration::from_secs(20), "the static node registered", || {
+        let s = n.status().ok()?;
+        (s["members"].as_array()?.len() == 1).then_some(s)
+    })?;
+    assert_eq!(s["members"][0]["workers"], 0, "{s}");
     assert!(n.signal(libc::SIGTERM));
     wait_until(Duration::from_secs(20), "the static instance exited", || n.exited())?;
     assert_eq!(last_block(&n).map(|b| b.0), Some(-1));
