@@ -191,12 +191,14 @@ mod otel {
         }
     }
 
-    /// Sets `cx` as the span's parent and starts it: its OpenTelemetry context and its parent's
-    /// span id, or `None` when no OpenTelemetry layer records the span.
-    fn start(span: &tracing::Span, cx: Context) -> Option<(TraceContext, Option<u64>)> {
+    /// Sets the parent `cx` gives as the span's and starts it: its OpenTelemetry context and its
+    /// parent's span id, or `None` when the span is disabled (`cx` is then not built) or no
+    /// OpenTelemetry layer records it.
+    fn start(span: &tracing::Span, cx: impl FnOnce() -> Context) -> Option<(TraceContext, Option<u64>)> {
         if span.is_disabled() {
             return None;
         }
+        let cx = cx();
         let parent = of(cx.span().span_context());
         let parent = match span.set_parent(cx) {
             Ok(()) => parent,
@@ -225,11 +227,7 @@ mod otel {
                 tracing::Span::current().context()
             }
         };
-        let (ctx, parent) = match span.is_disabled() {
-            false => start(&span, caller()),
-            true => None,
-        }
-        .unwrap_or_else(TraceContext::for_send);
+        let (ctx, parent) = start(&span, caller).unwrap_or_else(TraceContext::for_send);
         record(&span, ctx, parent);
         (ctx, span)
     }
@@ -249,11 +247,8 @@ mod otel {
             )),
             None => Context::new(),
         };
-        let (ctx, parent_span) = match span.is_disabled() {
-            false => start(&span, cx()),
-            true => None,
-        }
-        .unwrap_or_else(|| (TraceContext::below(parent), parent.map(|p| p.span_id)));
+        let (ctx, parent_span) =
+            start(&span, cx).unwrap_or_else(|| (TraceContext::below(parent), parent.map(|p| p.span_id)));
         record(&span, ctx, parent_span);
         (ctx, span)
     }
