@@ -5,6 +5,7 @@
 //! stable API.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod client;
 pub mod consensus;
 pub mod events;
 pub mod fatal;

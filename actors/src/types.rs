@@ -242,6 +242,28 @@ pub enum Refusal {
         /// The shard.
         shard: ShardId,
     },
+    /// A node serving a client as its gateway could not deliver the message to the shard's
+    /// owner (none in time, unreachable, queue full): it was not handled. Only clients get it.
+    #[error("the gateway could not deliver it: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// Whether the receiver refused the message before its handler ran: it was not handled.
+    pub fn unhandled(&self) -> bool {
+        match self {
+            Refusal::NotOwner { .. }
+            | Refusal::UnknownEntity(_)
+            | Refusal::UnknownMessage(_)
+            | Refusal::Malformed(_)
+            | Refusal::Overloaded
+            | Refusal::WrongShard { .. }
+            | Refusal::Unavailable(_) => true,
+            // A handler that failed may have done part of its work; a withheld answer may have
+            // taken effect.
+            Refusal::EntityFailed | Refusal::Indeterminate { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "shard_manager",
     "proxy",
     "node",
+    "client",
 ];
 
 fn rank(module: &str) -> Option<usize> {

@@ -44,6 +44,10 @@ pub enum Error {
     /// A wait ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
+    /// A [`Client`](crate::Client) could not connect: no node sent a shard map in time (the
+    /// message says what is known of each seed).
+    #[error("client: {0}")]
+    Connect(String),
 }
 
 pub(crate) struct Inner {
@@ -222,10 +226,13 @@ impl Cluster {
         let entity = self.inner.registry.entity_id::<E>().expect("registered: its host exists");
         Sharded {
             entity,
-            host,
+            wire_name: self.inner.registry.wire_name(entity.0).expect("registered"),
             registry: self.inner.registry.clone(),
-            router: self.inner.router.clone(),
-            map: self.inner.node.map.clone(),
+            via: crate::entity::Via::Member {
+                host,
+                router: self.inner.router.clone(),
+                map: self.inner.node.map.clone(),
+            },
         }
     }
 

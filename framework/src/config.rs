@@ -705,7 +705,7 @@ impl Builder {
         }
         let listen = resolve("listen", &self.listen)?;
         for j in &self.join {
-            seed_form(j)?;
+            seed_form("join", j)?;
         }
         let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
         let secret = self.secret.as_ref().map(|s| parse_secret(s.expose())).transpose()?;
@@ -883,8 +883,8 @@ fn resolve(field: &'static str, value: &str) -> Result<SocketAddr, ConfigError> 
 
 /// A seed is `host:port` or `ip:port`; the host is resolved later, off the event loop, and
 /// retried while it does not resolve (a seed that is down at start is not a configuration error).
-fn seed_form(value: &str) -> Result<(), ConfigError> {
-    let err = |reason: &str| ConfigError::Address { field: "join", value: value.to_string(), reason: reason.into() };
+pub(crate) fn seed_form(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    let err = |reason: &str| ConfigError::Address { field, value: value.to_string(), reason: reason.into() };
     if value.parse::<SocketAddr>().is_ok() {
         return Ok(());
     }
@@ -896,7 +896,7 @@ fn seed_form(value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_secret(hex: &str) -> Result<[u8; 32], ConfigError> {
+pub(crate) fn parse_secret(hex: &str) -> Result<[u8; 32], ConfigError> {
     // By characters, never by byte index: a non-ASCII string of 64 bytes must be refused, not
     // sliced inside a character (a panic at start).
     let digits: Vec<u32> =

@@ -23,6 +23,7 @@
 //! See `docs/` in the repository for the guides, and docs/architecture.md for how it fits together.
 #![warn(missing_docs, unreachable_pub)]
 
+mod client;
 mod cluster;
 mod config;
 mod dashboard;
@@ -36,6 +37,7 @@ mod status;
 mod timeline;
 mod trace;
 
+pub use client::{Client, ClientBuilder, ClientStats};
 pub use cluster::{Cluster, Error, Faults, ReplicaSet, WorkerWatch};
 pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};
 pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
@@ -54,5 +56,7 @@ pub use trace::traceparent;
 
 /// What most users import.
 pub mod prelude {
-    pub use crate::{Cluster, ClusterStatus, EntityInfo, NodeId, SendError, ShardId, ShardKey, Sharded, ShardedActor};
+    pub use crate::{
+        Client, Cluster, ClusterStatus, EntityInfo, NodeId, SendError, ShardId, ShardKey, Sharded, ShardedActor,
+    };
 }

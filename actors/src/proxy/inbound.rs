@@ -13,16 +13,42 @@ use super::link::write_loop;
 use super::router::Router;
 use crate::wire;
 
+/// Who opened an inbound stream, by the protocol it opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// A member's proxy stream: only peers in the Raft configuration (docs/architecture.md §13).
+    Member,
+    /// A client's requests for this node's own shards (`proxy::clients`).
+    Client,
+    /// A client's requests this node routes on, as its gateway.
+    Gateway,
+}
+
 /// Accepts proxy streams from peers until the transport stops.
-pub(crate) async fn accept_loop(router: Router, mut incoming: libp2p_stream::IncomingStreams) {
+pub(crate) async fn accept_loop(router: Router, mut incoming: libp2p_stream::IncomingStreams, from: Peer) {
     while let Some((peer, stream)) = incoming.next().await {
         let r = router.clone();
-        router.arbiter().spawn(serve(r, peer, stream));
+        router.arbiter().spawn(serve(r, peer, stream, from));
     }
 }
 
-async fn serve(router: Router, peer: PeerId, stream: Stream) {
-    if !router.authorize(&peer) {
+/// Serves one request of a client: fenced here like a member's, or (gateway) routed on.
+async fn serve_client(router: &Router, env: super::Envelope, from: Peer) -> Result<Vec<u8>, Refusal> {
+    router.stats().client_requests.fetch_add(1, Ordering::Relaxed);
+    if from == Peer::Client {
+        return router.serve_local(env).await;
+    }
+    let shard = env.shard;
+    router.request(env).await.map_err(|e| match e {
+        super::Error::Refused(r) => r,
+        e if e.unsent() => Refusal::Unavailable(e.to_string()),
+        // Sent on, and no answer: it may have been handled.
+        _ => Refusal::Indeterminate { shard },
+    })
+}
+
+async fn serve(router: Router, peer: PeerId, stream: Stream, from: Peer) {
+    if from == Peer::Member && !router.authorize(&peer) {
         // Dropping the stream closes it: the sender sees its requests fail.
         return;
     }
@@ -54,6 +80,12 @@ async fn serve(router: Router, peer: PeerId, stream: Stream) {
             router.malformed(peer, &"a response frame on an inbound proxy stream");
             return;
         };
+        if from != Peer::Member && env.replica {
+            // Only a shard's leader replicates; a client claiming to is buggy or hostile.
+            router.stats().client_refused.fetch_add(1, Ordering::Relaxed);
+            router.malformed(peer, &"a replica write from a client");
+            return;
+        }
         if !seen.insert(id) {
             // The same request twice (a duplicating network, or the fault injector): it runs
             // once and the first copy's answer is the answer.
@@ -70,7 +102,10 @@ async fn serve(router: Router, peer: PeerId, stream: Stream) {
         };
         let (r, tx) = (router.clone(), tx.clone());
         router.arbiter().spawn(async move {
-            let result = r.serve_local(env).await;
+            let result = match from {
+                Peer::Member => r.serve_local(env).await,
+                Peer::Client | Peer::Gateway => serve_client(&r, env, from).await,
+            };
             drop(permit);
             let wrong = matches!(result, Err(Refusal::WrongShard { .. }));
             let resp = Frame::Response { id, result: result.map(serde_bytes::ByteBuf::from) }.encode();

@@ -7,9 +7,10 @@
 //! write, with request ids matched by its reader task. Inbound streams are served by
 //! [`inbound`]. Deciding where a message goes is a pure function ([`route`]).
 
+pub mod clients;
 mod frame;
 pub mod inbound;
-mod link;
+pub(crate) mod link;
 mod router;
 
 use std::time::Duration;
@@ -45,6 +46,10 @@ pub struct Config {
     pub max_frame: usize,
     /// Requests served at once per inbound stream. Default 4096.
     pub inbound_concurrency: usize,
+    /// Whether this node serves non-member clients (`clusterfunk::Client`): the shard map
+    /// pushed to them, their requests for its shards, and requests it routes on as their
+    /// gateway. Default true. With a cluster secret only holders of it can connect at all.
+    pub accept_clients: bool,
 }
 
 impl Default for Config {
@@ -57,6 +62,7 @@ impl Default for Config {
             max_waiting: 10_000,
             max_frame: 4 << 20,
             inbound_concurrency: 4096,
+            accept_clients: true,
         }
     }
 }
@@ -118,6 +124,23 @@ pub enum Error {
     /// The node is shutting down.
     #[error("the proxy has stopped")]
     Closed,
+}
+
+impl Error {
+    /// Whether the message certainly was not handled (it was never sent, or the receiver
+    /// refused it before its handler ran): it may be sent again.
+    pub fn unsent(&self) -> bool {
+        match self {
+            Error::Refused(r) => r.unhandled(),
+            Error::QueueFull { .. }
+            | Error::Unreachable { .. }
+            | Error::NoOwner { .. }
+            | Error::Overloaded
+            | Error::TooLarge { .. }
+            | Error::Closed => true,
+            Error::Timeout { .. } | Error::ConnectionLost { .. } => false,
+        }
+    }
 }
 
 /// Local delivery of an encoded message: implemented by the framework's entity registry.

@@ -60,6 +60,10 @@ pub struct Stats {
     /// Requests from other nodes refused `Overloaded` because this node already ran its
     /// maximum of inbound requests per stream.
     pub inbound_full: AtomicU64,
+    /// Requests from non-member clients (direct and through this node as gateway).
+    pub client_requests: AtomicU64,
+    /// Client streams refused: over the subscriber limit, or a client's replica write.
+    pub client_refused: AtomicU64,
 }
 
 struct Inner {
@@ -128,6 +132,13 @@ impl Router {
         let protocol = super::protocol(cluster);
         let mut control = transport.streams();
         let incoming = control.accept(protocol.clone());
+        let clients = cfg.accept_clients.then(|| {
+            [
+                control.accept(super::clients::client_protocol(cluster)),
+                control.accept(super::clients::gateway_protocol(cluster)),
+                control.accept(super::clients::topology_protocol(cluster)),
+            ]
+        });
         let router = Router {
             inner: Arc::new(Inner {
                 local,
@@ -146,11 +157,22 @@ impl Router {
                 metrics,
             }),
         };
+        use super::inbound::Peer;
         match incoming {
             Ok(incoming) => {
-                arbiter.spawn(super::inbound::accept_loop(router.clone(), incoming));
+                arbiter.spawn(super::inbound::accept_loop(router.clone(), incoming, Peer::Member));
             }
             Err(e) => warn!(error = %e, "proxy protocol already registered; inbound proxy streams are not served"),
+        }
+        if let Some([direct, gateway, topology]) = clients {
+            match (direct, gateway, topology) {
+                (Ok(direct), Ok(gateway), Ok(topology)) => {
+                    arbiter.spawn(super::inbound::accept_loop(router.clone(), direct, Peer::Client));
+                    arbiter.spawn(super::inbound::accept_loop(router.clone(), gateway, Peer::Gateway));
+                    arbiter.spawn(super::clients::topology_loop(router.clone(), topology));
+                }
+                _ => warn!("client protocols already registered; clients are not served"),
+            }
         }
         router
     }
@@ -178,6 +200,10 @@ impl Router {
 
     pub(crate) fn arbiter(&self) -> &ArbiterHandle {
         &self.inner.arbiter
+    }
+
+    pub(crate) fn applied(&self) -> watch::Receiver<Arc<AppliedState>> {
+        self.inner.applied.clone()
     }
 
     /// Sends an encoded message to its shard's owner (this node included) and returns the

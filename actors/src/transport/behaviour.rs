@@ -28,9 +28,18 @@ pub(crate) struct Behaviour {
 }
 
 /// The identify protocol version: peers whose version differs are of another cluster.
-pub(crate) fn protocol_version(cfg: &Config) -> String {
-    format!("clusterfunk/1/{}/{}", cfg.cluster.key, cfg.cluster.env)
+pub(crate) fn protocol_version(cluster: &crate::types::ClusterName) -> String {
+    format!("clusterfunk/1/{}/{}", cluster.key, cluster.env)
 }
+
+/// The identify agent version of a non-member client (`clusterfunk::Client`): a node does not
+/// count such a peer among its cluster peers.
+pub(crate) fn client_agent_version(wire: u32) -> String {
+    format!("{CLIENT_AGENT}{} wire/{wire}", env!("CARGO_PKG_VERSION"))
+}
+
+/// How a client's agent version starts.
+pub(crate) const CLIENT_AGENT: &str = "clusterfunk-client/";
 
 /// The identify agent version: the build, and the wire protocol version it speaks
 /// (`clusterfunk/0.1.0 wire/3`).
@@ -49,11 +58,15 @@ pub(crate) fn topic(cfg: &Config) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("clusterfunk/{}/{}/members", cfg.cluster.key, cfg.cluster.env))
 }
 
-fn transport(cfg: &Config) -> std::io::Result<Boxed<(PeerId, StreamMuxerBox)>> {
-    let noise = noise::Config::new(&cfg.keypair).map_err(std::io::Error::other)?;
+/// TCP + (pnet with `secret`) + noise + yamux: the stack of nodes and clients alike.
+pub(crate) fn transport(
+    keypair: &libp2p::identity::Keypair,
+    secret: Option<[u8; 32]>,
+) -> std::io::Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    let noise = noise::Config::new(keypair).map_err(std::io::Error::other)?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::new().nodelay(true));
     let yamux = yamux::Config::default();
-    Ok(match cfg.secret {
+    Ok(match secret {
         Some(key) => {
             let psk = PreSharedKey::new(key);
             tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
@@ -69,10 +82,10 @@ fn transport(cfg: &Config) -> std::io::Result<Boxed<(PeerId, StreamMuxerBox)>> {
 
 /// Builds the swarm. Must run inside a tokio runtime (mDNS opens its sockets here).
 pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
-    let transport = transport(cfg)?;
+    let transport = transport(&cfg.keypair, cfg.secret)?;
     let local = cfg.keypair.public().to_peer_id();
     let identify = identify::Behaviour::new(
-        identify::Config::new(protocol_version(cfg), cfg.keypair.public())
+        identify::Config::new(protocol_version(&cfg.cluster), cfg.keypair.public())
             .with_agent_version(agent_version(cfg.wire_version)),
     );
     let mdns = if cfg.mdns {

@@ -40,6 +40,8 @@ pub struct Transport {
     members: HashSet<PeerId>,
     /// Peers of another cluster: disconnected and never dialed again.
     foreign: HashSet<PeerId>,
+    /// Non-member clients of this cluster connected now: never reported to membership.
+    clients: HashSet<PeerId>,
     /// Listen addresses peers announced through identify, to tell which seeds are connected.
     announced: HashMap<PeerId, Vec<Multiaddr>>,
     listening: Vec<Multiaddr>,
@@ -121,6 +123,7 @@ impl Transport {
                 replies: FuturesUnordered::new(),
                 members: HashSet::new(),
                 foreign: HashSet::new(),
+                clients: HashSet::new(),
                 announced: HashMap::new(),
                 listening: Vec::new(),
                 seeds: task_seeds,
@@ -251,6 +254,9 @@ impl Transport {
                 self.listening.push(address.clone());
                 self.emit(Event::Listening(address));
             }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if self.clients.remove(&peer_id) => {
+                self.stats.connected_clients.store(self.clients.len() as u64, Ordering::Relaxed);
+            }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if self.members.remove(&peer_id) => {
                 self.stats.connected_peers.store(self.members.len() as u64, Ordering::Relaxed);
                 self.emit(Event::PeerDisconnected(peer_id));
@@ -278,12 +284,21 @@ impl Transport {
 
     fn on_identify(&mut self, e: identify::Event) {
         let identify::Event::Received { peer_id, info, .. } = e else { return };
-        let ours = behaviour::protocol_version(&self.cfg);
+        let ours = behaviour::protocol_version(&self.cfg.cluster);
         if info.protocol_version != ours {
             Stats::bump(&self.stats.foreign_peers);
             warn!(peer = %peer_id, theirs = %info.protocol_version, %ours, "refusing a peer of another cluster");
             self.foreign.insert(peer_id);
             let _ = self.swarm.disconnect_peer_id(peer_id);
+            return;
+        }
+        if info.agent_version.starts_with(behaviour::CLIENT_AGENT) {
+            // A client routes through this node's client protocols; it is not a cluster peer
+            // (membership never hears of it, and its addresses are not dialed).
+            if self.clients.insert(peer_id) {
+                self.stats.connected_clients.store(self.clients.len() as u64, Ordering::Relaxed);
+                debug!(peer = %peer_id, agent = %info.agent_version, "client connected");
+            }
             return;
         }
         let wire = behaviour::wire_of(&info.agent_version);

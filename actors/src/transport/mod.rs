@@ -10,7 +10,7 @@
 //! bounded mailboxes. A malformed frame from a peer closes the connection to that peer, is
 //! counted in [`Stats`], and the node goes on.
 
-mod behaviour;
+pub(crate) mod behaviour;
 mod codec;
 mod event_loop;
 pub mod seeds;
@@ -171,6 +171,8 @@ pub struct Stats {
     pub raft_mailbox_full: AtomicU64,
     /// Peers connected now.
     pub connected_peers: AtomicU64,
+    /// Non-member clients (`clusterfunk::Client`) connected now; not among `connected_peers`.
+    pub connected_clients: AtomicU64,
     /// Gossip heartbeats signed by another peer than the one they describe, dropped.
     pub forged_heartbeats: AtomicU64,
     /// The wire protocol version each peer announced at its handshake (identify), kept after

@@ -16,6 +16,7 @@ pub use registry::EntityRegistration;
 pub(crate) use registry::{check_ids, EntitySpec, HostEnv, Registry};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+pub(crate) use sharded::Via;
 pub use sharded::{SendError, Sharded};
 
 /// A user's message or reply as it goes on the wire: structs as maps keyed by field name, so a

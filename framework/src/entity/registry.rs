@@ -138,6 +138,8 @@ pub(crate) trait EntitySpec: Send + Sync {
     /// The messages' wire ids, wire names and Rust type names.
     fn messages(&self) -> Vec<(u64, &'static str, &'static str)>;
     fn install(&self, env: &HostEnv, reg: &mut Registry);
+    /// Records the wire ids only (a client's registry: it hosts nothing).
+    fn names(&self, reg: &mut Registry);
 }
 
 pub(crate) struct HostEnv {
@@ -157,16 +159,24 @@ impl<E: ShardedActor> EntitySpec for EntityRegistration<E> {
         self.messages.iter().map(|m| (m.id, m.name, m.type_name)).collect()
     }
 
-    fn install(&self, env: &HostEnv, reg: &mut Registry) {
+    fn names(&self, reg: &mut Registry) {
         let name = self.wire_name();
-        let host =
-            Arc::new(EntityHost::<E>::new(name, env.arbiters.clone(), env.node, env.ownership.clone(), env.idle));
         let eid = wire_id(name);
         reg.entities.insert(eid, name);
         reg.entity_ids.insert(TypeId::of::<E>(), (eid, std::any::type_name::<E>()));
         for m in &self.messages {
-            reg.handlers.insert((eid, m.id), (m.make)(host.clone()));
             reg.message_ids.insert((TypeId::of::<E>(), m.ty), m.id);
+        }
+    }
+
+    fn install(&self, env: &HostEnv, reg: &mut Registry) {
+        self.names(reg);
+        let name = self.wire_name();
+        let host =
+            Arc::new(EntityHost::<E>::new(name, env.arbiters.clone(), env.node, env.ownership.clone(), env.idle));
+        let eid = wire_id(name);
+        for m in &self.messages {
+            reg.handlers.insert((eid, m.id), (m.make)(host.clone()));
         }
         reg.controls.push(host.clone());
         reg.hosts.insert(TypeId::of::<E>(), host);
@@ -223,6 +233,20 @@ impl Registry {
             spec.install(env, &mut reg);
         }
         reg
+    }
+
+    /// A client's registry: the wire ids, no hosts.
+    pub(crate) fn names(specs: &[Arc<dyn EntitySpec>]) -> Registry {
+        let mut reg = Registry::default();
+        for spec in specs {
+            spec.names(&mut reg);
+        }
+        reg
+    }
+
+    /// The wire name of the entity type with wire id `id`.
+    pub(crate) fn wire_name(&self, id: u64) -> Option<&'static str> {
+        self.entities.get(&id).copied()
     }
 
     pub(crate) fn host<E: ShardedActor>(&self) -> Option<Arc<EntityHost<E>>> {

@@ -8,7 +8,7 @@ use clusterfunk_actors::proxy::{route, Envelope, Refusal, Route, Router};
 use clusterfunk_actors::shard::shard_for;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 
-use super::host::{Admission, EntityHost, HostControl, Undelivered};
+use super::host::{Admission, EntityHost, Undelivered};
 use super::registry::Registry;
 use super::{RemoteMessage, ShardedActor};
 use crate::trace::TraceContext;
@@ -42,6 +42,13 @@ pub enum SendError {
     Decode(Arc<rmp_serde::decode::Error>),
 }
 
+fn route_error(e: RouteError) -> SendError {
+    match e {
+        RouteError::Refused(r) => SendError::from(r),
+        e => SendError::Route(e),
+    }
+}
+
 impl From<Refusal> for SendError {
     fn from(r: Refusal) -> SendError {
         match r {
@@ -51,24 +58,44 @@ impl From<Refusal> for SendError {
     }
 }
 
-/// Sends messages to the entities of type `E`, wherever they live. Cheap to clone.
+/// Sends messages to the entities of type `E`, wherever they live: from a member
+/// ([`Cluster::sharded`](crate::Cluster::sharded)) or from a client outside the cluster
+/// ([`Client::sharded`](crate::Client::sharded)), with the same calls. Cheap to clone.
 pub struct Sharded<E: ShardedActor> {
     /// The entity type's wire id and Rust type name, looked up once.
     pub(crate) entity: (u64, &'static str),
-    pub(crate) host: Arc<EntityHost<E>>,
+    /// The entity type's wire name.
+    pub(crate) wire_name: &'static str,
     pub(crate) registry: Arc<Registry>,
-    pub(crate) router: Router,
-    pub(crate) map: clusterfunk_actors::consensus::MapView,
+    pub(crate) via: Via<E>,
+}
+
+/// How a [`Sharded`] reaches the entities.
+pub(crate) enum Via<E: ShardedActor> {
+    /// From a member: its own entities directly, the others through its router.
+    Member { host: Arc<EntityHost<E>>, router: Router, map: clusterfunk_actors::consensus::MapView },
+    /// From a client: straight to the owner (or through its gateway).
+    Client(clusterfunk_actors::client::Client),
+}
+
+impl<E: ShardedActor> Clone for Via<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Via::Member { host, router, map } => {
+                Via::Member { host: host.clone(), router: router.clone(), map: map.clone() }
+            }
+            Via::Client(c) => Via::Client(c.clone()),
+        }
+    }
 }
 
 impl<E: ShardedActor> Clone for Sharded<E> {
     fn clone(&self) -> Self {
         Sharded {
             entity: self.entity,
-            host: self.host.clone(),
+            wire_name: self.wire_name,
             registry: self.registry.clone(),
-            router: self.router.clone(),
-            map: self.map.clone(),
+            via: self.via.clone(),
         }
     }
 }
@@ -95,7 +122,7 @@ impl<E: ShardedActor> Sharded<E> {
         M: RemoteMessage,
         E: Handler<M>,
     {
-        let (trace, span) = TraceContext::open_send(HostControl::name(&*self.host));
+        let (trace, span) = TraceContext::open_send(self.wire_name);
         self.send_traced(key, msg, trace).instrument(span)
     }
 
@@ -105,25 +132,29 @@ impl<E: ShardedActor> Sharded<E> {
         E: Handler<M>,
     {
         let (eid, mid) = self.ids::<M>()?;
+        let (host, router, map) = match &self.via {
+            Via::Member { host, router, map } => (host, router, map),
+            Via::Client(client) => return self.send_from_client(client, key, msg, trace, eid, mid).await,
+        };
         // One read of the map gives both the shard and its route.
         let target = {
-            let map = self.map.borrow();
+            let map = map.borrow();
             (map.shard_count() > 0).then(|| {
                 let shard = shard_for(key, map.shard_count());
-                (shard, route(&map, self.router.local(), shard))
+                (shard, route(&map, router.local(), shard))
             })
         };
         let mut msg = msg;
         if let Some((shard, Route::Local)) = target {
-            if let Some(epoch) = self.router.serving_epoch(shard) {
-                self.router.stats().local.fetch_add(1, Ordering::Relaxed);
-                match self.host.deliver(key, shard, Admission::Owner(epoch), msg, Some(trace)).await {
+            if let Some(epoch) = router.serving_epoch(shard) {
+                router.stats().local.fetch_add(1, Ordering::Relaxed);
+                match host.deliver(key, shard, Admission::Owner(epoch), msg, Some(trace)).await {
                     Ok(out) => return Ok(out),
                     // The shard stopped here before the handler ran: the message comes back
                     // and goes the way of any other (to the new owner, once there is one).
                     Err(Undelivered::Refused(_, m)) => msg = m,
                     Err(Undelivered::Failed(r)) => {
-                        self.router.count_failure(&RouteError::Refused(r.clone()));
+                        router.count_failure(&RouteError::Refused(r.clone()));
                         return Err(SendError::from(r));
                     }
                 }
@@ -142,12 +173,38 @@ impl<E: ShardedActor> Sharded<E> {
         };
         let env = match shard {
             Some(_) => env,
-            None => self.wait_for_shard(key, env).await?,
+            None => self.wait_for_shard(map, router, key, env).await?,
         };
-        let bytes = self.router.request(env).await.map_err(|e| match e {
-            RouteError::Refused(r) => SendError::from(r),
-            e => SendError::Route(e),
-        })?;
+        let bytes = router.request(env).await.map_err(route_error)?;
+        rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e)))
+    }
+
+    /// A client's send: the shard from the client's map (it has one from the start), then
+    /// straight to the owner.
+    async fn send_from_client<M>(
+        &self,
+        client: &clusterfunk_actors::client::Client,
+        key: &E::Key,
+        msg: M,
+        trace: TraceContext,
+        eid: u64,
+        mid: u64,
+    ) -> Result<M::Output, SendError>
+    where
+        M: RemoteMessage,
+    {
+        let shard = shard_for(key, client.map().shard_count());
+        let env = Envelope {
+            entity: eid,
+            message: mid,
+            shard,
+            key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(Arc::new(e)))?,
+            payload: super::encode_value(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
+            epoch: Epoch(0),
+            replica: false,
+            trace: Some(trace.traceparent()),
+        };
+        let bytes = client.request(env, None).await.map_err(route_error)?;
         rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e)))
     }
 
@@ -187,8 +244,21 @@ impl<E: ShardedActor> Sharded<E> {
         M: RemoteMessage,
         E: Handler<M>,
     {
+        let (router, map) = match &self.via {
+            Via::Member { router, map, .. } => (router, map),
+            // A client leads no shard: refused as from any node that does not lead it.
+            Via::Client(client) => {
+                let map = client.map();
+                if map.shard_count() == 0 {
+                    return Vec::new();
+                }
+                let shard = shard_for(key, map.shard_count());
+                let r = Refusal::NotOwner { shard, epoch: map.shard_epoch(shard), owner: map.owner(shard) };
+                return map.replicas(shard).into_iter().map(|f| (f, Err(SendError::from(r.clone())))).collect();
+            }
+        };
         let (shard, epoch, followers, owner) = {
-            let map = self.map.borrow();
+            let map = map.borrow();
             if map.shard_count() == 0 {
                 return Vec::new();
             }
@@ -197,7 +267,7 @@ impl<E: ShardedActor> Sharded<E> {
         };
         let fail = |e: SendError| followers.iter().map(|f| (*f, Err(e.clone()))).collect::<Vec<_>>();
         // Only the shard's leader replicates, and only while it serves the shard at that epoch.
-        if self.router.serving_epoch(shard) != Some(epoch) {
+        if router.serving_epoch(shard) != Some(epoch) {
             return fail(SendError::from(Refusal::NotOwner { shard, epoch, owner }));
         }
         let (eid, mid) = match self.ids::<M>() {
@@ -208,7 +278,7 @@ impl<E: ShardedActor> Sharded<E> {
             (Ok(k), Ok(p)) => (k, p),
             (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(Arc::new(e))),
         };
-        let (trace, span) = TraceContext::open_send(HostControl::name(&*self.host));
+        let (trace, span) = TraceContext::open_send(self.wire_name);
         let env = Envelope {
             entity: eid,
             message: mid,
@@ -220,7 +290,7 @@ impl<E: ShardedActor> Sharded<E> {
             trace: Some(trace.traceparent()),
         };
         let sends = followers.iter().map(|f| {
-            let (router, env, f) = (&self.router, &env, *f);
+            let (router, env, f) = (router, &env, *f);
             async move {
                 let answer = match router.request_to(f, env).await {
                     Ok(bytes) => rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e))),
@@ -243,9 +313,15 @@ impl<E: ShardedActor> Sharded<E> {
     }
 
     /// Before this node has the cluster's state there is no shard count: wait for the first map.
-    async fn wait_for_shard(&self, key: &E::Key, mut env: Envelope) -> Result<Envelope, SendError> {
-        let mut map = self.map.clone();
-        let wait = self.router.config().route_wait;
+    async fn wait_for_shard(
+        &self,
+        map: &clusterfunk_actors::consensus::MapView,
+        router: &Router,
+        key: &E::Key,
+        mut env: Envelope,
+    ) -> Result<Envelope, SendError> {
+        let mut map = map.clone();
+        let wait = router.config().route_wait;
         let got = tokio::time::timeout(wait, map.wait_for(|m| m.shard_count() > 0)).await;
         match got {
             Ok(Ok(m)) => {

@@ -1,0 +1,139 @@
+//! What a node serves to non-member clients (`clusterfunk::Client`; docs/architecture.md §9,
+//! §13): the shard map pushed on a stream of its own, requests straight to this node's shards,
+//! and (for a client that reaches only some nodes) requests this node routes on.
+//!
+//! A client is not in the Raft configuration, so it cannot ask a member anything but these:
+//! it reads the committed map and member addresses (what any node holding the cluster secret
+//! could learn by joining), and it sends entity messages, which are fenced exactly as a
+//! member's are (`Router::serve_local`). A replica write from a client is refused and the
+//! client dropped: only a shard's leader replicates.
+
+use std::sync::Arc;
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+use super::router::Router;
+use crate::consensus::AppliedState;
+use crate::shard::ShardMap;
+use crate::types::{ClusterName, NodeId};
+
+/// Requests a client sends straight to the owner of their shard.
+pub fn client_protocol(cluster: &ClusterName) -> StreamProtocol {
+    named(cluster, "client/1")
+}
+
+/// Requests a client sends to one node, which routes them on (to the owner, over its own
+/// links): for clients that can reach only some nodes.
+pub fn gateway_protocol(cluster: &ClusterName) -> StreamProtocol {
+    named(cluster, "client-gateway/1")
+}
+
+/// The stream a node pushes [`Topology`] frames on.
+pub fn topology_protocol(cluster: &ClusterName) -> StreamProtocol {
+    named(cluster, "client-map/1")
+}
+
+fn named(cluster: &ClusterName, what: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/clusterfunk/{}/{}/{what}", cluster.key, cluster.env))
+        .expect("cluster names are validated to [A-Za-z0-9_-]")
+}
+
+/// What a client needs to route: the committed shard map and where each member listens. Pushed
+/// on every change of either. ONLY APPEND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// The shard map as the sending node applied it ([`ShardMap::encode`]).
+    #[serde(with = "serde_bytes")]
+    pub map: Vec<u8>,
+    /// Every member the map may name.
+    pub members: Vec<Endpoint>,
+}
+
+/// Where one member listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The node.
+    pub node: NodeId,
+    /// Its libp2p peer id (base58).
+    pub peer_id: String,
+    /// Its multiaddresses.
+    pub addrs: Vec<String>,
+}
+
+/// The members' endpoints in `applied`.
+fn endpoints(applied: &AppliedState) -> Vec<Endpoint> {
+    applied
+        .state
+        .members
+        .values()
+        .filter_map(|m| {
+            let peer = m.peer_id?;
+            Some(Endpoint { node: m.id, peer_id: peer.to_base58(), addrs: m.addrs.clone() })
+        })
+        .collect()
+}
+
+impl Topology {
+    /// The topology in `applied`.
+    pub fn of(applied: &AppliedState) -> Topology {
+        Topology { map: applied.state.shard_map.encode(), members: endpoints(applied) }
+    }
+
+    /// The map, checked (a frame from the network).
+    pub fn shard_map(&self) -> Result<ShardMap, String> {
+        ShardMap::decode(&self.map).map_err(|e| e.to_string())
+    }
+}
+
+/// Topology streams served at once; beyond it a new one is closed at once.
+pub const MAX_SUBSCRIBERS: usize = 1024;
+
+/// Accepts topology streams until the transport stops.
+pub(crate) async fn topology_loop(router: Router, mut incoming: libp2p_stream::IncomingStreams) {
+    let slots = Arc::new(Semaphore::new(MAX_SUBSCRIBERS));
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            router.stats().client_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%peer, max = MAX_SUBSCRIBERS, "too many clients subscribed to the shard map: refused");
+            continue;
+        };
+        let applied = router.applied();
+        router.arbiter().spawn(async move {
+            push_topology(peer, stream, applied).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes the topology now and after every change of the map or of a member's address, until
+/// the client goes away or the node stops. Changes that come faster than the client reads are
+/// coalesced: it always gets the newest.
+async fn push_topology(peer: PeerId, mut stream: Stream, mut applied: tokio::sync::watch::Receiver<Arc<AppliedState>>) {
+    // What was sent last: the map by its epoch and size (any change of it moves the epoch),
+    // the members in full (few and small). Most applied entries (lease grants...) change neither.
+    let mut last: Option<((u64, u32), Vec<Endpoint>)> = None;
+    loop {
+        let frame = {
+            let a = applied.borrow_and_update();
+            let key = ((a.state.shard_map.epoch().0, a.state.shard_map.shard_count()), endpoints(&a));
+            (last.as_ref() != Some(&key))
+                .then(|| (Topology { map: a.state.shard_map.encode(), members: key.1.clone() }, key))
+        };
+        if let Some((topology, key)) = frame {
+            let bytes = crate::wire::encode(&topology);
+            if let Err(e) = crate::wire::write_frame(&mut stream, &bytes).await {
+                debug!(%peer, error = %e, "client topology stream closed");
+                return;
+            }
+            last = Some(key);
+        }
+        if applied.changed().await.is_err() {
+            let _ = stream.close().await;
+            return;
+        }
+    }
+}
