@@ -522,6 +522,15 @@ impl Builder {
         self
     }
 
+    /// Whether this node serves non-member clients ([`Client`](crate::Client)): the shard map
+    /// pushed to them, their messages for its shards, and messages it routes on as their
+    /// gateway. Default true. Without a cluster secret any host that reaches the node can be a
+    /// client; with one, only holders of it can connect at all.
+    pub fn accept_clients(mut self, yes: bool) -> Self {
+        self.proxy.accept_clients = yes;
+        self
+    }
+
     /// A 64-hex-character pre-shared secret: nodes without it cannot connect. Default: none.
     pub fn secret(mut self, hex: impl Into<String>) -> Self {
         self.secret = Some(clusterfunk_actors::types::Token::new(hex));

@@ -43,6 +43,8 @@ pub struct Settings {
     pub bootstrap: Option<bool>,
     /// mDNS discovery ([`Builder::mdns`]).
     pub mdns: Option<bool>,
+    /// Whether this node serves non-member clients ([`Builder::accept_clients`]).
+    pub accept_clients: Option<bool>,
     /// Shard count ([`Builder::shards`]).
     pub shards: Option<u32>,
     /// Copies of each shard ([`Builder::replica_factor`]).
@@ -129,6 +131,7 @@ impl std::fmt::Debug for Settings {
             dashboard,
             bootstrap,
             mdns,
+            accept_clients,
             shards,
             replica_factor,
             voters,
@@ -176,6 +179,7 @@ pub const KEYS: &[&str] = &[
     "dashboard",
     "bootstrap",
     "mdns",
+    "accept_clients",
     "shards",
     "replica_factor",
     "voters",
@@ -283,6 +287,7 @@ impl Settings {
                 "dashboard" => self.dashboard = Some(text(raw)?),
                 "bootstrap" => self.bootstrap = Some(boolean(raw)?),
                 "mdns" => self.mdns = Some(boolean(raw)?),
+                "accept_clients" => self.accept_clients = Some(boolean(raw)?),
                 "shards" => self.shards = Some(number(raw)?),
                 "replica_factor" => self.replica_factor = Some(number(raw)?),
                 "voters" => self.voters = Some(number(raw)?),
@@ -444,6 +449,7 @@ impl Settings {
             dashboard,
             bootstrap,
             mdns,
+            accept_clients,
             shards,
             replica_factor,
             voters,
@@ -525,6 +531,7 @@ impl Builder {
         with!(dashboard);
         with!(bootstrap);
         with!(mdns);
+        with!(accept_clients);
         with!(shards);
         with!(replica_factor);
         with!(voters);
@@ -690,7 +697,7 @@ mod tests {
         for key in KEYS {
             let mut s = Settings::default();
             let value = match *key {
-                "bootstrap" | "mdns" => "true",
+                "bootstrap" | "mdns" | "accept_clients" => "true",
                 "mode" => "production",
                 "rebalance" => "manual",
                 "lease_drift" => "0.01",

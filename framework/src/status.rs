@@ -87,6 +87,10 @@ pub struct TrafficStatus {
     pub duplicates: u64,
     /// Proxy streams refused because their peer is not in the Raft configuration.
     pub unauthorized: u64,
+    /// Requests from non-member clients (for this node's shards, or routed on as a gateway).
+    pub client_requests: u64,
+    /// Client streams refused (over the subscriber limit, or a client's replica write).
+    pub client_refused: u64,
     /// Entity instances alive here now.
     pub entities: u64,
     /// Entity instances created here so far.
@@ -179,6 +183,8 @@ pub struct ShardMapStatus {
 pub struct TransportStatus {
     /// Peers connected now.
     pub connected_peers: u64,
+    /// Non-member clients connected now (not among `connected_peers`).
+    pub connected_clients: u64,
     /// Malformed or oversized frames refused (each closed its connection).
     pub malformed_frames: u64,
     /// Peers of other clusters refused.
@@ -253,6 +259,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
         },
         transport: TransportStatus {
             connected_peers: stats.connected_peers.load(Ordering::Relaxed),
+            connected_clients: stats.connected_clients.load(Ordering::Relaxed),
             malformed_frames: stats.malformed_frames.load(Ordering::Relaxed),
             foreign_peers: stats.foreign_peers.load(Ordering::Relaxed),
             events_dropped: stats.events_dropped.load(Ordering::Relaxed),
@@ -283,6 +290,8 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
                 malformed: r.malformed.load(Ordering::Relaxed),
                 duplicates: r.duplicates.load(Ordering::Relaxed),
                 unauthorized: r.unauthorized.load(Ordering::Relaxed),
+                client_requests: r.client_requests.load(Ordering::Relaxed),
+                client_refused: r.client_refused.load(Ordering::Relaxed),
                 entities: inner.registry.controls.iter().map(|h| h.len() as u64).sum(),
                 activations: inner.registry.controls.iter().map(|h| h.activations()).sum(),
                 by_type: inner.registry.controls.iter().map(|h| (h.name().to_string(), h.len() as u64)).collect(),

@@ -71,7 +71,7 @@ pub enum ConnectError {
     #[error("cannot build the client's libp2p swarm: {0}")]
     Build(String),
     /// No node sent a shard map in time.
-    #[error("no node of {cluster} sent a shard map within {waited:?} (seeds: {seeds})")]
+    #[error("no node of {cluster} sent a shard map within {waited:?} (seeds: {seeds}); is a node listening there, with this cluster name and secret?")]
     NoMap {
         /// The cluster.
         cluster: ClusterName,

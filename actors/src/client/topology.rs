@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::swarm::Command;
 use super::{Members, Stats, View};
 use crate::proxy::clients::Topology;
-use crate::transport::{parse_peer, seeds::Seeds};
+use crate::transport::seeds::Seeds;
 use crate::types::NodeId;
 
 /// Longest pause between two rounds of tries.
@@ -135,13 +135,5 @@ async fn follow_one(f: &mut Follow, node: Option<NodeId>, peer: PeerId, before: 
 }
 
 fn members(t: &Topology) -> Members {
-    t.members
-        .iter()
-        .filter_map(|e| {
-            let peer = e.peer_id.parse::<PeerId>().ok();
-            let (peer, addrs) = parse_peer(&peer, &e.addrs).ok()?;
-            // A node id is derived from its key: an entry naming another node's id is wrong.
-            (NodeId::from_peer_bytes(&peer.to_bytes()) == e.node).then_some((e.node, (peer, addrs)))
-        })
-        .collect()
+    t.endpoints().into_iter().map(|(node, peer, addrs)| (node, (peer, addrs))).collect()
 }

@@ -87,6 +87,20 @@ impl Topology {
     pub fn shard_map(&self) -> Result<ShardMap, String> {
         ShardMap::decode(&self.map).map_err(|e| e.to_string())
     }
+
+    /// The members that can be dialed: a peer id that parses and names the node it is listed
+    /// for (a node id is derived from its key: an entry naming another node's id is dropped),
+    /// with the addresses that parse.
+    pub fn endpoints(&self) -> Vec<(NodeId, libp2p::PeerId, Vec<libp2p::Multiaddr>)> {
+        self.members
+            .iter()
+            .filter_map(|e| {
+                let peer = e.peer_id.parse::<libp2p::PeerId>().ok()?;
+                let addrs = e.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                (NodeId::from_peer_bytes(&peer.to_bytes()) == e.node).then_some((e.node, peer, addrs))
+            })
+            .collect()
+    }
 }
 
 /// Topology streams served at once; beyond it a new one is closed at once.

@@ -89,6 +89,9 @@ pub struct Args {
     /// Turn off mDNS discovery.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Serve no clients outside the cluster (`clusterfunk::Client`).
+    #[arg(long)]
+    pub no_clients: bool,
     /// Timings and sizes (see docs/operations.md, "Configuration", for each default and its
     /// trade-off): durations with a unit, e.g. `250ms`, `2s`.
     #[command(flatten)]
@@ -197,6 +200,7 @@ impl Args {
         s.dashboard = self.dashboard.clone();
         s.bootstrap = self.bootstrap.then_some(true);
         s.mdns = self.no_mdns.then_some(false);
+        s.accept_clients = self.no_clients.then_some(false);
         s.shards = self.shards;
         s.replica_factor = self.replica_factor;
         s.voters = self.voters;
@@ -402,7 +406,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// each child (with their values).
 fn passed_to_children(args: impl Iterator<Item = String>) -> Vec<String> {
     const DECIDED: &[&str] = &["--local", "--listen", "--dashboard", "--data-dir", "--join", "--advertise"];
-    const SWITCHES: &[&str] = &["--bootstrap", "--no-mdns"];
+    const SWITCHES: &[&str] = &["--bootstrap", "--no-mdns", "--no-clients"];
     let mut out = Vec::new();
     let mut args = args.peekable();
     while let Some(a) = args.next() {

@@ -37,11 +37,14 @@ pub const MAX_SET: usize = 100_000;
 /// The largest set element, in bytes.
 pub const MAX_ELEMENT: usize = 256;
 
+/// The KV entity's messages, registered alike by the nodes and by a client (`kv-client`).
+pub fn messages(e: clusterfunk::EntityRegistration<Kv>) -> clusterfunk::EntityRegistration<Kv> {
+    e.handles::<Get>().handles::<Put>().handles::<Delete>().handles::<Cas>().handles::<Append>()
+}
+
 /// The node app: the KV entity and its routes.
 pub const APP: clusterfunk_demo::App = clusterfunk_demo::App {
-    register: |b| {
-        b.entity::<Kv>(|e| e.handles::<Get>().handles::<Put>().handles::<Delete>().handles::<Cas>().handles::<Append>())
-    },
+    register: |b| b.entity::<Kv>(messages),
     routes,
     traffic: None,
 };
