@@ -44,7 +44,10 @@ pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId, WorkerIndex};
 pub use config::{Builder, ClusterConfig, ConfigError, Mode, Rebalance};
-pub use entity::{fencing_epoch, EntityInfo, EntityRegistration, RemoteMessage, SendError, Sharded, ShardedActor};
+pub use entity::{
+    fencing_epoch, EntityInfo, EntityRegistration, Handles, RemoteMessage, SendError, SendFailure, Sharded,
+    ShardedActor,
+};
 pub use hooks::ClusterEvent;
 pub use manage::MemberInfo;
 pub use settings::{parse_duration, Settings, KEYS as SETTINGS_KEYS};
@@ -57,6 +60,7 @@ pub use trace::traceparent;
 /// What most users import.
 pub mod prelude {
     pub use crate::{
-        Client, Cluster, ClusterStatus, EntityInfo, NodeId, SendError, ShardId, ShardKey, Sharded, ShardedActor,
+        Client, Cluster, ClusterStatus, EntityInfo, NodeId, SendError, SendFailure, ShardId, ShardKey, Sharded,
+        ShardedActor,
     };
 }

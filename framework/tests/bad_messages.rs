@@ -87,11 +87,13 @@ async fn unknown_and_oversized_messages_are_typed_errors() {
 
     let failed_before = b.status().traffic.failed;
     let err = echo.send(&key_on_b, OnlyOnA).await.unwrap_err();
-    assert!(matches!(err, SendError::Route(RouteError::Refused(Refusal::UnknownMessage(_)))), "{err:?}");
+    assert!(matches!(err.error(), SendError::Route(RouteError::Refused(Refusal::UnknownMessage(_)))), "{err:?}");
+    assert!(err.unsent().is_some(), "refused before any handler ran: the message comes back");
     assert_eq!(b.status().traffic.failed, failed_before + 1, "the receiver counted the refusal");
 
     let err = echo.send(&key_on_b, Bytes(vec![7; 5 << 20])).await.unwrap_err();
-    assert!(matches!(err, SendError::Route(RouteError::TooLarge { .. })), "{err:?}");
+    assert!(matches!(err.error(), SendError::Route(RouteError::TooLarge { .. })), "{err:?}");
+    assert!(err.into_unsent().is_some(), "never sent: the message comes back");
 
     // The link and both nodes go on.
     assert_eq!(echo.send(&key_on_b, Bytes(vec![1, 2, 3])).await.unwrap(), 3);

@@ -104,14 +104,16 @@ async fn panic_fails_one_call_and_the_next_gets_a_fresh_instance() {
     let k = "k".to_string();
     assert_eq!(f.send(&k, Inc).await.unwrap(), 1);
     assert_eq!(f.send(&k, Inc).await.unwrap(), 2);
-    assert!(matches!(f.send(&k, Boom).await, Err(SendError::EntityFailed)));
+    let boom = f.send(&k, Boom).await.unwrap_err();
+    assert!(matches!(boom.error(), SendError::EntityFailed));
+    assert!(boom.unsent().is_none(), "a message whose handler ran is not handed back");
     assert_eq!(f.send(&k, Inc).await.unwrap(), 1, "a fresh instance after the panic");
     f.send(&k, Passivate).await.unwrap();
     // A message reaching the old mailbox while the instance finishes stopping fails with
     // EntityFailed (documented); a few at most, then a fresh instance answers.
     let mut failed = 0;
     let after = loop {
-        match f.send(&k, Inc).await {
+        match f.send(&k, Inc).await.map_err(SendError::from) {
             Ok(v) => break v,
             Err(SendError::EntityFailed) if failed < 3 => failed += 1,
             Err(e) => panic!("{e}"),
@@ -206,6 +208,7 @@ async fn a_message_named_by_its_registration_is_delivered_under_that_name() {
     c.wait_until(Duration::from_secs(10), "a shard map", |s| s.shard_map.epoch > 0).await.unwrap();
     assert_eq!(f.send(&"k".to_string(), other::Inc).await.unwrap(), 10);
     let unregistered = f.send(&"k".to_string(), Inc).await.unwrap_err();
-    assert!(matches!(unregistered, SendError::NotRegistered { .. }), "{unregistered}");
+    assert!(matches!(unregistered.error(), SendError::NotRegistered { .. }), "{unregistered}");
+    assert!(unregistered.into_unsent().is_some(), "a message never sent is handed back");
     c.shutdown().await;
 }

@@ -17,7 +17,7 @@ async fn burst_of_100k_to_remote_entities_loses_nothing() {
     let results: Vec<(u64, Result<u64, clusterfunk::SendError>)> = futures::stream::iter(0..N)
         .map(|i| {
             let (t, key) = (tallies.clone(), keys[i % keys.len()]);
-            async move { (key, t.send(&key, Inc).await) }
+            async move { (key, t.send(&key, Inc).await.map_err(clusterfunk::SendError::from)) }
         })
         .buffer_unordered(256)
         .collect()

@@ -89,6 +89,10 @@ fn a_client_routes_to_owners_through_a_join_a_leave_and_a_kill_and_none_is_misro
             forwarded += usize::from(owner != via);
         }
         assert!(forwarded > 0, "some keys were owned by another node than the gateway");
+        // The rest of the calling surface, from a client: tell, and a per-call timeout.
+        counters.tell(&"gw-0".to_string(), Add(1)).await?;
+        let n = counters.send_timeout(&"gw-0".to_string(), Add(1), Duration::from_secs(2)).await?;
+        assert_eq!(n.value, 3, "send, tell, send: three additions");
         anyhow::Ok(())
     })
     .map_err(|e| fail(&nodes, e))?;
@@ -174,7 +178,7 @@ fn a_client_routes_to_owners_through_a_join_a_leave_and_a_kill_and_none_is_misro
                     let t0 = monotonic_ns();
                     let r = counters.send(&key, Add(1)).await;
                     let t1 = monotonic_ns();
-                    let result = r.map(|a| (a.node, a.shard));
+                    let result = r.map(|a| (a.node, a.shard)).map_err(SendError::from);
                     sent.lock().unwrap().push(Sent { key, t0, t1, result });
                 }
             }

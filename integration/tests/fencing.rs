@@ -134,7 +134,7 @@ async fn messages_queued_when_the_lease_is_lost_never_run() {
     cut(&nodes, a, true);
     nodes[a].wait_until(T, "the owner to lose its lease", |s| !s.ownership.lease_valid).await.unwrap();
     assert!(BLOCKING.load(Ordering::SeqCst), "the handler outlasted the lease");
-    let answer = block.await.unwrap();
+    let answer = block.await.unwrap().map_err(SendError::from);
     assert!(
         matches!(answer, Err(SendError::Route(RouteError::Refused(Refusal::Indeterminate { .. })))),
         "the answer of a handler that ended without a lease is withheld: {answer:?}"

@@ -100,7 +100,7 @@ async fn followers_take_replica_messages_and_serve_on_when_promoted() {
         .unwrap();
     let read = promoted.send(&key, Read).await;
     assert_eq!(read.unwrap(), 2, "the promoted follower's instance has the replicated count");
-    let after: Result<u64, SendError> = promoted.send(&key, Inc).await;
+    let after: Result<u64, SendError> = promoted.send(&key, Inc).await.map_err(SendError::from);
     assert_eq!(after.unwrap(), 3);
     let now = follower.shard_epoch(shard).expect("the promoted follower serves the shard");
     assert!(now.0 > e);

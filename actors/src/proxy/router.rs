@@ -212,7 +212,14 @@ impl Router {
     /// (the owner is activating, its lease lapsed, or one of the two maps is behind) or an
     /// unreachable owner, waits for a newer map or a moment and retries.
     pub async fn request(&self, env: Envelope) -> Result<Vec<u8>, Error> {
-        let result = self.route_request(env).await;
+        self.request_within(env, None).await
+    }
+
+    /// [`Self::request`] within `timeout` overall when given (routing, retries and the request
+    /// itself; each request to a node is cut to what is left of it), else within the route wait
+    /// plus the request timeout. Out of time before it was sent: `NoOwner`; after: `Timeout`.
+    pub async fn request_within(&self, env: Envelope, timeout: Option<Duration>) -> Result<Vec<u8>, Error> {
+        let result = self.route_request(env, timeout).await;
         if let Err(e) = &result {
             // Every failure, the route wait's (no owner, overloaded) included.
             self.count_failure(e);
@@ -227,8 +234,9 @@ impl Router {
         self.inner.metrics.proxy_failed(reason(e));
     }
 
-    async fn route_request(&self, mut env: Envelope) -> Result<Vec<u8>, Error> {
+    async fn route_request(&self, mut env: Envelope, timeout: Option<Duration>) -> Result<Vec<u8>, Error> {
         let start = Instant::now();
+        let wait = timeout.unwrap_or(self.inner.cfg.route_wait);
         let mut map = self.inner.map.clone();
         let mut refusals = 0u32;
         let result = loop {
@@ -237,24 +245,34 @@ impl Router {
                 env.epoch = m.shard_epoch(env.shard);
                 route(&m, self.inner.local, env.shard)
             };
+            // With a deadline, each try gets what is left of it.
+            let hop = match timeout {
+                Some(t) => t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)),
+                None => self.inner.cfg.request_timeout,
+            };
             let attempt = match r {
-                Route::Local => self.deliver_local(env.clone()).await,
-                Route::Remote(node) => self.remote(node, &env).await,
+                // Without a deadline a local handler may take as long as it takes (as before).
+                Route::Local if timeout.is_none() => self.deliver_local(env.clone()).await,
+                Route::Local => match tokio::time::timeout(hop, self.deliver_local(env.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout { node: self.inner.local, timeout: hop }),
+                },
+                Route::Remote(node) => self.remote(node, &env, hop.min(self.inner.cfg.request_timeout)).await,
                 Route::Wait => {
-                    self.wait_for_map(&mut map, start, env.shard, None).await?;
+                    self.wait_for_map(&mut map, start, wait, env.shard, None).await?;
                     continue;
                 }
             };
             match attempt {
-                Err(Error::Refused(Refusal::NotOwner { .. })) if start.elapsed() < self.inner.cfg.route_wait => {
+                Err(Error::Refused(Refusal::NotOwner { .. })) if start.elapsed() < wait => {
                     refusals += 1;
                     // The receiver may be ahead of us or behind, or about to serve: wait a little.
                     let nap = Duration::from_millis((2u64 << refusals.min(6)).min(100));
-                    self.wait_for_map(&mut map, start, env.shard, Some(nap)).await?;
+                    self.wait_for_map(&mut map, start, wait, env.shard, Some(nap)).await?;
                 }
-                Err(Error::Unreachable { .. }) if start.elapsed() < self.inner.cfg.route_wait => {
+                Err(Error::Unreachable { .. }) if start.elapsed() < wait => {
                     // Not sent: the owner may be down; a new map will move the shard.
-                    self.wait_for_map(&mut map, start, env.shard, Some(Duration::from_millis(200))).await?;
+                    self.wait_for_map(&mut map, start, wait, env.shard, Some(Duration::from_millis(200))).await?;
                 }
                 other => break other,
             }
@@ -268,20 +286,21 @@ impl Router {
         &self,
         map: &mut MapView,
         start: Instant,
+        wait: Duration,
         shard: ShardId,
         nap: Option<Duration>,
     ) -> Result<(), Error> {
         let Ok(_permit) = self.inner.waiting.clone().try_acquire_owned() else {
             return Err(Error::Overloaded);
         };
-        let left = self.inner.cfg.route_wait.saturating_sub(start.elapsed());
+        let left = wait.saturating_sub(start.elapsed());
         if left.is_zero() {
             return Err(Error::NoOwner { shard, waited: start.elapsed() });
         }
         match tokio::time::timeout(nap.map_or(left, |n| n.min(left)), map.changed()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Closed),
-            Err(_) if nap.is_some() && start.elapsed() < self.inner.cfg.route_wait => Ok(()),
+            Err(_) if nap.is_some() && start.elapsed() < wait => Ok(()),
             Err(_) => Err(Error::NoOwner { shard, waited: start.elapsed() }),
         }
     }
@@ -293,7 +312,7 @@ impl Router {
             // `serve_local` counts its own failures (as served here).
             return self.serve_local(env.clone()).await.map_err(Error::Refused);
         }
-        let result = self.remote(node, env).await;
+        let result = self.remote(node, env, self.inner.cfg.request_timeout).await;
         if let Err(e) = &result {
             self.count_failure(e);
         }
@@ -321,14 +340,13 @@ impl Router {
         self.inner.dispatch.dispatch(env).await.map_err(Error::Refused)
     }
 
-    async fn remote(&self, node: NodeId, env: &Envelope) -> Result<Vec<u8>, Error> {
+    async fn remote(&self, node: NodeId, env: &Envelope, timeout: Duration) -> Result<Vec<u8>, Error> {
         let link = self.link(node).await?;
         let (id, rx) = link.send(env)?;
         // Whatever ends this call (an answer, the timeout, or the caller dropping it) frees the
         // request's slot: a dropped `send` must not hold it until the link dies.
         let _slot = link.slot(id);
         self.inner.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let timeout = self.inner.cfg.request_timeout;
         let sent = Instant::now();
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => {

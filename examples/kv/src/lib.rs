@@ -27,7 +27,7 @@
 
 use actix::prelude::*;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
-use clusterfunk::{Cluster, EntityInfo, SendError, ShardedActor};
+use clusterfunk::{Cluster, EntityInfo, SendFailure, ShardedActor};
 use serde::{Deserialize, Serialize};
 
 /// The largest value a key stores, in bytes.
@@ -43,11 +43,8 @@ pub fn messages(e: clusterfunk::EntityRegistration<Kv>) -> clusterfunk::EntityRe
 }
 
 /// The node app: the KV entity and its routes.
-pub const APP: clusterfunk_demo::App = clusterfunk_demo::App {
-    register: |b| b.entity::<Kv>(messages),
-    routes,
-    traffic: None,
-};
+pub const APP: clusterfunk_demo::App =
+    clusterfunk_demo::App { register: |b| b.entity::<Kv>(messages), routes, traffic: None };
 
 /// One key's value.
 pub struct Kv {
@@ -198,7 +195,7 @@ impl Handler<Cas> for Kv {
     }
 }
 
-fn answer(r: Result<Reply, SendError>, missing: u16) -> HttpResponse {
+fn answer<M>(r: Result<Reply, SendFailure<M>>, missing: u16) -> HttpResponse {
     match r {
         Ok(reply) if reply.ok => HttpResponse::Ok().json(reply),
         Ok(reply) if missing == 404 => HttpResponse::NotFound().json(serde_json::json!({

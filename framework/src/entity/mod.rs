@@ -17,7 +17,7 @@ pub(crate) use registry::{check_ids, EntitySpec, HostEnv, Registry};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 pub(crate) use sharded::Via;
-pub use sharded::{SendError, Sharded};
+pub use sharded::{Handles, SendError, SendFailure, Sharded};
 
 /// A user's message or reply as it goes on the wire: structs as maps keyed by field name, so a
 /// field appended with `#[serde(default)]` is skipped by the build before and defaulted by the

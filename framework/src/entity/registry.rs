@@ -126,7 +126,12 @@ where
             let out = host.deliver(&key, env.shard, admission, msg, trace).await.map_err(|e| match e {
                 Undelivered::Refused(r, _) | Undelivered::Failed(r) => r,
             })?;
-            super::encode_value(&out).map_err(|e| Refusal::Malformed(format!("result: {e}")))
+            // The handler ran: an answer that cannot be encoded is a failed entity, not a
+            // malformed request (which the sender may resend: it would run twice).
+            super::encode_value(&out).map_err(|e| {
+                tracing::warn!(error = %e, "an entity's answer does not encode: answered EntityFailed");
+                Refusal::EntityFailed
+            })
         })
     })
 }

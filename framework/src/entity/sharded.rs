@@ -34,12 +34,124 @@ pub enum SendError {
         /// The message type.
         message: &'static str,
     },
-    /// The message could not be encoded.
+    /// The key or the message could not be encoded (what the encoder said).
     #[error("cannot encode the message: {0}")]
-    Encode(Arc<rmp_serde::encode::Error>),
-    /// The answer could not be decoded.
+    Encode(String),
+    /// The answer could not be decoded (what the decoder said): the message was handled.
     #[error("cannot decode the answer: {0}")]
-    Decode(Arc<rmp_serde::decode::Error>),
+    Decode(String),
+}
+
+impl SendError {
+    /// Whether the message certainly was not handled: it was never sent, or the receiver
+    /// refused it before its handler ran. Such a message may be sent again (the
+    /// [`SendFailure`] of such an error hands it back).
+    pub fn unsent(&self) -> bool {
+        match self {
+            SendError::Route(e) => e.unsent(),
+            SendError::NotRegistered { .. } | SendError::Encode(_) => true,
+            SendError::EntityFailed | SendError::Decode(_) => false,
+        }
+    }
+}
+
+/// A send that failed: why ([`error`](Self::error)), and the message itself when it certainly
+/// was not handled (never sent, or refused before its handler ran), so it can be sent again or
+/// elsewhere without a copy. `?` turns it into a [`SendError`].
+pub struct SendFailure<M> {
+    error: SendError,
+    unsent: Option<M>,
+}
+
+impl<M> SendFailure<M> {
+    /// `error`, keeping `msg` if the error says it was not handled.
+    fn of(error: SendError, msg: M) -> SendFailure<M> {
+        let unsent = error.unsent().then_some(msg);
+        SendFailure { error, unsent }
+    }
+
+    /// Why it failed.
+    pub fn error(&self) -> &SendError {
+        &self.error
+    }
+
+    /// Why it failed, dropping the message.
+    pub fn into_error(self) -> SendError {
+        self.error
+    }
+
+    /// The message, if it certainly was not handled.
+    pub fn unsent(&self) -> Option<&M> {
+        self.unsent.as_ref()
+    }
+
+    /// The message, if it certainly was not handled.
+    pub fn into_unsent(self) -> Option<M> {
+        self.unsent
+    }
+}
+
+impl<M> From<SendError> for SendFailure<M> {
+    /// A failure with no message to hand back.
+    fn from(error: SendError) -> SendFailure<M> {
+        SendFailure { error, unsent: None }
+    }
+}
+
+impl<M> From<SendFailure<M>> for SendError {
+    fn from(f: SendFailure<M>) -> SendError {
+        f.error
+    }
+}
+
+impl<M> std::fmt::Display for SendFailure<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<M> std::fmt::Debug for SendFailure<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendFailure").field("error", &self.error).field("unsent", &self.unsent.is_some()).finish()
+    }
+}
+
+impl<M> std::error::Error for SendFailure<M> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+/// `E` handles `M`: an entity type and a message it accepts, as [`Sharded::send`] requires.
+/// Implemented for every [`ShardedActor`] with an actix `Handler<M>`.
+pub trait Handles<M: RemoteMessage>: ShardedActor + Handler<M> {}
+
+impl<E: ShardedActor + Handler<M>, M: RemoteMessage> Handles<M> for E {}
+
+/// The envelope of `msg` for `key` in `shard`, not yet stamped.
+fn envelope<K: serde::Serialize, M: RemoteMessage>(
+    entity: u64,
+    message: u64,
+    shard: ShardId,
+    key: &K,
+    msg: &M,
+    trace: &TraceContext,
+) -> Result<Envelope, SendError> {
+    Ok(Envelope {
+        entity,
+        message,
+        shard,
+        key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(e.to_string()))?,
+        payload: super::encode_value(msg).map_err(|e| SendError::Encode(e.to_string()))?,
+        epoch: Epoch(0),
+        replica: false,
+        trace: Some(trace.traceparent()),
+    })
+}
+
+/// An answer off the wire.
+fn decode<T: serde::de::DeserializeOwned, M>(bytes: &[u8]) -> Result<T, SendFailure<M>> {
+    rmp_serde::from_slice(bytes).map_err(|e| SendError::Decode(e.to_string()).into())
 }
 
 fn route_error(e: RouteError) -> SendError {
@@ -103,9 +215,11 @@ impl<E: ShardedActor> Clone for Sharded<E> {
 impl<E: ShardedActor> Sharded<E> {
     /// Sends `msg` to the instance for `key` and waits for its answer.
     ///
-    /// On the owning node it is delivered directly (no encoding); elsewhere it is forwarded to
-    /// the owner. While the shard has no owner the message waits (bounded by the route wait);
-    /// if the owner answers `NotOwner`, the map is refreshed and the message retried.
+    /// On the owning node it is delivered directly (no encoding); elsewhere it is sent to the
+    /// owner (from a [`Client`](crate::Client): straight to it). While the shard has no owner
+    /// the message waits (bounded by the route wait); if the owner answers `NotOwner`, the map
+    /// is refreshed and the message retried. A failure hands the message back when it certainly
+    /// was not handled ([`SendFailure::into_unsent`]).
     ///
     /// Cancel-safe: dropping the future frees everything it holds at once (its queue slot, its
     /// pending answer). As after a timeout, a message already sent may or may not be handled.
@@ -117,25 +231,107 @@ impl<E: ShardedActor> Sharded<E> {
         &'a self,
         key: &'a E::Key,
         msg: M,
-    ) -> impl std::future::Future<Output = Result<M::Output, SendError>> + 'a
+    ) -> impl std::future::Future<Output = Result<M::Output, SendFailure<M>>> + 'a
     where
         M: RemoteMessage,
-        E: Handler<M>,
+        E: Handles<M>,
     {
-        let (trace, span) = TraceContext::open_send(self.wire_name);
-        self.send_traced(key, msg, trace).instrument(span)
+        self.traced(key, msg, None)
     }
 
-    async fn send_traced<M>(&self, key: &E::Key, msg: M, trace: TraceContext) -> Result<M::Output, SendError>
+    /// [`send`](Self::send) within `timeout` overall: waiting for an owner, retries and the
+    /// answer. Out of time before the message was sent: `NoOwner` (the message comes back);
+    /// after: `Timeout` (it may have been handled).
+    ///
+    /// ```no_run
+    /// # use clusterfunk::prelude::*;
+    /// # use std::time::Duration;
+    /// # struct Counter(u64);
+    /// # impl actix::Actor for Counter { type Context = actix::Context<Self>; }
+    /// # impl ShardedActor for Counter { type Key = String; fn from_key(_: &String, _: EntityInfo) -> Self { Counter(0) } }
+    /// # #[derive(actix::Message, serde::Serialize, serde::Deserialize)] #[rtype(result = "u64")] struct Add(u64);
+    /// # impl actix::Handler<Add> for Counter { type Result = u64; fn handle(&mut self, a: Add, _: &mut Self::Context) -> u64 { self.0 += a.0; self.0 } }
+    /// async fn add(counters: &Sharded<Counter>, key: String) -> Option<u64> {
+    ///     match counters.send_timeout(&key, Add(1), Duration::from_millis(200)).await {
+    ///         Ok(n) => Some(n),
+    ///         Err(e) => {
+    ///             // Never handled: safe to queue for later.
+    ///             if let Some(again) = e.into_unsent() {
+    ///                 let _ = again;
+    ///             }
+    ///             None
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn send_timeout<'a, M>(
+        &'a self,
+        key: &'a E::Key,
+        msg: M,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<M::Output, SendFailure<M>>> + 'a
     where
         M: RemoteMessage,
-        E: Handler<M>,
+        E: Handles<M>,
     {
-        let (eid, mid) = self.ids::<M>()?;
+        self.traced(key, msg, Some(timeout))
+    }
+
+    /// Sends `msg` to the instance for `key` without wanting its answer: `Ok` once the entity
+    /// handled it, else an error like [`send`](Self::send)'s. Never a silent drop: a message
+    /// that could not be delivered is an error (with the message when it was not handled).
+    pub async fn tell<M>(&self, key: &E::Key, msg: M) -> Result<(), SendFailure<M>>
+    where
+        M: RemoteMessage,
+        E: Handles<M>,
+    {
+        self.traced(key, msg, None).await.map(drop)
+    }
+
+    fn traced<'a, M>(
+        &'a self,
+        key: &'a E::Key,
+        msg: M,
+        timeout: Option<std::time::Duration>,
+    ) -> impl std::future::Future<Output = Result<M::Output, SendFailure<M>>> + 'a
+    where
+        M: RemoteMessage,
+        E: Handles<M>,
+    {
+        let (trace, span) = TraceContext::open_send(self.wire_name);
+        self.send_traced(key, msg, trace, timeout).instrument(span)
+    }
+
+    async fn send_traced<M>(
+        &self,
+        key: &E::Key,
+        msg: M,
+        trace: TraceContext,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<M::Output, SendFailure<M>>
+    where
+        M: RemoteMessage,
+        E: Handles<M>,
+    {
+        let (eid, mid) = match self.ids::<M>() {
+            Ok(ids) => ids,
+            Err(e) => return Err(SendFailure::of(e, msg)),
+        };
         let (host, router, map) = match &self.via {
             Via::Member { host, router, map } => (host, router, map),
-            Via::Client(client) => return self.send_from_client(client, key, msg, trace, eid, mid).await,
+            Via::Client(client) => {
+                let shard = shard_for(key, client.map().shard_count());
+                let env = match envelope(eid, mid, shard, key, &msg, &trace) {
+                    Ok(env) => env,
+                    Err(e) => return Err(SendFailure::of(e, msg)),
+                };
+                return match client.request(env, timeout).await {
+                    Ok(bytes) => decode(&bytes),
+                    Err(e) => Err(SendFailure::of(route_error(e), msg)),
+                };
+            }
         };
+        let start = std::time::Instant::now();
         // One read of the map gives both the shard and its route.
         let target = {
             let map = map.borrow();
@@ -148,64 +344,47 @@ impl<E: ShardedActor> Sharded<E> {
         if let Some((shard, Route::Local)) = target {
             if let Some(epoch) = router.serving_epoch(shard) {
                 router.stats().local.fetch_add(1, Ordering::Relaxed);
-                match host.deliver(key, shard, Admission::Owner(epoch), msg, Some(trace)).await {
+                let delivery = host.deliver(key, shard, Admission::Owner(epoch), msg, Some(trace));
+                let delivered = match timeout {
+                    None => delivery.await,
+                    Some(t) => match tokio::time::timeout(t, delivery).await {
+                        Ok(d) => d,
+                        Err(_) => {
+                            // Queued to the entity, maybe handled: nothing to hand back.
+                            let e = RouteError::Timeout { node: router.local(), timeout: t };
+                            router.count_failure(&e);
+                            return Err(SendError::Route(e).into());
+                        }
+                    },
+                };
+                match delivered {
                     Ok(out) => return Ok(out),
                     // The shard stopped here before the handler ran: the message comes back
                     // and goes the way of any other (to the new owner, once there is one).
                     Err(Undelivered::Refused(_, m)) => msg = m,
                     Err(Undelivered::Failed(r)) => {
                         router.count_failure(&RouteError::Refused(r.clone()));
-                        return Err(SendError::from(r));
+                        return Err(SendError::from(r).into());
                     }
                 }
             }
         }
-        let shard = target.map(|t| t.0);
-        let env = Envelope {
-            entity: eid,
-            message: mid,
-            shard: shard.unwrap_or(ShardId(0)),
-            key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(Arc::new(e)))?,
-            payload: super::encode_value(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
-            epoch: Epoch(0),
-            replica: false,
-            trace: Some(trace.traceparent()),
+        let env = match envelope(eid, mid, target.map_or(ShardId(0), |t| t.0), key, &msg, &trace) {
+            Ok(env) => env,
+            Err(e) => return Err(SendFailure::of(e, msg)),
         };
-        let env = match shard {
+        let env = match target {
             Some(_) => env,
-            None => self.wait_for_shard(map, router, key, env).await?,
+            None => match self.wait_for_shard(map, router, key, env).await {
+                Ok(env) => env,
+                Err(e) => return Err(SendFailure::of(e, msg)),
+            },
         };
-        let bytes = router.request(env).await.map_err(route_error)?;
-        rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e)))
-    }
-
-    /// A client's send: the shard from the client's map (it has one from the start), then
-    /// straight to the owner.
-    async fn send_from_client<M>(
-        &self,
-        client: &clusterfunk_actors::client::Client,
-        key: &E::Key,
-        msg: M,
-        trace: TraceContext,
-        eid: u64,
-        mid: u64,
-    ) -> Result<M::Output, SendError>
-    where
-        M: RemoteMessage,
-    {
-        let shard = shard_for(key, client.map().shard_count());
-        let env = Envelope {
-            entity: eid,
-            message: mid,
-            shard,
-            key: rmp_serde::to_vec(key).map_err(|e| SendError::Encode(Arc::new(e)))?,
-            payload: super::encode_value(&msg).map_err(|e| SendError::Encode(Arc::new(e)))?,
-            epoch: Epoch(0),
-            replica: false,
-            trace: Some(trace.traceparent()),
-        };
-        let bytes = client.request(env, None).await.map_err(route_error)?;
-        rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e)))
+        let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+        match router.request_within(env, left).await {
+            Ok(bytes) => decode(&bytes),
+            Err(e) => Err(SendFailure::of(route_error(e), msg)),
+        }
     }
 
     /// Sends `msg` to the instance for `key` on each **follower** of its shard (with a replica
@@ -242,7 +421,7 @@ impl<E: ShardedActor> Sharded<E> {
     pub async fn send_to_replicas<M>(&self, key: &E::Key, msg: M) -> Vec<(NodeId, Result<M::Output, SendError>)>
     where
         M: RemoteMessage,
-        E: Handler<M>,
+        E: Handles<M>,
     {
         let (router, map) = match &self.via {
             Via::Member { router, map, .. } => (router, map),
@@ -276,7 +455,7 @@ impl<E: ShardedActor> Sharded<E> {
         };
         let (key, payload) = match (rmp_serde::to_vec(key), super::encode_value(&msg)) {
             (Ok(k), Ok(p)) => (k, p),
-            (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(Arc::new(e))),
+            (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(e.to_string())),
         };
         let (trace, span) = TraceContext::open_send(self.wire_name);
         let env = Envelope {
@@ -293,7 +472,7 @@ impl<E: ShardedActor> Sharded<E> {
             let (router, env, f) = (router, &env, *f);
             async move {
                 let answer = match router.request_to(f, env).await {
-                    Ok(bytes) => rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(Arc::new(e))),
+                    Ok(bytes) => rmp_serde::from_slice(&bytes).map_err(|e| SendError::Decode(e.to_string())),
                     Err(RouteError::Refused(r)) => Err(SendError::from(r)),
                     Err(e) => Err(SendError::Route(e)),
                 };
