@@ -145,6 +145,23 @@ async fn a_waiting_handler_holds_back_the_next_message() {
     c.shutdown().await;
 }
 
+#[actix_rt::test]
+async fn a_per_call_timeout_bounds_the_send_and_tell_waits_for_the_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path(), |e| e.handles::<Inc>().handles::<Hold>()).await;
+    let f = c.sharded::<Fragile>();
+    let k = "t".to_string();
+    // Hold takes 100 ms: a 20 ms deadline ends the send with Timeout, and the message, queued to
+    // the entity and maybe handled, is not handed back.
+    let late = f.send_timeout(&k, Hold, Duration::from_millis(20)).await.unwrap_err();
+    assert!(matches!(late.error(), SendError::Route(clusterfunk::RouteError::Timeout { .. })), "{late}");
+    assert!(late.unsent().is_none());
+    // tell returns once the handler ran: the next answer counts it.
+    f.tell(&k, Inc).await.unwrap();
+    assert_eq!(f.send_timeout(&k, Inc, Duration::from_secs(5)).await.unwrap(), 102, "Hold set 100, then two Incs");
+    c.shutdown().await;
+}
+
 #[test]
 fn registering_a_type_twice_is_refused() {
     let dir = tempfile::tempdir().unwrap();
