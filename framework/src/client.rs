@@ -229,10 +229,8 @@ impl Client {
         what: &'static str,
         pred: impl Fn(&ShardMap) -> bool,
     ) -> Result<Arc<ShardMap>, Error> {
-        let mut maps = self.inner.watch_map();
-        let found = tokio::time::timeout(timeout, maps.wait_for(|m| pred(m))).await;
-        match found {
-            Ok(Ok(m)) => Ok(m.clone()),
+        match tokio::time::timeout(timeout, self.inner.wait_for_map(pred)).await {
+            Ok(Ok(m)) => Ok(m),
             _ => Err(Error::Timeout(timeout, what)),
         }
     }

@@ -223,19 +223,11 @@ impl Client {
         self.inner.view.borrow().map.clone()
     }
 
-    /// A watch of the newest map.
-    pub fn watch_map(&self) -> watch::Receiver<Arc<ShardMap>> {
-        let (tx, rx) = watch::channel(self.map());
+    /// Waits until the newest map satisfies `pred` and returns it (an error: the client stopped).
+    pub async fn wait_for_map(&self, pred: impl Fn(&ShardMap) -> bool) -> Result<Arc<ShardMap>, Error> {
         let mut view = self.inner.view.clone();
-        self.inner.arbiter.spawn(async move {
-            while view.changed().await.is_ok() {
-                let map = view.borrow_and_update().map.clone();
-                if tx.send(map).is_err() {
-                    return;
-                }
-            }
-        });
-        rx
+        let v = view.wait_for(|v| pred(&v.map)).await.map_err(|_| Error::Closed)?;
+        Ok(v.map.clone())
     }
 
     /// The node whose pushed map the client follows now.

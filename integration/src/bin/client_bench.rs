@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use clusterfunk::{Client, Cluster};
+use clusterfunk::{Client, Cluster, Sharded};
 use clusterfunk_integration::inproc::{keys_on, pair, Inc, Tally};
 use futures::StreamExt;
 
@@ -38,11 +38,8 @@ async fn client(seed: &Cluster, gateway: bool) -> anyhow::Result<Client> {
         .await?)
 }
 
-async fn measure(name: &str, c: &Client, keys: &[u64]) -> anyhow::Result<()> {
-    let tallies = c.sharded::<Tally>();
-    for k in keys {
-        tallies.send(k, Inc).await?;
-    }
+/// 10,000 sends one after another: p50 and p99 latency.
+async fn sequential(name: &str, tallies: &Sharded<Tally>, keys: &[u64]) -> anyhow::Result<()> {
     let mut lat: Vec<f64> = Vec::with_capacity(10_000);
     for i in 0..10_000 {
         let t = Instant::now();
@@ -52,6 +49,15 @@ async fn measure(name: &str, c: &Client, keys: &[u64]) -> anyhow::Result<()> {
     lat.sort_by(|x, y| x.total_cmp(y));
     println!("{name}_seq_p50_us={:.1}", lat[lat.len() / 2]);
     println!("{name}_seq_p99_us={:.1}", lat[lat.len() * 99 / 100]);
+    Ok(())
+}
+
+async fn measure(name: &str, c: &Client, keys: &[u64]) -> anyhow::Result<()> {
+    let tallies = c.sharded::<Tally>();
+    for k in keys {
+        tallies.send(k, Inc).await?;
+    }
+    sequential(name, &tallies, keys).await?;
     const PIPE: usize = 200_000;
     let t = Instant::now();
     let ok = futures::stream::iter(0..PIPE)
@@ -81,15 +87,7 @@ async fn run() -> anyhow::Result<()> {
     measure("client_direct", &direct, &keys).await?;
     measure("client_via_wrong_node", &gateway, &keys).await?;
     // The member's own path for comparison: a's router forwarding to b (one hop).
-    let member = a.sharded::<Tally>();
-    let mut lat: Vec<f64> = Vec::with_capacity(10_000);
-    for i in 0..10_000 {
-        let t = Instant::now();
-        member.send(&keys[i % keys.len()], Inc).await?;
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    lat.sort_by(|x, y| x.total_cmp(y));
-    println!("member_remote_seq_p50_us={:.1}", lat[lat.len() / 2]);
+    sequential("member_remote", &a.sharded::<Tally>(), &keys).await?;
     let s = direct.stats();
     println!("client_direct_not_owner={}", s.not_owner);
     drop((direct, gateway));
