@@ -106,6 +106,10 @@ impl Topology {
 /// Topology streams served at once; beyond it a new one is closed at once.
 pub const MAX_SUBSCRIBERS: usize = 1024;
 
+/// Client request streams served at once per protocol (direct, gateway); beyond it a new one
+/// is closed at once. Each may have `inbound_concurrency` requests in flight.
+pub const MAX_CLIENT_STREAMS: usize = 1024;
+
 /// Accepts topology streams until the transport stops.
 pub(crate) async fn topology_loop(router: Router, mut incoming: libp2p_stream::IncomingStreams) {
     let slots = Arc::new(Semaphore::new(MAX_SUBSCRIBERS));

@@ -26,9 +26,23 @@ pub(crate) enum Peer {
 
 /// Accepts proxy streams from peers until the transport stops.
 pub(crate) async fn accept_loop(router: Router, mut incoming: libp2p_stream::IncomingStreams, from: Peer) {
+    // Members are few and known; clients are not: their streams are capped per protocol.
+    let slots = Arc::new(Semaphore::new(super::clients::MAX_CLIENT_STREAMS));
     while let Some((peer, stream)) = incoming.next().await {
         let r = router.clone();
-        router.arbiter().spawn(serve(r, peer, stream, from));
+        if from == Peer::Member {
+            router.arbiter().spawn(serve(r, peer, stream, from));
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            router.stats().client_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, max = super::clients::MAX_CLIENT_STREAMS, "too many client streams: refused");
+            continue;
+        };
+        router.arbiter().spawn(async move {
+            serve(r, peer, stream, from).await;
+            drop(permit);
+        });
     }
 }
 
