@@ -29,7 +29,7 @@ use crate::Error;
 /// # use serde::{Deserialize, Serialize};
 /// # struct Counter(u64);
 /// # impl actix::Actor for Counter { type Context = actix::Context<Self>; }
-/// # impl ShardedActor for Counter { type Key = String; fn from_key(_: &String, _: EntityInfo) -> Self { Counter(0) } }
+/// # impl ShardedActor for Counter { type Key = String; type Messages = (Add,); fn from_key(_: &String, _: EntityInfo) -> Self { Counter(0) } }
 /// # #[derive(actix::Message, Serialize, Deserialize)] #[rtype(result = "u64")] struct Add(u64);
 /// # impl actix::Handler<Add> for Counter { type Result = u64; fn handle(&mut self, a: Add, _: &mut Self::Context) -> u64 { self.0 += a.0; self.0 } }
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +37,7 @@ use crate::Error;
 ///     .name("shop")
 ///     .env("dev")
 ///     .seed("10.0.0.5:7000")
-///     .entity::<Counter>(|e| e.handles::<Add>())
+///     .entity::<Counter>()
 ///     .connect()
 ///     .await?;
 /// let n = client.sharded::<Counter>().send(&"basket-7".to_string(), Add(1)).await?;
@@ -111,9 +111,17 @@ impl ClientBuilder {
         self
     }
 
-    /// Registers an entity type the client sends to, with its messages, exactly as the nodes
-    /// register it (the wire names must match).
-    pub fn entity<E: ShardedActor>(mut self, f: impl FnOnce(EntityRegistration<E>) -> EntityRegistration<E>) -> Self {
+    /// Registers an entity type the client sends to, with the messages its
+    /// [`Messages`](ShardedActor::Messages) lists, under their default wire names.
+    pub fn entity<E: ShardedActor>(self) -> Self {
+        self.entity_with::<E>(|e| e)
+    }
+
+    /// [`entity`](Self::entity), with wire names of your own: the same as the nodes give it.
+    pub fn entity_with<E: ShardedActor>(
+        mut self,
+        f: impl FnOnce(EntityRegistration<E>) -> EntityRegistration<E>,
+    ) -> Self {
         self.entities.0.push(Arc::new(f(EntityRegistration::new())));
         self
     }
@@ -189,10 +197,7 @@ impl Client {
     /// If `E` was not registered with [`ClientBuilder::entity`].
     pub fn sharded<E: ShardedActor>(&self) -> Sharded<E> {
         let entity = self.registry.entity_id::<E>().unwrap_or_else(|| {
-            panic!(
-                "{} is not registered: add .entity::<{0}>(|e| e.handles::<..>()) to the client builder",
-                std::any::type_name::<E>()
-            )
+            panic!("{} is not registered: add .entity::<{0}>() to the client builder", std::any::type_name::<E>())
         });
         Sharded {
             entity,

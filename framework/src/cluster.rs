@@ -218,10 +218,7 @@ impl Cluster {
     /// error, found the first time the code runs.
     pub fn sharded<E: ShardedActor>(&self) -> Sharded<E> {
         let host = self.inner.registry.host::<E>().unwrap_or_else(|| {
-            panic!(
-                "{} is not registered: add .entity::<{0}>(|e| e.handles::<..>()) to the builder",
-                std::any::type_name::<E>()
-            )
+            panic!("{} is not registered: add .entity::<{0}>() to the builder", std::any::type_name::<E>())
         });
         let entity = self.inner.registry.entity_id::<E>().expect("registered: its host exists");
         Sharded {

@@ -94,7 +94,7 @@ pub enum ConfigError {
     #[error("entity: {0} is registered twice")]
     DuplicateEntity(&'static str),
     /// Two registered types have the same wire name (or hash to the same wire id): name one.
-    #[error("entity: {a} and {b} have the same wire name; give one another with .named(..) or .handles_as::<..>(..)")]
+    #[error("entity: {a} and {b} have the same wire name; give one another with .named(..) or .message_named::<..>(..) in entity_with")]
     WireIdCollision {
         /// One type.
         a: &'static str,
@@ -544,9 +544,19 @@ impl Builder {
         self
     }
 
-    /// Registers an entity type and the messages it accepts from other nodes:
-    /// `.entity::<Counter>(|e| e.handles::<Add>().handles::<Get>())`.
-    pub fn entity<E: ShardedActor>(mut self, f: impl FnOnce(EntityRegistration<E>) -> EntityRegistration<E>) -> Self {
+    /// Hosts entity type `E` on this node, with the messages its
+    /// [`Messages`](ShardedActor::Messages) lists, under their default wire names:
+    /// `.entity::<Counter>()`.
+    pub fn entity<E: ShardedActor>(self) -> Self {
+        self.entity_with::<E>(|e| e)
+    }
+
+    /// [`entity`](Self::entity), with wire names of your own (for a renamed or moved type):
+    /// `.entity_with::<Counter>(|e| e.named("shop.counter"))`.
+    pub fn entity_with<E: ShardedActor>(
+        mut self,
+        f: impl FnOnce(EntityRegistration<E>) -> EntityRegistration<E>,
+    ) -> Self {
         self.entities.0.push(Arc::new(f(EntityRegistration::new())));
         self
     }

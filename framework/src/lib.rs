@@ -45,8 +45,8 @@ pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId, WorkerIndex};
 pub use config::{Builder, ClusterConfig, ConfigError, Mode, Rebalance};
 pub use entity::{
-    fencing_epoch, EntityInfo, EntityRegistration, Handles, RemoteMessage, SendError, SendFailure, Sharded,
-    ShardedActor,
+    fencing_epoch, At, EntityInfo, EntityRegistration, Handles, Lists, MessageList, RemoteMessage, SendError,
+    SendFailure, Sharded, ShardedActor,
 };
 pub use hooks::ClusterEvent;
 pub use manage::MemberInfo;

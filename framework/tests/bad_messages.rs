@@ -15,8 +15,31 @@ impl Actor for Echo {
 
 impl ShardedActor for Echo {
     type Key = u64;
+    type Messages = (Bytes, OnlyOnA);
     fn from_key(_: &u64, _: EntityInfo) -> Self {
         Echo
+    }
+}
+
+/// `Echo` as an older build has it, under the same wire name: without `OnlyOnA`.
+struct OldEcho;
+
+impl Actor for OldEcho {
+    type Context = Context<Self>;
+}
+
+impl ShardedActor for OldEcho {
+    type Key = u64;
+    type Messages = (Bytes,);
+    fn from_key(_: &u64, _: EntityInfo) -> Self {
+        OldEcho
+    }
+}
+
+impl Handler<Bytes> for OldEcho {
+    type Result = usize;
+    fn handle(&mut self, Bytes(b): Bytes, _: &mut Context<Self>) -> usize {
+        b.len()
     }
 }
 
@@ -58,18 +81,11 @@ async fn unknown_and_oversized_messages_are_typed_errors() {
             .voters(1)
             .mdns(false)
     };
-    // a accepts OnlyOnA from other nodes; b does not know it.
-    let a = base("a", seed.clone())
-        .bootstrap(true)
-        .entity::<Echo>(|e| e.handles::<Bytes>().handles::<OnlyOnA>())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    // a accepts OnlyOnA from other nodes; b, an older build of the entity, does not know it.
+    let a = base("a", seed.clone()).bootstrap(true).entity::<Echo>().build().unwrap().start().await.unwrap();
     let b = base("b", format!("127.0.0.1:{}", free_port()))
         .join(seed)
-        .entity::<Echo>(|e| e.handles::<Bytes>())
+        .entity_with::<OldEcho>(|e| e.named("Echo"))
         .build()
         .unwrap()
         .start()

@@ -16,6 +16,7 @@ impl Actor for Tally {
 
 impl ShardedActor for Tally {
     type Key = u64;
+    type Messages = (Inc, Read, Fence, Traced);
     fn from_key(_: &u64, info: EntityInfo) -> Self {
         Tally(0, info)
     }
@@ -82,7 +83,7 @@ pub async fn node(dir: &std::path::Path, name: &str, listen: String, join: Optio
         .voters(1)
         .mdns(false)
         .passivate_after(Duration::from_secs(3600))
-        .entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>().handles::<Traced>());
+        .entity::<Tally>();
     let b = match join {
         Some(j) => b.join(j),
         None => b.bootstrap(true),

@@ -56,13 +56,7 @@ fn a_client_routes_to_owners_through_a_join_a_leave_and_a_kill_and_none_is_misro
     eprintln!("--- formed: {ids:?}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = rt
-        .block_on(
-            Client::builder()
-                .name("client")
-                .seed(nodes[1].listen.clone())
-                .entity::<Counter>(|e| e.handles::<Add>())
-                .connect(),
-        )
+        .block_on(Client::builder().name("client").seed(nodes[1].listen.clone()).entity::<Counter>().connect())
         .map_err(|e| fail(&nodes, e.into()))?;
     eprintln!("--- client connected");
     assert_eq!(client.shard_map().shard_count() as u64, SHARDS);
@@ -76,7 +70,7 @@ fn a_client_routes_to_owners_through_a_join_a_leave_and_a_kill_and_none_is_misro
             .name("client")
             .seed(nodes[2].listen.clone())
             .gateway(true)
-            .entity::<Counter>(|e| e.handles::<Add>())
+            .entity::<Counter>()
             .connect()
             .await?;
         let via = gw.following().expect("a gateway").to_string();

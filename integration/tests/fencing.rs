@@ -43,6 +43,7 @@ impl Actor for Slow {
 
 impl ShardedActor for Slow {
     type Key = String;
+    type Messages = (Block, Count);
     fn from_key(key: &String, info: EntityInfo) -> Self {
         seen("created", info.node, key);
         Slow { key: key.clone(), node: info.node }
@@ -76,9 +77,7 @@ impl Handler<Count> for Slow {
 }
 
 async fn start(dir: &std::path::Path, name: &str, budget: Duration) -> Vec<Cluster> {
-    cluster(dir, name, 3, 3, |b, _| b.hook_budget(budget).entity::<Slow>(|e| e.handles::<Block>().handles::<Count>()))
-        .await
-        .unwrap()
+    cluster(dir, name, 3, 3, |b, _| b.hook_budget(budget).entity::<Slow>()).await.unwrap()
 }
 
 fn index_of(nodes: &[Cluster], id: NodeId) -> usize {

@@ -16,8 +16,7 @@ fn plan(spec: &str) -> FaultPlan {
 async fn duplicated_and_reordered_messages_run_once() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(dir.path(), "mfaults", 3, 3, |b, i| {
-        b.entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>())
-            .message_faults(plan(&format!("delay=0ms..4ms,dup=0.3,reorder=0.2,seed={i}")))
+        b.entity::<Tally>().message_faults(plan(&format!("delay=0ms..4ms,dup=0.3,reorder=0.2,seed={i}")))
     })
     .await
     .expect("a cluster forms while every message may be delayed, doubled or overtaken");

@@ -34,6 +34,7 @@ impl Actor for Ledger {
 
 impl ShardedActor for Ledger {
     type Key = String;
+    type Messages = (Record,);
     fn from_key(key: &String, _: EntityInfo) -> Self {
         Ledger(key.clone())
     }
@@ -66,7 +67,7 @@ async fn start(dir: &Path, name: &str, n: usize, events: &Events) -> anyhow::Res
 
 fn node_builder(b: clusterfunk::Builder, dir: &Path, i: usize, events: &Events) -> clusterfunk::Builder {
     let ev = events.clone();
-    b.journal(journal_path(dir, i)).entity::<Ledger>(|e| e.handles::<Record>()).on_event(move |e| {
+    b.journal(journal_path(dir, i)).entity::<Ledger>().on_event(move |e| {
         let ev = ev.clone();
         async move { ev.lock().unwrap().push((i, monotonic_ns(), e)) }
     })

@@ -13,11 +13,9 @@ use clusterfunk_integration::inproc::{cluster, Fence, Inc, Read, Tally};
 #[actix_rt::test]
 async fn followers_take_replica_messages_and_serve_on_when_promoted() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path(), "replicas", 3, 3, |b, _| {
-        b.replica_factor(2).entity::<Tally>(|e| e.handles::<Inc>().handles::<Read>().handles::<Fence>())
-    })
-    .await
-    .expect("three nodes, two copies of each shard");
+    let nodes = cluster(dir.path(), "replicas", 3, 3, |b, _| b.replica_factor(2).entity::<Tally>())
+        .await
+        .expect("three nodes, two copies of each shard");
     let by_id = |id: clusterfunk::NodeId| nodes.iter().find(|n| n.node_id() == id).expect("one of ours");
 
     // A key whose owner is not the Raft leader (so losing it later is a plain owner loss).

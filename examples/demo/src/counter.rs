@@ -17,6 +17,7 @@ impl Actor for Counter {
 
 impl ShardedActor for Counter {
     type Key = String;
+    type Messages = (Add,);
 
     fn from_key(_key: &String, info: EntityInfo) -> Self {
         Counter { n: 0, info }

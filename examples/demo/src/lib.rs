@@ -277,7 +277,7 @@ pub struct App {
 
 /// The demo: a counter per key.
 pub const DEMO: App = App {
-    register: |b| b.entity::<counter::Counter>(|e| e.handles::<counter::Add>()),
+    register: |b| b.entity::<counter::Counter>(),
     routes: counter::routes,
     traffic: Some(|c, rate| Box::pin(traffic(c, rate))),
 };

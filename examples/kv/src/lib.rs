@@ -37,14 +37,8 @@ pub const MAX_SET: usize = 100_000;
 /// The largest set element, in bytes.
 pub const MAX_ELEMENT: usize = 256;
 
-/// The KV entity's messages, registered alike by the nodes and by a client (`kv-client`).
-pub fn messages(e: clusterfunk::EntityRegistration<Kv>) -> clusterfunk::EntityRegistration<Kv> {
-    e.handles::<Get>().handles::<Put>().handles::<Delete>().handles::<Cas>().handles::<Append>()
-}
-
 /// The node app: the KV entity and its routes.
-pub const APP: clusterfunk_demo::App =
-    clusterfunk_demo::App { register: |b| b.entity::<Kv>(messages), routes, traffic: None };
+pub const APP: clusterfunk_demo::App = clusterfunk_demo::App { register: |b| b.entity::<Kv>(), routes, traffic: None };
 
 /// One key's value.
 pub struct Kv {
@@ -62,6 +56,7 @@ impl Actor for Kv {
 
 impl ShardedActor for Kv {
     type Key = String;
+    type Messages = (Get, Put, Delete, Cas, Append);
     fn from_key(key: &String, info: EntityInfo) -> Self {
         let instance = format!("{:016x}", rand::random::<u64>());
         Kv { key: key.clone(), value: None, write_id: None, set: Vec::new(), instance, info }

@@ -1,6 +1,7 @@
 //! Sharded actors: entity types whose instances live on the node owning their key's shard.
 
 mod host;
+mod messages;
 mod registry;
 mod sharded;
 
@@ -12,6 +13,7 @@ use clusterfunk_actors::shard::ShardKey;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 pub use host::fencing_epoch;
 pub(crate) use host::PASSIVATION_REASONS;
+pub use messages::{At, Lists, MessageList};
 pub use registry::EntityRegistration;
 pub(crate) use registry::{check_ids, EntitySpec, HostEnv, Registry};
 use serde::de::DeserializeOwned;
@@ -35,10 +37,10 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, 
 ///   message for a key arrives there (from this node or forwarded from another). The instance is
 ///   started on one of the node's entity arbiters, chosen by shard, so all entities of one shard
 ///   share a thread and never run on the caller's thread.
-/// - **Messages.** Ordinary actix handlers: `impl Handler<M> for YourEntity`. One instance handles
-///   its messages one at a time, in the order they reach it. Messages sent from other nodes must
-///   be registered (`.entity::<E>(|e| e.handles::<M>())`) and their type and result must be serde
-///   types.
+/// - **Messages.** Ordinary actix handlers: `impl Handler<M> for YourEntity`, listed once in
+///   [`Messages`](ShardedActor::Messages): `type Messages = (Add, Get);`. Their types and
+///   results must be serde types. One instance handles its messages one at a time, in the order
+///   they reach it.
 /// - **Passivation.** An instance that received nothing for the configured idle time is stopped
 ///   (its `stopping`/`stopped` run); the next message creates a new one from `from_key`. An entity
 ///   can passivate itself with `ctx.stop()`; a message that reaches it while it is stopping fails
@@ -73,6 +75,7 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, 
 ///
 /// impl ShardedActor for Counter {
 ///     type Key = String;
+///     type Messages = (Add,);
 ///     fn from_key(_key: &String, _info: EntityInfo) -> Self {
 ///         Counter { n: 0 }
 ///     }
@@ -90,11 +93,16 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, 
 ///     }
 /// }
 ///
-/// // In main: Cluster::builder().entity::<Counter>(|e| e.handles::<Add>())...
+/// // In main: Cluster::builder().entity::<Counter>()...
 /// ```
 pub trait ShardedActor: Actor<Context = Context<Self>> + Sized {
     /// What identifies one instance; hashed with [`ShardKey`] to find its shard.
     type Key: ShardKey + Serialize + DeserializeOwned + Clone + Eq + Hash + Debug + Send + Sync + 'static;
+
+    /// The messages it accepts from anywhere, each with a `Handler` impl: a tuple such as
+    /// `(Add, Get)`, or `()` for none ([`MessageList`]). Only these can be sent with
+    /// [`Sharded`]; a message left out fails to compile where it is sent.
+    type Messages: MessageList<Self>;
 
     /// Creates the instance for `key`. Runs on the owning node, on the entity's arbiter.
     fn from_key(key: &Self::Key, info: EntityInfo) -> Self;

@@ -12,11 +12,12 @@ use clusterfunk_actors::types::NodeId;
 use futures::future::BoxFuture;
 
 use super::host::{Admission, EntityHost, HostControl, Undelivered};
+use super::messages::{Lists, MessageList};
 use super::{default_wire_name, wire_id, RemoteMessage, ShardedActor};
 use crate::config::ConfigError;
 
 type Handle = Arc<dyn Fn(Envelope) -> BoxFuture<'static, Result<Vec<u8>, Refusal>> + Send + Sync>;
-type MakeHandle<E> = fn(Arc<EntityHost<E>>) -> Handle;
+pub(super) type MakeHandle<E> = fn(Arc<EntityHost<E>>) -> Handle;
 
 /// One registered message type.
 struct MessageReg<E: ShardedActor> {
@@ -27,8 +28,10 @@ struct MessageReg<E: ShardedActor> {
     make: MakeHandle<E>,
 }
 
-/// The messages an entity type handles from other nodes; built with
-/// `Cluster::builder().entity::<E>(|e| e.handles::<M1>().handles::<M2>())`.
+/// How an entity type is registered: its wire name and its messages' (the messages are those
+/// of [`ShardedActor::Messages`]). Given to
+/// [`Builder::entity_with`](crate::Builder::entity_with) and
+/// [`ClientBuilder::entity_with`](crate::ClientBuilder::entity_with).
 ///
 /// Every entity type and message type has a **wire name**, which nodes use to tell each other
 /// what a message is: by default the type's name without its module path (`Counter`, `Add`),
@@ -40,11 +43,11 @@ struct MessageReg<E: ShardedActor> {
 /// # use clusterfunk::{EntityInfo, ShardedActor};
 /// # struct Counter;
 /// # impl Actor for Counter { type Context = Context<Self>; }
-/// # impl ShardedActor for Counter { type Key = String; fn from_key(_: &String, _: EntityInfo) -> Self { Counter } }
+/// # impl ShardedActor for Counter { type Key = String; type Messages = (Add,); fn from_key(_: &String, _: EntityInfo) -> Self { Counter } }
 /// # #[derive(Message, serde::Serialize, serde::Deserialize)] #[rtype(result = "u64")] struct Add(u64);
 /// # impl Handler<Add> for Counter { type Result = u64; fn handle(&mut self, _: Add, _: &mut Context<Self>) -> u64 { 0 } }
 /// let builder = clusterfunk::Cluster::builder()
-///     .entity::<Counter>(|e| e.named("shop.counter").handles_as::<Add>("shop.counter.add"));
+///     .entity_with::<Counter>(|e| e.named("shop.counter").message_named::<Add, _>("shop.counter.add"));
 /// # let _ = builder;
 /// ```
 pub struct EntityRegistration<E: ShardedActor> {
@@ -56,12 +59,17 @@ pub struct EntityRegistration<E: ShardedActor> {
 
 impl<E: ShardedActor> EntityRegistration<E> {
     pub(crate) fn new() -> Self {
-        EntityRegistration {
-            name: None,
-            default_name: default_wire_name::<E>(),
-            messages: Vec::new(),
-            _entity: PhantomData,
-        }
+        let messages = <E::Messages as MessageList<E>>::declare()
+            .into_iter()
+            .map(|d| MessageReg {
+                id: wire_id(d.default_name),
+                name: d.default_name,
+                ty: d.ty,
+                type_name: d.type_name,
+                make: d.make,
+            })
+            .collect();
+        EntityRegistration { name: None, default_name: default_wire_name::<E>(), messages, _entity: PhantomData }
     }
 
     /// The entity type's wire name (default: its type name without the module path). Every
@@ -71,29 +79,18 @@ impl<E: ShardedActor> EntityRegistration<E> {
         self
     }
 
-    /// `E` accepts `M` from any node, under `M`'s default wire name (its type name without the
-    /// module path).
-    pub fn handles<M>(self) -> Self
+    /// The wire name of message `M`, one of the entity's [`Messages`](ShardedActor::Messages)
+    /// (default: its type name without the module path). Every node and client must use the same
+    /// one. The second type parameter is inferred: write `message_named::<Add, _>("...")`.
+    pub fn message_named<M, I>(mut self, name: &'static str) -> Self
     where
         M: RemoteMessage,
-        E: Handler<M>,
+        E::Messages: Lists<M, I>,
     {
-        self.handles_as::<M>(default_wire_name::<M>())
-    }
-
-    /// `E` accepts `M` from any node, under the wire name `name`.
-    pub fn handles_as<M>(mut self, name: &'static str) -> Self
-    where
-        M: RemoteMessage,
-        E: Handler<M>,
-    {
-        self.messages.push(MessageReg {
-            id: wire_id(name),
-            name,
-            ty: TypeId::of::<M>(),
-            type_name: std::any::type_name::<M>(),
-            make: make_handle::<E, M>,
-        });
+        for m in self.messages.iter_mut().filter(|m| m.ty == TypeId::of::<M>()) {
+            m.id = wire_id(name);
+            m.name = name;
+        }
         self
     }
 
@@ -102,7 +99,7 @@ impl<E: ShardedActor> EntityRegistration<E> {
     }
 }
 
-fn make_handle<E, M>(host: Arc<EntityHost<E>>) -> Handle
+pub(super) fn make_handle<E, M>(host: Arc<EntityHost<E>>) -> Handle
 where
     E: ShardedActor + Handler<M>,
     M: RemoteMessage,

@@ -9,6 +9,7 @@ use clusterfunk_actors::shard::shard_for;
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 
 use super::host::{Admission, EntityHost, Undelivered};
+use super::messages::Lists;
 use super::registry::Registry;
 use super::{RemoteMessage, ShardedActor};
 use crate::trace::TraceContext;
@@ -26,14 +27,6 @@ pub enum SendError {
     /// The entity stopped or panicked while handling the message.
     #[error("the entity failed while handling the message")]
     EntityFailed,
-    /// The message type was not registered for this entity type.
-    #[error("{entity} does not accept {message} from other nodes: register it with .handles::<{message}>()")]
-    NotRegistered {
-        /// The entity type.
-        entity: &'static str,
-        /// The message type.
-        message: &'static str,
-    },
     /// The key or the message could not be encoded (what the encoder said).
     #[error("cannot encode the message: {0}")]
     Encode(String),
@@ -49,7 +42,7 @@ impl SendError {
     pub fn unsent(&self) -> bool {
         match self {
             SendError::Route(e) => e.unsent(),
-            SendError::NotRegistered { .. } | SendError::Encode(_) => true,
+            SendError::Encode(_) => true,
             SendError::EntityFailed | SendError::Decode(_) => false,
         }
     }
@@ -122,11 +115,22 @@ impl<M> std::error::Error for SendFailure<M> {
     }
 }
 
-/// `E` handles `M`: an entity type and a message it accepts, as [`Sharded::send`] requires.
-/// Implemented for every [`ShardedActor`] with an actix `Handler<M>`.
-pub trait Handles<M: RemoteMessage>: ShardedActor + Handler<M> {}
+/// `E` accepts `M` from anywhere: `M` is one of its [`Messages`](ShardedActor::Messages), as
+/// [`Sharded::send`] requires. `I` is `M`'s position in the list, inferred (never written).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not accept `{M}`",
+    label = "`{M}` is not in `{Self}`'s `type Messages`",
+    note = "list `{M}` in `type Messages = (..)` of `impl ShardedActor for {Self}`"
+)]
+pub trait Handles<M: RemoteMessage, I>: ShardedActor + Handler<M> {}
 
-impl<E: ShardedActor + Handler<M>, M: RemoteMessage> Handles<M> for E {}
+impl<E, M, I> Handles<M, I> for E
+where
+    E: ShardedActor + Handler<M>,
+    M: RemoteMessage,
+    E::Messages: Lists<M, I>,
+{
+}
 
 /// The envelope of `msg` for `key` in `shard`, not yet stamped.
 fn envelope<K: serde::Serialize, M: RemoteMessage>(
@@ -227,14 +231,14 @@ impl<E: ShardedActor> Sharded<E> {
     /// The send continues the trace of the message being handled on this thread (a handler
     /// sending on), else starts one: read when `send` is called, not when it is first polled
     /// ([`traceparent`](crate::traceparent)).
-    pub fn send<'a, M>(
+    pub fn send<'a, M, I>(
         &'a self,
         key: &'a E::Key,
         msg: M,
     ) -> impl std::future::Future<Output = Result<M::Output, SendFailure<M>>> + 'a
     where
         M: RemoteMessage,
-        E: Handles<M>,
+        E: Handles<M, I>,
     {
         self.traced(key, msg, None)
     }
@@ -248,7 +252,7 @@ impl<E: ShardedActor> Sharded<E> {
     /// # use std::time::Duration;
     /// # struct Counter(u64);
     /// # impl actix::Actor for Counter { type Context = actix::Context<Self>; }
-    /// # impl ShardedActor for Counter { type Key = String; fn from_key(_: &String, _: EntityInfo) -> Self { Counter(0) } }
+    /// # impl ShardedActor for Counter { type Key = String; type Messages = (Add,); fn from_key(_: &String, _: EntityInfo) -> Self { Counter(0) } }
     /// # #[derive(actix::Message, serde::Serialize, serde::Deserialize)] #[rtype(result = "u64")] struct Add(u64);
     /// # impl actix::Handler<Add> for Counter { type Result = u64; fn handle(&mut self, a: Add, _: &mut Self::Context) -> u64 { self.0 += a.0; self.0 } }
     /// async fn add(counters: &Sharded<Counter>, key: String) -> Option<u64> {
@@ -264,7 +268,7 @@ impl<E: ShardedActor> Sharded<E> {
     ///     }
     /// }
     /// ```
-    pub fn send_timeout<'a, M>(
+    pub fn send_timeout<'a, M, I>(
         &'a self,
         key: &'a E::Key,
         msg: M,
@@ -272,7 +276,7 @@ impl<E: ShardedActor> Sharded<E> {
     ) -> impl std::future::Future<Output = Result<M::Output, SendFailure<M>>> + 'a
     where
         M: RemoteMessage,
-        E: Handles<M>,
+        E: Handles<M, I>,
     {
         self.traced(key, msg, Some(timeout))
     }
@@ -280,10 +284,10 @@ impl<E: ShardedActor> Sharded<E> {
     /// Sends `msg` to the instance for `key` without wanting its answer: `Ok` once the entity
     /// handled it, else an error like [`send`](Self::send)'s. Never a silent drop: a message
     /// that could not be delivered is an error (with the message when it was not handled).
-    pub async fn tell<M>(&self, key: &E::Key, msg: M) -> Result<(), SendFailure<M>>
+    pub async fn tell<M, I>(&self, key: &E::Key, msg: M) -> Result<(), SendFailure<M>>
     where
         M: RemoteMessage,
-        E: Handles<M>,
+        E: Handles<M, I>,
     {
         self.traced(key, msg, None).await.map(drop)
     }
@@ -296,7 +300,7 @@ impl<E: ShardedActor> Sharded<E> {
     ) -> impl std::future::Future<Output = Result<M::Output, SendFailure<M>>> + 'a
     where
         M: RemoteMessage,
-        E: Handles<M>,
+        E: Handler<M>,
     {
         let (trace, span) = TraceContext::open_send(self.wire_name);
         self.send_traced(key, msg, trace, timeout).instrument(span)
@@ -311,12 +315,9 @@ impl<E: ShardedActor> Sharded<E> {
     ) -> Result<M::Output, SendFailure<M>>
     where
         M: RemoteMessage,
-        E: Handles<M>,
+        E: Handler<M>,
     {
-        let (eid, mid) = match self.ids::<M>() {
-            Ok(ids) => ids,
-            Err(e) => return Err(SendFailure::of(e, msg)),
-        };
+        let (eid, mid) = self.ids::<M>();
         let (host, router, map) = match &self.via {
             Via::Member { host, router, map } => (host, router, map),
             Via::Client(client) => {
@@ -405,7 +406,7 @@ impl<E: ShardedActor> Sharded<E> {
     /// # use serde::{Deserialize, Serialize};
     /// # struct Account(i64);
     /// # impl actix::Actor for Account { type Context = actix::Context<Self>; }
-    /// # impl ShardedActor for Account { type Key = String; fn from_key(_: &String, _: EntityInfo) -> Self { Account(0) } }
+    /// # impl ShardedActor for Account { type Key = String; type Messages = (Deposit,); fn from_key(_: &String, _: EntityInfo) -> Self { Account(0) } }
     /// #[derive(actix::Message, Serialize, Deserialize)]
     /// #[rtype(result = "i64")]
     /// struct Deposit(i64);
@@ -418,10 +419,10 @@ impl<E: ShardedActor> Sharded<E> {
     ///     }
     /// }
     /// ```
-    pub async fn send_to_replicas<M>(&self, key: &E::Key, msg: M) -> Vec<(NodeId, Result<M::Output, SendError>)>
+    pub async fn send_to_replicas<M, I>(&self, key: &E::Key, msg: M) -> Vec<(NodeId, Result<M::Output, SendError>)>
     where
         M: RemoteMessage,
-        E: Handles<M>,
+        E: Handles<M, I>,
     {
         let (router, map) = match &self.via {
             Via::Member { router, map, .. } => (router, map),
@@ -449,10 +450,7 @@ impl<E: ShardedActor> Sharded<E> {
         if router.serving_epoch(shard) != Some(epoch) {
             return fail(SendError::from(Refusal::NotOwner { shard, epoch, owner }));
         }
-        let (eid, mid) = match self.ids::<M>() {
-            Ok(ids) => ids,
-            Err(e) => return fail(e),
-        };
+        let (eid, mid) = self.ids::<M>();
         let (key, payload) = match (rmp_serde::to_vec(key), super::encode_value(&msg)) {
             (Ok(k), Ok(p)) => (k, p),
             (Err(e), _) | (_, Err(e)) => return fail(SendError::Encode(e.to_string())),
@@ -482,13 +480,10 @@ impl<E: ShardedActor> Sharded<E> {
         futures::future::join_all(sends).instrument(span).await
     }
 
-    /// The wire ids of `E` and `M`, if `M` was registered for `E`.
-    fn ids<M: RemoteMessage>(&self) -> Result<(u64, u64), SendError> {
-        let (eid, ename) = self.entity;
-        match self.registry.message_id::<E, M>() {
-            Some(mid) => Ok((eid, mid)),
-            None => Err(SendError::NotRegistered { entity: ename, message: std::any::type_name::<M>() }),
-        }
+    /// The wire ids of `E` and `M`, one of its messages (registered with it).
+    fn ids<M: RemoteMessage>(&self) -> (u64, u64) {
+        let mid = self.registry.message_id::<E, M>().expect("an entity's listed messages are registered with it");
+        (self.entity.0, mid)
     }
 
     /// Before this node has the cluster's state there is no shard count: wait for the first map.

@@ -33,7 +33,7 @@ async fn client(seed: &Cluster, gateway: bool) -> anyhow::Result<Client> {
         .env("test")
         .seed(addr)
         .gateway(gateway)
-        .entity::<Tally>(|e| e.handles::<Inc>())
+        .entity::<Tally>()
         .connect()
         .await?)
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use clusterfunk::Client;
-use clusterfunk_kv::{messages, Delete, Get, Kv, Put};
+use clusterfunk_kv::{Delete, Get, Kv, Put};
 
 #[derive(Parser)]
 #[command(name = "kv-client", about = "A client of the clusterfunk KV store (not a cluster member)")]
@@ -58,7 +58,7 @@ fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut b = Client::builder().name(&args.name).env(&args.env).gateway(args.gateway).entity::<Kv>(messages);
+    let mut b = Client::builder().name(&args.name).env(&args.env).gateway(args.gateway).entity::<Kv>();
     for s in &args.seeds {
         b = b.seed(s);
     }
