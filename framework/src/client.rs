@@ -181,8 +181,12 @@ pub struct ClientStats {
     pub not_owner: u64,
     /// Shard maps received.
     pub maps: u64,
-    /// Times the client began following another node's map (the one before went away).
+    /// Times the client began following another node's map (the one before went away, stopped
+    /// answering pings, or its map looked stale).
     pub switches: u64,
+    /// Times the followed node's map looked stale (many `NotOwner` answers and no new map for
+    /// seconds: a node cut off from the cluster) and the client followed another node.
+    pub stale: u64,
 }
 
 impl Client {
@@ -248,6 +252,7 @@ impl Client {
             not_owner: s.not_owner.load(Ordering::Relaxed),
             maps: s.maps.load(Ordering::Relaxed),
             switches: s.switches.load(Ordering::Relaxed),
+            stale: s.stale.load(Ordering::Relaxed),
         }
     }
 }

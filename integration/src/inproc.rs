@@ -93,17 +93,22 @@ pub async fn node(dir: &std::path::Path, name: &str, listen: String, join: Optio
 
 /// Two nodes of cluster `name` sharing one complete map.
 pub async fn pair(dir: &std::path::Path, name: &str) -> anyhow::Result<(Cluster, Cluster)> {
+    pair_at(dir, name).await.map(|(a, b, _)| (a, b))
+}
+
+/// [`pair`], and the first node's listen address.
+pub async fn pair_at(dir: &std::path::Path, name: &str) -> anyhow::Result<(Cluster, Cluster, String)> {
     let ports = crate::free_ports(2);
     let seed = format!("127.0.0.1:{}", ports[0]);
     let a = node(&dir.join("a"), name, seed.clone(), None).await?;
-    let b = node(&dir.join("b"), name, format!("127.0.0.1:{}", ports[1]), Some(seed)).await?;
+    let b = node(&dir.join("b"), name, format!("127.0.0.1:{}", ports[1]), Some(seed.clone())).await?;
     let both = |s: &ClusterStatus| s.shard_map.owners.len() == 2 && s.shard_map.unassigned == 0;
     a.wait_until(Duration::from_secs(30), "both nodes own shards", both).await?;
     b.wait_until(Duration::from_secs(30), "b has a's map", |s| {
         both(s) && s.shard_map.epoch == a.status().shard_map.epoch
     })
     .await?;
-    Ok((a, b))
+    Ok((a, b, seed))
 }
 
 /// The first `n` keys (counting from `from`) whose shard `owner` owns in `c`'s map.

@@ -250,6 +250,118 @@ fn a_client_routes_to_owners_through_a_join_a_leave_and_a_kill_and_none_is_misro
     Ok(())
 }
 
+/// A node that stops answering without closing its connections (SIGSTOP: its kernel still
+/// acknowledges every byte, as a host whose process hangs does): the client following it must
+/// notice (pings), follow another node, and reach the frozen node's shards at their new owners.
+/// Without the pings it would wait on that node's silent stream, and its map, for good.
+#[test]
+fn a_client_leaves_a_frozen_node_and_reaches_its_shards_elsewhere() -> anyhow::Result<()> {
+    // The client's own decisions (pings, switches), in the test's output on failure.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("clusterfunk_actors::client=debug,libp2p_ping=debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir()?;
+    let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
+    let shards = SHARDS.to_string();
+    let args = ["--name", "frozen", "--no-mdns", "--shards", &shards];
+    let mut nodes = clusterfunk_integration::start_cluster(exe, dir.path(), 3, &args)?;
+    let fail = |nodes: &[NodeProc], e: anyhow::Error| anyhow::anyhow!("{e}\n{}", logs(nodes));
+    let ids = wait_formed(&nodes, SHARDS, T).map_err(|e| fail(&nodes, e))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = rt
+        .block_on(Client::builder().name("frozen").seed(nodes[1].listen.clone()).entity::<Counter>().connect())
+        .map_err(|e| fail(&nodes, e.into()))?;
+    let followed = client.following().expect("following").to_string();
+    let frozen = ids.iter().position(|id| *id == followed).expect("one of the three");
+    let counters = client.sharded::<Counter>();
+    let keys: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    let on_frozen = keys
+        .iter()
+        .filter(|k| client.owner(client.shard_for(*k)).map(|o| o.to_string()) == Some(followed.clone()))
+        .count();
+    assert!(on_frozen > 0, "some keys are owned by the node to freeze");
+    for k in &keys {
+        rt.block_on(counters.send(k, Add(1))).map_err(|e| fail(&nodes, SendError::from(e).into()))?;
+    }
+
+    let froze = std::time::Instant::now();
+    assert!(nodes[frozen].signal(libc::SIGSTOP), "SIGSTOP sent");
+    let alive: Vec<usize> = (0..3).filter(|i| *i != frozen).collect();
+    let result = (|| -> anyhow::Result<()> {
+        wait_until(T, "the client to follow another node", || {
+            client.following().filter(|f| f.to_string() != followed).map(|_| ())
+        })?;
+        let left_after = froze.elapsed();
+        wait_until(T, "the frozen node's shards served elsewhere", || {
+            let s = nodes[alive[0]].status().ok()?;
+            let (owners, total) = clusterfunk_integration::view::owners(&s);
+            (owners.len() == 2 && total == SHARDS && !owners.contains(&followed)).then_some(())
+        })?;
+        rt_block(client.wait_for_map(T, "the client's map without the frozen node", |m| {
+            m.owner_counts().keys().all(|n| n.to_string() != followed) && !m.has_unassigned()
+        }))?;
+        for k in &keys {
+            let added = rt.block_on(counters.send(k, Add(1))).map_err(SendError::from)?;
+            assert_ne!(added.node, followed, "{k} answered by a live owner");
+        }
+        eprintln!("client left the frozen node after {left_after:?}; stats {:?}", client.stats());
+        Ok(())
+    })();
+    nodes[frozen].kill();
+    for i in &alive {
+        nodes[*i].signal(libc::SIGTERM);
+    }
+    result.map_err(|e| fail(&nodes, e))
+}
+
+/// A client's envelope whose shard is not its key's, sent through a gateway: the gateway refuses
+/// it and drops the client. Routed on, the owner would take it for the gateway's own bad frame
+/// and drop the gateway, a member: one client could cut the cluster's links.
+#[actix_rt::test]
+async fn a_wrong_shard_through_a_gateway_drops_the_client_not_the_member() -> anyhow::Result<()> {
+    use clusterfunk_actors::client::{Client as Raw, Config};
+    use clusterfunk_actors::proxy::{Envelope, Error, Refusal};
+    use clusterfunk_integration::inproc;
+    let dir = tempfile::tempdir()?;
+    let (a, b, seed) = inproc::pair_at(dir.path(), "wrongshard").await?;
+    let key = inproc::keys_on(&a, b.node_id(), 0, 1)[0];
+    let shard = a.shard_for(&key).expect("a map");
+    let mut cfg = Config::new(clusterfunk_actors::types::ClusterName::new("wrongshard", "test"), vec![seed]);
+    cfg.gateway = true;
+    let client = Raw::connect(cfg).await?;
+    let wire = |name: &str| xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+    let env = |shard| Envelope {
+        entity: wire("Tally"),
+        message: wire("Inc"),
+        shard,
+        key: rmp_serde::to_vec(&key).unwrap(),
+        payload: rmp_serde::to_vec_named(&inproc::Inc).unwrap(),
+        epoch: clusterfunk_actors::types::Epoch(0),
+        replica: false,
+        trace: None,
+    };
+    // Well-formed through the gateway: answered by the owner.
+    client.request(env(shard), Some(Duration::from_secs(10))).await?;
+    let (a_bad, b_bad) = (a.status().traffic.malformed, b.status().traffic.malformed);
+    let wrong = clusterfunk::ShardId((shard.0 + 1) % 1024);
+    match client.request(env(wrong), Some(Duration::from_secs(10))).await {
+        Err(Error::Refused(Refusal::WrongShard { claimed, actual })) => assert_eq!((claimed, actual), (wrong, shard)),
+        // Dropped right after the answer was queued: it may not have been written.
+        Err(Error::ConnectionLost { .. }) => {}
+        other => panic!("a wrong shard was not refused: {other:?}"),
+    }
+    assert_eq!(a.status().traffic.malformed, a_bad + 1, "the gateway dropped the client");
+    assert_eq!(b.status().traffic.malformed, b_bad, "the owner saw nothing wrong from the gateway");
+    // The members' link is whole: a sends to b's key at once.
+    let n = a.sharded::<inproc::Tally>().send_timeout(&key, inproc::Inc, Duration::from_secs(5)).await?;
+    assert!(n >= 2, "the first Inc and this one: {n}");
+    drop(client);
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
 /// Every handler run in the journals, by node and shard, in time order.
 struct Serves(std::collections::HashMap<(String, u32), Vec<u64>>);
 

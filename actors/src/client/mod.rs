@@ -93,8 +93,12 @@ pub struct Stats {
     pub maps: AtomicU64,
     /// Times the client started following another node (the one before went away).
     pub switches: AtomicU64,
-    /// Frames from a node that did not decode (the stream was dropped).
+    /// Frames from a node that did not decode, or a map that changed the shard count (the
+    /// stream was dropped).
     pub malformed: AtomicU64,
+    /// Times the followed node's map looked stale (many `NotOwner` answers, no new map) and the
+    /// client followed another node.
+    pub stale: AtomicU64,
 }
 
 /// Where each member listens, from the last topology.
@@ -108,11 +112,53 @@ pub(crate) struct View {
     pub(crate) from: Option<NodeId>,
 }
 
+/// `NotOwner` answers since the last map came that make the client follow another node, when
+/// that map is older than [`STALE_AFTER`]: the node it follows is behind (cut off from the
+/// Raft majority, or lying), so its map is not what the owners serve.
+const STALE_REFUSALS: u64 = 16;
+const STALE_AFTER: Duration = Duration::from_secs(3);
+
+/// When the followed node's map looks stale: counted refusals, and when the last map came.
+pub(crate) struct Staleness {
+    refusals: AtomicU64,
+    last_map: Mutex<Instant>,
+    /// Wakes the follow loop to drop its stream and follow another node.
+    pub(crate) refollow: tokio::sync::Notify,
+}
+
+impl Staleness {
+    fn new() -> Staleness {
+        Staleness { refusals: AtomicU64::new(0), last_map: Mutex::new(Instant::now()), refollow: Default::default() }
+    }
+
+    /// A map came from the followed node.
+    pub(crate) fn map_came(&self) {
+        self.refusals.store(0, Ordering::Relaxed);
+        *self.last_map.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// A node answered `NotOwner`; whether the client should follow another node now.
+    fn refused(&self) -> bool {
+        let n = self.refusals.fetch_add(1, Ordering::Relaxed) + 1;
+        let old = self.last_map.lock().unwrap_or_else(|e| e.into_inner()).elapsed() >= STALE_AFTER;
+        if n >= STALE_REFUSALS && old {
+            self.refusals.store(0, Ordering::Relaxed);
+            // Only a follow loop reading now is woken: no permit is kept for a stream not open yet.
+            self.refollow.notify_waiters();
+            return true;
+        }
+        false
+    }
+}
+
 struct Inner {
     cfg: Config,
     view: watch::Receiver<View>,
-    control: tokio::sync::Mutex<libp2p_stream::Control>,
+    control: libp2p_stream::Control,
     links: Mutex<HashMap<(NodeId, bool), proxy::link::Link>>,
+    /// One link open at a time per node (others wait for it, not for every node's).
+    opening: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    staleness: Arc<Staleness>,
     swarm: mpsc::Sender<swarm::Command>,
     arbiter: actix::ArbiterHandle,
     waiting: Arc<Semaphore>,
@@ -127,6 +173,26 @@ impl Drop for Inner {
         if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Gives up the links to each node the swarm lost (until the client is dropped).
+async fn give_up_links(inner: std::sync::Weak<Inner>, mut gone: tokio::sync::broadcast::Receiver<PeerId>) {
+    loop {
+        let peer = match gone.recv().await {
+            Ok(p) => p,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let node = NodeId::from_peer_bytes(&peer.to_bytes());
+        let mut links = inner.links.lock().expect("links lock is never poisoned");
+        links.retain(|(n, _), l| {
+            if *n == node {
+                l.kill();
+            }
+            *n != node
+        });
     }
 }
 
@@ -163,16 +229,19 @@ impl Client {
             .map_err(|e| ConnectError::Build(e.to_string()))?;
         let (started, arbiter) =
             ready_rx.await.map_err(|_| ConnectError::Build("the client thread stopped".into()))??;
-        let swarm::Started { commands, control, connected } = started;
+        let swarm::Started { commands, control, connected, gone } = started;
         let (view_tx, view) = watch::channel(View::default());
         let stats = Arc::new(Stats::default());
         let seeds = crate::transport::seeds::spawn(cfg.seeds.clone(), &arbiter);
+        let staleness = Arc::new(Staleness::new());
         let inner = Arc::new(Inner {
             waiting: Arc::new(Semaphore::new(cfg.proxy.max_waiting)),
             cfg: cfg.clone(),
             view,
-            control: tokio::sync::Mutex::new(control.clone()),
+            control: control.clone(),
             links: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
+            staleness: staleness.clone(),
             swarm: commands.clone(),
             arbiter: arbiter.clone(),
             faults: Arc::new(MessageFaults::new(None)),
@@ -180,6 +249,7 @@ impl Client {
             seeds: seeds.clone(),
             stop: Mutex::new(Some(stop_tx)),
         });
+        arbiter.spawn(give_up_links(Arc::downgrade(&inner), gone.subscribe()));
         arbiter.spawn(topology::follow(topology::Follow {
             protocol: clients::topology_protocol(&cfg.cluster),
             control,
@@ -188,6 +258,8 @@ impl Client {
             seeds,
             view: view_tx,
             stats,
+            staleness,
+            gone,
             max_frame: 16 << 20,
         }));
         let client = Client { inner };
@@ -283,11 +355,17 @@ impl Client {
             };
             let left = deadline.saturating_duration_since(Instant::now());
             let hop = timeout.map_or(hop, |_| hop.min(left.max(Duration::from_millis(1))));
-            match self.remote(node, &env, hop).await {
+            match self.remote(node, &env, hop, deadline).await {
                 Err(Error::Refused(Refusal::NotOwner { epoch, owner, .. })) if Instant::now() < deadline => {
                     self.inner.stats.not_owner.fetch_add(1, Ordering::Relaxed);
+                    if self.inner.staleness.refused() {
+                        self.inner.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    }
                     refusals += 1;
-                    hint = owner.filter(|o| *o != node).map(|o| (o, epoch));
+                    // The refusing node itself may be the owner at a newer epoch (the shard came
+                    // back, or its follower was promoted): then the hint names it, and the
+                    // message goes to it again stamped with that epoch.
+                    hint = owner.map(|o| (o, epoch));
                     let nap = Duration::from_millis((2u64 << refusals.min(6)).min(100));
                     self.wait_for_view(&mut view, start, deadline, env.shard, Some(nap)).await?;
                 }
@@ -326,8 +404,14 @@ impl Client {
         }
     }
 
-    async fn remote(&self, node: NodeId, env: &Envelope, timeout: Duration) -> Result<Vec<u8>, Error> {
-        let link = self.link(node).await?;
+    async fn remote(
+        &self,
+        node: NodeId,
+        env: &Envelope,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, Error> {
+        let link = self.link(node, deadline).await?;
         let (id, rx) = link.send(env)?;
         let _slot = link.slot(id);
         self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -351,7 +435,8 @@ impl Client {
         links.get(&(node, self.inner.cfg.gateway)).filter(|l| l.is_alive()).cloned()
     }
 
-    async fn link(&self, node: NodeId) -> Result<proxy::link::Link, Error> {
+    /// The link to `node`, opened if there is none (within `request_timeout` and `deadline`).
+    async fn link(&self, node: NodeId, deadline: Instant) -> Result<proxy::link::Link, Error> {
         if let Some(l) = self.live_link(node) {
             return Ok(l);
         }
@@ -363,12 +448,21 @@ impl Client {
             .get(&node)
             .cloned()
             .ok_or(Error::Unreachable { node, reason: "not a member in the client's map" })?;
-        let mut control = self.inner.control.lock().await;
+        let lock = {
+            let mut opening = self.inner.opening.lock().expect("opening lock is never poisoned");
+            opening.entry(node).or_default().clone()
+        };
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let timeout = self.inner.cfg.proxy.request_timeout.min(left);
+        // A request for a node whose link is being opened waits for that open, not its own.
+        let Ok(_opening) = tokio::time::timeout(timeout, lock.lock()).await else {
+            return Err(Error::Unreachable { node, reason: "timed out waiting for a client stream to open" });
+        };
         if let Some(l) = self.live_link(node) {
             return Ok(l);
         }
         let _ = self.inner.swarm.try_send(swarm::Command::Dial { peer, addrs });
-        let timeout = self.inner.cfg.proxy.request_timeout;
+        let mut control = self.inner.control.clone();
         let stream = match tokio::time::timeout(timeout, control.open_stream(peer, self.protocol())).await {
             Ok(Ok(s)) => s,
             Ok(Err(_)) => return Err(Error::Unreachable { node, reason: "cannot open a client stream" }),
@@ -381,11 +475,36 @@ impl Client {
             self.inner.faults.clone(),
             &self.inner.arbiter,
         );
-        self.inner
-            .links
-            .lock()
-            .expect("links lock is never poisoned")
-            .insert((node, self.inner.cfg.gateway), link.clone());
+        let members = self.inner.view.borrow().members.clone();
+        let mut links = self.inner.links.lock().expect("links lock is never poisoned");
+        // Links to nodes that left the cluster (or died) are not kept.
+        links.retain(|(n, _), l| l.is_alive() && members.contains_key(n));
+        links.insert((node, self.inner.cfg.gateway), link.clone());
+        drop(links);
+        self.inner.opening.lock().expect("opening lock is never poisoned").retain(|n, _| members.contains_key(n));
         Ok(link)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_refusals_after_an_old_map_make_the_client_follow_another_node() {
+        let s = Staleness::new();
+        // A fresh map: refusals are a rebalance in progress, not a stale node.
+        assert!((0..STALE_REFUSALS * 2).all(|_| !s.refused()));
+        // The same map, older than STALE_AFTER: the STALE_REFUSALS-th refusal since it came says
+        // so, once (the count starts over).
+        *s.last_map.lock().unwrap() = Instant::now() - STALE_AFTER;
+        s.map_came();
+        *s.last_map.lock().unwrap() = Instant::now() - STALE_AFTER;
+        let said: Vec<bool> = (0..STALE_REFUSALS * 2).map(|_| s.refused()).collect();
+        assert_eq!(said.iter().filter(|b| **b).count(), 2);
+        assert!(said[STALE_REFUSALS as usize - 1] && !said[STALE_REFUSALS as usize - 2]);
+        // A new map resets both.
+        s.map_came();
+        assert!((0..STALE_REFUSALS * 2).all(|_| !s.refused()));
     }
 }

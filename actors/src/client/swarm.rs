@@ -1,5 +1,7 @@
 //! The client's swarm: TCP + (pnet) + noise + yamux like a node's, with identify (so nodes know
-//! it for a client of their cluster) and streams only.
+//! it for a client of their cluster), streams, and ping: a node that stops answering pings is
+//! disconnected, which ends the streams to it (the map it pushed is followed from another node,
+//! its requests fail `ConnectionLost`) instead of waiting minutes for TCP to give up.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -7,8 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, Multiaddr, PeerId, Swarm};
-use tokio::sync::mpsc;
+use libp2p::{identify, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
 use super::{Config, ConnectError};
@@ -18,7 +20,19 @@ use crate::transport::behaviour;
 pub(crate) struct Behaviour {
     identify: identify::Behaviour,
     streams: libp2p_stream::Behaviour,
+    ping: ping::Behaviour,
 }
+
+/// How often the client pings each node it is connected to, and how long an answer may take.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(4);
+/// A node that answered pings and then answered none for this long is disconnected. (libp2p's
+/// ping reports only a second failure in a row, which with a new stream's negotiation timeout
+/// takes some 15 s.)
+const SILENT_AFTER: Duration = Duration::from_secs(4);
+
+/// The most peers of other clusters remembered (not dialled again); the set starts over beyond.
+const MAX_FOREIGN: usize = 1024;
 
 /// Commands to the client's swarm.
 #[derive(Debug)]
@@ -35,6 +49,10 @@ pub(crate) struct Started {
     pub(crate) control: libp2p_stream::Control,
     /// Peers of the cluster the client connected to (identify confirmed the cluster).
     pub(crate) connected: mpsc::Receiver<PeerId>,
+    /// Peers the client is no longer connected to, or that stopped answering pings: the streams
+    /// to them are given up. (A connection closed by this side does not wake a reader of its
+    /// streams in yamux: this does.)
+    pub(crate) gone: broadcast::Sender<PeerId>,
 }
 
 /// Builds the swarm and runs it on the current arbiter until the client is dropped.
@@ -46,7 +64,8 @@ pub(crate) fn start(cfg: &Config, arbiter: &actix::ArbiterHandle) -> Result<Star
         identify::Config::new(ours.clone(), keypair.public())
             .with_agent_version(behaviour::client_agent_version(crate::wire::VERSION)),
     );
-    let behaviour = Behaviour { identify, streams: libp2p_stream::Behaviour::new() };
+    let ping = ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL).with_timeout(PING_TIMEOUT));
+    let behaviour = Behaviour { identify, streams: libp2p_stream::Behaviour::new(), ping };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| transport)
@@ -58,19 +77,35 @@ pub(crate) fn start(cfg: &Config, arbiter: &actix::ArbiterHandle) -> Result<Star
     let control = swarm.behaviour().streams.new_control();
     let (commands, rx) = mpsc::channel(256);
     let (connected_tx, connected) = mpsc::channel(64);
-    arbiter.spawn(run(swarm, rx, connected_tx, ours));
-    Ok(Started { commands, control, connected })
+    let (gone, _) = broadcast::channel(64);
+    arbiter.spawn(run(swarm, rx, connected_tx, gone.clone(), ours));
+    Ok(Started { commands, control, connected, gone })
 }
 
 async fn run(
     mut swarm: Swarm<Behaviour>,
     mut rx: mpsc::Receiver<Command>,
     connected: mpsc::Sender<PeerId>,
+    gone: broadcast::Sender<PeerId>,
     ours: String,
 ) {
     let mut foreign: HashSet<PeerId> = HashSet::new();
+    // The last answered ping of each connection (a node of an older build never answers one).
+    let mut answered: std::collections::HashMap<libp2p::swarm::ConnectionId, (PeerId, std::time::Instant)> =
+        Default::default();
+    let mut tick = tokio::time::interval(PING_INTERVAL);
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                let silent: Vec<_> =
+                    answered.iter().filter(|(_, (_, at))| at.elapsed() > SILENT_AFTER).map(|(c, (p, _))| (*c, *p)).collect();
+                for (connection, peer) in silent {
+                    answered.remove(&connection);
+                    warn!(%peer, silent = ?SILENT_AFTER, "client: a node stopped answering pings; disconnecting");
+                    swarm.close_connection(connection);
+                    let _ = gone.send(peer);
+                }
+            }
             cmd = rx.recv() => match cmd {
                 None => break,
                 Some(Command::Dial { peer, addrs }) => {
@@ -95,10 +130,31 @@ async fn run(
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     if info.protocol_version != ours {
                         warn!(peer = %peer_id, theirs = %info.protocol_version, %ours, "client: a peer of another cluster; disconnecting");
+                        if foreign.len() >= MAX_FOREIGN {
+                            foreign.clear();
+                        }
                         foreign.insert(peer_id);
                         let _ = swarm.disconnect_peer_id(peer_id);
                     } else {
                         let _ = connected.try_send(peer_id);
+                    }
+                }
+                // A node of an older build does not speak ping (Unsupported): nothing is known then.
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(failure) }))
+                    if !matches!(failure, ping::Failure::Unsupported) =>
+                {
+                    answered.remove(&connection);
+                    warn!(%peer, error = %failure, "client: a node stopped answering pings; disconnecting");
+                    swarm.close_connection(connection);
+                    let _ = gone.send(peer);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, connection, result: Ok(_) })) => {
+                    answered.insert(connection, (peer, std::time::Instant::now()));
+                }
+                SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                    answered.remove(&connection_id);
+                    if num_established == 0 {
+                        let _ = gone.send(peer_id);
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

@@ -53,6 +53,11 @@ async fn serve_client(router: &Router, env: super::Envelope, from: Peer) -> Resu
         return router.serve_local(env).await;
     }
     let shard = env.shard;
+    // Checked here, not only at the owner: the owner would take a wrong one for a hostile member
+    // (this node) and drop it; the client is the one to drop (the caller does).
+    if let Some(actual) = router.key_shard(&env).filter(|a| *a != shard) {
+        return Err(Refusal::WrongShard { claimed: shard, actual });
+    }
     router.request(env).await.map_err(|e| match e {
         super::Error::Refused(r) => r,
         e if e.unsent() => Refusal::Unavailable(e.to_string()),

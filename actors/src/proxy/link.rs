@@ -77,6 +77,13 @@ impl Link {
         self.alive.load(Ordering::Acquire)
     }
 
+    /// Gives the link up (its node stopped answering): every waiting request fails at once
+    /// (`ConnectionLost`: it may have been handled), and no new one is sent on it.
+    pub(crate) fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.pending.lock().expect("pending lock is never poisoned").clear();
+    }
+
     /// Queues a request; returns its id and the receiver of its answer. A full queue is an error,
     /// never a silent drop.
     pub(crate) fn send(&self, env: &super::Envelope) -> Result<(u64, Answer), Error> {

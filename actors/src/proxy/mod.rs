@@ -147,4 +147,12 @@ impl Error {
 pub trait Dispatch: Send + Sync + 'static {
     /// Delivers `env` to its entity on this node and returns the encoded result.
     fn dispatch(&self, env: Envelope) -> BoxFuture<'static, Result<Vec<u8>, Refusal>>;
+
+    /// The shard of `env`'s key, when this node knows its entity type, the key decodes, and
+    /// there is a map: a gateway checks a client's envelope with it before routing it on (the
+    /// owner drops a member that sends an envelope whose shard is not its key's).
+    fn key_shard(&self, env: &Envelope) -> Option<ShardId> {
+        let _ = env;
+        None
+    }
 }

@@ -331,6 +331,11 @@ impl Router {
         self.inner.ownership.serving_epoch(shard)
     }
 
+    /// The shard of `env`'s key, if this node can tell ([`Dispatch::key_shard`]).
+    pub(crate) fn key_shard(&self, env: &Envelope) -> Option<ShardId> {
+        self.inner.dispatch.key_shard(env)
+    }
+
     async fn deliver_local(&self, mut env: Envelope) -> Result<Vec<u8>, Error> {
         env.epoch = self
             .inner

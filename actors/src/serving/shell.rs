@@ -27,8 +27,9 @@ pub trait ShardHooks: Send + Sync + 'static {
 
 /// How long a planned move waits for its shard's entities to stop before it is confirmed
 /// anyway. A handler that has not returned by then is abandoned: nothing else runs in its
-/// instance, its answer is withheld (`NotOwner`), and its writes to the service's own storage
-/// carry its old epoch, which that storage must refuse once it saw the newer one.
+/// instance, its answer is withheld (`Indeterminate`: it may have taken effect), and its writes
+/// to the service's own storage carry its old epoch, which that storage must refuse once it saw
+/// the newer one.
 pub const FORCE_STOP: Duration = Duration::from_secs(10);
 
 /// The serving task's counters.

@@ -9,7 +9,7 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, mdns, noise, tcp, yamux, PeerId, StreamProtocol, Swarm};
+use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, PeerId, StreamProtocol, Swarm};
 
 use super::codec::RaftCodec;
 use super::Config;
@@ -22,6 +22,8 @@ pub(crate) struct Behaviour {
     pub(crate) raft: request_response::Behaviour<RaftCodec>,
     /// Long-lived streams for the proxy path (one per peer, frames coalesced).
     pub(crate) streams: libp2p_stream::Behaviour,
+    /// Answers pings: a client finds a dead node it follows by them (docs/architecture.md §15).
+    pub(crate) ping: ping::Behaviour,
     /// Peers refused at the connection level: the fault-injection partition (and an operator's
     /// block).
     pub(crate) blocked: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
@@ -119,6 +121,7 @@ pub(crate) fn build(cfg: &Config) -> Result<Swarm<Behaviour>, Box<dyn std::error
         gossipsub,
         raft,
         streams: libp2p_stream::Behaviour::new(),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(30))),
         blocked: Default::default(),
     };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())

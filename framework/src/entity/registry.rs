@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::{ArbiterHandle, Handler};
 use clusterfunk_actors::proxy::{Dispatch, Envelope, Refusal};
-use clusterfunk_actors::types::NodeId;
+use clusterfunk_actors::types::{NodeId, ShardId};
 use futures::future::BoxFuture;
 
 use super::host::{Admission, EntityHost, HostControl, Undelivered};
@@ -17,6 +17,7 @@ use super::{default_wire_name, wire_id, RemoteMessage, ShardedActor};
 use crate::config::ConfigError;
 
 type Handle = Arc<dyn Fn(Envelope) -> BoxFuture<'static, Result<Vec<u8>, Refusal>> + Send + Sync>;
+type KeyShard = Arc<dyn Fn(&[u8]) -> Option<ShardId> + Send + Sync>;
 pub(super) type MakeHandle<E> = fn(Arc<EntityHost<E>>) -> Handle;
 
 /// One registered message type.
@@ -180,6 +181,11 @@ impl<E: ShardedActor> EntitySpec for EntityRegistration<E> {
         for m in &self.messages {
             reg.handlers.insert((eid, m.id), (m.make)(host.clone()));
         }
+        let h = host.clone();
+        reg.key_shards.insert(
+            eid,
+            Arc::new(move |key: &[u8]| rmp_serde::from_slice::<E::Key>(key).ok().and_then(|k| h.shard_of(&k))),
+        );
         reg.controls.push(host.clone());
         reg.hosts.insert(TypeId::of::<E>(), host);
     }
@@ -220,6 +226,8 @@ pub(crate) fn check_ids(specs: &[Arc<dyn EntitySpec>]) -> Result<(), ConfigError
 pub(crate) struct Registry {
     entities: HashMap<u64, &'static str>,
     handlers: HashMap<(u64, u64), Handle>,
+    /// Entity wire id → the shard of an encoded key (None: it does not decode, or no map yet).
+    key_shards: HashMap<u64, KeyShard>,
     hosts: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     /// Entity type → its wire id and Rust type name.
     entity_ids: HashMap<TypeId, (u64, &'static str)>,
@@ -275,5 +283,9 @@ impl Dispatch for Registry {
             }
             None => Box::pin(futures::future::ready(Err(Refusal::UnknownEntity(env.entity)))),
         }
+    }
+
+    fn key_shard(&self, env: &Envelope) -> Option<ShardId> {
+        self.key_shards.get(&env.entity).and_then(|f| f(&env.key))
     }
 }
