@@ -28,12 +28,30 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
 
-/// `n` distinct free TCP ports on loopback: all bound at once, then released (the race with
-/// other processes is accepted in tests).
+/// `n` distinct free TCP ports on loopback, below the kernel's ephemeral range: a port the OS
+/// hands out (`:0`) may be taken by any outgoing connection before the node binds it, which
+/// made tests running side by side fail with "address in use". Each port is handed out once per
+/// process; the race with other processes is accepted in tests.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral.clamp(12_000, 32_768));
+    let span = hi - lo;
+    // Processes started one after another begin at different places.
+    let base = std::process::id().wrapping_mul(7919) % span;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(k < span, "no free port left in {lo}..{hi}");
+        let port = (lo + (base + k) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    out
 }
 
 /// One free TCP port on loopback.

@@ -29,12 +29,16 @@ struct Sent {
     result: Result<(String, u32), SendError>,
 }
 
+/// The process tests run one at a time: each starts 3 or 4 nodes on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 fn journal_of(dir: &Path, i: usize) -> String {
     dir.join(format!("journal-{i}.jsonl")).to_string_lossy().to_string()
 }
 
 #[test]
 fn a_client_routes_to_owners_through_a_join_a_leave_and_a_kill_and_none_is_misrouted() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir()?;
     let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let shards = SHARDS.to_string();
@@ -256,6 +260,7 @@ fn a_client_routes_to_owners_through_a_join_a_leave_and_a_kill_and_none_is_misro
 /// Without the pings it would wait on that node's silent stream, and its map, for good.
 #[test]
 fn a_client_leaves_a_frozen_node_and_reaches_its_shards_elsewhere() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // The client's own decisions (pings, switches), in the test's output on failure.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("clusterfunk_actors::client=debug,libp2p_ping=debug")
