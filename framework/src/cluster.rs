@@ -41,6 +41,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The `http` address of the service's own server could not be bound.
+    #[error("http: cannot listen on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A wait ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, &'static str),
@@ -57,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) router: Router,
     arbiters: Vec<Arbiter>,
     dashboard: std::sync::OnceLock<SocketAddr>,
+    /// The service's own HTTP server: where it listens, and its handle (stopped on shutdown).
+    pub(crate) http: std::sync::OnceLock<(SocketAddr, actix_web::dev::ServerHandle)>,
     token: Option<clusterfunk_actors::types::Token>,
     /// This node's Prometheus registry (`GET /metrics`).
     pub(crate) metrics: crate::metrics::Metrics,
@@ -287,6 +298,7 @@ impl Cluster {
     /// the others once its lease has surely run out (`L·(1+ρ)/(1−ρ) + G`, about 0.6 s with the
     /// defaults). Prefer [`leave`](Cluster::leave), which hands them off first.
     pub async fn shutdown(&self) {
+        self.stop_http().await;
         self.inner.node.shutdown().await;
         for a in &self.inner.arbiters {
             a.stop();
@@ -300,6 +312,7 @@ impl Cluster {
     /// stops anyway and the shards move once its lease has run out.
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
         let result = self.inner.node.leave(timeout).await;
+        self.stop_http().await;
         for a in &self.inner.arbiters {
             a.stop();
         }
@@ -308,6 +321,20 @@ impl Cluster {
             DrainError::NotHandedOff(t) => Error::Timeout(t, "this node's shards to be handed off"),
             _ => Error::Timeout(timeout, "the leave"),
         })
+    }
+
+    /// Stops the service's HTTP server, if it runs: no new connections, in-flight requests get
+    /// their 5 s.
+    async fn stop_http(&self) {
+        if let Some((_, handle)) = self.inner.http.get() {
+            handle.stop(true).await;
+        }
+    }
+
+    /// Where the service's own HTTP server listens ([`ClusterConfig::start_with_http`]), if it
+    /// runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.inner.http.get().map(|(a, _)| *a)
     }
 
     /// Fault injection for tests: cut this node off from others at the connection level.
@@ -399,12 +426,63 @@ impl ClusterConfig {
     /// Starts the node (and its dashboard, if configured). Must run inside an actix `System`
     /// (`#[actix::main]` or `actix_rt::System::new().block_on(..)`).
     pub async fn start(self) -> Result<Cluster, Error> {
-        self.start_with_routes(|_| {}).await
+        self.launch(None::<fn(&mut actix_web::web::ServiceConfig)>).await
     }
 
-    /// Starts the node and serves `routes` beside the dashboard on its address. Handlers get
-    /// the cluster as `web::Data<Cluster>`.
-    pub async fn start_with_routes(self, routes: fn(&mut actix_web::web::ServiceConfig)) -> Result<Cluster, Error> {
+    /// Starts the node, and your HTTP service on the [`http`](crate::Builder::http) address: a
+    /// server of its own with [`http_workers`](crate::Builder::http_workers) threads, so a busy
+    /// service never slows the dashboard, `/health` or `/ready` (which stay on the dashboard's
+    /// server, as the management routes do). `routes` runs once per worker thread and may
+    /// capture state; handlers also get the cluster as `web::Data<Cluster>`. The server stops
+    /// with [`Cluster::shutdown`] and [`Cluster::leave`] (in-flight requests get 5 s).
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use actix_web::{web, HttpResponse};
+    ///
+    /// # async fn run() -> Result<(), clusterfunk::Error> {
+    /// let hits = Arc::new(AtomicU64::new(0));
+    /// let cluster = clusterfunk::Cluster::builder()
+    ///     .name("shop")
+    ///     .http("0.0.0.0:8080")
+    ///     .build()?
+    ///     .start_with_http(move |cfg: &mut web::ServiceConfig| {
+    ///         let hits = hits.clone();
+    ///         cfg.route("/hits", web::get().to(move || {
+    ///             let n = hits.fetch_add(1, Ordering::Relaxed) + 1;
+    ///             async move { HttpResponse::Ok().body(n.to_string()) }
+    ///         }));
+    ///     })
+    ///     .await?;
+    /// # let _ = cluster; Ok(()) }
+    /// ```
+    pub async fn start_with_http<F>(self, routes: F) -> Result<Cluster, Error>
+    where
+        F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
+    {
+        if self.http.is_none() {
+            return Err(ConfigError::NoHttp.into());
+        }
+        self.launch(Some(routes)).await
+    }
+
+    async fn launch<F>(self, routes: Option<F>) -> Result<Cluster, Error>
+    where
+        F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
+    {
+        // The service's port is bound before the node starts: a port in use fails at once.
+        let http = match (self.http, routes.is_some()) {
+            (Some(addr), true) => {
+                let l = std::net::TcpListener::bind(addr).map_err(|source| Error::Http { addr, source })?;
+                Some((addr, l))
+            }
+            (Some(addr), false) => {
+                tracing::warn!(%addr, "http is set but no routes were given (start_with_http): nothing is served there");
+                None
+            }
+            (None, _) => None,
+        };
         // The dashboard's port is bound first, so the address this node publishes is the real
         // one (never port 0), with the advertised host if there is one.
         let mut node_cfg = self.node.clone();
@@ -451,18 +529,26 @@ impl ClusterConfig {
             router,
             arbiters,
             dashboard: std::sync::OnceLock::new(),
+            http: std::sync::OnceLock::new(),
             token: self.node.management_token.clone(),
             metrics: crate::metrics::Metrics::new(weak.clone(), &node_metrics),
             timeline: Default::default(),
         });
         let cluster = Cluster { inner };
         if let Some((addr, listener)) = listener {
-            let (server, bound) = crate::dashboard::serve(listener, cluster.clone(), routes)
+            let (server, bound) = crate::dashboard::serve(listener, cluster.clone())
                 .map_err(|source| Error::Dashboard { addr, source })?;
             actix_rt::spawn(server);
             crate::timeline::spawn(&cluster.inner);
             info!(url = %format!("http://{bound}/"), "dashboard");
             let _ = cluster.inner.dashboard.set(bound);
+        }
+        if let (Some((addr, listener)), Some(routes)) = (http, routes) {
+            let (server, bound) = crate::dashboard::serve_service(listener, cluster.clone(), routes, self.http_workers)
+                .map_err(|source| Error::Http { addr, source })?;
+            let _ = cluster.inner.http.set((bound, server.handle()));
+            actix_rt::spawn(server);
+            info!(url = %format!("http://{bound}/"), workers = self.http_workers, "service http");
         }
         Ok(cluster)
     }

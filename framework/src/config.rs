@@ -104,6 +104,12 @@ pub enum ConfigError {
     /// The passivation time is zero.
     #[error("passivate_after: must be more than zero")]
     PassivateAfter,
+    /// The HTTP server's worker count is 0 or above 256.
+    #[error("http_workers: {0} is not from 1 to 256")]
+    HttpWorkers(usize),
+    /// [`ClusterConfig::start_with_http`] was given routes but no `http` address is set.
+    #[error("http: routes were given to start_with_http but no address to serve them on: set http (Builder::http, --http host:port)")]
+    NoHttp,
     /// The lease settings do not fit (`lease`, `lease_drift` or `lease_grace`), with the reason.
     #[error(transparent)]
     Lease(#[from] clusterfunk_actors::lease::ConfigError),
@@ -202,6 +208,8 @@ impl std::fmt::Debug for Specs {
 pub struct ClusterConfig {
     pub(crate) node: clusterfunk_actors::node::Config,
     pub(crate) dashboard: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
+    pub(crate) http_workers: usize,
     pub(crate) entities: Specs,
     pub(crate) passivate_after: Duration,
     pub(crate) proxy: clusterfunk_actors::proxy::Config,
@@ -217,6 +225,8 @@ pub struct Builder {
     listen: String,
     join: Vec<String>,
     dashboard: Option<String>,
+    http: Option<String>,
+    http_workers: Option<usize>,
     bootstrap: bool,
     shards: u32,
     replica_factor: u32,
@@ -260,6 +270,8 @@ impl Default for Builder {
             listen: "0.0.0.0:0".into(),
             join: Vec::new(),
             dashboard: None,
+            http: None,
+            http_workers: None,
             bootstrap: false,
             shards: 1024,
             replica_factor: 1,
@@ -441,9 +453,25 @@ impl Builder {
         self
     }
 
-    /// `host:port` for the dashboard and HTTP API. Default: none.
+    /// `host:port` for the dashboard, the management API, `/health`, `/ready` and `/metrics`
+    /// (one worker thread: it serves operators). Default: none.
     pub fn dashboard(mut self, addr: impl Into<String>) -> Self {
         self.dashboard = Some(addr.into());
+        self
+    }
+
+    /// `host:port` for your own HTTP service: the routes given to
+    /// [`ClusterConfig::start_with_http`] are served there, by a server of their own with
+    /// [`http_workers`](Self::http_workers) threads, apart from the dashboard's. Port 0 takes a
+    /// free port ([`Cluster::http_addr`](crate::Cluster::http_addr) says which). Default: none.
+    pub fn http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
+    /// Worker threads of the [`http`](Self::http) server, 1 to 256. Default: one per core.
+    pub fn http_workers(mut self, n: usize) -> Self {
+        self.http_workers = Some(n);
         self
     }
 
@@ -727,6 +755,12 @@ impl Builder {
             seed_form("join", j)?;
         }
         let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
+        let http = self.http.as_deref().map(|d| resolve("http", d)).transpose()?;
+        let http_workers =
+            self.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        if !(1..=256).contains(&http_workers) {
+            return Err(ConfigError::HttpWorkers(http_workers));
+        }
         let secret = self.secret.as_ref().map(|s| parse_secret(s.expose())).transpose()?;
         crate::entity::check_ids(&self.entities.0)?;
         if self.passivate_after.is_zero() {
@@ -793,6 +827,8 @@ impl Builder {
         Ok(ClusterConfig {
             node,
             dashboard,
+            http,
+            http_workers,
             entities: self.entities,
             passivate_after: self.passivate_after,
             proxy: self.proxy,

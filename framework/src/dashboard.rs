@@ -125,11 +125,30 @@ async fn index() -> impl Responder {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("dashboard.html"))
 }
 
+/// Serves the service's own routes on `listener` with `workers` threads (`start_with_http`).
+pub(crate) fn serve_service<F>(
+    listener: std::net::TcpListener,
+    cluster: Cluster,
+    routes: F,
+    workers: usize,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr)>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let data = web::Data::new(cluster);
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes.clone()))
+        .workers(workers)
+        .shutdown_timeout(5)
+        .disable_signals()
+        .listen(listener)?;
+    let bound = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("no address bound"))?;
+    Ok((server.run(), bound))
+}
+
 /// Serves the dashboard on `listener` (one worker thread: it serves operators, not traffic).
 pub(crate) fn serve(
     listener: std::net::TcpListener,
     cluster: Cluster,
-    routes: fn(&mut web::ServiceConfig),
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let data = web::Data::new(cluster);
     let server = HttpServer::new(move || {
@@ -144,7 +163,6 @@ pub(crate) fn serve(
             .service(crate::timeline::route)
             .service(index)
             .configure(crate::manage::routes)
-            .configure(routes)
     })
     .workers(1)
     .disable_signals()

@@ -45,6 +45,10 @@ pub struct Settings {
     pub mdns: Option<bool>,
     /// Whether this node serves non-member clients ([`Builder::accept_clients`]).
     pub accept_clients: Option<bool>,
+    /// The service's own HTTP server `host:port` ([`Builder::http`]).
+    pub http: Option<String>,
+    /// Its worker threads ([`Builder::http_workers`]).
+    pub http_workers: Option<usize>,
     /// Shard count ([`Builder::shards`]).
     pub shards: Option<u32>,
     /// Copies of each shard ([`Builder::replica_factor`]).
@@ -132,6 +136,8 @@ impl std::fmt::Debug for Settings {
             bootstrap,
             mdns,
             accept_clients,
+            http,
+            http_workers,
             shards,
             replica_factor,
             voters,
@@ -180,6 +186,8 @@ pub const KEYS: &[&str] = &[
     "bootstrap",
     "mdns",
     "accept_clients",
+    "http",
+    "http_workers",
     "shards",
     "replica_factor",
     "voters",
@@ -288,6 +296,8 @@ impl Settings {
                 "bootstrap" => self.bootstrap = Some(boolean(raw)?),
                 "mdns" => self.mdns = Some(boolean(raw)?),
                 "accept_clients" => self.accept_clients = Some(boolean(raw)?),
+                "http" => self.http = Some(text(raw)?),
+                "http_workers" => self.http_workers = Some(number(raw)?),
                 "shards" => self.shards = Some(number(raw)?),
                 "replica_factor" => self.replica_factor = Some(number(raw)?),
                 "voters" => self.voters = Some(number(raw)?),
@@ -450,6 +460,8 @@ impl Settings {
             bootstrap,
             mdns,
             accept_clients,
+            http,
+            http_workers,
             shards,
             replica_factor,
             voters,
@@ -532,6 +544,8 @@ impl Builder {
         with!(bootstrap);
         with!(mdns);
         with!(accept_clients);
+        with!(http);
+        with!(http_workers);
         with!(shards);
         with!(replica_factor);
         with!(voters);
@@ -714,7 +728,7 @@ mod tests {
                     "1s"
                 }
                 "shards" | "replica_factor" | "voters" | "weight" | "workers" | "max_workers" | "worker_index"
-                | "worker_total" | "proxy_queue" | "proxy_max_waiting" => "3",
+                | "worker_total" | "proxy_queue" | "proxy_max_waiting" | "http_workers" => "3",
                 _ => "x",
             };
             assert!(s.set(key, Raw::One(value.into())).is_ok(), "{key} = {value}");

@@ -23,6 +23,9 @@ pub struct ClusterStatus {
     pub workers: crate::WorkerIndex,
     /// Why this node is refused membership, while it is.
     pub membership_refused: Option<String>,
+    /// Where the service's own HTTP server listens, if it runs
+    /// ([`ClusterConfig::start_with_http`](crate::ClusterConfig::start_with_http)).
+    pub http: Option<String>,
     /// The cluster's name.
     pub cluster: ClusterInfo,
     /// The Raft leader, if known.
@@ -238,6 +241,7 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
         node_name: node.name.clone(),
         workers: *node.workers.borrow(),
         membership_refused: node.refused.borrow().clone(),
+        http: inner.http.get().map(|(a, _)| a.to_string()),
         cluster: ClusterInfo { name: cluster.key.clone(), env: cluster.env.clone() },
         leader: m.current_leader.map(|l| l.to_string()),
         term: m.current_term,

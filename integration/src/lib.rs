@@ -113,6 +113,8 @@ pub struct NodeProc {
     pub dashboard: String,
     /// Its p2p `host:port`.
     pub listen: String,
+    /// Its service's own HTTP `host:port` (`--http`), when given with [`NodeProc::with_http`].
+    pub http: Option<String>,
     child: Option<Child>,
     /// An optional wrapper (`ip netns exec NAME`).
     pub prefix: Vec<String>,
@@ -123,7 +125,33 @@ impl NodeProc {
     pub fn new(exe: &Path, data_dir: PathBuf, listen: String, dashboard: String, extra: &[&str]) -> NodeProc {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.extend(["--listen".into(), listen.clone(), "--dashboard".into(), dashboard.clone()]);
-        NodeProc { exe: exe.to_path_buf(), args, data_dir, dashboard, listen, child: None, prefix: Vec::new() }
+        NodeProc {
+            exe: exe.to_path_buf(),
+            args,
+            data_dir,
+            dashboard,
+            listen,
+            http: None,
+            child: None,
+            prefix: Vec::new(),
+        }
+    }
+
+    /// Serves the app's own HTTP routes (the counter or KV API) on `addr` (`--http`).
+    pub fn with_http(mut self, addr: String) -> NodeProc {
+        self.args.extend(["--http".into(), addr.clone()]);
+        self.http = Some(addr);
+        self
+    }
+
+    /// Where the app's own HTTP routes are served: the `--http` address given with
+    /// [`with_http`](Self::with_http), else the one its status reports (`--http host:0`).
+    pub fn service(&self) -> anyhow::Result<String> {
+        if let Some(a) = self.http.as_ref().filter(|a| !a.ends_with(":0")) {
+            return Ok(a.clone());
+        }
+        let s = self.status()?;
+        s["http"].as_str().map(str::to_string).context("the node serves no --http routes")
     }
 
     /// Starts (or restarts) the process; its output goes to `<data_dir>.log`.

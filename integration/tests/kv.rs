@@ -7,7 +7,7 @@ use clusterfunk_integration::{http, start_cluster, wait_formed, NodeProc};
 use serde_json::Value;
 
 fn call(n: &NodeProc, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (code, text) = http(&n.dashboard, method, path, body).expect("http");
+    let (code, text) = http(&n.service().expect("the KV API's address"), method, path, body).expect("http");
     (code, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
@@ -15,7 +15,12 @@ fn call(n: &NodeProc, method: &str, path: &str, body: &str) -> (u16, Value) {
 fn put_on_one_node_read_on_the_others() -> anyhow::Result<()> {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-kv"));
     let dir = tempfile::tempdir()?;
-    let nodes = start_cluster(exe, dir.path(), 3, &["--name", "kvtest", "--no-mdns", "--shards", "64"])?;
+    let nodes = start_cluster(
+        exe,
+        dir.path(),
+        3,
+        &["--name", "kvtest", "--no-mdns", "--shards", "64", "--http", "127.0.0.1:0"],
+    )?;
     wait_formed(&nodes, 64, Duration::from_secs(30))?;
 
     let (code, put) = call(&nodes[0], "PUT", "/kv/greeting", r#""hello""#);
@@ -68,10 +73,11 @@ fn put_on_one_node_read_on_the_others() -> anyhow::Result<()> {
 /// One request with the given content type; returns the status code.
 fn raw(n: &NodeProc, method: &str, path: &str, content_type: &str, body: &[u8]) -> u16 {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&n.dashboard).expect("connect");
+    let addr = n.service().expect("the KV API's address");
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
     let head = format!(
         "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        n.dashboard,
+        addr,
         body.len()
     );
     s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).expect("send");

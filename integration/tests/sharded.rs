@@ -7,7 +7,7 @@ use clusterfunk_integration::{http, logs, start_cluster, wait_formed, wait_until
 use serde_json::Value;
 
 fn add(node: &NodeProc, key: &str) -> Option<Value> {
-    let (code, body) = http(&node.dashboard, "POST", &format!("/counter/{key}"), "").ok()?;
+    let (code, body) = http(&node.service().ok()?, "POST", &format!("/counter/{key}"), "").ok()?;
     (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }
 
@@ -15,8 +15,12 @@ fn add(node: &NodeProc, key: &str) -> Option<Value> {
 fn one_instance_per_key_and_failover() -> anyhow::Result<()> {
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let dir = tempfile::tempdir()?;
-    let mut nodes =
-        start_cluster(exe, dir.path(), 3, &["--name", "sharded", "--no-mdns", "--shards", "64", "--traffic", "0"])?;
+    let mut nodes = start_cluster(
+        exe,
+        dir.path(),
+        3,
+        &["--name", "sharded", "--no-mdns", "--shards", "64", "--traffic", "0", "--http", "127.0.0.1:0"],
+    )?;
     let ids = wait_formed(&nodes, 64, Duration::from_secs(30))?;
 
     eprintln!("--- a message for k from each node reaches the same instance");
@@ -29,7 +33,7 @@ fn one_instance_per_key_and_failover() -> anyhow::Result<()> {
     // A cross-site form post cannot count (the route takes JSON only), and counts nothing.
     let form = {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&nodes[0].dashboard)?;
+        let mut s = std::net::TcpStream::connect(nodes[0].service()?)?;
         let ct = "application/x-www-form-urlencoded";
         write!(s, "POST /counter/k HTTP/1.0\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: 3\r\n\r\na=1")?;
         let mut resp = String::new();

@@ -50,6 +50,14 @@ pub struct Args {
     /// host:port for the dashboard and API.
     #[arg(long)]
     pub dashboard: Option<String>,
+    /// host:port for the service's own HTTP routes (the counter or KV API), on a server of
+    /// their own (port 0: any free port; `GET /api/cluster` says which). Without it they are
+    /// not served.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Worker threads of the --http server [default: one per core].
+    #[arg(long)]
+    pub http_workers: Option<usize>,
     /// Number of shards, fixed when the cluster is created [default: 1024].
     #[arg(long)]
     pub shards: Option<u32>,
@@ -198,6 +206,8 @@ impl Args {
         s.advertise = self.advertise.clone();
         s.join = list(&self.join);
         s.dashboard = self.dashboard.clone();
+        s.http = self.http.clone();
+        s.http_workers = self.http_workers;
         s.bootstrap = self.bootstrap.then_some(true);
         s.mdns = self.no_mdns.then_some(false);
         s.accept_clients = self.no_clients.then_some(false);
@@ -254,7 +264,18 @@ impl Args {
 mod tests {
     #[test]
     fn local_passes_every_flag_but_the_ones_it_decides() {
-        let args = ["--local", "3", "--mode", "production", "--listen=1.2.3.4:5", "--zone", "a", "--bootstrap"];
+        let args = [
+            "--local",
+            "3",
+            "--mode",
+            "production",
+            "--listen=1.2.3.4:5",
+            "--http",
+            "1.2.3.4:6",
+            "--zone",
+            "a",
+            "--bootstrap",
+        ];
         let got = super::passed_to_children(args.iter().map(|s| s.to_string()));
         assert_eq!(got, ["--mode", "production", "--zone", "a"]);
     }
@@ -269,7 +290,7 @@ fn parse_faults(s: &str) -> Result<clusterfunk::FaultPlan, String> {
 pub struct App {
     /// Registers the service's entity types on the builder.
     pub register: fn(clusterfunk::Builder) -> clusterfunk::Builder,
-    /// The service's HTTP routes, served beside the dashboard.
+    /// The service's HTTP routes, served on the `--http` address by a server of their own.
     pub routes: fn(&mut actix_web::web::ServiceConfig),
     /// Background load for `--traffic`, if the service has one.
     pub traffic: Option<fn(Cluster, u32) -> futures::future::LocalBoxFuture<'static, ()>>,
@@ -334,13 +355,22 @@ pub async fn run_node(args: Args, app: App) -> anyhow::Result<()> {
         tracing::warn!(wire = v, "announcing an older wire protocol version (an upgrade test)");
         b = b.announce_wire_version(v);
     }
-    let cluster = b.build()?.start_with_routes(app.routes).await?;
+    let config = b.build()?;
+    let cluster = if settings.http.is_some() {
+        config.start_with_http(app.routes).await?
+    } else {
+        info!("no --http: the service's own HTTP routes are not served");
+        config.start().await?
+    };
     if let (Some(load), true) = (app.traffic, args.traffic > 0) {
         actix_rt::spawn(load(cluster.clone(), args.traffic));
     }
     match cluster.dashboard_addr() {
         Some(addr) => info!(node = %cluster.node_id(), "node running; dashboard at http://{addr}/"),
         None => info!(node = %cluster.node_id(), "node running (no dashboard: pass --dashboard host:port)"),
+    }
+    if let Some(addr) = cluster.http_addr() {
+        info!(node = %cluster.node_id(), "service at http://{addr}/");
     }
     wait_for_signal().await;
     info!("leaving the cluster: handing off shards");
@@ -405,7 +435,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// The flags of a `--local` run that its children get too: all but those `--local` decides for
 /// each child (with their values).
 fn passed_to_children(args: impl Iterator<Item = String>) -> Vec<String> {
-    const DECIDED: &[&str] = &["--local", "--listen", "--dashboard", "--data-dir", "--join", "--advertise"];
+    const DECIDED: &[&str] = &["--local", "--listen", "--dashboard", "--http", "--data-dir", "--join", "--advertise"];
     const SWITCHES: &[&str] = &["--bootstrap", "--no-mdns", "--no-clients"];
     let mut out = Vec::new();
     let mut args = args.peekable();
@@ -438,17 +468,19 @@ fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
             tmp.path()
         }
     };
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let ports: Vec<(u16, u16, u16)> =
+        (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
     let seed = format!("127.0.0.1:{}", ports[0].0);
     let mut children: Vec<Child> = Vec::new();
-    for (i, (p2p, http)) in ports.iter().enumerate() {
+    for (i, (p2p, dash, http)) in ports.iter().enumerate() {
         let dir = base.join(format!("node-{i}"));
         let mut cmd = Command::new(&exe);
         // The children read the same config file and environment, and get every flag given
         // here but the ones `--local` decides for each (its addresses, data dir, seed, who
         // bootstraps): those it sets itself.
         cmd.args(&passed)
-            .args(["--no-mdns", "--listen", &format!("127.0.0.1:{p2p}"), "--dashboard", &format!("127.0.0.1:{http}")])
+            .args(["--no-mdns", "--listen", &format!("127.0.0.1:{p2p}"), "--dashboard", &format!("127.0.0.1:{dash}")])
+            .args(["--http", &format!("127.0.0.1:{http}")])
             .arg("--data-dir")
             .arg(&dir);
         if !passed.iter().any(|a| a == "--name" || a.starts_with("--name=")) {
@@ -461,7 +493,10 @@ fn run_local(args: &Args, n: u32) -> anyhow::Result<()> {
             cmd.args(["--join", &seed]);
         }
         children.push(cmd.spawn().with_context(|| format!("cannot start node {i}"))?);
-        println!("node {i}: dashboard http://127.0.0.1:{http}/  (data {})", dir.display());
+        println!(
+            "node {i}: dashboard http://127.0.0.1:{dash}/  service http://127.0.0.1:{http}/  (data {})",
+            dir.display()
+        );
     }
     println!("{n} nodes running; press Ctrl-C to stop them");
     let rt = actix_rt::System::new();

@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?.with_file_name("cf-node");
     anyhow::ensure!(exe.exists(), "{} not found: build the package first", exe.display());
     let dir = tempfile::tempdir()?;
-    let mut nodes = start_cluster(&exe, dir.path(), 3, &["--name", "failover", "--no-mdns"])?;
+    let mut nodes = start_cluster(&exe, dir.path(), 3, &["--name", "failover", "--no-mdns", "--http", "127.0.0.1:0"])?;
     let mut results: Vec<(&str, Vec<f64>)> = vec![("leader_kill", vec![]), ("owner_kill", vec![])];
     let mut elections = Vec::new();
     let mut served_keys: [Vec<f64>; 2] = [vec![], vec![]];
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
             })
             .context("victim")?;
         // Keys the victim serves, found by asking (each answer names the serving node).
-        let entry = nodes[(vi + 1) % 3].dashboard.clone();
+        let entry = nodes[(vi + 1) % 3].service()?;
         let keys: Vec<String> = (0..256)
             .map(|i| format!("fo-{trial}-{i}"))
             .filter(|k| {

@@ -13,8 +13,10 @@ use crate::{view, wait_until, NodeProc};
 
 /// The p2p port every node listens on (in its own namespace).
 pub const P2P_PORT: u16 = 7100;
-/// The dashboard / KV API port.
+/// The dashboard port.
 pub const HTTP_PORT: u16 = 8100;
+/// The KV API port (the app's own server, `--http`).
+pub const SERVICE_PORT: u16 = 8101;
 
 const SECRET_A: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const SECRET_B: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
@@ -140,7 +142,8 @@ impl ChaosLab {
             }
             let listen = format!("{}:{P2P_PORT}", net.ips[i]);
             let dash = format!("{}:{HTTP_PORT}", net.ips[i]);
-            let mut node = NodeProc::new(exe, data, listen, dash, &args);
+            let service = format!("{}:{SERVICE_PORT}", net.ips[i]);
+            let mut node = NodeProc::new(exe, data, listen, dash, &args).with_http(service);
             node.prefix = net.exec_prefix(i);
             nodes.push(node);
             journals.push(journal);
@@ -221,7 +224,7 @@ impl ChaosLab {
 
     /// The HTTP addresses of the nodes (the workload's targets).
     pub fn http_addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.dashboard.clone()).collect()
+        self.nodes.iter().map(|n| n.http.clone().expect("lab nodes serve the KV API")).collect()
     }
 
     /// The tails of every node's log.
