@@ -4,9 +4,10 @@
 //! when the owner is lost the follower is promoted and its replica instance serves on with what it
 //! was sent.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clusterfunk::{Epoch, RouteError, SendError};
+use clusterfunk::{ClusterEvent, Epoch, RouteError, SendError};
 use clusterfunk_actors::proxy::{Envelope, Refusal};
 use clusterfunk_integration::inproc::{cluster, Fence, Inc, Read, Tally};
 
@@ -110,4 +111,98 @@ async fn followers_take_replica_messages_and_serve_on_when_promoted() {
     for n in [follower, bystander] {
         n.shutdown().await;
     }
+}
+
+/// Every event a node's hooks were given, in order.
+type Seen = Arc<Mutex<Vec<ClusterEvent>>>;
+
+/// The replica hooks, with the nodes they name: a follower is told it follows a shard and who
+/// leads it; when the leader is lost the follower is told it leads now, and the node that
+/// becomes the new follower is told so with the new leader; a node that leaves is told each
+/// shard it no longer follows.
+#[actix_rt::test]
+async fn replica_and_leadership_hooks_name_the_shard_and_its_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Vec<Seen> = (0..3).map(|_| Seen::default()).collect();
+    let hooks = seen.clone();
+    let nodes = cluster(dir.path(), "replicahooks", 3, 3, move |b, i| {
+        let seen = hooks[i].clone();
+        b.replica_factor(2).entity::<Tally>().on_event(move |e| {
+            seen.lock().unwrap().push(e);
+            async {}
+        })
+    })
+    .await
+    .expect("three nodes, two copies of each shard");
+    let nodes = &nodes;
+    let at = |id: clusterfunk::NodeId| nodes.iter().position(|n| n.node_id() == id).expect("one of ours");
+    let leader = nodes[0].status().leader.unwrap();
+    let shard = (0u32..256)
+        .map(clusterfunk::ShardId)
+        .find(|s| nodes[0].owner(*s).is_some_and(|o| o.to_string() != leader))
+        .expect("a shard owned by a node that does not lead Raft");
+    let set = nodes[0].replica_set(shard);
+    let (owner, follower) = (at(set.leader.unwrap()), at(set.followers[0]));
+    let bystander = (0..3).find(|i| *i != owner && *i != follower).unwrap();
+    let wait_for = |i: usize, what: &'static str, pred: Box<dyn Fn(&ClusterEvent) -> bool>| {
+        let seen = seen[i].clone();
+        async move {
+            nodes[i]
+                .wait_until(Duration::from_secs(15), what, |_| seen.lock().unwrap().iter().any(&pred))
+                .await
+                .unwrap_or_else(|e| panic!("{e}: {:?}", seen.lock().unwrap()));
+        }
+    };
+    let owner_id = nodes[owner].node_id();
+    wait_for(
+        follower,
+        "ReplicaAdded naming the leader",
+        Box::new(move |e| {
+            matches!(e, ClusterEvent::ReplicaAdded { shard: s, leader: Some(l), .. } if *s == shard && *l == owner_id)
+        }),
+    )
+    .await;
+    assert!(
+        !seen[bystander]
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, ClusterEvent::ReplicaAdded { shard: s, .. } if *s == shard)),
+        "only the follower is told it follows the shard"
+    );
+
+    // The owner is lost: the follower leads, and the bystander becomes the shard's follower.
+    nodes[owner].shutdown().await;
+    wait_for(
+        follower,
+        "ShardLeadershipGained",
+        Box::new(move |e| matches!(e, ClusterEvent::ShardLeadershipGained { shard: s, .. } if *s == shard)),
+    )
+    .await;
+    {
+        let f = seen[follower].lock().unwrap();
+        let assigned = f.iter().position(|e| matches!(e, ClusterEvent::ShardAssigned { shard: s, .. } if *s == shard));
+        let gained =
+            f.iter().position(|e| matches!(e, ClusterEvent::ShardLeadershipGained { shard: s, .. } if *s == shard));
+        assert!(assigned.is_some() && assigned < gained, "ShardAssigned, then ShardLeadershipGained: {f:?}");
+    }
+    let follower_id = nodes[follower].node_id();
+    wait_for(
+        bystander,
+        "ReplicaAdded naming the promoted leader",
+        Box::new(move |e| {
+            matches!(e, ClusterEvent::ReplicaAdded { shard: s, leader: Some(l), .. } if *s == shard && *l == follower_id)
+        }),
+    )
+    .await;
+
+    // The new follower leaves: it is told it no longer follows the shard.
+    let _ = nodes[bystander].leave(Duration::from_secs(10)).await;
+    let removed = seen[bystander]
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, ClusterEvent::ReplicaRemoved { shard: s, .. } if *s == shard));
+    assert!(removed, "ReplicaRemoved when leaving: {:?}", seen[bystander].lock().unwrap());
+    nodes[follower].shutdown().await;
 }
