@@ -67,6 +67,10 @@ pub struct Config {
     /// This node's dashboard address, announced to others (`0.0.0.0:port`: the host of a
     /// listening address is published instead).
     pub dashboard: Option<String>,
+    /// Named endpoints announced with the node's membership (`NodeMeta::endpoints`).
+    pub endpoints: std::collections::BTreeMap<String, String>,
+    /// Metadata announced with the node's membership (`NodeMeta::metadata`).
+    pub metadata: std::collections::BTreeMap<String, String>,
     /// The host (or `host:port`) published instead of the listening addresses.
     pub advertise: Option<String>,
     /// The wire protocol version announced at handshakes, for tests that stand in for an older
@@ -336,6 +340,8 @@ impl Node {
             zone: cfg.zone.clone(),
             dashboard: cfg.dashboard.clone(),
             name: name.clone(),
+            endpoints: cfg.endpoints.clone(),
+            metadata: cfg.metadata.clone(),
         };
         let core = membership::Core::new(cfg.membership.clone(), cfg.cluster.clone(), peer, meta, rand::random())
             .with_advertise(cfg.advertise.clone());

@@ -1,5 +1,6 @@
 //! Identifier newtypes and node metadata shared by every actor.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,43 @@ pub struct NodeMeta {
     /// worker index orders instances by. Appended: not sent when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Named endpoints the node serves (`http` → `10.0.0.5:8081`, `grpc`, anything): what a
+    /// client of the service dials. At most [`MAX_ATTRIBUTES`], each checked by
+    /// [`attribute_error`]. Appended: not sent when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, String>,
+    /// Key/value metadata the node was started with (`rack` → `r12`, `version` → `2.3.1`).
+    /// The same limits as `endpoints`. Appended: not sent when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The most endpoints, and the most metadata entries, a node is registered with.
+pub const MAX_ATTRIBUTES: usize = 16;
+/// The longest endpoint address or metadata value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE: usize = 256;
+
+/// Why `key = value` cannot be an endpoint or a metadata entry: a key that is not a valid name
+/// ([`name_error`]), or a value longer than [`MAX_ATTRIBUTE_VALUE`] bytes or holding a control
+/// character.
+pub fn attribute_error(key: &str, value: &str) -> Option<String> {
+    if let Some(e) = name_error(key) {
+        return Some(format!("the name {key:?}: {e}"));
+    }
+    if value.len() > MAX_ATTRIBUTE_VALUE {
+        return Some(format!("the value of {key:?} is longer than {MAX_ATTRIBUTE_VALUE} bytes"));
+    }
+    value.chars().find(|c| c.is_control()).map(|c| format!("the value of {key:?} holds the control character {c:?}"))
+}
+
+/// The entries of `attrs` that [`attribute_error`] accepts, the first [`MAX_ATTRIBUTES`] of them.
+pub fn admitted_attributes(attrs: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    attrs
+        .iter()
+        .filter(|(k, v)| attribute_error(k, v).is_none())
+        .take(MAX_ATTRIBUTES)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// This instance's place in the cluster-wide worker index (docs/architecture.md §8.3).

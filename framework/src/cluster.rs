@@ -17,7 +17,6 @@ use tracing::{info, warn};
 use crate::hooks::{ClusterEvent, Hooks, NodeHooks};
 
 use crate::entity::{HostEnv, Registry, Sharded, ShardedActor};
-use crate::status::MemberStatus;
 
 use crate::config::{Builder, ClusterConfig, ConfigError};
 use crate::status::{self, ClusterStatus};
@@ -217,9 +216,27 @@ impl Cluster {
         self.owner(shard) == Some(self.node_id())
     }
 
-    /// The members of the Raft group with their liveness as this node sees it.
-    pub fn members(&self) -> Vec<MemberStatus> {
-        self.status().members
+    /// Every member (in the Raft configuration or registered), with what it declared
+    /// (endpoints, metadata) and its liveness as this node sees it.
+    pub fn members(&self) -> Vec<crate::Member> {
+        let node = &self.inner.node;
+        crate::members::all(&node.applied.borrow(), &node.view.borrow())
+    }
+
+    /// Member `id`, if this node knows it.
+    pub fn member(&self, id: NodeId) -> Option<crate::Member> {
+        let node = &self.inner.node;
+        crate::members::member(id, &node.applied.borrow(), &node.view.borrow())
+    }
+
+    /// The node that owns `shard` in this node's map, with its endpoints and metadata.
+    pub fn owner_node(&self, shard: ShardId) -> Option<crate::Member> {
+        self.member(self.owner(shard)?)
+    }
+
+    /// Whether this node follows `shard` (is one of its replicas) in its map.
+    pub fn is_replica(&self, shard: ShardId) -> bool {
+        self.inner.node.map.borrow().replicas(shard).contains(&self.node_id())
     }
 
     /// The handle for sending to entities of type `E`.
@@ -496,6 +513,12 @@ impl ClusterConfig {
             }
             None => None,
         };
+        if let Some((addr, l)) = &http {
+            // The service's own server is an endpoint of the node, unless one is named `http`.
+            let bound = l.local_addr().map_err(|source| Error::Http { addr: *addr, source })?;
+            let published = published_dashboard(bound, node_cfg.advertise.as_deref());
+            node_cfg.endpoints.entry("http".into()).or_insert(published);
+        }
         let node = Node::start(node_cfg).await?;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();

@@ -104,6 +104,14 @@ pub enum ConfigError {
     /// The passivation time is zero.
     #[error("passivate_after: must be more than zero")]
     PassivateAfter,
+    /// An endpoint or metadata entry is not valid, or there are too many.
+    #[error("{field}: {reason}")]
+    Attribute {
+        /// `endpoint` or `metadata`.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The HTTP server's worker count is 0 or above 256.
     #[error("http_workers: {0} is not from 1 to 256")]
     HttpWorkers(usize),
@@ -227,6 +235,8 @@ pub struct Builder {
     dashboard: Option<String>,
     http: Option<String>,
     http_workers: Option<usize>,
+    endpoints: std::collections::BTreeMap<String, String>,
+    metadata: std::collections::BTreeMap<String, String>,
     bootstrap: bool,
     shards: u32,
     replica_factor: u32,
@@ -272,6 +282,8 @@ impl Default for Builder {
             dashboard: None,
             http: None,
             http_workers: None,
+            endpoints: Default::default(),
+            metadata: Default::default(),
             bootstrap: false,
             shards: 1024,
             replica_factor: 1,
@@ -466,6 +478,24 @@ impl Builder {
     /// free port ([`Cluster::http_addr`](crate::Cluster::http_addr) says which). Default: none.
     pub fn http(mut self, addr: impl Into<String>) -> Self {
         self.http = Some(addr.into());
+        self
+    }
+
+    /// A named endpoint this node serves (`grpc` → `10.0.0.5:9000`, anything a client of your
+    /// service dials), announced with its membership and returned by
+    /// [`Cluster::members`](crate::Cluster::members) and
+    /// [`Cluster::owner_node`](crate::Cluster::owner_node) on every node. The `http` server's
+    /// address is announced as `http` unless given here. At most 16; a name is letters, digits,
+    /// `.`, `_`, `-` (up to 64 bytes), a value up to 256 bytes.
+    pub fn endpoint(mut self, name: impl Into<String>, addr: impl Into<String>) -> Self {
+        self.endpoints.insert(name.into(), addr.into());
+        self
+    }
+
+    /// A key/value pair announced with this node's membership (`rack` → `r12`), like
+    /// [`endpoint`](Self::endpoint) and with its limits.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
         self
     }
 
@@ -756,6 +786,15 @@ impl Builder {
         }
         let dashboard = self.dashboard.as_deref().map(|d| resolve("dashboard", d)).transpose()?;
         let http = self.http.as_deref().map(|d| resolve("http", d)).transpose()?;
+        for (field, attrs) in [("endpoint", &self.endpoints), ("metadata", &self.metadata)] {
+            if attrs.len() > clusterfunk_actors::types::MAX_ATTRIBUTES {
+                let reason = format!("{} given, at most {}", attrs.len(), clusterfunk_actors::types::MAX_ATTRIBUTES);
+                return Err(ConfigError::Attribute { field, reason });
+            }
+            if let Some(reason) = attrs.iter().find_map(|(k, v)| clusterfunk_actors::types::attribute_error(k, v)) {
+                return Err(ConfigError::Attribute { field, reason });
+            }
+        }
         let http_workers =
             self.http_workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         if !(1..=256).contains(&http_workers) {
@@ -809,6 +848,8 @@ impl Builder {
             name: self.instance_id,
             zone: self.zone,
             dashboard: dashboard.map(|d| d.to_string()),
+            endpoints: self.endpoints,
+            metadata: self.metadata,
             secret,
             mdns: self.mdns,
             advertise,

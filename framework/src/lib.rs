@@ -31,6 +31,7 @@ mod entity;
 pub mod hooks;
 pub mod logging;
 mod manage;
+mod members;
 mod metrics;
 mod settings;
 mod status;
@@ -40,6 +41,7 @@ mod trace;
 pub use client::{Client, ClientBuilder, ClientStats};
 pub use cluster::{Cluster, Error, Faults, ReplicaSet, WorkerWatch};
 pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};
+pub use clusterfunk_actors::membership::MemberState;
 pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId, WorkerIndex};
@@ -50,6 +52,7 @@ pub use entity::{
 };
 pub use hooks::ClusterEvent;
 pub use manage::MemberInfo;
+pub use members::{Member, Role};
 pub use settings::{parse_duration, Settings, KEYS as SETTINGS_KEYS};
 pub use status::{
     ClusterInfo, ClusterStatus, FaultsStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus,

@@ -154,6 +154,10 @@ pub struct MemberStatus {
     pub zone: Option<String>,
     /// Dashboard `host:port`, if it serves one.
     pub dashboard: Option<String>,
+    /// The endpoints it declared ([`Member::endpoints`](crate::Member::endpoints)).
+    pub endpoints: BTreeMap<String, String>,
+    /// The metadata it declared.
+    pub metadata: BTreeMap<String, String>,
     /// The wire protocol version it announced at its last handshake with this node (this
     /// node's own for itself), if known.
     pub wire: Option<u32>,
@@ -362,6 +366,8 @@ pub(crate) fn member_status(
         workers: registered.or(meta).map_or(1, |m| m.workers),
         zone: meta.and_then(|m| m.zone.clone()),
         dashboard: meta.and_then(|m| m.dashboard.clone()),
+        endpoints: meta.map(|m| clusterfunk_actors::types::admitted_attributes(&m.endpoints)).unwrap_or_default(),
+        metadata: meta.map(|m| clusterfunk_actors::types::admitted_attributes(&m.metadata)).unwrap_or_default(),
         wire: if id == node.id {
             Some(node.transport.wire_version())
         } else {

@@ -87,6 +87,8 @@ async fn the_services_routes_run_on_a_server_of_their_own() {
     let (http, dash) = (cluster.http_addr().expect("serving"), cluster.dashboard_addr().expect("a dashboard"));
     assert_ne!(http, dash);
     assert_eq!(cluster.status().http, Some(http.to_string()), "the status says where");
+    let me = cluster.member(cluster.node_id()).expect("itself");
+    assert_eq!(me.endpoint("http"), Some(http.to_string().as_str()), "announced as the node's http endpoint");
 
     let node = cluster.node_id().to_string();
     let (code, body) = tokio::task::spawn_blocking(move || get(http, "/hits")).await.unwrap().unwrap();

@@ -206,3 +206,46 @@ async fn replica_and_leadership_hooks_name_the_shard_and_its_leader() {
     assert!(removed, "ReplicaRemoved when leaving: {:?}", seen[bystander].lock().unwrap());
     nodes[follower].shutdown().await;
 }
+
+/// What a node declares about itself (endpoints, metadata) reaches every member, typed:
+/// `members()`, `owner_node(shard)`; `is_replica` says which node follows a shard.
+#[actix_rt::test]
+async fn endpoints_and_metadata_reach_every_member_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), "endpoints", 2, 1, |b, i| {
+        b.replica_factor(2)
+            .entity::<Tally>()
+            .endpoint("grpc", format!("10.0.0.{i}:9000"))
+            .metadata("rack", format!("r{i}"))
+    })
+    .await
+    .expect("two nodes");
+    let declared = |m: &clusterfunk::Member, i: usize| {
+        m.endpoint("grpc") == Some(format!("10.0.0.{i}:9000").as_str())
+            && m.metadata.get("rack").map(String::as_str) == Some(format!("r{i}").as_str())
+    };
+    for n in &nodes {
+        n.wait_until(Duration::from_secs(15), "every member's endpoints", |_| {
+            let members = n.members();
+            members.len() == 2 && (0..2).all(|i| members.iter().any(|m| m.id == nodes[i].node_id() && declared(m, i)))
+        })
+        .await
+        .unwrap();
+        let status = n.status();
+        assert!(
+            status.members.iter().all(|m| m.endpoints.contains_key("grpc")),
+            "and in the status: {:?}",
+            status.members
+        );
+    }
+    let shard = clusterfunk::ShardId(0);
+    let owner = nodes[0].owner_node(shard).expect("an owner");
+    let i = nodes.iter().position(|n| n.node_id() == owner.id).unwrap();
+    assert!(declared(&owner, i), "{owner:?}");
+    let role = if i == 0 { clusterfunk::Role::Voter } else { clusterfunk::Role::Learner };
+    assert_eq!(owner.role, role, "one voter: the first node");
+    assert!(!nodes[i].is_replica(shard) && nodes[1 - i].is_replica(shard), "the other node follows the shard");
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}

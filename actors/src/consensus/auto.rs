@@ -41,12 +41,16 @@ pub const MAX_WEIGHT: u32 = 10_000;
 
 /// What the leader registers of what a node said about itself: its weight capped at
 /// [`MAX_WEIGHT`] (and at least 1), its worker count at [`MAX_WORKERS`](crate::workers::MAX_WORKERS)
-/// (so the cluster's total cannot overflow), and no instance id unless it is a valid one.
+/// (so the cluster's total cannot overflow), no instance id unless it is a valid one, and only
+/// valid endpoints and metadata, at most [`MAX_ATTRIBUTES`](crate::types::MAX_ATTRIBUTES) of each.
 pub fn admitted(meta: &NodeMeta) -> NodeMeta {
     NodeMeta {
         weight: meta.weight.clamp(1, MAX_WEIGHT),
         workers: meta.workers.min(crate::workers::MAX_WORKERS),
         name: meta.name.clone().filter(|n| crate::types::name_error(n).is_none()),
+        // A heartbeat is at most 64 KiB (gossip's limit); what is committed is bounded too.
+        endpoints: crate::types::admitted_attributes(&meta.endpoints),
+        metadata: crate::types::admitted_attributes(&meta.metadata),
         ..meta.clone()
     }
 }
@@ -185,6 +189,8 @@ mod tests {
             zone: None,
             dashboard: None,
             name: None,
+            endpoints: Default::default(),
+            metadata: Default::default(),
         }
     }
 
@@ -271,6 +277,21 @@ mod tests {
         assert_eq!(admitted(&m).weight, MAX_WEIGHT);
         assert_eq!(admitted(&NodeMeta { weight: 0, ..m.clone() }).weight, 1);
         assert_eq!(admitted(&NodeMeta { weight: 7, ..m }).weight, 7);
+    }
+
+    #[test]
+    fn claimed_endpoints_and_metadata_are_registered_bounded() {
+        let many: BTreeMap<String, String> = (0..100).map(|i| (format!("e{i:03}"), format!("10.0.0.1:{i}"))).collect();
+        let mut bad = BTreeMap::new();
+        bad.insert("ok".to_string(), "10.0.0.1:80".to_string());
+        bad.insert("bad key".to_string(), "x".to_string());
+        bad.insert("long".to_string(), "y".repeat(crate::types::MAX_ATTRIBUTE_VALUE + 1));
+        bad.insert("ctl".to_string(), "a\u{1b}[2J".to_string());
+        let m = NodeMeta { id: NodeId(4), endpoints: many, metadata: bad, ..NodeMeta::default() };
+        let a = admitted(&m);
+        assert_eq!(a.endpoints.len(), crate::types::MAX_ATTRIBUTES, "a hostile member cannot grow the state");
+        assert_eq!(a.endpoints.keys().next().map(String::as_str), Some("e000"));
+        assert_eq!(a.metadata.into_iter().collect::<Vec<_>>(), vec![("ok".to_string(), "10.0.0.1:80".to_string())]);
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Handler<Event> for Membership {
             Event::PeerConnected(p) => Input::Connected(p),
             Event::PeerDisconnected(p) => Input::Disconnected(p),
             Event::Discovered(p, a) => Input::Discovered(p, a),
-            Event::Heartbeat(hb) => Input::Heartbeat(hb),
+            Event::Heartbeat(hb) => Input::Heartbeat(*hb),
         };
         self.step(input);
     }

@@ -68,6 +68,8 @@ impl View {
 }
 
 /// Inputs to the core.
+// One at a time, moved into `step` and dropped there: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Input {
     /// Time passed.
@@ -89,6 +91,8 @@ pub enum Input {
 }
 
 /// What the shell must do.
+// A few per step, drained by the shell at once: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Effect {
     /// Connect to a peer.
@@ -128,6 +132,8 @@ pub struct Core {
     /// Whether the published dashboard host was taken from a listening address (the dashboard
     /// listens on every interface): a later, non-loopback address replaces a loopback one.
     dashboard_derived: bool,
+    /// The endpoints published with a listening address's host (bound to `0.0.0.0`).
+    derived_endpoints: std::collections::BTreeSet<String>,
 }
 
 impl Core {
@@ -152,6 +158,7 @@ impl Core {
             bootstrapping: false,
             advertise: None,
             dashboard_derived: false,
+            derived_endpoints: Default::default(),
         }
     }
 
@@ -208,6 +215,15 @@ impl Core {
                         me.meta.dashboard = Some(d);
                         self.dashboard_derived = true;
                         self.effects.push(Effect::ViewChanged);
+                    }
+                    // An endpoint bound to every interface is published like the dashboard.
+                    for (name, value) in me.meta.endpoints.iter_mut() {
+                        let derived = self.derived_endpoints.contains(name);
+                        if let Some(v) = dashboard_host(Some(value.as_str()), &addr, derived) {
+                            *value = v;
+                            self.derived_endpoints.insert(name.clone());
+                            self.effects.push(Effect::ViewChanged);
+                        }
                     }
                 }
             }
@@ -425,6 +441,8 @@ mod tests {
             zone: None,
             dashboard: None,
             name: None,
+            endpoints: Default::default(),
+            metadata: Default::default(),
         }
     }
 

@@ -345,7 +345,7 @@ impl Transport {
                 gossipsub::MessageAcceptance::Reject
             }
             Ok(Gossip::Heartbeat(hb)) if hb.cluster == self.cfg.cluster => {
-                self.emit(Event::Heartbeat(hb));
+                self.emit(Event::Heartbeat(Box::new(hb)));
                 gossipsub::MessageAcceptance::Accept
             }
             Ok(Gossip::Heartbeat(hb)) => {

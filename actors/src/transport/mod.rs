@@ -93,8 +93,9 @@ pub enum Event {
     PeerDisconnected(PeerId),
     /// mDNS found a peer (not yet known to be of this cluster).
     Discovered(PeerId, Vec<Multiaddr>),
-    /// A heartbeat arrived by gossip.
-    Heartbeat(Heartbeat),
+    /// A heartbeat arrived by gossip (boxed: it carries the sender's endpoints and metadata,
+    /// and every event goes through a mailbox).
+    Heartbeat(Box<Heartbeat>),
 }
 
 /// A Raft RPC from a peer, for the consensus actor; answer on `reply`.

@@ -55,6 +55,8 @@ mod tests {
                 zone: None,
                 dashboard: None,
                 name: None,
+                endpoints: Default::default(),
+                metadata: Default::default(),
             },
             seq: 3,
             incarnation: 4,

@@ -24,6 +24,8 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         name: None,
         zone: None,
         dashboard: None,
+        endpoints: Default::default(),
+        metadata: Default::default(),
         advertise: None,
         wire_version: None,
         secret: None,
