@@ -152,4 +152,11 @@ async fn routes_without_an_address_and_a_bad_worker_count_are_refused() {
     }
     let err = builder(dir.path()).http("nowhere").build().unwrap_err();
     assert!(err.to_string().starts_with("http:"), "{err}");
+    // Endpoints and metadata: each named and bounded.
+    let err = builder(dir.path()).endpoint("bad name", "x:1").build().unwrap_err();
+    assert!(err.to_string().starts_with("endpoint: the name \"bad name\""), "{err}");
+    let err = builder(dir.path()).metadata("rack", "r\n1").build().unwrap_err();
+    assert!(err.to_string().starts_with("metadata:") && err.to_string().contains("control"), "{err}");
+    let many = (0..17).fold(builder(dir.path()), |b, i| b.endpoint(format!("e{i}"), "x:1"));
+    assert!(many.build().unwrap_err().to_string().contains("17 given, at most 16"));
 }
