@@ -202,6 +202,14 @@ pub struct TransportStatus {
     pub raft_mailbox_full: u64,
     /// Gossip heartbeats dropped because they described another peer than their signer.
     pub forged_heartbeats: u64,
+    /// Gossip payload bytes published (sent on to mesh peers: the wire carries a multiple).
+    pub gossip_out_bytes: u64,
+    /// Gossip payload bytes received.
+    pub gossip_in_bytes: u64,
+    /// Raft payload bytes sent (requests and responses).
+    pub raft_out_bytes: u64,
+    /// Raft payload bytes received (requests and responses).
+    pub raft_in_bytes: u64,
     /// The message fault plan in force (tests and the chaos lab), and what it did so far.
     pub faults: Option<FaultsStatus>,
     /// The static seeds: what each resolved to, and the error of one that does not resolve.
@@ -273,6 +281,10 @@ pub(crate) fn collect(inner: &crate::cluster::Inner) -> ClusterStatus {
             events_dropped: stats.events_dropped.load(Ordering::Relaxed),
             raft_mailbox_full: stats.raft_mailbox_full.load(Ordering::Relaxed),
             forged_heartbeats: stats.forged_heartbeats.load(Ordering::Relaxed),
+            gossip_out_bytes: stats.gossip_out_bytes.load(Ordering::Relaxed),
+            gossip_in_bytes: stats.gossip_in_bytes.load(Ordering::Relaxed),
+            raft_out_bytes: stats.raft_out_bytes.load(Ordering::Relaxed),
+            raft_in_bytes: stats.raft_in_bytes.load(Ordering::Relaxed),
             seeds: node.transport.seeds(),
             faults: {
                 let f = node.transport.faults();

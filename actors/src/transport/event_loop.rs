@@ -160,6 +160,7 @@ impl Transport {
         match cmd {
             Command::Raft { peer, addrs, request, reply } => self.send_raft(peer, addrs, request, reply),
             Command::Publish(bytes) => {
+                Stats::add(&self.stats.gossip_out_bytes, bytes.len());
                 let topic = self.topic.clone();
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
                     debug!(error = %e, "gossip publish failed");
@@ -193,6 +194,7 @@ impl Transport {
         if !self.swarm.is_connected(&peer) {
             self.dial_peer(peer, addrs);
         }
+        Stats::add(&self.stats.raft_out_bytes, request.len());
         let id = self.swarm.behaviour_mut().raft.send_request(&peer, Inbound::Request(request));
         self.pending.insert(id, reply);
     }
@@ -235,6 +237,7 @@ impl Transport {
     fn on_reply(&mut self, peer: PeerId, channel: ResponseChannel<Vec<u8>>, resp: Option<Vec<u8>>) {
         match resp {
             Some(resp) => {
+                Stats::add(&self.stats.raft_out_bytes, resp.len());
                 if self.swarm.behaviour_mut().raft.send_response(channel, resp).is_err() {
                     debug!(%peer, "raft response not sent: connection closed");
                 }
@@ -332,6 +335,7 @@ impl Transport {
 
     fn on_gossip(&mut self, e: gossipsub::Event) {
         let gossipsub::Event::Message { propagation_source, message_id, message } = e else { return };
+        Stats::add(&self.stats.gossip_in_bytes, message.data.len());
         let accept = match wire::decode::<Gossip>(&message.data) {
             // Strict validation: every message is signed by its author. A heartbeat speaks for
             // the node that signed it only (docs/architecture.md §13), or a member could pose
@@ -376,6 +380,7 @@ impl Transport {
         use request_response::{Event as E, Message as M};
         match e {
             E::Message { peer, message: M::Request { request: Inbound::Request(request), channel, .. }, .. } => {
+                Stats::add(&self.stats.raft_in_bytes, request.len());
                 self.on_raft_request(peer, request, channel)
             }
             E::Message { peer, message: M::Request { request: Inbound::Malformed(e), .. }, .. } => {
@@ -383,6 +388,7 @@ impl Transport {
                 self.malformed(peer, &e)
             }
             E::Message { message: M::Response { request_id, response }, .. } => {
+                Stats::add(&self.stats.raft_in_bytes, response.len());
                 if let Some(reply) = self.pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }

@@ -176,6 +176,15 @@ pub struct Stats {
     pub connected_clients: AtomicU64,
     /// Gossip heartbeats signed by another peer than the one they describe, dropped.
     pub forged_heartbeats: AtomicU64,
+    /// Gossip payload bytes this node published (each is sent on to its mesh peers: the bytes
+    /// on the wire are a multiple, plus framing and crypto).
+    pub gossip_out_bytes: AtomicU64,
+    /// Gossip payload bytes received (its own published ones excluded).
+    pub gossip_in_bytes: AtomicU64,
+    /// Raft payload bytes sent: requests and responses.
+    pub raft_out_bytes: AtomicU64,
+    /// Raft payload bytes received: requests and responses.
+    pub raft_in_bytes: AtomicU64,
     /// The wire protocol version each peer announced at its handshake (identify), kept after
     /// it disconnects (the last one known).
     pub peer_wire: std::sync::Mutex<std::collections::HashMap<PeerId, u32>>,
@@ -184,6 +193,10 @@ pub struct Stats {
 impl Stats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(counter: &AtomicU64, bytes: usize) {
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 
