@@ -77,7 +77,12 @@ fn a_wrong_secret_cannot_connect() -> anyhow::Result<()> {
     let bad_id = bad_status["node_id"].as_str().unwrap_or_default().to_string();
     assert!(!s["members"].to_string().contains(&bad_id), "the wrong secret never joins: {s}");
     assert_eq!(bad_status["transport"]["connected_peers"], 0, "the wrong secret has no connection: {bad_status}");
-    // In no member list of any good node: the status, the management API, the shard map.
+    // In no member list of any good node: the status, the management API, the shard map (which
+    // a node answers once it knows the Raft leader: the node that just joined may not yet).
+    wait_until(T, "both good nodes to know the leader", || {
+        [&a, &good].iter().all(|n| n.status().ok().and_then(|s| view::leader(&s)).is_some()).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs()))?;
     for n in [&a, &good] {
         for path in ["/api/cluster", "/cluster/members", "/cluster/shards"] {
             let (code, body) = clusterfunk_integration::http_get(&n.dashboard, path)?;
