@@ -204,7 +204,7 @@ impl Client {
             panic!("{} is not registered: add .entity::<{0}>() to the client builder", std::any::type_name::<E>())
         });
         Sharded {
-            entity,
+            entity: entity.0,
             wire_name: self.registry.wire_name(entity.0).expect("registered"),
             registry: self.registry.clone(),
             via: Via::Client(self.inner.clone()),

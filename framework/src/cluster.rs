@@ -250,7 +250,7 @@ impl Cluster {
         });
         let entity = self.inner.registry.entity_id::<E>().expect("registered: its host exists");
         Sharded {
-            entity,
+            entity: entity.0,
             wire_name: self.inner.registry.wire_name(entity.0).expect("registered"),
             registry: self.inner.registry.clone(),
             via: crate::entity::Via::Member {

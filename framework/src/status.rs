@@ -350,36 +350,28 @@ pub(crate) fn member_status(
     followed: &BTreeMap<NodeId, u32>,
     leases: Option<&std::collections::HashMap<NodeId, std::time::Duration>>,
 ) -> MemberStatus {
-    let membership = applied.membership.membership();
-    let seen = view.members.get(&id);
-    let registered = applied.state.members.get(&id);
-    let meta: Option<&NodeMeta> = seen.map(|v| &v.meta).or(registered);
-    let raft_addrs = membership.get_node(&id).map(|n| n.addrs.as_slice()).unwrap_or_default();
-    let addrs = meta.map(|m| m.addrs.as_slice()).filter(|a| !a.is_empty()).unwrap_or(raft_addrs);
-    let role = if membership.voter_ids().any(|v| v == id) {
-        "voter"
-    } else if membership.get_node(&id).is_some() {
-        "learner"
-    } else {
-        "registered"
+    // What it declared, its role and liveness: the typed member (`members::member`), which
+    // knows every node of the Raft configuration.
+    let m = crate::members::member(id, applied, view);
+    let meta: Option<&NodeMeta> = view.members.get(&id).map(|v| &v.meta).or(applied.state.members.get(&id));
+    let role = match m.as_ref().map(|m| m.role) {
+        Some(crate::Role::Voter) => "voter",
+        Some(crate::Role::Learner) => "learner",
+        _ => "registered",
     };
     MemberStatus {
         id: id.to_string(),
-        // The registered name and worker count (what orders and sizes the worker index), else
-        // what gossip says, validated as a registration would be.
-        name: registered
-            .map_or_else(|| meta.and_then(|m| m.name.clone()), |r| r.name.clone())
-            .filter(|n| clusterfunk_actors::types::name_error(n).is_none()),
+        name: m.as_ref().and_then(|m| m.name.clone()),
         worker_first: clusterfunk_actors::workers::WorkerIndex::of(&applied.state, id).index,
-        addr: host_port(addrs),
+        addr: m.as_ref().and_then(|m| host_port(&m.addrs)),
         role,
-        state: seen.map_or(MemberState::Down, |v| v.state),
-        weight: meta.map_or(1, |m| m.weight),
-        workers: registered.or(meta).map_or(1, |m| m.workers),
-        zone: meta.and_then(|m| m.zone.clone()),
-        dashboard: meta.and_then(|m| m.dashboard.clone()),
-        endpoints: meta.map(|m| clusterfunk_actors::types::admitted_attributes(&m.endpoints)).unwrap_or_default(),
-        metadata: meta.map(|m| clusterfunk_actors::types::admitted_attributes(&m.metadata)).unwrap_or_default(),
+        state: m.as_ref().map_or(MemberState::Down, |m| m.state),
+        weight: m.as_ref().map_or(1, |m| m.weight),
+        workers: m.as_ref().map_or(1, |m| m.workers),
+        zone: m.as_ref().and_then(|m| m.zone.clone()),
+        dashboard: m.as_ref().and_then(|m| m.dashboard.clone()),
+        endpoints: m.as_ref().map(|m| m.endpoints.clone()).unwrap_or_default(),
+        metadata: m.map(|m| m.metadata).unwrap_or_default(),
         wire: if id == node.id {
             Some(node.transport.wire_version())
         } else {

@@ -78,7 +78,8 @@ impl Link {
     }
 
     /// Gives the link up (its node stopped answering): every waiting request fails at once
-    /// (`ConnectionLost`: it may have been handled), and no new one is sent on it.
+    /// (`ConnectionLost`: it may have been handled) and it is no longer alive, so its owner
+    /// opens a new one for the next request.
     pub(crate) fn kill(&self) {
         self.alive.store(false, Ordering::Release);
         self.pending.lock().expect("pending lock is never poisoned").clear();

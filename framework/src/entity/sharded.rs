@@ -178,8 +178,8 @@ impl From<Refusal> for SendError {
 /// ([`Cluster::sharded`](crate::Cluster::sharded)) or from a client outside the cluster
 /// ([`Client::sharded`](crate::Client::sharded)), with the same calls. Cheap to clone.
 pub struct Sharded<E: ShardedActor> {
-    /// The entity type's wire id and Rust type name, looked up once.
-    pub(crate) entity: (u64, &'static str),
+    /// The entity type's wire id, looked up once.
+    pub(crate) entity: u64,
     /// The entity type's wire name.
     pub(crate) wire_name: &'static str,
     pub(crate) registry: Arc<Registry>,
@@ -483,7 +483,7 @@ impl<E: ShardedActor> Sharded<E> {
     /// The wire ids of `E` and `M`, one of its messages (registered with it).
     fn ids<M: RemoteMessage>(&self) -> (u64, u64) {
         let mid = self.registry.message_id::<E, M>().expect("an entity's listed messages are registered with it");
-        (self.entity.0, mid)
+        (self.entity, mid)
     }
 
     /// Before this node has the cluster's state there is no shard count: wait for the first map.
