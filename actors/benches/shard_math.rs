@@ -3,7 +3,9 @@
 
 use std::hint::black_box;
 
-use clusterfunk_actors::shard::{allocate, shard_for, Candidate, ShardMap};
+use std::collections::BTreeMap;
+
+use clusterfunk_actors::shard::{allocate, allocate_weighted, shard_for, Candidate, ShardMap};
 use clusterfunk_actors::types::{Epoch, NodeId, ShardId};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -52,6 +54,20 @@ fn allocate_bench(c: &mut Criterion) {
     let map = allocated(10_000, &all);
     let rest: Vec<Candidate> = all[..49].to_vec();
     g.bench_function("leave_one_10k_50", |b| b.iter(|| allocate(black_box(&map), black_box(&rest))));
+    // Weighted: every 100th shard is hot (weight 2 to 50).
+    let weights: BTreeMap<ShardId, u32> = (0..10_000).step_by(100).map(|s| (ShardId(s), 2 + s % 49)).collect();
+    let none = BTreeMap::new();
+    let weighted = |map: &ShardMap, nodes: &[Candidate], w: &BTreeMap<ShardId, u32>| {
+        allocate_weighted(black_box(map), black_box(nodes), &none, black_box(w))
+    };
+    g.bench_function("weighted_fresh_10k_50", |b| b.iter(|| weighted(&empty, &all, &weights)));
+    let mut wmap = ShardMap::new(10_000, 1);
+    wmap.apply(&weighted(&wmap, &all, &weights).changes, Epoch(1));
+    g.bench_function("weighted_leave_one_10k_50", |b| b.iter(|| weighted(&wmap, &rest, &weights)));
+    let mut hotter = weights.clone();
+    hotter.insert(ShardId(0), 500);
+    g.bench_function("weighted_reweigh_one_10k_50", |b| b.iter(|| weighted(&wmap, &all, &hotter)));
+    g.bench_function("weighted_stable_10k_50", |b| b.iter(|| weighted(&wmap, &all, &weights)));
     g.finish();
 }
 

@@ -47,6 +47,8 @@ pub struct Config {
     pub auto_join: bool,
     /// Start a new cluster with manual rebalancing (`auto::Settings::manual_rebalance`).
     pub manual_rebalance: bool,
+    /// Shard weights a new cluster starts with (`auto::Settings::shard_weights`).
+    pub shard_weights: Vec<(crate::types::ShardId, u32)>,
     /// Production mode: the nodes the configuration lists as members (admitted and promoted to
     /// voters up to `voters` by the leader).
     pub members: Vec<NodeId>,
@@ -355,6 +357,7 @@ impl Node {
             auto_join: cfg.auto_join,
             members: cfg.members.clone(),
             manual_rebalance: cfg.manual_rebalance,
+            shard_weights: cfg.shard_weights.clone(),
         };
         let lease =
             Arc::new(LeaseService::new(cfg.lease.clone(), raft.clone(), clock.clone(), cfg.raft.election_timeout.1));

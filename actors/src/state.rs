@@ -107,6 +107,14 @@ pub enum Command {
     /// once that owner confirms it stopped, and rebalancing becomes manual so it is not planned
     /// again at once.
     AbortRebalance,
+    /// Sets shards' weights (a hot shard counts more in its owner's load): each listed shard
+    /// takes its weight, 1 being the default (the entry is dropped). Weights outside
+    /// `1..=MAX_SHARD_WEIGHT` and shards that do not exist are refused before this is written,
+    /// and skipped if written anyway.
+    SetShardWeights {
+        /// `(shard, weight)`.
+        weights: Vec<(ShardId, u32)>,
+    },
 }
 
 impl Command {
@@ -131,6 +139,7 @@ impl Command {
             | Command::Pin { .. }
             | Command::SetRebalance { .. }
             | Command::AbortRebalance => 2,
+            Command::SetShardWeights { .. } => 4,
         }
     }
 }
@@ -210,6 +219,14 @@ pub struct ClusterState {
     /// reads as [`WORKERS_EPOCH_UNKNOWN`] until [`settle_workers_epoch`](ClusterState::settle_workers_epoch).
     #[serde(default = "workers_epoch_unknown")]
     pub workers_epoch: u64,
+    /// Shards whose weight is not 1 (an operator's `shard weight`, or the config's
+    /// `shard_weights`): the allocator balances the total weight per node.
+    #[serde(default)]
+    pub shard_weights: BTreeMap<ShardId, u32>,
+    /// Whether weights were ever set (by command, or by a leader configured with
+    /// `shard_weights`): from then on only commands change them.
+    #[serde(default)]
+    pub weights_set: bool,
 }
 
 /// The worker epoch of a state written before the worker index, until it is settled.
@@ -223,6 +240,11 @@ impl ClusterState {
     /// The shard map to change: copied only if a reader still holds the current one.
     pub fn map_mut(&mut self) -> &mut ShardMap {
         Arc::make_mut(&mut self.shard_map)
+    }
+
+    /// A shard's weight: 1 unless one was set.
+    pub fn shard_weight(&self, shard: ShardId) -> u32 {
+        self.shard_weights.get(&shard).copied().unwrap_or(1)
     }
 
     /// Whether `id` takes no new shards: it is leaving, or an operator drained it.
@@ -379,6 +401,22 @@ impl ClusterState {
                     self.pinned.remove(shard);
                 }
             },
+            Command::SetShardWeights { weights } => {
+                let shards = self.shard_map.shard_count();
+                for (shard, weight) in weights {
+                    match *weight {
+                        _ if shard.0 >= shards => {}
+                        1 => {
+                            self.shard_weights.remove(shard);
+                        }
+                        w if (2..=crate::shard::MAX_SHARD_WEIGHT).contains(&w) => {
+                            self.shard_weights.insert(*shard, w);
+                        }
+                        _ => {}
+                    }
+                }
+                self.weights_set = true;
+            }
             Command::SetRebalance { manual } => {
                 self.manual_rebalance = *manual;
                 self.rebalance_set = true;

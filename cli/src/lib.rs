@@ -144,6 +144,16 @@ enum ShardCmd {
         #[arg(value_name = "SHARD")]
         shard: u32,
     },
+    /// Set a shard's weight (1 to 1000000; 1 is the default): a hot shard counts more in its
+    /// owner's load, and the allocator balances the total weight per node.
+    Weight {
+        /// The shard number.
+        #[arg(value_name = "SHARD")]
+        shard: u32,
+        /// Its weight.
+        #[arg(value_name = "WEIGHT")]
+        weight: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,6 +254,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Shard { op: ShardCmd::Unpin { shard } } => {
             api.call("PUT", &format!("/cluster/shards/{shard}"), Some(serde_json::json!({ "to": null })))?
         }
+        Cmd::Shard { op: ShardCmd::Weight { shard, weight } } => {
+            api.call("PUT", &format!("/cluster/shards/{shard}/weight"), Some(serde_json::json!({ "weight": weight })))?
+        }
         Cmd::Rebalance { op } => {
             let answer = match op {
                 RebalanceCmd::Plan => api.call("POST", "/cluster/rebalance/plan", None)?,
@@ -279,21 +292,34 @@ fn print_plan(p: &Value, committed: bool) -> Result<(), Failure> {
     let moves = p["moves"].as_array().cloned().unwrap_or_default();
     let verb = if committed { "committed" } else { "plan" };
     println!(
-        "{verb} {} at epoch {} ({} moves, {} replica changes, rebalancing {})",
+        "{verb} {} at epoch {} ({} moves of weight {}, {} replica changes, rebalancing {})",
         p["id"].as_str().unwrap_or("?"),
         p["epoch"],
         moves.len(),
+        text(&p["moved_weight"]),
         p["replica_changes"],
         p["mode"].as_str().unwrap_or("?"),
     );
+    let loads: Vec<Vec<String>> = p["loads"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| vec![text(&l["node"]), text(&l["quota"]), text(&l["before"]), text(&l["after"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    if !loads.is_empty() {
+        table(&["NODE", "QUOTA", "LOAD NOW", "LOAD AFTER"], loads);
+    }
     if moves.is_empty() {
         return Ok(());
     }
-    println!("{:>6}  {:<16}  {:<16}  {:<11}  PROMOTED", "SHARD", "FROM", "TO", "WHY");
+    println!("{:>6}  {:>7}  {:<16}  {:<16}  {:<11}  PROMOTED", "SHARD", "WEIGHT", "FROM", "TO", "WHY");
     for m in moves {
         println!(
-            "{:>6}  {:<16}  {:<16}  {:<11}  {}",
+            "{:>6}  {:>7}  {:<16}  {:<16}  {:<11}  {}",
             m["shard"],
+            text(&m["weight"]),
             m["from"].as_str().unwrap_or("-"),
             m["to"].as_str().unwrap_or("-"),
             m["reason"].as_str().unwrap_or("?"),
@@ -503,12 +529,20 @@ fn print_shards(m: &Value) -> Result<(), Failure> {
                     };
                     let replicas = if replicas.is_empty() { "-".to_string() } else { replicas.join(",") };
                     let pinned = if r["pinned"].is_null() { "-".to_string() } else { text(&r["pinned"]) };
-                    vec![text(&r["shard"]), text(&r["owner"]), replicas, text(&r["epoch"]), handoff, pinned]
+                    vec![
+                        text(&r["shard"]),
+                        text(&r["owner"]),
+                        replicas,
+                        text(&r["epoch"]),
+                        text(&r["weight"]),
+                        handoff,
+                        pinned,
+                    ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["SHARD", "OWNER", "REPLICAS", "EPOCH", "HANDOFF", "PINNED"], rows);
+    table(&["SHARD", "OWNER", "REPLICAS", "EPOCH", "WEIGHT", "HANDOFF", "PINNED"], rows);
     Ok(())
 }
 

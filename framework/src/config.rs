@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterfunk_actors::faults::FaultPlan;
-use clusterfunk_actors::types::ClusterName;
+use clusterfunk_actors::types::{ClusterName, ShardId};
 use clusterfunk_actors::Multiaddr;
 
 use crate::entity::{EntityRegistration, EntitySpec, ShardedActor};
@@ -77,6 +77,16 @@ pub enum ConfigError {
     /// `replica_factor` must be 1 to 7.
     #[error("replica_factor: {0} is not between 1 and 7")]
     ReplicaFactor(u32),
+    /// A shard weight that names no shard, or is outside `1..=1000000`.
+    #[error("shard_weights: shard {shard} weight {weight}: {reason}")]
+    ShardWeight {
+        /// The shard given.
+        shard: u32,
+        /// The weight given.
+        weight: u32,
+        /// Why it is refused.
+        reason: String,
+    },
     /// An address does not parse or resolve.
     #[error("{field}: {value:?} is not a usable host:port ({reason})")]
     Address {
@@ -261,6 +271,7 @@ pub struct Builder {
     lease_clock_rate: Option<f64>,
     mode: Mode,
     rebalance: Rebalance,
+    shard_weights: std::collections::BTreeMap<u32, u32>,
     members: Vec<String>,
     management_token: Option<clusterfunk_actors::types::Token>,
     advertise: Option<String>,
@@ -308,6 +319,7 @@ impl Default for Builder {
             lease_clock_rate: None,
             mode: Mode::Dev,
             rebalance: Rebalance::Auto,
+            shard_weights: Default::default(),
             members: Vec::new(),
             management_token: None,
             advertise: None,
@@ -436,6 +448,23 @@ impl Builder {
     /// setting never undoes an operator's choice.
     pub fn rebalance(mut self, mode: Rebalance) -> Self {
         self.rebalance = mode;
+        self
+    }
+
+    /// Gives `shard` a weight (repeatable; the default is 1): a hot shard counts `weight` times
+    /// in its owner's load, and the allocator balances the total weight per node in proportion to
+    /// node weight (docs/sharding.md, "Shard weights"). Like [`rebalance`](Builder::rebalance),
+    /// these are the weights a new cluster starts with: the first leader configured with some
+    /// writes them if none were ever set, and from then on only `clusterfunk shard weight`
+    /// (`PUT /cluster/shards/{shard}/weight`) changes them. A shard beyond
+    /// [`shards`](Builder::shards), or a weight outside `1..=1000000`, is refused by `build`.
+    ///
+    /// ```
+    /// let config = clusterfunk::Cluster::builder().shards(64).shard_weight(7, 10).build().unwrap();
+    /// # let _ = config;
+    /// ```
+    pub fn shard_weight(mut self, shard: u32, weight: u32) -> Self {
+        self.shard_weights.insert(shard, weight);
         self
     }
 
@@ -780,6 +809,17 @@ impl Builder {
         if !(1..=7).contains(&self.replica_factor) {
             return Err(ConfigError::ReplicaFactor(self.replica_factor));
         }
+        let max_weight = clusterfunk_actors::shard::MAX_SHARD_WEIGHT;
+        for (&shard, &weight) in &self.shard_weights {
+            let reason = if shard >= self.shards {
+                format!("there is no such shard (the cluster has {} shards, 0 to {})", self.shards, self.shards - 1)
+            } else if !(1..=max_weight).contains(&weight) {
+                format!("the weight is not between 1 and {max_weight}")
+            } else {
+                continue;
+            };
+            return Err(ConfigError::ShardWeight { shard, weight, reason });
+        }
         let listen = resolve("listen", &self.listen)?;
         for j in &self.join {
             seed_form("join", j)?;
@@ -840,6 +880,7 @@ impl Builder {
             voters: self.voters,
             auto_join: self.mode == Mode::Dev,
             manual_rebalance: self.rebalance == Rebalance::Manual,
+            shard_weights: self.shard_weights.iter().map(|(s, w)| (ShardId(*s), *w)).collect(),
             members,
             management_token: token,
             weight: self.weight,

@@ -53,7 +53,7 @@ pub use entity::{
 pub use hooks::ClusterEvent;
 pub use manage::MemberInfo;
 pub use members::{Member, Role};
-pub use settings::{parse_duration, Settings, KEYS as SETTINGS_KEYS};
+pub use settings::{parse_duration, parse_shard_weight, Settings, KEYS as SETTINGS_KEYS};
 pub use status::{
     ClusterInfo, ClusterStatus, FaultsStatus, MemberStatus, OwnershipStatus, RaftInfo, ShardMapStatus, TrafficStatus,
     TransportStatus,

@@ -10,7 +10,9 @@
 //! | `POST /cluster/leader/step-down` | hand Raft leadership to another voter |
 //! | `GET /cluster/shards[?node=ID]` | the shard map as of now (linearizable: Raft ReadIndex), with its epoch |
 //! | `PUT /cluster/shards/{shard}` `{"to": ID or null}` | pin the shard to a node (a planned move by handoff), or unpin it |
-//! | `POST /cluster/rebalance/plan` | the allocator's plan of the moment (moves, from, to, why) and its id; moves nothing |
+//! | `PUT /cluster/shards/{shard}/weight` `{"weight": N}` | set the shard's weight (1 to 1000000; 1 is the default): the allocator balances total weight per node |
+//! | `PUT /cluster/shards/weights` `{"weights": {"SHARD": N, ..}}` | set several weights in one change |
+//! | `POST /cluster/rebalance/plan` | the allocator's plan of the moment (moves with their weights, from, to, why; each node's load before and after, and its quota) and its id; moves nothing |
 //! | `POST /cluster/rebalance/commit` `{"id": ..}` | carry out that plan; refused if the cluster changed since |
 //! | `POST /cluster/rebalance/abort` | send handoffs in flight back to their old owners; rebalancing becomes manual |
 //! | `PUT /cluster/rebalance` `{"mode": "auto" or "manual"}` | whether load-balancing moves wait for a commit |
@@ -26,7 +28,7 @@ use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use clusterfunk_actors::consensus::manage::{check_token, Done, ManageError, MemberOp};
 use clusterfunk_actors::events::ClusterEvent;
-use clusterfunk_actors::shard::{Move, MoveReason};
+use clusterfunk_actors::shard::{Move, MoveReason, NodeLoad};
 use clusterfunk_actors::types::{NodeId, ShardId, Token};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -159,7 +161,7 @@ fn answer(r: Result<Done, ManageError>) -> HttpResponse {
             "leader": done.leader.map(|l| l.to_string()),
             "steps": done.steps,
             "plan": done.plan.map(|p| {
-                let mut v = plan_json(&p.moves, p.replica_changes);
+                let mut v = plan_json(&p.moves, p.replica_changes, &p.loads);
                 v["id"] = p.id.into();
                 v["epoch"] = p.epoch.0.into();
                 v["mode"] = if p.manual { "manual" } else { "auto" }.into();
@@ -360,6 +362,7 @@ async fn shards(cluster: web::Data<Cluster>, q: web::Query<ShardsQuery>) -> Http
                 "owner": map.owner(s).map(id),
                 "replicas": map.replicas(s).into_iter().map(id).collect::<Vec<_>>(),
                 "epoch": map.shard_epoch(s).0,
+                "weight": st.shard_weight(s),
                 "pinned": st.pinned.get(&s).map(|n| id(*n)),
                 "handoff": st.handoffs.get(&s).map(|h| serde_json::json!({
                     "from": id(h.from),
@@ -374,6 +377,7 @@ async fn shards(cluster: web::Data<Cluster>, q: web::Query<ShardsQuery>) -> Http
         "shards": map.shard_count(),
         "replica_factor": map.replica_factor(),
         "rebalance": if st.manual_rebalance { "manual" } else { "auto" },
+        "total_weight": (0..map.shard_count()).map(|s| u64::from(st.shard_weight(ShardId(s)))).sum::<u64>(),
         "assignments": rows,
     }))
 }
@@ -406,6 +410,57 @@ async fn move_shard(
         Err(e) => return error(StatusCode::CONFLICT, e, true),
     };
     run(&cluster, &req, MemberOp::MoveShard { shard: ShardId(shard), to }).await
+}
+
+/// `PUT /cluster/shards/{shard}/weight` body.
+#[derive(Deserialize)]
+struct WeightBody {
+    weight: u32,
+}
+
+#[put("/cluster/shards/{shard}/weight")]
+async fn shard_weight(
+    cluster: web::Data<Cluster>,
+    req: HttpRequest,
+    shard: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
+    let Ok(shard) = shard.parse::<u32>() else {
+        return error(StatusCode::BAD_REQUEST, format!("shard: {shard:?} is not a shard number"), false);
+    };
+    let b: WeightBody = match json_body(&req, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    run(&cluster, &req, MemberOp::SetShardWeights(vec![(ShardId(shard), b.weight)])).await
+}
+
+/// `PUT /cluster/shards/weights` body: weights by shard number.
+#[derive(Deserialize)]
+struct WeightsBody {
+    weights: std::collections::BTreeMap<String, u32>,
+}
+
+#[put("/cluster/shards/weights")]
+async fn shard_weights(cluster: web::Data<Cluster>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Some(refused) = unauthorized(&cluster, &req) {
+        return refused;
+    }
+    let b: WeightsBody = match json_body(&req, &body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let mut weights = Vec::with_capacity(b.weights.len());
+    for (shard, weight) in b.weights {
+        let Ok(s) = shard.parse::<u32>() else {
+            return error(StatusCode::BAD_REQUEST, format!("weights: {shard:?} is not a shard number"), false);
+        };
+        weights.push((ShardId(s), weight));
+    }
+    run(&cluster, &req, MemberOp::SetShardWeights(weights)).await
 }
 
 #[post("/cluster/rebalance/plan")]
@@ -460,7 +515,7 @@ async fn rebalance_mode(cluster: web::Data<Cluster>, req: HttpRequest, body: web
 }
 
 /// Owner changes as the API shows them (a plan, a rebalance event).
-fn plan_json(moves: &[Move], replica_changes: u32) -> Value {
+fn plan_json(moves: &[Move], replica_changes: u32, loads: &[NodeLoad]) -> Value {
     let id = |n: &NodeId| n.to_string();
     serde_json::json!({
         "moves": moves.iter().map(|m| serde_json::json!({
@@ -475,15 +530,23 @@ fn plan_json(moves: &[Move], replica_changes: u32) -> Value {
                 _ => "other",
             },
             "promoted": m.promoted,
+            "weight": m.weight,
         })).collect::<Vec<_>>(),
+        "moved_weight": moves.iter().map(|m| u64::from(m.weight)).sum::<u64>(),
         "replica_changes": replica_changes,
+        "loads": loads.iter().map(|l| serde_json::json!({
+            "node": id(&l.node),
+            "before": l.before,
+            "after": l.after,
+            "quota": l.quota,
+        })).collect::<Vec<_>>(),
     })
 }
 
 /// One event as the stream sends it: its kind and its fields (node ids as 16-hex-digit text).
 pub(crate) fn event_json(ev: &ClusterEvent) -> (&'static str, Value) {
     let id = |n: &NodeId| n.to_string();
-    let plan = |p: &clusterfunk_actors::shard::Plan| plan_json(&p.moves, p.replica_changes);
+    let plan = |p: &clusterfunk_actors::shard::Plan| plan_json(&p.moves, p.replica_changes, &p.loads);
     match ev {
         ClusterEvent::ShardAssigned { shard, epoch, previous_owner } => (
             "shard_assigned",
@@ -566,6 +629,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .service(change)
         .service(step_down)
         .service(shards)
+        .service(shard_weights)
+        .service(shard_weight)
         .service(move_shard)
         .service(rebalance_plan)
         .service(rebalance_commit)

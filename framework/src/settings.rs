@@ -107,6 +107,8 @@ pub struct Settings {
     pub rebalance_debounce: Option<Duration>,
     /// `auto` or `manual`: the rebalancing mode a new cluster starts in ([`Builder::rebalance`]).
     pub rebalance: Option<Rebalance>,
+    /// `SHARD=WEIGHT` pairs: the shard weights a new cluster starts with ([`Builder::shard_weight`]).
+    pub shard_weights: Option<Vec<(u32, u32)>>,
     /// Remote request timeout ([`Builder::proxy_timeouts`]).
     pub proxy_request_timeout: Option<Duration>,
     /// How long a message waits for its shard's owner ([`Builder::proxy_timeouts`]).
@@ -165,6 +167,7 @@ impl std::fmt::Debug for Settings {
             lease_grace,
             rebalance_debounce,
             rebalance,
+            shard_weights,
             proxy_request_timeout,
             proxy_route_wait,
             proxy_queue,
@@ -215,6 +218,7 @@ pub const KEYS: &[&str] = &[
     "lease_grace",
     "rebalance_debounce",
     "rebalance",
+    "shard_weights",
     "proxy_request_timeout",
     "proxy_route_wait",
     "proxy_queue",
@@ -269,6 +273,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn number<T: std::str::FromStr>(raw: Raw) -> Result<T, String> {
     let s = raw.one()?;
     s.trim().parse().map_err(|_| format!("{s:?} is not a whole number in range"))
+}
+
+/// Parses one `SHARD=WEIGHT` pair (`"7=10"`); the ranges are checked by [`Builder::build`].
+pub fn parse_shard_weight(item: &str) -> Result<(u32, u32), String> {
+    let parse = |s: &str| s.trim().parse::<u32>().ok();
+    match item.split_once('=') {
+        Some((s, w)) => parse(s).zip(parse(w)),
+        None => None,
+    }
+    .ok_or_else(|| format!("{item:?} is not SHARD=WEIGHT (such as \"7=10\")"))
+}
+
+fn shard_weights(items: Vec<String>) -> Result<Vec<(u32, u32)>, String> {
+    items.iter().map(|i| parse_shard_weight(i)).collect()
 }
 
 fn boolean(raw: Raw) -> Result<bool, String> {
@@ -340,6 +358,7 @@ impl Settings {
                         other => return Err(format!("{other:?} is not auto or manual")),
                     })
                 }
+                "shard_weights" => self.shard_weights = Some(shard_weights(raw.many())?),
                 "proxy_request_timeout" => self.proxy_request_timeout = Some(dur(raw)?),
                 "proxy_route_wait" => self.proxy_route_wait = Some(dur(raw)?),
                 "proxy_queue" => self.proxy_queue = Some(number(raw)?),
@@ -491,6 +510,7 @@ impl Settings {
             lease_grace,
             rebalance_debounce,
             rebalance,
+            shard_weights,
             proxy_request_timeout,
             proxy_route_wait,
             proxy_queue,
@@ -564,6 +584,9 @@ impl Builder {
         with!(lease_grace);
         with!(rebalance_debounce);
         with!(rebalance);
+        for (shard, weight) in s.shard_weights.unwrap_or_default() {
+            self = self.shard_weight(shard, weight);
+        }
         for j in s.join.unwrap_or_default() {
             self = self.join(j);
         }
@@ -714,6 +737,7 @@ mod tests {
                 "bootstrap" | "mdns" | "accept_clients" => "true",
                 "mode" => "production",
                 "rebalance" => "manual",
+                "shard_weights" => "3=5,7=2",
                 "lease_drift" => "0.01",
                 k if k.ends_with("_after")
                     || k.ends_with("_interval")

@@ -797,13 +797,18 @@ impl Handler<Manage> for Consensus {
         if m.current_leader == Some(m.id) {
             return Box::pin(self.exec().run(msg.op));
         }
-        let Some(node) = leader_node(&m) else {
+        let (Some(node), Some(leader)) = (leader_node(&m), m.current_leader) else {
             return Box::pin(std::future::ready(Err(ManageError::NoLeader)));
         };
         let transport = self.transport.clone();
         Box::pin(async move {
             let (peer, addrs) =
                 parse_peer(&node.peer_id, &node.addrs).map_err(|e| ManageError::Unreachable(e.to_string()))?;
+            // A leader of an older build could not decode the op (and would drop this node for it).
+            let needs = msg.op.since_wire();
+            if let Some(has) = transport.peer_wire(&peer).filter(|has| *has < needs) {
+                return Err(ManageError::Refused(manage::Refused::Upgrade { node: leader, has, needs }));
+            }
             let deadline = tokio::time::Instant::now() + RELAY_WAIT;
             let mut request = RaftRequest::Manage { op: msg.op, token: msg.token.clone() };
             loop {

@@ -33,6 +33,9 @@ pub struct Settings {
     /// leader configured for it that finds no mode recorded; after that only commands change it
     /// (an operator's `rebalance mode auto` is not undone by a restart).
     pub manual_rebalance: bool,
+    /// The shard weights a cluster starts with (`shard_weights`): written by the first leader
+    /// configured with some that finds none ever set; after that only commands change them.
+    pub shard_weights: Vec<(crate::types::ShardId, u32)>,
 }
 
 /// The largest weight a node is registered with: a heartbeat claiming more (a misconfigured or
@@ -164,6 +167,10 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
             return Some(Action::SetVoters(next));
         }
     }
+    // Last: it needs wire 4, and a refusal must not hold up membership during an upgrade.
+    if !s.shard_weights.is_empty() && !st.weights_set {
+        return Some(Action::Write(Command::SetShardWeights { weights: s.shard_weights.clone() }));
+    }
     None
 }
 
@@ -203,6 +210,7 @@ mod tests {
             auto_join: true,
             members: vec![],
             manual_rebalance: false,
+            shard_weights: vec![],
         }
     }
 

@@ -69,6 +69,8 @@ pub enum MemberOp {
         /// Manual or automatic.
         manual: bool,
     },
+    /// Set shards' weights (1 is the default): the allocator balances the total weight per node.
+    SetShardWeights(Vec<(ShardId, u32)>),
 }
 
 impl MemberOp {
@@ -88,6 +90,15 @@ impl MemberOp {
             MemberOp::RebalanceCommit(_) => "rebalance-commit",
             MemberOp::RebalanceAbort => "rebalance-abort",
             MemberOp::SetRebalance { .. } => "rebalance-mode",
+            MemberOp::SetShardWeights(_) => "shard-weight",
+        }
+    }
+
+    /// The wire protocol version a node must speak to decode this op when it is relayed to it.
+    pub fn since_wire(&self) -> u32 {
+        match self {
+            MemberOp::SetShardWeights(_) => 4,
+            _ => 2,
         }
     }
 }
@@ -170,6 +181,16 @@ pub enum Refused {
     /// Handoffs are in flight: each one that finishes changes the plan.
     #[error("{0} handoffs are still in flight; plan once they finished (`clusterfunk shards` shows them)")]
     HandoffsInFlight(usize),
+    /// A shard weight outside `1..=MAX_SHARD_WEIGHT`.
+    #[error("shard {shard}: weight {weight} is not between 1 and {max}")]
+    BadWeight {
+        /// The shard.
+        shard: u32,
+        /// The weight asked for.
+        weight: u32,
+        /// The largest allowed.
+        max: u32,
+    },
 }
 
 /// One step of a request, run in order.
@@ -378,6 +399,24 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
             }
             Ok(vec![Step::Write(Command::Pin { shard, node: to })])
         }
+        MemberOp::SetShardWeights(ref weights) => {
+            let shards = s.state.shard_map.shard_count();
+            let max = crate::shard::MAX_SHARD_WEIGHT;
+            for (shard, weight) in weights {
+                if shard.0 >= shards {
+                    return Err(Refused::UnknownShard { shard: shard.0, shards });
+                }
+                if !(1..=max).contains(weight) {
+                    return Err(Refused::BadWeight { shard: shard.0, weight: *weight, max });
+                }
+            }
+            let changed: Vec<(ShardId, u32)> =
+                weights.iter().copied().filter(|(sh, w)| s.state.shard_weight(*sh) != *w).collect();
+            if changed.is_empty() {
+                return Ok(vec![]);
+            }
+            Ok(vec![Step::Write(Command::SetShardWeights { weights: changed })])
+        }
         MemberOp::RebalanceAbort => Ok(vec![Step::Write(Command::AbortRebalance)]),
         MemberOp::SetRebalance { manual } => Ok(vec![Step::Write(Command::SetRebalance { manual })]),
         // Carried out by the shard manager (it holds the lease table): see [`Rebalance`].
@@ -399,6 +438,9 @@ pub struct RebalancePlan {
     pub moves: Vec<Move>,
     /// Shards whose follower set changes.
     pub replica_changes: u32,
+    /// Each live candidate's load (total shard weight) before and after, and its quota.
+    #[serde(default)]
+    pub loads: Vec<crate::shard::NodeLoad>,
 }
 
 /// Asks the shard manager of the leader for its plan (`commit: None`) or to carry out the plan

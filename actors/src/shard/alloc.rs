@@ -20,8 +20,28 @@
 //! (moved there if needed) and is never given up for quota; it counts toward its node's load, so
 //! the node sheds other shards instead. A pin to a node that is not a candidate is ignored while
 //! the node is away.
+//!
+//! Shard weights ([`allocate_weighted`]): a hot shard may count more than 1. A node's *load* is
+//! the total weight of the shards it owns and its quota `W * weight / total node weight`, where
+//! `W` is the total shard weight; shards cannot be split, so the aim is every node within one
+//! heaviest shard (`w_max`) of its quota. With every shard at weight 1 the rules above apply as
+//! they are (they meet the quota to the shard). Otherwise:
+//! 1. Shards with no owner, or whose owner left, are freed.
+//! 2. A node `w_max` or more over its quota frees shards until it is not: each time the lightest
+//!    shard that is enough, else its heaviest (ties: the highest-numbered), so as little weight
+//!    moves as it can.
+//! 3. Freed shards, heaviest first (ties: lowest-numbered), go to a live follower that stays
+//!    within its quota with it (a promotion), else to the node furthest below its quota (ties by
+//!    id). Whoever takes one ends less than `w_max` over its quota.
+//! 4. While a node is `w_max` or more below its quota, the node furthest over its quota gives it
+//!    a shard (the lightest that covers the smaller of the two gaps, else its heaviest). Each such
+//!    move strictly lowers the sum of squared deviations, so this ends; then every node is within
+//!    `w_max` of its quota, and a second run changes nothing.
+//!
+//! Followers are balanced by count, not weight.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +86,26 @@ pub struct Move {
     pub reason: MoveReason,
     /// Whether the new owner was a follower of the shard.
     pub promoted: bool,
+    /// The shard's weight (1 unless an operator or the config set one).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One node's load in a [`Plan`]: the total weight of the shards it owns, before and after.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// The node.
+    pub node: NodeId,
+    /// Its load now.
+    pub before: u64,
+    /// Its load once the plan is carried out.
+    pub after: u64,
+    /// Its weighted quota, `W * weight / total node weight`, rounded to the nearest whole weight.
+    pub quota: u64,
 }
 
 /// What a rebalance would do, computable without committing it.
@@ -75,6 +115,9 @@ pub struct Plan {
     pub moves: Vec<Move>,
     /// Shards whose follower set changes.
     pub replica_changes: u32,
+    /// Each live candidate's load before and after, in node id order.
+    #[serde(default)]
+    pub loads: Vec<NodeLoad>,
 }
 
 /// The result of [`allocate`]: the changed assignments and the plan that explains them.
@@ -104,17 +147,43 @@ pub fn allocate(current: &ShardMap, nodes: &[Candidate]) -> Allocation {
 /// [`allocate`], with the shards of `pinned` kept on (or moved to) their node while it is one of
 /// the `nodes`.
 pub fn allocate_pinned(current: &ShardMap, nodes: &[Candidate], pinned: &BTreeMap<ShardId, NodeId>) -> Allocation {
+    allocate_weighted(current, nodes, pinned, &BTreeMap::new())
+}
+
+/// The largest weight a shard may carry: a node's load then fits easily in a `u64` and the
+/// allocator's arithmetic in an `i128` (a weight above it counts as this).
+pub const MAX_SHARD_WEIGHT: u32 = 1_000_000;
+
+/// [`allocate_pinned`], with shards weighted: a shard not in `weights` weighs 1, and a node's
+/// load is the total weight of its shards (the module doc gives the rules).
+pub fn allocate_weighted(
+    current: &ShardMap,
+    nodes: &[Candidate],
+    pinned: &BTreeMap<ShardId, NodeId>,
+    weights: &BTreeMap<ShardId, u32>,
+) -> Allocation {
     let mut nodes: Vec<&Candidate> = nodes.iter().collect();
     nodes.sort_by_key(|n| n.id);
     nodes.dedup_by_key(|n| n.id);
     let shards = current.shard_count() as usize;
+    let weight = |s: ShardId| weights.get(&s).map_or(1, |w| (*w).clamp(1, MAX_SHARD_WEIGHT));
+    let weighted = weights.iter().any(|(s, w)| (s.0 as usize) < shards && *w > 1);
     let mut owners: Vec<(ShardId, Option<NodeId>, MoveReason, bool)> = Vec::new();
-    let new_owner = owner_phase(current, &nodes, shards, pinned, &mut owners);
+    let overrides = if weighted {
+        owner_phase_weighted(current, &nodes, pinned, &weight, &mut owners)
+    } else {
+        owner_phase(current, &nodes, shards, pinned, &mut owners)
+    };
+    let new_owner = |shard: ShardId| match overrides.binary_search_by_key(&shard, |o| o.0) {
+        Ok(i) => overrides[i].1,
+        Err(_) => current.owner(shard),
+    };
     let mut alloc = Allocation::default();
+    alloc.plan.loads = loads(current, &nodes, &weight, &overrides);
     if current.replica_factor() <= 1 {
         for (shard, to, reason, promoted) in owners {
             let from = current.owner(shard);
-            alloc.plan.moves.push(Move { shard, from, to, reason, promoted });
+            alloc.plan.moves.push(Move { shard, from, to, reason, promoted, weight: weight(shard) });
             alloc.changes.push((shard, Assignment { owner: to, replicas: vec![] }));
         }
         return alloc;
@@ -126,7 +195,7 @@ pub fn allocate_pinned(current: &ShardMap, nodes: &[Candidate], pinned: &BTreeMa
         let owner = new_owner(shard);
         if let Some((_, to, reason, promoted)) = moved.next_if(|m| m.0 == shard) {
             let from = current.owner(shard);
-            alloc.plan.moves.push(Move { shard, from, to, reason, promoted });
+            alloc.plan.moves.push(Move { shard, from, to, reason, promoted, weight: weight(shard) });
         }
         let next = Assignment { owner, replicas };
         if next.replicas != current.replicas(shard) {
@@ -139,17 +208,18 @@ pub fn allocate_pinned(current: &ShardMap, nodes: &[Candidate], pinned: &BTreeMa
     alloc
 }
 
-/// Decides owners. Returns the shards that change owner (in `moved`, shard order) and a lookup
-/// of the new owner of any shard.
-fn owner_phase<'a>(
-    current: &'a ShardMap,
+/// A shard that changes owner: `(shard, new owner, why, promoted)`.
+type Moved = (ShardId, Option<NodeId>, MoveReason, bool);
+
+/// The pins to live candidates (they hold), the owners with pinned shards on their node, and
+/// the pin moves that takes.
+fn apply_pins(
+    current: &ShardMap,
     nodes: &[&Candidate],
-    shards: usize,
     pinned: &BTreeMap<ShardId, NodeId>,
-    moved: &mut Vec<(ShardId, Option<NodeId>, MoveReason, bool)>,
-) -> impl Fn(ShardId) -> Option<NodeId> + 'a {
+) -> (BTreeMap<ShardId, NodeId>, Vec<Option<NodeId>>, Vec<Moved>) {
+    let shards = current.shard_count() as usize;
     let candidate = |id: &NodeId| nodes.binary_search_by_key(id, |n| n.id).is_ok();
-    // Pins to live candidates hold: their shards start on their node.
     let pins: BTreeMap<ShardId, NodeId> =
         pinned.iter().filter(|(s, n)| (s.0 as usize) < shards && candidate(n)).map(|(s, n)| (*s, *n)).collect();
     let mut owners = current.owners().to_vec();
@@ -160,6 +230,66 @@ fn owner_phase<'a>(
             owners[s.0 as usize] = Some(*n);
         }
     }
+    (pins, owners, pin_moves)
+}
+
+/// The new owner of each shard that changes one, in shard order (from `moved`).
+fn overrides_of(moved: &[Moved]) -> Vec<(ShardId, Option<NodeId>)> {
+    moved.iter().map(|m| (m.0, m.1)).collect()
+}
+
+/// Each candidate's load before and after the owner changes `overrides`.
+fn loads(
+    current: &ShardMap,
+    nodes: &[&Candidate],
+    weight: &impl Fn(ShardId) -> u32,
+    overrides: &[(ShardId, Option<NodeId>)],
+) -> Vec<NodeLoad> {
+    let at = |id: Option<NodeId>| id.and_then(|id| nodes.binary_search_by_key(&id, |n| n.id).ok());
+    let mut before = vec![0u64; nodes.len()];
+    let mut total = 0u128;
+    for (s, o) in current.owners().iter().enumerate() {
+        let w = u64::from(weight(ShardId(s as u32)));
+        total += u128::from(w);
+        if let Some(i) = at(*o) {
+            before[i] += w;
+        }
+    }
+    let mut after = before.clone();
+    for (s, to) in overrides {
+        let w = u64::from(weight(*s));
+        if let Some(i) = at(current.owner(*s)) {
+            after[i] -= w;
+        }
+        if let Some(i) = at(*to) {
+            after[i] += w;
+        }
+    }
+    let node_total: u128 = nodes.iter().map(|n| u128::from(n.weight.max(1))).sum();
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeLoad {
+            node: n.id,
+            before: before[i],
+            after: after[i],
+            quota: ((2 * total * u128::from(n.weight.max(1)) + node_total) / (2 * node_total)) as u64,
+        })
+        .collect()
+}
+
+/// Decides owners with every shard at weight 1. Returns the shards that change owner (in
+/// `moved`, shard order) and their new owners.
+fn owner_phase(
+    current: &ShardMap,
+    nodes: &[&Candidate],
+    shards: usize,
+    pinned: &BTreeMap<ShardId, NodeId>,
+    moved: &mut Vec<Moved>,
+) -> Vec<(ShardId, Option<NodeId>)> {
+    let candidate = |id: &NodeId| nodes.binary_search_by_key(id, |n| n.id).is_ok();
+    // Pins to live candidates hold: their shards start on their node.
+    let (pins, owners, pin_moves) = apply_pins(current, nodes, pinned);
     let mut counts: BTreeMap<NodeId, u32> = BTreeMap::new();
     for o in owners.iter().flatten() {
         *counts.entry(*o).or_default() += 1;
@@ -233,11 +363,113 @@ fn owner_phase<'a>(
     // A pinned shard is never freed, so the two lists name distinct shards.
     moved.extend(pin_moves);
     moved.sort_by_key(|m| m.0);
-    let overrides: Vec<(ShardId, Option<NodeId>)> = moved.iter().map(|m| (m.0, m.1)).collect();
-    move |shard: ShardId| match overrides.binary_search_by_key(&shard, |o| o.0) {
-        Ok(i) => overrides[i].1,
-        Err(_) => current.owner(shard),
+    overrides_of(moved)
+}
+
+/// Decides owners with weighted shards (the module doc's weighted rules). Same contract as
+/// [`owner_phase`].
+fn owner_phase_weighted(
+    current: &ShardMap,
+    nodes: &[&Candidate],
+    pinned: &BTreeMap<ShardId, NodeId>,
+    weight: &impl Fn(ShardId) -> u32,
+    moved: &mut Vec<Moved>,
+) -> Vec<(ShardId, Option<NodeId>)> {
+    let shards = current.shard_count();
+    let at = |id: NodeId| nodes.binary_search_by_key(&id, |n| n.id).ok();
+    let (pins, mut owners, pin_moves) = apply_pins(current, nodes, pinned);
+    let w = |s: ShardId| i128::from(weight(s));
+    // Deviations are kept scaled by the total node weight `nw`, so they are exact integers:
+    // dev[i] = load[i] * nw - W * weight[i].
+    let nw: i128 = nodes.iter().map(|n| i128::from(n.weight.max(1))).sum::<i128>().max(1);
+    let total: i128 = (0..shards).map(|s| w(ShardId(s))).sum();
+    let w_max = (0..shards).map(|s| w(ShardId(s))).max().unwrap_or(1);
+    let tolerance = w_max * nw;
+    let mut dev: Vec<i128> = nodes.iter().map(|n| -total * i128::from(n.weight.max(1))).collect();
+    let mut reason: BTreeMap<ShardId, MoveReason> = BTreeMap::new();
+    let mut freed: Vec<ShardId> = Vec::new();
+    let holder: Vec<Option<usize>> = owners.iter().map(|o| o.and_then(at)).collect();
+    for s in (0..shards).map(ShardId) {
+        match holder[s.0 as usize] {
+            Some(i) => dev[i] += w(s) * nw,
+            None => {
+                let why = if owners[s.0 as usize].is_some() { MoveReason::OwnerLeft } else { MoveReason::Unassigned };
+                reason.insert(s, why);
+                owners[s.0 as usize] = None;
+                freed.push(s);
+            }
+        }
     }
+    // Balanced already (the common case, on every tick of the leader): only the pins move.
+    if freed.is_empty() && dev.iter().all(|d| d.abs() < tolerance) {
+        moved.extend(pin_moves);
+        moved.sort_by_key(|m| m.0);
+        return overrides_of(moved);
+    }
+    // Each node's shards that may move (not pinned), lightest first, then highest-numbered.
+    let mut movable: Vec<BTreeSet<(i128, Reverse<ShardId>)>> = vec![BTreeSet::new(); nodes.len()];
+    for s in (0..shards).map(ShardId) {
+        if let Some(i) = holder[s.0 as usize].filter(|_| !pins.contains_key(&s)) {
+            movable[i].insert((w(s), Reverse(s)));
+        }
+    }
+    // The lightest of `i`'s movable shards weighing at least `need` (scaled), else its heaviest.
+    let pick = |set: &BTreeSet<(i128, Reverse<ShardId>)>, need: i128| {
+        let least = (need + nw - 1).div_euclid(nw).max(1);
+        set.range((least, Reverse(ShardId(u32::MAX)))..).next().or_else(|| set.iter().next_back()).copied()
+    };
+    // Rule 2: a node `w_max` or more over its quota frees shards until it is not.
+    for i in 0..nodes.len() {
+        while dev[i] >= tolerance {
+            let Some((ws, Reverse(s))) = pick(&movable[i], dev[i] - tolerance + 1) else { break };
+            movable[i].remove(&(ws, Reverse(s)));
+            dev[i] -= ws * nw;
+            owners[s.0 as usize] = None;
+            reason.insert(s, MoveReason::OverQuota);
+            freed.push(s);
+        }
+    }
+    // The node furthest below its quota (ties by id).
+    let lowest = |dev: &[i128]| (0..dev.len()).min_by_key(|i| (dev[*i], *i));
+    // Rule 3: heaviest first, to a follower that stays within its quota, else the lowest node.
+    freed.sort_by_key(|s| (Reverse(w(*s)), *s));
+    for s in freed {
+        let follower = current.replicas(s).into_iter().filter_map(at).find(|f| dev[*f] + w(s) * nw <= 0);
+        let Some(i) = follower.or_else(|| lowest(&dev)) else { continue };
+        dev[i] += w(s) * nw;
+        movable[i].insert((w(s), Reverse(s)));
+        owners[s.0 as usize] = Some(nodes[i].id);
+    }
+    // Rule 4: lift nodes `w_max` or more below their quota. Each move lowers the sum of squared
+    // deviations by at least 2 * nw^2 (a whole weight), so the bound only guards a bug.
+    for _ in 0..(shards as usize + 1) * 4 {
+        let Some(j) = lowest(&dev) else { break };
+        if dev[j] > -tolerance {
+            break;
+        }
+        let donor = (0..nodes.len())
+            .filter(|i| dev[*i] > 0 && !movable[*i].is_empty())
+            .max_by_key(|i| (dev[*i], Reverse(*i)));
+        let Some(i) = donor else { break };
+        let Some((ws, Reverse(s))) = pick(&movable[i], dev[i].min(-dev[j])) else { break };
+        movable[i].remove(&(ws, Reverse(s)));
+        dev[i] -= ws * nw;
+        dev[j] += ws * nw;
+        movable[j].insert((ws, Reverse(s)));
+        owners[s.0 as usize] = Some(nodes[j].id);
+        reason.entry(s).or_insert(MoveReason::OverQuota);
+    }
+    for s in (0..shards).map(ShardId) {
+        let to = owners[s.0 as usize];
+        let pin_move = pin_moves.iter().any(|m| m.0 == s);
+        if to != current.owner(s) && !pin_move {
+            let why = reason.get(&s).copied().unwrap_or(MoveReason::OverQuota);
+            moved.push((s, to, why, to.is_some_and(|t| current.replicas(s).contains(&t))));
+        }
+    }
+    moved.extend(pin_moves);
+    moved.sort_by_key(|m| m.0);
+    overrides_of(moved)
 }
 
 /// Whole-number quotas summing to `total`, each within one of `total * w / W`.

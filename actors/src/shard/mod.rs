@@ -6,6 +6,8 @@ mod alloc;
 mod hash;
 mod map;
 
-pub use alloc::{allocate, allocate_pinned, Allocation, Candidate, Move, MoveReason, Plan};
+pub use alloc::{
+    allocate, allocate_pinned, allocate_weighted, Allocation, Candidate, Move, MoveReason, NodeLoad, Plan, MAX_SHARD_WEIGHT,
+};
 pub use hash::{shard_for, ShardKey};
 pub use map::{Assignment, MapDecodeError, ShardMap};

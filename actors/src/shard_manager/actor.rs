@@ -191,6 +191,7 @@ fn plan_of(state: &ClusterState, alloc: &Allocation) -> RebalancePlan {
         manual: state.manual_rebalance,
         moves: alloc.plan.moves.clone(),
         replica_changes: alloc.plan.replica_changes,
+        loads: alloc.plan.loads.clone(),
     }
 }
 
@@ -267,7 +268,8 @@ impl Handler<Rebalance> for ShardManager {
             act.busy = false;
             act.lease.unfence(expired);
             r?;
-            let started = Plan { moves: plan.moves.clone(), replica_changes: plan.replica_changes };
+            let started =
+                Plan { moves: plan.moves.clone(), replica_changes: plan.replica_changes, loads: plan.loads.clone() };
             act.emit(ClusterEvent::RebalanceStarted(started.clone()));
             act.started(started);
             Ok(plan)

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use super::Config;
-use crate::shard::{allocate_pinned, Allocation, Assignment, Candidate, MoveReason, Plan};
+use crate::shard::{allocate_weighted, Allocation, Assignment, Candidate, MoveReason, Plan};
 use crate::state::{ClusterState, Command};
 use crate::types::{NodeId, ShardId};
 
@@ -64,10 +64,11 @@ impl Core {
             .collect()
     }
 
-    /// What the allocator would do now (pins honoured), leaving out shards whose handoff is in
+    /// What the allocator would do now (pins and shard weights honoured), leaving out shards whose handoff is in
     /// flight.
     pub fn allocation(state: &ClusterState, expired: &impl Fn(NodeId) -> bool) -> Allocation {
-        let mut alloc = allocate_pinned(&state.shard_map, &Self::candidates(state, expired), &state.pinned);
+        let candidates = Self::candidates(state, expired);
+        let mut alloc = allocate_weighted(&state.shard_map, &candidates, &state.pinned, &state.shard_weights);
         alloc.changes.retain(|(s, _)| !state.handoffs.contains_key(s));
         alloc.plan.moves.retain(|m| !state.handoffs.contains_key(&m.shard));
         alloc

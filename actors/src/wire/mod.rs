@@ -19,10 +19,11 @@ pub mod gossip;
 /// version, `wire/N`). Version 1: the builds before the exchange (no `wire/` token). Version 2
 /// adds the operators' commands to the cluster state (`SetDrained` .. `AbortRebalance`) and
 /// their relay (`RaftRequest::Manage`, `ManageResult`, `ReadIndex`). Version 3 adds the instance
-/// id to a member's registration (`NodeMeta::name`, which orders the worker index). A leader writes a command
+/// id to a member's registration (`NodeMeta::name`, which orders the worker index). Version 4 adds
+/// shard weights (`SetShardWeights`, and `MemberOp::SetShardWeights` relayed). A leader writes a command
 /// only once every node of the Raft configuration announced a version that reads it
 /// (`state::Command::since_wire`; docs/operations.md, "Rolling upgrades").
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 pub use gossip::{Gossip, Heartbeat};
 
 /// Encodes a message with rmp-serde, structs as maps keyed by field name (docs/wire-protocol.md,

@@ -16,6 +16,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         voters: 1,
         auto_join: true,
         manual_rebalance: false,
+        shard_weights: vec![],
         members: vec![],
         management_token: None,
         weight: 1,

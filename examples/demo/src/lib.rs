@@ -90,6 +90,10 @@ pub struct Args {
     /// Production mode: a node id admitted as a member without a command (repeatable).
     #[arg(long = "member")]
     pub members: Vec<String>,
+    /// A shard's weight in a new cluster, as SHARD=WEIGHT (repeatable): a hot shard counts more
+    /// in its owner's load [default: every shard 1].
+    #[arg(long = "shard-weight", value_name = "SHARD=WEIGHT", value_parser = clusterfunk::parse_shard_weight)]
+    pub shard_weights: Vec<(u32, u32)>,
     /// A file holding the management token that mutations (`clusterfunk member ..`) must
     /// carry; `CLUSTERFUNK_TOKEN` works too. Without one this node accepts no mutation.
     #[arg(long)]
@@ -225,6 +229,7 @@ impl Args {
             }
         });
         s.members = list(&self.members);
+        s.shard_weights = (!self.shard_weights.is_empty()).then(|| self.shard_weights.clone());
         s.secret_file = self.secret_file.clone();
         s.secret = self.secret.clone();
         s.token_file = self.token_file.clone();
