@@ -583,6 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn shard_weights_set_reset_and_skip_what_is_out_of_range() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        assert!(!st.weights_set);
+        assert_eq!(st.shard_weight(ShardId(2)), 1);
+        let max = crate::shard::MAX_SHARD_WEIGHT;
+        let weights = vec![(ShardId(2), 9), (ShardId(3), max), (ShardId(1), 0), (ShardId(0), max + 1), (ShardId(4), 5)];
+        st.apply(&Command::SetShardWeights { weights }, 2);
+        assert!(st.weights_set);
+        assert_eq!(st.shard_weights, BTreeMap::from([(ShardId(2), 9), (ShardId(3), max)]), "0, above max, no such shard: skipped");
+        st.apply(&Command::SetShardWeights { weights: vec![(ShardId(2), 1)] }, 3);
+        assert_eq!(st.shard_weights, BTreeMap::from([(ShardId(3), max)]), "1 is the default: the entry goes");
+        assert_eq!(Command::SetShardWeights { weights: vec![] }.since_wire(), 4);
+        // A state from before weights (no such fields) decodes with none set.
+        let mut old = ClusterState::default();
+        old.apply(&Command::Init { name: ClusterName::new("a", "b"), shards: 4, replica_factor: 1 }, 1);
+        let bytes = rmp_serde::to_vec(&old).unwrap();
+        let decoded: ClusterState = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(decoded.shard_weights.is_empty() && !decoded.weights_set);
+    }
+
+    #[test]
     fn new_commands_golden_bytes() {
         let hex = |c: &Command| -> String { crate::wire::encode(c).iter().map(|b| format!("{b:02x}")).collect() };
         assert_eq!(

@@ -1098,6 +1098,11 @@ mod tests {
         assert_eq!(field(b().proxy_queues(1 << 30, 10)), "proxy_queue");
         assert!(b().advertise("10.0.0.5:7000").raft_timing(ms(20), ms(100), ms(200)).lease(ms(300)).build().is_ok());
         assert!(b().management_token("a".repeat(16)).build().is_ok());
+        let weight = |b: Builder| b.build().unwrap_err().to_string();
+        assert!(weight(b().shards(8).shard_weight(8, 2)).starts_with("shard_weights: shard 8 weight 2: there is no such shard"));
+        assert!(weight(b().shard_weight(3, 0)).starts_with("shard_weights: shard 3 weight 0: the weight is not between 1"));
+        assert!(weight(b().shard_weight(3, 1_000_001)).contains("not between 1 and 1000000"));
+        assert!(b().shards(8).shard_weight(7, 1_000_000).build().is_ok());
     }
 
     #[test]

@@ -649,6 +649,11 @@ mod tests {
         assert!(err("mode = \"prod\"").contains("mode: \"prod\" is not dev or production"));
         assert!(err("secret = \"00\"").contains("secret: not in a config file"));
         assert!(err("shards = [").contains("config"), "a syntax error: {}", err("shards = ["));
+        assert!(
+            err("shard_weights = [\"7:10\"]").contains("shard_weights: \"7:10\" is not SHARD=WEIGHT"),
+            "{}",
+            err("shard_weights = [\"7:10\"]")
+        );
         let s: Settings =
             "shards = 64\njoin = [\"a:1\", \"b:2\"]\nlease = \"1.5s\"\nmdns = false\nlease_drift = 0.02\n"
                 .parse()

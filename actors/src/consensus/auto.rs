@@ -183,6 +183,7 @@ mod tests {
     use super::*;
     use crate::membership::MemberView;
     use crate::state::ClusterState;
+    use crate::types::ShardId;
 
     fn meta(id: u64) -> NodeMeta {
         NodeMeta {
@@ -269,6 +270,22 @@ mod tests {
         v.members.get_mut(&NodeId(1)).unwrap().meta = named(1, "node1");
         let step = next_action(&a, &v, &s);
         assert!(!matches!(step, Some(Action::Write(Command::RegisterMember { .. }))), "{step:?}");
+    }
+
+    #[test]
+    fn configured_shard_weights_are_written_once() {
+        let s = Settings { shard_weights: vec![(ShardId(3), 5), (ShardId(7), 2)], ..settings() };
+        let mut a = applied(&[1, 2, 3], &[1, 2, 3], &[]);
+        let v = view(&[1, 2, 3]);
+        let want = Command::SetShardWeights { weights: vec![(ShardId(3), 5), (ShardId(7), 2)] };
+        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(want.clone())));
+        a.state.apply(&want, 5);
+        assert_eq!(a.state.shard_weight(ShardId(3)), 5);
+        assert_eq!(next_action(&a, &v, &s), None);
+        // An operator's later change stands: a leader restarted with the config does not undo it.
+        a.state.apply(&Command::SetShardWeights { weights: vec![(ShardId(3), 1)] }, 6);
+        assert_eq!(a.state.shard_weight(ShardId(3)), 1);
+        assert_eq!(next_action(&a, &v, &s), None);
     }
 
     #[test]

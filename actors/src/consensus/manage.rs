@@ -628,6 +628,24 @@ mod tests {
     }
 
     #[test]
+    fn shard_weights_are_checked_before_they_are_written() {
+        let (st, view) = world(&[]);
+        let s = seen(&st, &view);
+        let max = crate::shard::MAX_SHARD_WEIGHT;
+        let set = |w: Vec<(u32, u32)>| MemberOp::SetShardWeights(w.into_iter().map(|(s, w)| (ShardId(s), w)).collect());
+        assert_eq!(plan(&set(vec![(4, 2)]), &s), Err(Refused::UnknownShard { shard: 4, shards: 4 }));
+        assert_eq!(plan(&set(vec![(1, 2), (2, 0)]), &s), Err(Refused::BadWeight { shard: 2, weight: 0, max }));
+        assert_eq!(plan(&set(vec![(1, max + 1)]), &s), Err(Refused::BadWeight { shard: 1, weight: max + 1, max }));
+        assert_eq!(plan(&set(vec![(1, 1)]), &s), Ok(vec![]), "unchanged: nothing to write");
+        assert_eq!(
+            plan(&set(vec![(1, 1), (3, 8)]), &s),
+            Ok(vec![Step::Write(Command::SetShardWeights { weights: vec![(ShardId(3), 8)] })])
+        );
+        assert_eq!(set(vec![]).since_wire(), 4);
+        assert_eq!(MemberOp::Remove(NodeId(2)).since_wire(), 2);
+    }
+
+    #[test]
     fn tokens() {
         let t = |s: &str| Token::new(s);
         assert_eq!(check_token(None, &t("x")), Err(ManageError::NoToken));
