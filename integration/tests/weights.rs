@@ -130,6 +130,8 @@ fn weighted_shards_balance_by_load_set_by_config_and_at_run_time() -> anyhow::Re
     assert_eq!(code, 401, "the bulk route without a token");
     let (code, body) = put_with_token(&via, "/cluster/shards/weights", r#"{"weights":{"five":3}}"#)?;
     assert_eq!((code, body.contains("not a shard number")), (400, true), "{body}");
+    let (code, body) = put_with_token(&via, "/cluster/shards/weights", r#"{"weights":{"5":3,"05":20}}"#)?;
+    assert_eq!((code, body.contains("shard 5 is given more than one weight")), (409, true), "{body}");
     let now = shard_map(&via).unwrap();
     assert_eq!((weight(&now, 5), &now["total_weight"]), (20, &m["total_weight"]), "nothing changed");
 

@@ -181,6 +181,9 @@ pub enum Refused {
     /// Handoffs are in flight: each one that finishes changes the plan.
     #[error("{0} handoffs are still in flight; plan once they finished (`clusterfunk shards` shows them)")]
     HandoffsInFlight(usize),
+    /// One request names a shard twice (`"7"` and `"07"` are one shard).
+    #[error("shard {0} is given more than one weight")]
+    DuplicateShard(u32),
     /// A shard weight outside `1..=MAX_SHARD_WEIGHT`.
     #[error("shard {shard}: weight {weight} is not between 1 and {max}")]
     BadWeight {
@@ -402,7 +405,11 @@ pub fn plan(op: &MemberOp, s: &Seen) -> Result<Vec<Step>, Refused> {
         MemberOp::SetShardWeights(ref weights) => {
             let shards = s.state.shard_map.shard_count();
             let max = crate::shard::MAX_SHARD_WEIGHT;
+            let mut seen = BTreeSet::new();
             for (shard, weight) in weights {
+                if !seen.insert(*shard) {
+                    return Err(Refused::DuplicateShard(shard.0));
+                }
                 if shard.0 >= shards {
                     return Err(Refused::UnknownShard { shard: shard.0, shards });
                 }
@@ -637,6 +644,7 @@ mod tests {
         assert_eq!(plan(&set(vec![(1, 2), (2, 0)]), &s), Err(Refused::BadWeight { shard: 2, weight: 0, max }));
         assert_eq!(plan(&set(vec![(1, max + 1)]), &s), Err(Refused::BadWeight { shard: 1, weight: max + 1, max }));
         assert_eq!(plan(&set(vec![(1, 1)]), &s), Ok(vec![]), "unchanged: nothing to write");
+        assert_eq!(plan(&set(vec![(1, 5), (2, 2), (1, 1)]), &s), Err(Refused::DuplicateShard(1)));
         assert_eq!(
             plan(&set(vec![(1, 1), (3, 8)]), &s),
             Ok(vec![Step::Write(Command::SetShardWeights { weights: vec![(ShardId(3), 8)] })])

@@ -36,7 +36,14 @@
 //! 4. While a node is `w_max` or more below its quota, the node furthest over its quota gives it
 //!    a shard (the lightest that covers the smaller of the two gaps, else its heaviest). Each such
 //!    move strictly lowers the sum of squared deviations, so this ends; then every node is within
-//!    `w_max` of its quota, and a second run changes nothing.
+//!    `w_max` of its quota.
+//! 5. While some node has a shard at least one lighter than the gap between its deviation and
+//!    that of the node furthest below its quota (so moving it there lowers the sum of squared
+//!    deviations; the one spares moves that only trade rounding, as with weights of 1),
+//!    the node furthest over that has one gives the shard that lowers it most. So one hot shard
+//!    does not stop the others from balancing (a node joining a cluster with a shard of weight
+//!    1000 and 1000 of weight 1 still gets its share), and once no such shard is left a second
+//!    run changes nothing.
 //!
 //! Followers are balanced by count, not weight.
 
@@ -118,6 +125,25 @@ pub struct Plan {
     /// Each live candidate's load before and after, in node id order.
     #[serde(default)]
     pub loads: Vec<NodeLoad>,
+}
+
+impl Plan {
+    /// Keeps only the moves `keep` accepts (the others wait: a handoff in flight, manual
+    /// rebalancing); each node's load after is then that of the moves kept.
+    pub fn retain_moves(&mut self, keep: impl Fn(&Move) -> bool) {
+        let (kept, held): (Vec<Move>, Vec<Move>) = std::mem::take(&mut self.moves).into_iter().partition(|m| keep(m));
+        for m in held {
+            for l in &mut self.loads {
+                if m.to == Some(l.node) {
+                    l.after = l.after.saturating_sub(u64::from(m.weight));
+                }
+                if m.from == Some(l.node) {
+                    l.after += u64::from(m.weight);
+                }
+            }
+        }
+        self.moves = kept;
+    }
 }
 
 /// The result of [`allocate`]: the changed assignments and the plan that explains them.
@@ -389,9 +415,16 @@ fn owner_phase_weighted(
     let mut reason: BTreeMap<ShardId, MoveReason> = BTreeMap::new();
     let mut freed: Vec<ShardId> = Vec::new();
     let holder: Vec<Option<usize>> = owners.iter().map(|o| o.and_then(at)).collect();
+    // Each node's lightest shard that may move (not pinned), for rule 5's check below.
+    let mut lightest: Vec<Option<i128>> = vec![None; nodes.len()];
     for s in (0..shards).map(ShardId) {
         match holder[s.0 as usize] {
-            Some(i) => dev[i] += w(s) * nw,
+            Some(i) => {
+                dev[i] += w(s) * nw;
+                if !pins.contains_key(&s) {
+                    lightest[i] = Some(lightest[i].map_or(w(s), |l| l.min(w(s))));
+                }
+            }
             None => {
                 let why = if owners[s.0 as usize].is_some() { MoveReason::OwnerLeft } else { MoveReason::Unassigned };
                 reason.insert(s, why);
@@ -400,8 +433,21 @@ fn owner_phase_weighted(
             }
         }
     }
+    // The node furthest below its quota (ties by id).
+    let lowest = |dev: &[i128]| (0..dev.len()).min_by_key(|i| (dev[*i], *i));
+    // Rule 5's move for the lowest node `j`: the node furthest over it whose lightest movable
+    // shard weighs at least one less than the gap between them (moving it lowers the sum of
+    // squared deviations, by more than rounding would), and that gap. For a donor the widest
+    // gap is to the lowest node, so checking the lowest is enough.
+    let refine = |dev: &[i128], lightest: &dyn Fn(usize) -> Option<i128>| {
+        let j = lowest(dev)?;
+        (0..dev.len())
+            .filter(|i| lightest(*i).is_some_and(|l| (l + 1) * nw < dev[*i] - dev[j]))
+            .max_by_key(|i| (dev[*i], Reverse(*i)))
+            .map(|i| (i, j, dev[i] - dev[j]))
+    };
     // Balanced already (the common case, on every tick of the leader): only the pins move.
-    if freed.is_empty() && dev.iter().all(|d| d.abs() < tolerance) {
+    if freed.is_empty() && dev.iter().all(|d| d.abs() < tolerance) && refine(&dev, &|i| lightest[i]).is_none() {
         moved.extend(pin_moves);
         moved.sort_by_key(|m| m.0);
         return overrides_of(moved);
@@ -429,8 +475,6 @@ fn owner_phase_weighted(
             freed.push(s);
         }
     }
-    // The node furthest below its quota (ties by id).
-    let lowest = |dev: &[i128]| (0..dev.len()).min_by_key(|i| (dev[*i], *i));
     // Rule 3: heaviest first, to a follower that stays within its quota, else the lowest node.
     freed.sort_by_key(|s| (Reverse(w(*s)), *s));
     for s in freed {
@@ -441,7 +485,7 @@ fn owner_phase_weighted(
         owners[s.0 as usize] = Some(nodes[i].id);
     }
     // Rule 4: lift nodes `w_max` or more below their quota. Each move lowers the sum of squared
-    // deviations by at least 2 * nw^2 (a whole weight), so the bound only guards a bug.
+    // deviations (by at least 2 * nw), so this ends; the bound only guards a bug.
     for _ in 0..(shards as usize + 1) * 4 {
         let Some(j) = lowest(&dev) else { break };
         if dev[j] > -tolerance {
@@ -458,6 +502,45 @@ fn owner_phase_weighted(
         movable[j].insert((ws, Reverse(s)));
         owners[s.0 as usize] = Some(nodes[j].id);
         reason.entry(s).or_insert(MoveReason::OverQuota);
+    }
+    // Rule 5: while moving a shard to the lowest node lowers the sum of squared deviations, the
+    // node furthest over that has such a shard gives the one that lowers it most (its weight
+    // nearest half the gap; ties: the lighter). First among the shards that move anyway (their
+    // owner changed above), then among all. Each move lowers the sum by at least 2 * nw and
+    // leaves both nodes strictly between their old deviations (no node ends further from its
+    // quota), so this ends; the bound only guards a bug.
+    let moving = |s: ShardId, i: usize| current.owner(s) != Some(nodes[i].id);
+    for anyway in [true, false] {
+        let mut pool: Vec<BTreeSet<(i128, Reverse<ShardId>)>> = movable
+            .iter()
+            .enumerate()
+            .map(|(i, set)| set.iter().filter(|(_, Reverse(s))| !anyway || moving(*s, i)).copied().collect())
+            .collect();
+        for _ in 0..(shards as usize + 1) * 4 {
+            let Some((i, j, gap)) = refine(&dev, &|i| pool[i].first().map(|m| m.0)) else { break };
+            // Weights `w` with `(w + 1) * nw < gap`; the best is nearest `gap / (2 * nw)`.
+            let below = (gap - 1).div_euclid(nw) - 1;
+            let half = gap.div_euclid(2 * nw);
+            let gain = |ws: i128| ws * (gap - ws * nw);
+            let under = pool[i].range(..=(half, Reverse(ShardId(0)))).next_back().copied();
+            let over = pool[i].range((half + 1, Reverse(ShardId(u32::MAX)))..).next().copied().filter(|m| m.0 <= below);
+            let best = match (under, over) {
+                (Some(u), Some(o)) => Some(if gain(o.0) > gain(u.0) { o } else { u }),
+                (u, o) => u.or(o),
+            };
+            let Some((ws, Reverse(s))) = best else { break };
+            for set in [&mut movable[i], &mut pool[i]] {
+                set.remove(&(ws, Reverse(s)));
+            }
+            dev[i] -= ws * nw;
+            dev[j] += ws * nw;
+            movable[j].insert((ws, Reverse(s)));
+            if !anyway || moving(s, j) {
+                pool[j].insert((ws, Reverse(s)));
+            }
+            owners[s.0 as usize] = Some(nodes[j].id);
+            reason.entry(s).or_insert(MoveReason::OverQuota);
+        }
     }
     for s in (0..shards).map(ShardId) {
         let to = owners[s.0 as usize];

@@ -64,13 +64,25 @@ impl Core {
             .collect()
     }
 
-    /// What the allocator would do now (pins and shard weights honoured), leaving out shards whose handoff is in
-    /// flight.
+    /// What the allocator would do now (pins and shard weights honoured), leaving out shards
+    /// whose handoff is in flight. Those count as on their new owner already: the rest is
+    /// planned as it will be once they land (else a moving shard would count as unassigned,
+    /// and be placed, and weigh, somewhere it is not going).
     pub fn allocation(state: &ClusterState, expired: &impl Fn(NodeId) -> bool) -> Allocation {
         let candidates = Self::candidates(state, expired);
-        let mut alloc = allocate_weighted(&state.shard_map, &candidates, &state.pinned, &state.shard_weights);
+        let landed;
+        let map = if state.handoffs.is_empty() {
+            &*state.shard_map
+        } else {
+            let mut m = (*state.shard_map).clone();
+            let to: Vec<(ShardId, Assignment)> = state.handoffs.iter().map(|(s, h)| (*s, h.to.clone())).collect();
+            m.apply(&to, m.epoch());
+            landed = m;
+            &landed
+        };
+        let mut alloc = allocate_weighted(map, &candidates, &state.pinned, &state.shard_weights);
         alloc.changes.retain(|(s, _)| !state.handoffs.contains_key(s));
-        alloc.plan.moves.retain(|m| !state.handoffs.contains_key(&m.shard));
+        alloc.plan.retain_moves(|m| !state.handoffs.contains_key(&m.shard));
         alloc
     }
 
@@ -138,7 +150,7 @@ impl Core {
             let held: std::collections::BTreeSet<ShardId> =
                 alloc.plan.moves.iter().filter(|m| m.reason == MoveReason::OverQuota).map(|m| m.shard).collect();
             alloc.changes.retain(|(s, _)| !held.contains(s));
-            alloc.plan.moves.retain(|m| !held.contains(&m.shard));
+            alloc.plan.retain_moves(|m| !held.contains(&m.shard));
         }
         let changes = alloc.changes;
         if changes.is_empty() {

@@ -275,6 +275,20 @@ fn assert_weight_balanced(map: &ShardMap, nodes: &[Candidate], weights: &BTreeMa
     for o in map.owners().iter().flatten() {
         assert!(nodes.iter().any(|n| n.id == *o), "dead owner {o}");
     }
+    // Rule 5: no shard is at least one lighter than the gap between its owner and the lowest node.
+    let dev = |n: &Candidate| {
+        let load = u128::from(load_of(map, weights, n.id));
+        (load * nw) as i128 - (total * u128::from(n.weight)) as i128
+    };
+    let Some(low) = nodes.iter().map(dev).min() else { return };
+    for n in nodes {
+        let gap = dev(n) - low;
+        let fits = (0..map.shard_count())
+            .map(ShardId)
+            .filter(|s| map.owner(*s) == Some(n.id))
+            .find(|s| (i128::from(weights.get(s).copied().unwrap_or(1)) + 1) * (nw as i128) < gap);
+        assert!(fits.is_none(), "shard {fits:?} of node {} is lighter than its gap {gap} to the lowest node", n.id);
+    }
 }
 
 fn arb_weights(shards: u32) -> impl Strategy<Value = BTreeMap<ShardId, u32>> {
@@ -377,9 +391,13 @@ fn assert_leave(map: &ShardMap, rest: &[Candidate], leaver: NodeId, weights: &BT
         let Some(last) = lifts.iter().map(|m| u128::from(m.weight)).max() else { continue };
         assert!(lifts.iter().all(|m| m.reason == MoveReason::OverQuota), "{lifts:?}");
         let load = u128::from(load_of(&next, weights, n.id));
+        // Rule 4 (a heaviest shard short before its last lift), or rule 5 (short of its new
+        // quota when the leave happened: the lifts fill part of its gap).
+        let before = u128::from(load_of(map, weights, n.id));
         assert!(
-            (load - last) * nw + heaviest * nw <= total * u128::from(n.weight),
-            "node {} was lifted (load {load}, last lift {last}) without being a heaviest shard short", n.id
+            (load - last) * nw + heaviest * nw <= total * u128::from(n.weight)
+                || before * nw < total * u128::from(n.weight),
+            "node {} was lifted (load {before} -> {load}, last lift {last}) without being short", n.id
         );
     }
     assert_weight_balanced(&next, rest, weights);
@@ -440,6 +458,29 @@ proptest! {
     }
 }
 
+/// One hot shard does not stop the rest from balancing: a node joining a cluster whose shard 0
+/// weighs 1000 (and 1000 shards weigh 1) gets its share of the light shards, and the hot shard's
+/// owner keeps only it. Rules 1-4 alone gave the new node nothing (it was 500 short, under the
+/// heaviest shard).
+#[test]
+fn a_hot_shard_does_not_stop_a_joining_node_from_getting_its_share() {
+    let weights = BTreeMap::from([(ShardId(0), 1000)]);
+    let three = cands(&[(1, 1), (2, 1), (3, 1)]);
+    let (map, _) = weighted(&ShardMap::new(1001, 1), &three, &weights, 1);
+    assert_weight_balanced(&map, &three, &weights);
+    let four = cands(&[(1, 1), (2, 1), (3, 1), (4, 1)]);
+    let (next, alloc) = weighted(&map, &four, &weights, 2);
+    assert_weight_balanced(&next, &four, &weights);
+    let loads: Vec<u64> = four.iter().map(|n| load_of(&next, &weights, n.id)).collect();
+    let hot = next.owner(ShardId(0)).unwrap();
+    assert_eq!(load_of(&next, &weights, hot), 1000, "the hot shard's owner keeps only it: {loads:?}");
+    // Within two of each other: rule 5 spares moves that only trade rounding.
+    let light: Vec<u64> = loads.iter().copied().filter(|l| *l != 1000).collect();
+    assert!(light.iter().max().unwrap() - light.iter().min().unwrap() <= 2, "{loads:?}");
+    assert!(alloc.plan.moves.iter().all(|m| m.to == Some(NodeId(4)) || m.from == Some(hot)), "{:?}", alloc.plan.moves);
+    assert!(allocate_weighted(&next, &four, &BTreeMap::new(), &weights).is_empty(), "a second run changes nothing");
+}
+
 /// Why a weighted leave may move more than the leaver's shards (found by proptest): the leaver
 /// holds nothing (its quota, 1.6, is under the heaviest shard, 7), yet its quota spreads over the
 /// rest and leaves node 4 7.11 short, more than a heaviest shard: no allocation that moves only
@@ -452,10 +493,74 @@ fn a_leave_that_leaves_a_node_a_heaviest_shard_short_lifts_it() {
     let mut map = ShardMap::new(3, 1);
     let own = |n: u64| Assignment { owner: Some(NodeId(n)), replicas: vec![] };
     map.apply(&[(ShardId(0), own(2)), (ShardId(1), own(8)), (ShardId(2), own(2))], Epoch(1));
-    assert!(allocate_weighted(&map, &nodes, &BTreeMap::new(), &weights).is_empty(), "balanced before the leave");
+    // Within one heaviest shard (7) of every quota before: 0 vs 1.6, 9 vs 4.8, 0 vs 6.4, 7 vs 3.2.
+    // After node 1 leaves, node 4's quota is 16 * 4 / 9 = 7.11: only another node's shard lifts it.
     let next = assert_leave(&map, &nodes[1..], NodeId(1), &weights);
     let alloc = allocate_weighted(&map, &nodes[1..], &BTreeMap::new(), &weights);
-    assert_eq!(alloc.plan.moves.len(), 1);
+    assert_eq!(alloc.plan.moves.len(), 1, "{:?}", alloc.plan.moves);
     assert_eq!((alloc.plan.moves[0].shard, alloc.plan.moves[0].to), (ShardId(0), Some(NodeId(4))));
     assert_eq!(next.owner(ShardId(0)), Some(NodeId(4)));
+}
+
+/// How much a weighted leave moves beyond the leaver's shards, over 300 seeded histories of
+/// joins, leaves and weight changes (3 to 12 nodes of weight 1 to 4, 200 to 2000 shards, one in
+/// twenty hot at weight 2 to 50). Prints the figures (docs/sharding.md, "Shard weights") and
+/// holds them to at most 3 % of the leavers' weight (measured: 1.7 %).
+#[test]
+fn weighted_leaves_move_little_beyond_the_leavers_shards() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut leaves, mut extra_leaves, mut leaver_weight, mut extra_weight) = (0u64, 0u64, 0u64, 0u64);
+    for _ in 0..300 {
+        let shards = 200 + rand(1800) as u32;
+        let mut nodes: Vec<Candidate> =
+            (0..3 + rand(10)).map(|i| Candidate { id: NodeId(i + 1), weight: 1 + rand(4) as u32, zone: None }).collect();
+        let mut weights: BTreeMap<ShardId, u32> = BTreeMap::new();
+        for s in 0..shards {
+            if rand(20) == 0 {
+                weights.insert(ShardId(s), 2 + rand(49) as u32);
+            }
+        }
+        let (mut map, _) = weighted(&ShardMap::new(shards, 1), &nodes, &weights, 1);
+        let mut next_id = 100;
+        for step in 0..20u64 {
+            match rand(3) {
+                0 => {
+                    next_id += 1;
+                    nodes.push(Candidate { id: NodeId(next_id), weight: 1 + rand(4) as u32, zone: None });
+                    map = weighted(&map, &nodes, &weights, step + 2).0;
+                }
+                1 if nodes.len() > 2 => {
+                    let leaver = nodes.remove(rand(nodes.len() as u64) as usize).id;
+                    let alloc = allocate_weighted(&map, &nodes, &BTreeMap::new(), &weights);
+                    let (mine, other): (Vec<&Move>, Vec<&Move>) =
+                        alloc.plan.moves.iter().partition(|m| m.from == Some(leaver));
+                    leaves += 1;
+                    extra_leaves += u64::from(!other.is_empty());
+                    leaver_weight += mine.iter().map(|m| u64::from(m.weight)).sum::<u64>();
+                    extra_weight += other.iter().map(|m| u64::from(m.weight)).sum::<u64>();
+                    map = assert_leave(&map, &nodes, leaver, &weights);
+                }
+                _ => {
+                    weights.insert(ShardId(rand(u64::from(shards)) as u32), 1 + rand(50) as u32);
+                    map = weighted(&map, &nodes, &weights, step + 2).0;
+                }
+            }
+            assert_weight_balanced(&map, &nodes, &weights);
+        }
+    }
+    let share = extra_weight as f64 / leaver_weight.max(1) as f64;
+    eprintln!(
+        "{leaves} leaves: {extra_leaves} ({:.1} %) moved a shard not the leaver's; weight {extra_weight} beyond \
+         the leavers' {leaver_weight} ({:.3} %)",
+        100.0 * extra_leaves as f64 / leaves.max(1) as f64,
+        100.0 * share
+    );
+    assert!(leaves > 1000, "{leaves}");
+    assert!(share <= 0.03, "a leave moves {:.2} % of the leavers' weight beyond their shards", 100.0 * share);
 }
