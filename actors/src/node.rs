@@ -34,6 +34,8 @@ pub struct Config {
     pub listen: Multiaddr,
     /// Static seeds (`host:port`).
     pub seeds: Vec<String>,
+    /// Other discovery sources (`transport::seeds::Discovery`), run like the seeds.
+    pub discovery: crate::transport::seeds::Sources,
     /// Create a new cluster with this node as its first voter.
     pub bootstrap: bool,
     /// Shards (used by the node that initializes the cluster state).
@@ -310,6 +312,7 @@ impl Node {
         let raft_arbiter = Arbiter::new();
         let mut tcfg = transport::Config::new(cfg.cluster.clone(), keypair, cfg.listen.clone());
         tcfg.seeds = cfg.seeds.clone();
+        tcfg.discovery = cfg.discovery.clone();
         tcfg.secret = cfg.secret;
         tcfg.mdns = cfg.mdns;
         tcfg.faults = cfg.faults.clone();
@@ -323,7 +326,7 @@ impl Node {
             .map_err(Box::new)?;
         // With nobody to discover (no seeds, no mDNS) a bootstrap node creates its cluster at
         // once; otherwise it first looks around (`bootstrap_when_alone`).
-        let discovers = !cfg.seeds.is_empty() || cfg.mdns;
+        let discovers = !cfg.seeds.is_empty() || !cfg.discovery.is_empty() || cfg.mdns;
         let raft_addr = membership::published_addr(&cfg.listen, cfg.advertise.as_deref());
         let raft_node = RaftNode { peer_id: Some(peer), addrs: vec![raft_addr.to_string()] };
         if cfg.bootstrap && !discovers {

@@ -57,6 +57,7 @@ pub struct ClientBuilder {
     name: String,
     env: String,
     seeds: Vec<String>,
+    discovery: clusterfunk_actors::transport::seeds::Sources,
     secret: Option<Token>,
     gateway: bool,
     timeouts: Option<(Duration, Duration)>,
@@ -81,6 +82,13 @@ impl ClientBuilder {
     /// several: the first that answers is used, and later the client knows every member.
     pub fn seed(mut self, addr: impl Into<String>) -> Self {
         self.seeds.push(addr.into());
+        self
+    }
+
+    /// Another way to find nodes beside [`seed`](ClientBuilder::seed), run like the seeds (see
+    /// [`Builder::discovery`](crate::Builder::discovery)). Repeatable.
+    pub fn discovery(mut self, source: impl crate::Discovery) -> Self {
+        self.discovery.0.push(Arc::new(source));
         self
     }
 
@@ -134,11 +142,11 @@ impl ClientBuilder {
                 return Err(ConfigError::Name { field, value: value.clone(), reason }.into());
             }
         }
-        if self.seeds.is_empty() {
+        if self.seeds.is_empty() && self.discovery.is_empty() {
             return Err(ConfigError::Address {
                 field: "seed",
                 value: String::new(),
-                reason: "a client needs at least one node address (host:port)".into(),
+                reason: "a client needs at least one node address (host:port) or discovery".into(),
             }
             .into());
         }
@@ -149,6 +157,7 @@ impl ClientBuilder {
         crate::entity::check_ids(&self.entities.0)?;
         let mut cfg = clusterfunk_actors::client::Config::new(ClusterName::new(&self.name, &env), self.seeds);
         cfg.secret = secret;
+        cfg.discovery = self.discovery;
         cfg.gateway = self.gateway;
         if let Some((request, route_wait)) = self.timeouts {
             if request.is_zero() || route_wait.is_zero() {

@@ -242,6 +242,7 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
     listen: String,
     join: Vec<String>,
+    discovery: clusterfunk_actors::transport::seeds::Sources,
     dashboard: Option<String>,
     http: Option<String>,
     http_workers: Option<usize>,
@@ -290,6 +291,7 @@ impl Default for Builder {
             data_dir: None,
             listen: "0.0.0.0:0".into(),
             join: Vec::new(),
+            discovery: Default::default(),
             dashboard: None,
             http: None,
             http_workers: None,
@@ -491,6 +493,44 @@ impl Builder {
     /// resolve; the status shows each seed's addresses or error.
     pub fn join(mut self, addr: impl Into<String>) -> Self {
         self.join.push(addr.into());
+        self
+    }
+
+    /// Another way to find the other nodes, beside [`join`](Builder::join) and mDNS: a service
+    /// registry, a cloud API, SRV records (docs/discovery.md). It runs like the seeds: in a task
+    /// of its own, asked again every [`Discovery::refresh`]; an error, a panic or no answer
+    /// within 10 s is retried with backoff and shown in the status (`transport.seeds`, under
+    /// its [`name`](Discovery::name)), never fatal. Repeatable.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use clusterfunk::{Discovered, Discovery};
+    ///
+    /// /// Reads `host:port` lines from a file some other system keeps up to date.
+    /// struct FromFile(std::path::PathBuf);
+    ///
+    /// impl Discovery for FromFile {
+    ///     fn name(&self) -> String {
+    ///         format!("file {}", self.0.display())
+    ///     }
+    ///     fn discover(&self) -> Discovered<'_> {
+    ///         Box::pin(async move {
+    ///             let text = std::fs::read_to_string(&self.0)?;
+    ///             Ok(text.lines().filter_map(|l| l.trim().parse::<SocketAddr>().ok()).collect())
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// let config = clusterfunk::Cluster::builder()
+    ///     .name("shop")
+    ///     .mdns(false)
+    ///     .discovery(FromFile("/etc/shop/nodes".into()))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = config;
+    /// ```
+    pub fn discovery(mut self, source: impl crate::Discovery) -> Self {
+        self.discovery.0.push(Arc::new(source));
         self
     }
 
@@ -874,6 +914,7 @@ impl Builder {
             data_dir,
             listen: Multiaddr::from(listen.ip()).with(clusterfunk_actors::multiaddr::Protocol::Tcp(listen.port())),
             seeds: self.join,
+            discovery: self.discovery,
             bootstrap: self.bootstrap,
             shards: self.shards,
             replica_factor: self.replica_factor,

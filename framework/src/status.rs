@@ -212,7 +212,8 @@ pub struct TransportStatus {
     pub raft_in_bytes: u64,
     /// The message fault plan in force (tests and the chaos lab), and what it did so far.
     pub faults: Option<FaultsStatus>,
-    /// The static seeds: what each resolved to, and the error of one that does not resolve.
+    /// The seeds and other discovery sources ([`crate::Discovery`]), by name: what each found
+    /// last, and the error of one that fails.
     pub seeds: Vec<clusterfunk_actors::transport::seeds::SeedStatus>,
 }
 

@@ -34,6 +34,8 @@ pub struct Config {
     /// Nodes to ask for the map first, as `host:port` (DNS names are resolved off the event
     /// loop and again every few seconds). After the first map the client knows every member.
     pub seeds: Vec<String>,
+    /// Other discovery sources, run like the seeds.
+    pub discovery: crate::transport::seeds::Sources,
     /// The cluster secret, if the cluster has one.
     pub secret: Option<[u8; 32]>,
     /// Timeouts, queues and frame limits (the proxy's; `request_timeout` per hop,
@@ -52,6 +54,7 @@ impl Config {
         Config {
             cluster,
             seeds,
+            discovery: Default::default(),
             secret: None,
             proxy: proxy::Config::default(),
             gateway: false,
@@ -206,7 +209,7 @@ impl Client {
     /// Starts the client's thread and swarm, and waits for the first shard map from one of the
     /// seeds.
     pub async fn connect(cfg: Config) -> Result<Client, ConnectError> {
-        if cfg.seeds.is_empty() {
+        if cfg.seeds.is_empty() && cfg.discovery.is_empty() {
             return Err(ConnectError::NoSeeds);
         }
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -232,7 +235,7 @@ impl Client {
         let swarm::Started { commands, control, connected, gone } = started;
         let (view_tx, view) = watch::channel(View::default());
         let stats = Arc::new(Stats::default());
-        let seeds = crate::transport::seeds::spawn(cfg.seeds.clone(), &arbiter);
+        let seeds = crate::transport::seeds::spawn(cfg.discovery.with_seeds(&cfg.seeds), &arbiter);
         let staleness = Arc::new(Staleness::new());
         let inner = Arc::new(Inner {
             waiting: Arc::new(Semaphore::new(cfg.proxy.max_waiting)),

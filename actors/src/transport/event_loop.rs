@@ -92,7 +92,7 @@ impl Transport {
         let local = cfg.keypair.public().to_peer_id();
         let (started_tx, started_rx) = oneshot::channel();
         let task_stats = stats.clone();
-        let seeds = super::seeds::spawn(cfg.seeds.clone(), arbiter);
+        let seeds = super::seeds::spawn(cfg.discovery.with_seeds(&cfg.seeds), arbiter);
         let task_seeds = seeds.clone();
         let spawned = arbiter.spawn(async move {
             let mut swarm = match behaviour::build(&cfg) {

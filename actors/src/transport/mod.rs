@@ -41,6 +41,8 @@ pub struct Config {
     /// Static seeds as `host:port`, resolved off the event loop and again every
     /// [`seeds::REFRESH`] (so DNS names follow changes); a name that does not resolve is retried.
     pub seeds: Vec<String>,
+    /// Other discovery sources, run like the seeds ([`seeds::Discovery`]).
+    pub discovery: seeds::Sources,
     /// Pre-shared key: when set, the connection is wrapped in libp2p pnet under noise, so nodes
     /// without it cannot even complete a handshake.
     pub secret: Option<[u8; 32]>,
@@ -69,6 +71,7 @@ impl Config {
             keypair,
             listen,
             seeds: Vec::new(),
+            discovery: seeds::Sources::default(),
             secret: None,
             mdns: true,
             max_frame: 16 << 20,

@@ -10,6 +10,7 @@ pub fn node_config(dir: &std::path::Path, key: &str) -> Config {
         data_dir: dir.to_path_buf(),
         listen: "/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr"),
         seeds: vec![],
+        discovery: Default::default(),
         bootstrap: true,
         shards: 8,
         replica_factor: 1,
