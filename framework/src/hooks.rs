@@ -5,8 +5,9 @@
 //! - a shard moving here: [`ClusterEvent::ShardAssigned`] (then `ShardLeadershipGained` if this
 //!   node was one of its followers) — **before** the shard serves: the node waits for the hooks;
 //! - a shard moving away (or the lease running out): the shard stops serving, its entities stop
-//!   (their `stopping` runs), then `ShardLeadershipLost` (if this node stays a follower), then
-//!   [`ClusterEvent::ShardUnassigned`]; a planned move is confirmed to the cluster only after that,
+//!   (their `stopping` runs), then `ShardLeadershipLost` (if this node stays a follower, in the
+//!   map or in the assignment its handoff lands in), then [`ClusterEvent::ShardUnassigned`]
+//!   (and once a handoff landed, `ReplicaAdded` with the new leader); a planned move is confirmed to the cluster only after that,
 //!   so the new owner's `ShardAssigned` comes after the old owner's `ShardUnassigned`;
 //! - `ReplicaAdded` / `ReplicaRemoved` when this node becomes or stops being a follower;
 //! - `LeaderChanged`, `MemberUp` / `MemberDown`, and on the Raft leader `RebalanceStarted` /

@@ -66,11 +66,23 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
 
 /// An HTTP/1.0 request with a body; returns the status code and body.
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    http_with_token(addr, method, path, body, None)
+}
+
+/// [`http`] with `Authorization: Bearer <token>` (the management API's mutations).
+pub fn http_with_token(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     // A body is JSON (the examples' mutating routes refuse anything else).
     let ct = if method == "GET" { "" } else { "Content-Type: application/json\r\n" };
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len())?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}{ct}Content-Length: {}\r\n\r\n{body}", body.len())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clusterfunk::{ClusterEvent, Epoch, RouteError, SendError};
 use clusterfunk_actors::proxy::{Envelope, Refusal};
+use clusterfunk_integration::http_with_token;
 use clusterfunk_integration::inproc::{cluster, Fence, Inc, Read, Tally};
 
 #[actix_rt::test]
@@ -205,6 +206,73 @@ async fn replica_and_leadership_hooks_name_the_shard_and_its_leader() {
         .any(|e| matches!(e, ClusterEvent::ReplicaRemoved { shard: s, .. } if *s == shard));
     assert!(removed, "ReplicaRemoved when leaving: {:?}", seen[bystander].lock().unwrap());
     nodes[follower].shutdown().await;
+}
+
+/// An owner that hands its shard to its follower and stays its follower is told, in order,
+/// `ShardLeadershipLost`, `ShardUnassigned`, and once the handoff landed `ReplicaAdded` with the
+/// new leader; the follower `ShardAssigned` then `ShardLeadershipGained`. Driven by the management API (`PUT /cluster/shards/{shard}` pins
+/// the shard to its follower); with two nodes and two copies the old owner must follow it.
+#[actix_rt::test]
+async fn an_owner_that_stays_a_follower_is_told_it_lost_the_lead() {
+    const TOKEN: &str = "hooks-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Vec<Seen> = (0..2).map(|_| Seen::default()).collect();
+    let hooks = seen.clone();
+    let nodes = cluster(dir.path(), "leadlost", 2, 1, move |b, i| {
+        let seen = hooks[i].clone();
+        b.replica_factor(2).dashboard("127.0.0.1:0").management_token(TOKEN).entity::<Tally>().on_event(move |e| {
+            seen.lock().unwrap().push(e);
+            async {}
+        })
+    })
+    .await
+    .expect("two nodes, two copies of each shard");
+    let shard = clusterfunk::ShardId(0);
+    let set = nodes[0].replica_set(shard);
+    let at = |id: clusterfunk::NodeId| nodes.iter().position(|n| n.node_id() == id).expect("one of ours");
+    let (owner, follower) = (at(set.leader.unwrap()), at(set.followers[0]));
+    let dash = nodes[0].dashboard_addr().expect("a dashboard").to_string();
+    let body = format!("{{\"to\": \"{}\"}}", nodes[follower].node_id());
+    // Off this thread: the nodes run on it, and the request needs them.
+    let put = move || http_with_token(&dash, "PUT", "/cluster/shards/0", &body, Some(TOKEN));
+    let (code, answer) = actix_rt::task::spawn_blocking(put).await.unwrap().unwrap();
+    assert_eq!(code, 200, "pin shard 0 to its follower: {answer}");
+
+    let position = |i: usize, pred: &dyn Fn(&ClusterEvent) -> bool| seen[i].lock().unwrap().iter().position(pred);
+    let lost = |e: &ClusterEvent| matches!(e, ClusterEvent::ShardLeadershipLost { shard: s, .. } if *s == shard);
+    let unassigned = |e: &ClusterEvent| matches!(e, ClusterEvent::ShardUnassigned { shard: s, .. } if *s == shard);
+    let assigned = |e: &ClusterEvent| matches!(e, ClusterEvent::ShardAssigned { shard: s, .. } if *s == shard);
+    let gained = |e: &ClusterEvent| matches!(e, ClusterEvent::ShardLeadershipGained { shard: s, .. } if *s == shard);
+    let t = Duration::from_secs(15);
+    nodes[owner]
+        .wait_until(t, "the old owner told it lost the lead, then unassigned", |_| {
+            position(owner, &unassigned).is_some()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", seen[owner].lock().unwrap()));
+    let (l, u) = (position(owner, &lost), position(owner, &unassigned));
+    assert!(l.is_some() && l < u, "ShardLeadershipLost, then ShardUnassigned: {:?}", seen[owner].lock().unwrap());
+    nodes[follower]
+        .wait_until(t, "the follower told it leads", |_| position(follower, &gained).is_some())
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", seen[follower].lock().unwrap()));
+    let (a, g) = (position(follower, &assigned), position(follower, &gained));
+    assert!(a.is_some() && a < g, "ShardAssigned, then ShardLeadershipGained: {:?}", seen[follower].lock().unwrap());
+    assert!(position(follower, &lost).is_none(), "the new owner lost nothing");
+    let new_leader = nodes[follower].node_id();
+    let follows = move |e: &ClusterEvent| {
+        matches!(e, ClusterEvent::ReplicaAdded { shard: s, leader: Some(l), .. } if *s == shard && *l == new_leader)
+    };
+    nodes[owner]
+        .wait_until(t, "the old owner follows the shard, told so with its new leader", |_| {
+            nodes[owner].is_replica(shard) && position(owner, &follows).is_some()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", seen[owner].lock().unwrap()));
+    assert!(u < position(owner, &follows), "ReplicaAdded once the handoff landed");
+    for n in &nodes {
+        n.shutdown().await;
+    }
 }
 
 /// What a node declares about itself (endpoints, metadata) reaches every member, typed:

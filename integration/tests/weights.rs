@@ -8,12 +8,10 @@
 //! loads; back in automatic mode, `clusterfunk shard weight` rebalances on its own.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clusterfunk_integration::{http, http_get, logs, run_to_exit, start_cluster, wait_until, NodeProc};
+use clusterfunk_integration::{http, http_get, http_with_token, logs, run_to_exit, start_cluster, wait_until, NodeProc};
 use serde_json::Value;
 
 const SHARDS: u64 = 64;
@@ -39,19 +37,7 @@ fn run(node: &str, token: Option<&Path>, args: &[&str]) -> (i32, String) {
 
 /// `PUT path` with the management token; returns the status code and body.
 fn put_with_token(addr: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "PUT {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP header end"))?;
-    let code = head.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("no status"))?.parse()?;
-    Ok((code, body.to_string()))
+    http_with_token(addr, "PUT", path, body, Some(TOKEN))
 }
 
 /// `GET /cluster/shards` of the node at `addr`.

@@ -239,7 +239,9 @@ impl Core {
                     .owner(*s)
                     .or_else(|| state.handoffs.get(s).and_then(|h| h.to.owner))
                     .filter(|o| *o != local),
-                stays_replica: replicas.contains_key(s),
+                // A follower now, or in the assignment a handoff away from here lands in.
+                stays_replica: replicas.contains_key(s)
+                    || state.handoffs.get(s).is_some_and(|h| h.to.replicas.contains(&local)),
                 still_assigned,
             });
         }

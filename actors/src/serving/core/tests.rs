@@ -95,6 +95,34 @@ fn a_planned_move_stops_entities_before_its_hook_and_confirms_last() {
     );
 }
 
+/// A handoff to this shard's follower that keeps this node as the follower: the node hears it
+/// stays a replica (`ShardLeadershipLost` before `ShardUnassigned`), though the map in flight
+/// lists neither as a follower yet.
+#[test]
+fn a_handoff_that_keeps_this_node_a_follower_says_so() {
+    let (t0, mut core) = (Instant::now(), Core::new(ME));
+    let lease = Some(t0 + Duration::from_millis(500));
+    let mut st = state(&[]);
+    st.map_mut().assign(ShardId(0), &Assignment { owner: Some(ME), replicas: vec![OTHER] }, Epoch(5));
+    serving(&mut core, &st, lease, t0);
+    st.map_mut().assign(ShardId(0), &Assignment { owner: None, replicas: vec![OTHER] }, Epoch(9));
+    st.handoffs.insert(ShardId(0), Handoff { from: ME, to: Assignment { owner: Some(OTHER), replicas: vec![ME] } });
+    let effects = observe(&mut core, lease, &st, t0);
+    let hooks: Vec<&ShardChange> =
+        effects.iter().filter_map(|e| if let Effect::Hooks(h) = e { Some(h) } else { None }).flatten().collect();
+    assert_eq!(
+        hooks,
+        vec![&ShardChange::Unassigned {
+            shard: ShardId(0),
+            epoch: Epoch(5),
+            new_owner: Some(OTHER),
+            stays_replica: true,
+            still_assigned: false,
+        }],
+        "{effects:?}"
+    );
+}
+
 #[test]
 fn a_lease_lapse_keeps_entities_and_a_later_move_stops_them_before_the_confirmation() {
     let (t0, mut core) = (Instant::now(), Core::new(ME));
