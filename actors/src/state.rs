@@ -592,7 +592,11 @@ mod tests {
         let weights = vec![(ShardId(2), 9), (ShardId(3), max), (ShardId(1), 0), (ShardId(0), max + 1), (ShardId(4), 5)];
         st.apply(&Command::SetShardWeights { weights }, 2);
         assert!(st.weights_set);
-        assert_eq!(st.shard_weights, BTreeMap::from([(ShardId(2), 9), (ShardId(3), max)]), "0, above max, no such shard: skipped");
+        assert_eq!(
+            st.shard_weights,
+            BTreeMap::from([(ShardId(2), 9), (ShardId(3), max)]),
+            "0, above max, no such shard: skipped"
+        );
         st.apply(&Command::SetShardWeights { weights: vec![(ShardId(2), 1)] }, 3);
         assert_eq!(st.shard_weights, BTreeMap::from([(ShardId(3), max)]), "1 is the default: the entry goes");
         assert_eq!(Command::SetShardWeights { weights: vec![] }.since_wire(), 4);

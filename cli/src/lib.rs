@@ -303,9 +303,7 @@ fn print_plan(p: &Value, committed: bool) -> Result<(), Failure> {
     let loads: Vec<Vec<String>> = p["loads"]
         .as_array()
         .map(|a| {
-            a.iter()
-                .map(|l| vec![text(&l["node"]), text(&l["quota"]), text(&l["before"]), text(&l["after"])])
-                .collect()
+            a.iter().map(|l| vec![text(&l["node"]), text(&l["quota"]), text(&l["before"]), text(&l["after"])]).collect()
         })
         .unwrap_or_default();
     if !loads.is_empty() {

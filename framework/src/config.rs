@@ -498,9 +498,9 @@ impl Builder {
 
     /// Another way to find the other nodes, beside [`join`](Builder::join) and mDNS: a service
     /// registry, a cloud API, SRV records (docs/discovery.md). It runs like the seeds: in a task
-    /// of its own, asked again every [`Discovery::refresh`]; an error, a panic or no answer
+    /// of its own, asked again every [`Discovery::refresh`](crate::Discovery::refresh); an error, a panic or no answer
     /// within 10 s is retried with backoff and shown in the status (`transport.seeds`, under
-    /// its [`name`](Discovery::name)), never fatal. Repeatable.
+    /// its [`name`](crate::Discovery::name)), never fatal. Repeatable.
     ///
     /// ```
     /// use std::net::SocketAddr;
@@ -1140,8 +1140,11 @@ mod tests {
         assert!(b().advertise("10.0.0.5:7000").raft_timing(ms(20), ms(100), ms(200)).lease(ms(300)).build().is_ok());
         assert!(b().management_token("a".repeat(16)).build().is_ok());
         let weight = |b: Builder| b.build().unwrap_err().to_string();
-        assert!(weight(b().shards(8).shard_weight(8, 2)).starts_with("shard_weights: shard 8 weight 2: there is no such shard"));
-        assert!(weight(b().shard_weight(3, 0)).starts_with("shard_weights: shard 3 weight 0: the weight is not between 1"));
+        assert!(weight(b().shards(8).shard_weight(8, 2))
+            .starts_with("shard_weights: shard 8 weight 2: there is no such shard"));
+        assert!(
+            weight(b().shard_weight(3, 0)).starts_with("shard_weights: shard 3 weight 0: the weight is not between 1")
+        );
         assert!(weight(b().shard_weight(3, 1_000_001)).contains("not between 1 and 1000000"));
         assert!(b().shards(8).shard_weight(7, 1_000_000).build().is_ok());
     }

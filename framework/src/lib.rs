@@ -43,8 +43,8 @@ pub use cluster::{Cluster, Error, Faults, ReplicaSet, WorkerWatch};
 pub use clusterfunk_actors::faults::{FaultPlan, FaultPlanError};
 pub use clusterfunk_actors::membership::MemberState;
 pub use clusterfunk_actors::proxy::{Error as RouteError, Refusal};
-pub use clusterfunk_actors::transport::seeds::{Discovered, Discovery};
 pub use clusterfunk_actors::shard::{Assignment, Move, MoveReason, Plan, ShardKey, ShardMap};
+pub use clusterfunk_actors::transport::seeds::{Discovered, Discovery};
 pub use clusterfunk_actors::types::{ClusterName, Epoch, NodeId, ShardId, WorkerIndex};
 pub use config::{Builder, ClusterConfig, ConfigError, Mode, Rebalance};
 pub use entity::{

@@ -80,7 +80,8 @@ async fn a_node_joins_through_its_own_discovery_once_it_answers() {
     let t = Duration::from_secs(30);
 
     b.wait_until(t, "the registry's error, retried with backoff", |s| {
-        source(s, "registry test/dev").is_some_and(|(failures, error, _)| failures >= 2 && error.as_deref() == Some("registry not ready"))
+        source(s, "registry test/dev")
+            .is_some_and(|(failures, error, _)| failures >= 2 && error.as_deref() == Some("registry not ready"))
     })
     .await
     .unwrap();

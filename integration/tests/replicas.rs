@@ -260,9 +260,7 @@ async fn an_owner_that_stays_a_follower_is_told_it_lost_the_lead() {
     assert!(a.is_some() && a < g, "ShardAssigned, then ShardLeadershipGained: {:?}", seen[follower].lock().unwrap());
     assert!(position(follower, &lost).is_none(), "the new owner lost nothing");
     let new_leader = nodes[follower].node_id();
-    let follows = move |e: &ClusterEvent| {
-        matches!(e, ClusterEvent::ReplicaAdded { shard: s, leader: Some(l), .. } if *s == shard && *l == new_leader)
-    };
+    let follows = move |e: &ClusterEvent| matches!(e, ClusterEvent::ReplicaAdded { shard: s, leader: Some(l), .. } if *s == shard && *l == new_leader);
     nodes[owner]
         .wait_until(t, "the old owner follows the shard, told so with its new leader", |_| {
             nodes[owner].is_replica(shard) && position(owner, &follows).is_some()

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clusterfunk_integration::{http, http_get, http_with_token, logs, run_to_exit, start_cluster, wait_until, NodeProc};
+use clusterfunk_integration::{
+    http, http_get, http_with_token, logs, run_to_exit, start_cluster, wait_until, NodeProc,
+};
 use serde_json::Value;
 
 const SHARDS: u64 = 64;
@@ -80,8 +82,19 @@ fn start(dir: &Path) -> anyhow::Result<(Vec<NodeProc>, PathBuf)> {
     let tfs = tf.to_string_lossy().to_string();
     let exe = Path::new(env!("CARGO_BIN_EXE_cf-node"));
     let args = [
-        "--name", "wtest", "--env", "weights", "--no-mdns", "--shards", "64", "--traffic", "0", "--token-file", &tfs,
-        "--shard-weight", "5=20",
+        "--name",
+        "wtest",
+        "--env",
+        "weights",
+        "--no-mdns",
+        "--shards",
+        "64",
+        "--traffic",
+        "0",
+        "--token-file",
+        &tfs,
+        "--shard-weight",
+        "5=20",
     ];
     Ok((start_cluster(exe, dir, 3, &args)?, tf))
 }

@@ -491,9 +491,8 @@ fn owner_phase_weighted(
         if dev[j] > -tolerance {
             break;
         }
-        let donor = (0..nodes.len())
-            .filter(|i| dev[*i] > 0 && !movable[*i].is_empty())
-            .max_by_key(|i| (dev[*i], Reverse(*i)));
+        let donor =
+            (0..nodes.len()).filter(|i| dev[*i] > 0 && !movable[*i].is_empty()).max_by_key(|i| (dev[*i], Reverse(*i)));
         let Some(i) = donor else { break };
         let Some((ws, Reverse(s))) = pick(&movable[i], dev[i].min(-dev[j])) else { break };
         movable[i].remove(&(ws, Reverse(s)));

@@ -7,7 +7,8 @@ mod hash;
 mod map;
 
 pub use alloc::{
-    allocate, allocate_pinned, allocate_weighted, Allocation, Candidate, Move, MoveReason, NodeLoad, Plan, MAX_SHARD_WEIGHT,
+    allocate, allocate_pinned, allocate_weighted, Allocation, Candidate, Move, MoveReason, NodeLoad, Plan,
+    MAX_SHARD_WEIGHT,
 };
 pub use hash::{shard_for, ShardKey};
 pub use map::{Assignment, MapDecodeError, ShardMap};

@@ -80,7 +80,8 @@ impl fmt::Debug for Sources {
 impl Sources {
     /// The seeds as sources, then these.
     pub fn with_seeds(&self, seeds: &[String]) -> Vec<Arc<dyn Discovery>> {
-        let mut all: Vec<Arc<dyn Discovery>> = seeds.iter().map(|s| Arc::new(Seed(s.clone())) as Arc<dyn Discovery>).collect();
+        let mut all: Vec<Arc<dyn Discovery>> =
+            seeds.iter().map(|s| Arc::new(Seed(s.clone())) as Arc<dyn Discovery>).collect();
         all.extend(self.0.iter().cloned());
         all
     }
@@ -166,7 +167,9 @@ pub(crate) fn spawn(sources: Vec<Arc<dyn Discovery>>, arbiter: &actix::ArbiterHa
         let seed = {
             let mut all = state.0.lock().expect("seeds lock is never poisoned");
             let base = source.name();
-            let name = (1..).map(|n| if n == 1 { base.clone() } else { format!("{base} #{n}") }).find(|n| !all.contains_key(n));
+            let name = (1..)
+                .map(|n| if n == 1 { base.clone() } else { format!("{base} #{n}") })
+                .find(|n| !all.contains_key(n));
             let name = name.expect("an unused name");
             all.insert(name.clone(), SeedStatus { seed: name.clone(), ..SeedStatus::default() });
             name

@@ -239,7 +239,12 @@ proptest! {
 
 // ---- Shard weights ----
 
-fn weighted(map: &ShardMap, nodes: &[Candidate], weights: &BTreeMap<ShardId, u32>, epoch: u64) -> (ShardMap, Allocation) {
+fn weighted(
+    map: &ShardMap,
+    nodes: &[Candidate],
+    weights: &BTreeMap<ShardId, u32>,
+    epoch: u64,
+) -> (ShardMap, Allocation) {
     let alloc = allocate_weighted(map, nodes, &BTreeMap::new(), weights);
     let mut next = map.clone();
     next.apply(&alloc.changes, Epoch(epoch));
@@ -259,7 +264,8 @@ fn load_of(map: &ShardMap, weights: &BTreeMap<ShardId, u32>, id: NodeId) -> u64 
 /// every shard owned by a live node.
 fn assert_weight_balanced(map: &ShardMap, nodes: &[Candidate], weights: &BTreeMap<ShardId, u32>) {
     let total: u128 = (0..map.shard_count()).map(|s| u128::from(weights.get(&ShardId(s)).copied().unwrap_or(1))).sum();
-    let heaviest: u128 = (0..map.shard_count()).map(|s| u128::from(weights.get(&ShardId(s)).copied().unwrap_or(1))).max().unwrap_or(1);
+    let heaviest: u128 =
+        (0..map.shard_count()).map(|s| u128::from(weights.get(&ShardId(s)).copied().unwrap_or(1))).max().unwrap_or(1);
     let nw: u128 = nodes.iter().map(|n| u128::from(n.weight)).sum();
     for n in nodes {
         let load = u128::from(load_of(map, weights, n.id));
@@ -381,13 +387,18 @@ proptest! {
 fn assert_leave(map: &ShardMap, rest: &[Candidate], leaver: NodeId, weights: &BTreeMap<ShardId, u32>) -> ShardMap {
     let (next, alloc) = weighted(map, rest, weights, 99);
     let had = map.owners().iter().filter(|o| **o == Some(leaver)).count();
-    assert_eq!(alloc.plan.moves.iter().filter(|m| m.from == Some(leaver)).count(), had, "every shard of the leaver moves");
+    assert_eq!(
+        alloc.plan.moves.iter().filter(|m| m.from == Some(leaver)).count(),
+        had,
+        "every shard of the leaver moves"
+    );
     let w = |s: ShardId| u128::from(weights.get(&s).copied().unwrap_or(1));
     let total: u128 = (0..map.shard_count()).map(|s| w(ShardId(s))).sum();
     let heaviest: u128 = (0..map.shard_count()).map(|s| w(ShardId(s))).max().unwrap_or(1);
     let nw: u128 = rest.iter().map(|n| u128::from(n.weight)).sum();
     for n in rest {
-        let lifts: Vec<&Move> = alloc.plan.moves.iter().filter(|m| m.from != Some(leaver) && m.to == Some(n.id)).collect();
+        let lifts: Vec<&Move> =
+            alloc.plan.moves.iter().filter(|m| m.from != Some(leaver) && m.to == Some(n.id)).collect();
         let Some(last) = lifts.iter().map(|m| u128::from(m.weight)).max() else { continue };
         assert!(lifts.iter().all(|m| m.reason == MoveReason::OverQuota), "{lifts:?}");
         let load = u128::from(load_of(&next, weights, n.id));
@@ -397,7 +408,8 @@ fn assert_leave(map: &ShardMap, rest: &[Candidate], leaver: NodeId, weights: &BT
         assert!(
             (load - last) * nw + heaviest * nw <= total * u128::from(n.weight)
                 || before * nw < total * u128::from(n.weight),
-            "node {} was lifted (load {before} -> {load}, last lift {last}) without being short", n.id
+            "node {} was lifted (load {before} -> {load}, last lift {last}) without being short",
+            n.id
         );
     }
     assert_weight_balanced(&next, rest, weights);
@@ -518,8 +530,9 @@ fn weighted_leaves_move_little_beyond_the_leavers_shards() {
     let (mut leaves, mut extra_leaves, mut leaver_weight, mut extra_weight) = (0u64, 0u64, 0u64, 0u64);
     for _ in 0..300 {
         let shards = 200 + rand(1800) as u32;
-        let mut nodes: Vec<Candidate> =
-            (0..3 + rand(10)).map(|i| Candidate { id: NodeId(i + 1), weight: 1 + rand(4) as u32, zone: None }).collect();
+        let mut nodes: Vec<Candidate> = (0..3 + rand(10))
+            .map(|i| Candidate { id: NodeId(i + 1), weight: 1 + rand(4) as u32, zone: None })
+            .collect();
         let mut weights: BTreeMap<ShardId, u32> = BTreeMap::new();
         for s in 0..shards {
             if rand(20) == 0 {
