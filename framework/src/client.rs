@@ -235,6 +235,19 @@ impl Client {
         self.inner.map().owner(shard)
     }
 
+    /// The endpoint `name` (`http`, `grpc`, ..) that `node` declared
+    /// ([`Builder::endpoint`](crate::Builder::endpoint)), as the cluster last told the client:
+    /// with [`owner`](Client::owner), where to call a shard's owner over a protocol of your own.
+    pub fn endpoint(&self, node: NodeId, name: &str) -> Option<String> {
+        self.inner.attributes().get(&node).and_then(|(e, _)| e.get(name).cloned())
+    }
+
+    /// The metadata `node` declared ([`Builder::metadata`](crate::Builder::metadata)), as the
+    /// cluster last told the client; empty for a node it does not know.
+    pub fn metadata(&self, node: NodeId) -> std::collections::BTreeMap<String, String> {
+        self.inner.attributes().get(&node).map(|(_, m)| m.clone()).unwrap_or_default()
+    }
+
     /// The node whose pushed maps the client follows now.
     pub fn following(&self) -> Option<NodeId> {
         self.inner.following()

@@ -274,7 +274,8 @@ async fn an_owner_that_stays_a_follower_is_told_it_lost_the_lead() {
 }
 
 /// What a node declares about itself (endpoints, metadata) reaches every member, typed:
-/// `members()`, `owner_node(shard)`; `is_replica` says which node follows a shard.
+/// `members()`, `owner_node(shard)`; `is_replica` says which node follows a shard; and a
+/// non-member `Client` learns the owner's endpoints and metadata with the map.
 #[actix_rt::test]
 async fn endpoints_and_metadata_reach_every_member_typed() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,6 +312,27 @@ async fn endpoints_and_metadata_reach_every_member_typed() {
     let role = if i == 0 { clusterfunk::Role::Voter } else { clusterfunk::Role::Learner };
     assert_eq!(owner.role, role, "one voter: the first node");
     assert!(!nodes[i].is_replica(shard) && nodes[1 - i].is_replica(shard), "the other node follows the shard");
+
+    // A non-member client is told the same: where to call a shard's owner over its own protocol.
+    let me = nodes[0].member(nodes[0].node_id()).expect("itself");
+    let port = me.addrs.iter().find_map(|a| a.strip_prefix("/ip4/127.0.0.1/tcp/")).expect("a loopback address");
+    let client = clusterfunk::Client::builder()
+        .name("endpoints")
+        .env("test")
+        .seed(format!("127.0.0.1:{port}"))
+        .entity::<Tally>()
+        .connect()
+        .await
+        .expect("a client");
+    let want = format!("10.0.0.{i}:9000");
+    let t0 = std::time::Instant::now();
+    while client.owner(shard).and_then(|o| client.endpoint(o, "grpc")).as_deref() != Some(want.as_str()) {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the client never learnt the owner's grpc endpoint");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.metadata(owner.id).get("rack").map(String::as_str), Some(format!("r{i}").as_str()));
+    assert_eq!(client.endpoint(owner.id, "nope"), None);
+    drop(client);
     for n in &nodes {
         n.shutdown().await;
     }

@@ -13,7 +13,7 @@
 mod swarm;
 mod topology;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,11 +107,15 @@ pub struct Stats {
 /// Where each member listens, from the last topology.
 pub(crate) type Members = HashMap<NodeId, (PeerId, Vec<Multiaddr>)>;
 
+/// Each member's declared endpoints and metadata, from the last topology.
+pub type Attributes = HashMap<NodeId, (BTreeMap<String, String>, BTreeMap<String, String>)>;
+
 /// What the client follows: the newest map, the members, and the node it came from.
 #[derive(Clone, Default)]
 pub(crate) struct View {
     pub(crate) map: Arc<ShardMap>,
     pub(crate) members: Arc<Members>,
+    pub(crate) attributes: Arc<Attributes>,
     pub(crate) from: Option<NodeId>,
 }
 
@@ -308,6 +312,11 @@ impl Client {
     /// The node whose pushed map the client follows now.
     pub fn following(&self) -> Option<NodeId> {
         self.inner.view.borrow().from
+    }
+
+    /// The endpoints and metadata each member declared, as the last topology gave them.
+    pub fn attributes(&self) -> Arc<Attributes> {
+        self.inner.view.borrow().attributes.clone()
     }
 
     /// The counters.

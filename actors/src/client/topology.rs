@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::swarm::Command;
-use super::{Members, Staleness, Stats, View};
+use super::{Attributes, Members, Staleness, Stats, View};
 use crate::proxy::clients::Topology;
 use crate::transport::seeds::Seeds;
 use crate::types::NodeId;
@@ -142,9 +142,11 @@ async fn follow_one(f: &mut Follow, node: Option<NodeId>, peer: PeerId, before: 
         };
         let parsed = crate::wire::decode::<Topology>(&frame).map_err(|e| e.to_string()).and_then(|t| {
             let map = t.shard_map()?;
-            Ok((map, members(&t)))
+            let members = members(&t);
+            let attributes = attributes(&t, &members);
+            Ok((map, members, attributes))
         });
-        let (map, members) = match parsed {
+        let (map, members, attributes) = match parsed {
             Ok(p) => p,
             Err(e) => {
                 f.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -172,10 +174,12 @@ async fn follow_one(f: &mut Follow, node: Option<NodeId>, peer: PeerId, before: 
         f.view.send_if_modified(|v| {
             let mut changed = v.from != Some(node);
             v.from = Some(node);
-            if first || map.epoch() > v.map.epoch() || (map.epoch() == v.map.epoch() && *v.members != members) {
-                changed |= *v.map != map || *v.members != members;
+            let same = *v.members == members && *v.attributes == attributes;
+            if first || map.epoch() > v.map.epoch() || (map.epoch() == v.map.epoch() && !same) {
+                changed |= *v.map != map || !same;
                 v.map = Arc::new(map);
                 v.members = Arc::new(members);
+                v.attributes = Arc::new(attributes);
             }
             changed
         });
@@ -184,4 +188,14 @@ async fn follow_one(f: &mut Follow, node: Option<NodeId>, peer: PeerId, before: 
 
 fn members(t: &Topology) -> Members {
     t.endpoints().into_iter().map(|(node, peer, addrs)| (node, (peer, addrs))).collect()
+}
+
+/// The declared endpoints and metadata of the members `members` kept (an entry whose peer id
+/// does not name its node is dropped there, and so here).
+fn attributes(t: &Topology, members: &Members) -> Attributes {
+    t.members
+        .iter()
+        .filter(|e| members.contains_key(&e.node))
+        .map(|e| (e.node, (e.endpoints.clone(), e.metadata.clone())))
+        .collect()
 }

@@ -8,6 +8,7 @@
 //! member's are (`Router::serve_local`). A replica write from a client is refused and the
 //! client dropped: only a shard's leader replicates.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::{AsyncWriteExt, StreamExt};
@@ -62,6 +63,12 @@ pub struct Endpoint {
     pub peer_id: String,
     /// Its multiaddresses.
     pub addrs: Vec<String>,
+    /// The endpoints it declared (`http`, `grpc`, ..), as committed with its membership.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, String>,
+    /// The metadata it declared, as committed with its membership.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// The members' endpoints in `applied`.
@@ -72,7 +79,13 @@ fn endpoints(applied: &AppliedState) -> Vec<Endpoint> {
         .values()
         .filter_map(|m| {
             let peer = m.peer_id?;
-            Some(Endpoint { node: m.id, peer_id: peer.to_base58(), addrs: m.addrs.clone() })
+            Some(Endpoint {
+                node: m.id,
+                peer_id: peer.to_base58(),
+                addrs: m.addrs.clone(),
+                endpoints: m.endpoints.clone(),
+                metadata: m.metadata.clone(),
+            })
         })
         .collect()
 }
@@ -153,5 +166,38 @@ async fn push_topology(peer: PeerId, mut stream: Stream, mut applied: tokio::syn
             let _ = stream.close().await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The endpoints and metadata are appended: a member without them is encoded as before, and
+    /// a topology from a build before them decodes with none.
+    #[test]
+    fn endpoints_and_metadata_cross_builds() {
+        let plain = Endpoint {
+            node: NodeId(7),
+            peer_id: "p".into(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            endpoints: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+        };
+        #[derive(Serialize)]
+        struct Before<'a> {
+            node: NodeId,
+            peer_id: &'a str,
+            addrs: &'a [String],
+        }
+        let before = crate::wire::encode(&Before { node: plain.node, peer_id: "p", addrs: &plain.addrs });
+        assert_eq!(crate::wire::encode(&plain), before, "nothing new on the wire when there is nothing to say");
+        assert_eq!(crate::wire::decode::<Endpoint>(&before).unwrap(), plain);
+        let full = Endpoint {
+            endpoints: BTreeMap::from([("grpc".into(), "10.0.0.1:9000".into())]),
+            metadata: BTreeMap::from([("rack".into(), "r1".into())]),
+            ..plain
+        };
+        assert_eq!(crate::wire::decode::<Endpoint>(&crate::wire::encode(&full)).unwrap(), full);
     }
 }

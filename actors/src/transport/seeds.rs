@@ -150,7 +150,7 @@ impl Seeds {
                 };
                 s.failures += 1;
                 if s.error.as_deref() != Some(error.as_str()) {
-                    warn!(%seed, %error, retry_in = ?next_try(s.failures, REFRESH), "discovery failed; retrying with backoff");
+                    warn!(%seed, %error, retry_in = ?next_try(s.failures, REFRESH), "cannot discover through this source (a seed that does not resolve, a registry that fails); retrying with backoff");
                 }
                 s.error = Some(error);
             }
