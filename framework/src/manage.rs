@@ -382,6 +382,22 @@ async fn shards(cluster: web::Data<Cluster>, q: web::Query<ShardsQuery>) -> Http
     }))
 }
 
+/// A mutation of one shard: the token checked, the shard number from the path, the JSON body.
+fn shard_body<T: serde::de::DeserializeOwned>(
+    cluster: &Cluster,
+    req: &HttpRequest,
+    shard: &str,
+    body: &[u8],
+) -> Result<(u32, T), Box<HttpResponse>> {
+    if let Some(refused) = unauthorized(cluster, req) {
+        return Err(Box::new(refused));
+    }
+    let Ok(shard) = shard.parse::<u32>() else {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, format!("shard: {shard:?} is not a shard number"), false)));
+    };
+    Ok((shard, json_body(req, body)?))
+}
+
 /// `PUT /cluster/shards/{shard}` body: the node to pin it to, or `null` to unpin.
 #[derive(Deserialize)]
 struct MoveBody {
@@ -395,14 +411,8 @@ async fn move_shard(
     shard: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Some(refused) = unauthorized(&cluster, &req) {
-        return refused;
-    }
-    let Ok(shard) = shard.parse::<u32>() else {
-        return error(StatusCode::BAD_REQUEST, format!("shard: {shard:?} is not a shard number"), false);
-    };
-    let b: MoveBody = match json_body(&req, &body) {
-        Ok(b) => b,
+    let (shard, b) = match shard_body::<MoveBody>(&cluster, &req, &shard, &body) {
+        Ok(sb) => sb,
         Err(r) => return *r,
     };
     let to = match b.to.as_deref().map(|n| resolve_node(&cluster, n)).transpose() {
@@ -425,14 +435,8 @@ async fn shard_weight(
     shard: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Some(refused) = unauthorized(&cluster, &req) {
-        return refused;
-    }
-    let Ok(shard) = shard.parse::<u32>() else {
-        return error(StatusCode::BAD_REQUEST, format!("shard: {shard:?} is not a shard number"), false);
-    };
-    let b: WeightBody = match json_body(&req, &body) {
-        Ok(b) => b,
+    let (shard, b) = match shard_body::<WeightBody>(&cluster, &req, &shard, &body) {
+        Ok(sb) => sb,
         Err(r) => return *r,
     };
     run(&cluster, &req, MemberOp::SetShardWeights(vec![(ShardId(shard), b.weight)])).await

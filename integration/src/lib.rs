@@ -64,6 +64,20 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     http(addr, "GET", path, "")
 }
 
+/// Runs the `clusterfunk` CLI at `exe` against `node` (with `--token-file token` when given)
+/// with `args`, for at most 90 s; returns its exit code (-1 if killed) and output.
+pub fn run_cli(exe: &Path, node: &str, token: Option<&Path>, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["--node", node];
+    let file;
+    if let Some(t) = token {
+        file = t.to_string_lossy().to_string();
+        all.extend(["--token-file", file.as_str()]);
+    }
+    all.extend(args);
+    let (code, out) = run_to_exit(exe, &all, Duration::from_secs(90)).expect("the cli runs");
+    (code.unwrap_or(-1), out)
+}
+
 /// An HTTP/1.0 request with a body; returns the status code and body.
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
     http_with_token(addr, method, path, body, None)

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clusterfunk_integration::{http_get, logs, run_to_exit, start_cluster, wait_until, NodeProc};
+use clusterfunk_integration::{http_get, logs, run_cli, start_cluster, wait_until, NodeProc};
 use serde_json::Value;
 
 const SHARDS: u64 = 64;
@@ -23,17 +23,9 @@ fn cli() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cf-cli"))
 }
 
-/// Runs the CLI against `node` with `args`; returns its exit code and output.
+/// Runs the CLI (`cf-cli`) against `node` with `args`; returns its exit code and output.
 fn run(node: &str, token: Option<&Path>, args: &[&str]) -> (i32, String) {
-    let mut all = vec!["--node", node];
-    let file;
-    if let Some(t) = token {
-        file = t.to_string_lossy().to_string();
-        all.extend(["--token-file", file.as_str()]);
-    }
-    all.extend(args);
-    let (code, out) = run_to_exit(cli(), &all, Duration::from_secs(90)).expect("the cli runs");
-    (code.unwrap_or(-1), out)
+    run_cli(cli(), node, token, args)
 }
 
 fn members(node: &NodeProc) -> Option<Vec<Value>> {

@@ -11,30 +11,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clusterfunk_integration::{
-    http, http_get, http_with_token, logs, run_to_exit, start_cluster, wait_until, NodeProc,
-};
+use clusterfunk_integration::{http, http_get, http_with_token, logs, run_cli, start_cluster, wait_until, NodeProc};
 use serde_json::Value;
 
 const SHARDS: u64 = 64;
 const T: Duration = Duration::from_secs(40);
 const TOKEN: &str = "weights-token-0123456789abcdef";
 
-fn cli() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cf-cli"))
-}
-
-/// Runs the CLI against `node` with `args`; returns its exit code and output.
+/// Runs the CLI (`cf-cli`) against `node` with `args`; returns its exit code and output.
 fn run(node: &str, token: Option<&Path>, args: &[&str]) -> (i32, String) {
-    let mut all = vec!["--node", node];
-    let file;
-    if let Some(t) = token {
-        file = t.to_string_lossy().to_string();
-        all.extend(["--token-file", file.as_str()]);
-    }
-    all.extend(args);
-    let (code, out) = run_to_exit(cli(), &all, Duration::from_secs(90)).expect("the cli runs");
-    (code.unwrap_or(-1), out)
+    run_cli(Path::new(env!("CARGO_BIN_EXE_cf-cli")), node, token, args)
 }
 
 /// `PUT path` with the management token; returns the status code and body.

@@ -31,8 +31,37 @@ pub struct Envelope {
     /// The sender's W3C trace context (`traceparent`), so the receiver continues its trace.
     /// Appended: not sent when `None`, skipped by a build before it; a receiver ignores one
     /// that is not well-formed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient_trace")]
     pub trace: Option<String>,
+}
+
+/// A trace that is not text (bytes that are not UTF-8, from a broken or hostile sender) reads as
+/// none: the message still goes through, untraced, instead of the frame failing to decode and
+/// the peer being dropped. Anything else but a string is still a malformed frame.
+fn lenient_trace<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a trace context string")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Text)
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(s.to_owned()))
+        }
+        fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_option(Text)
 }
 
 pub use crate::types::Refusal;
@@ -149,6 +178,35 @@ mod tests {
         // this encoding exists to prevent.
         let positional = rmp_serde::to_vec(&Frame::Request { id: 5, env }).unwrap();
         assert!(crate::wire::decode::<prev::Frame>(&positional).is_err());
+    }
+
+    /// A trace whose bytes are not UTF-8 reads as none; the rest of the envelope is kept.
+    #[test]
+    fn a_trace_that_is_not_text_is_dropped_not_the_frame() {
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let env = Envelope {
+            entity: 1,
+            message: 2,
+            shard: ShardId(3),
+            key: b"k".to_vec(),
+            payload: vec![0x90],
+            epoch: Epoch(7),
+            replica: false,
+            trace: Some(trace.into()),
+        };
+        let mut bytes = crate::wire::encode(&Frame::Request { id: 5, env: env.clone() });
+        let at = bytes.windows(trace.len()).position(|w| w == trace.as_bytes()).expect("the trace's bytes");
+        bytes[at] = 0xff;
+        let Frame::Request { env: got, .. } = crate::wire::decode::<Frame>(&bytes).expect("still decodes") else {
+            panic!("a request")
+        };
+        assert_eq!(got, Envelope { trace: None, ..env });
+        // A trace of another type is still a malformed frame.
+        let mut wrong =
+            crate::wire::encode(&Frame::Request { id: 5, env: Envelope { trace: Some("x".into()), ..got } });
+        let x = wrong.iter().rposition(|b| *b == b'x').unwrap();
+        wrong[x - 1] = 0x05; // the str marker of "x" becomes the integer 5, and "x" trails
+        assert!(crate::wire::decode::<Frame>(&wrong).is_err());
     }
 
     #[test]
