@@ -571,7 +571,14 @@ impl Consensus {
         let applied = self.applied.borrow().clone();
         let view = self.view.borrow().clone();
         self.note_unadmitted(&applied, &view);
-        let Some(action) = auto::next_action(&applied, &view, &self.settings) else { return };
+        // Caught up: its log has reached the current membership entry (so it holds the entry that
+        // made it a learner, and everything before it).
+        let since = m.membership_config.log_id().map_or(0, |l| l.index);
+        let matched = m.replication.clone().unwrap_or_default();
+        let caught_up = move |id: NodeId| {
+            matched.get(&id).copied().flatten().is_some_and(|l: openraft::LogId<NodeId>| l.index >= since)
+        };
+        let Some(action) = auto::next_action(&applied, &view, &self.settings, &caught_up) else { return };
         if let Action::Write(cmd) = &action {
             if let Err(why) = wire_gate(&self.raft, &self.transport, cmd) {
                 if self.upgrade_wait.replace(why.to_string()).as_deref() != Some(&why.to_string()) {

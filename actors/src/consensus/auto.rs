@@ -107,7 +107,15 @@ pub fn refused(applied: &AppliedState, view: &View, s: &Settings) -> Vec<NodeId>
 
 /// The next step, or `None` when membership is as it should be. One step at a time: the caller
 /// runs it to completion before asking again (openraft needs membership changes serialized).
-pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<Action> {
+/// `caught_up` says whether a learner's log has reached the current membership entry: only such
+/// a learner is promoted (one that has not would hold every commit of the joint configuration
+/// until it catches up; an `AddLearner` that timed out leaves one behind).
+pub fn next_action(
+    applied: &AppliedState,
+    view: &View,
+    s: &Settings,
+    caught_up: &dyn Fn(NodeId) -> bool,
+) -> Option<Action> {
     let st = &applied.state;
     if st.name.is_none() {
         return Some(Action::Write(Command::Init {
@@ -145,27 +153,40 @@ pub fn next_action(applied: &AppliedState, view: &View, s: &Settings) -> Option<
     }
     let membership = applied.membership.membership();
     let in_raft: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-    for meta in &up {
-        if st.members.contains_key(&meta.id) && !in_raft.contains(&meta.id) && !st.removed.contains(&meta.id) {
-            let node = RaftNode { peer_id: meta.peer_id, addrs: meta.addrs.clone() };
-            return Some(Action::AddLearner(meta.id, node));
-        }
-    }
+    let pending: Vec<&NodeMeta> = up
+        .iter()
+        .copied()
+        .filter(|m| st.members.contains_key(&m.id) && !in_raft.contains(&m.id) && !st.removed.contains(&m.id))
+        .collect();
+    // Voters before more learners: a rolling start of many nodes adds them one at a time, and
+    // the cluster should not run on one voter until the last of them has caught up. While more
+    // learners are coming, promote only to an odd count (1 → 3 → 5): two voters tolerate no
+    // more failures than one and need both to answer.
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     if voters.len() < s.voters {
         // Dev mode promotes any learner; production mode only those its configuration lists
         // (an operator promotes the others by command).
-        let learners: Vec<NodeId> = up
+        let candidates: Vec<NodeId> = up
             .iter()
             .map(|m| m.id)
             .filter(|id| in_raft.contains(id) && !voters.contains(id) && !st.held.contains(id))
             .filter(|id| open(st, s) || s.members.contains(id))
             .collect();
-        if !learners.is_empty() {
+        let learners: Vec<NodeId> = candidates.iter().copied().filter(|id| caught_up(*id)).collect();
+        let coming = !pending.is_empty() || learners.len() < candidates.len();
+        let mut take = learners.len().min(s.voters - voters.len());
+        if take > 0 && (voters.len() + take).is_multiple_of(2) && coming {
+            take -= 1;
+        }
+        if take > 0 {
             let mut next = voters.clone();
-            next.extend(learners.into_iter().take(s.voters - voters.len()));
+            next.extend(learners.into_iter().take(take));
             return Some(Action::SetVoters(next));
         }
+    }
+    if let Some(meta) = pending.first() {
+        let node = RaftNode { peer_id: meta.peer_id, addrs: meta.addrs.clone() };
+        return Some(Action::AddLearner(meta.id, node));
     }
     // Last: it needs wire 4, and a refusal must not hold up membership during an upgrade.
     if !s.shard_weights.is_empty() && !st.weights_set {
@@ -181,6 +202,11 @@ mod tests {
     use openraft::{LogId, Membership, StoredMembership};
 
     use super::*;
+
+    /// Every learner caught up.
+    fn next(a: &AppliedState, v: &View, s: &Settings) -> Option<Action> {
+        next_action(a, v, s, &|_| true)
+    }
     use crate::membership::MemberView;
     use crate::state::ClusterState;
     use crate::types::ShardId;
@@ -259,16 +285,16 @@ mod tests {
         assert_eq!(name_holder(&a.state, &named(2, "node1")), Some(NodeId(1)));
         assert_eq!(name_holder(&a.state, &named(1, "node1")), None, "a member re-registering keeps its own");
         // Node 3 (no name) is registered; node 2 never is, and is counted as refused.
-        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(3) })));
+        assert_eq!(next(&a, &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(3) })));
         a.state.apply(&Command::RegisterMember { meta: meta(3) }, 4);
-        let step = next_action(&a, &v, &s);
+        let step = next(&a, &v, &s);
         assert!(!matches!(step, Some(Action::Write(Command::RegisterMember { .. }))), "{step:?}");
         assert_eq!(refused(&a, &v, &s), vec![NodeId(2)]);
         // A leader whose own instance id another member holds does not register itself either.
         let mut v = view(&[2, 1, 3]);
         v.members.get_mut(&NodeId(2)).unwrap().meta = named(2, "node1");
         v.members.get_mut(&NodeId(1)).unwrap().meta = named(1, "node1");
-        let step = next_action(&a, &v, &s);
+        let step = next(&a, &v, &s);
         assert!(!matches!(step, Some(Action::Write(Command::RegisterMember { .. }))), "{step:?}");
     }
 
@@ -278,14 +304,14 @@ mod tests {
         let mut a = applied(&[1, 2, 3], &[1, 2, 3], &[]);
         let v = view(&[1, 2, 3]);
         let want = Command::SetShardWeights { weights: vec![(ShardId(3), 5), (ShardId(7), 2)] };
-        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(want.clone())));
+        assert_eq!(next(&a, &v, &s), Some(Action::Write(want.clone())));
         a.state.apply(&want, 5);
         assert_eq!(a.state.shard_weight(ShardId(3)), 5);
-        assert_eq!(next_action(&a, &v, &s), None);
+        assert_eq!(next(&a, &v, &s), None);
         // An operator's later change stands: a leader restarted with the config does not undo it.
         a.state.apply(&Command::SetShardWeights { weights: vec![(ShardId(3), 1)] }, 6);
         assert_eq!(a.state.shard_weight(ShardId(3)), 1);
-        assert_eq!(next_action(&a, &v, &s), None);
+        assert_eq!(next(&a, &v, &s), None);
     }
 
     #[test]
@@ -322,28 +348,55 @@ mod tests {
     #[test]
     fn steps_in_order() {
         let s = settings();
-        assert!(matches!(
-            next_action(&AppliedState::default(), &view(&[1]), &s),
-            Some(Action::Write(Command::Init { .. }))
-        ));
+        assert!(matches!(next(&AppliedState::default(), &view(&[1]), &s), Some(Action::Write(Command::Init { .. }))));
         let v = view(&[1, 2, 3, 4]);
         assert_eq!(
-            next_action(&applied(&[], &[1], &[]), &v, &s),
+            next(&applied(&[], &[1], &[]), &v, &s),
             Some(Action::Write(Command::RegisterMember { meta: meta(1) }))
         );
         assert_eq!(
-            next_action(&applied(&[1], &[1], &[]), &v, &s),
+            next(&applied(&[1], &[1], &[]), &v, &s),
             Some(Action::Write(Command::RegisterMember { meta: meta(2) }))
         );
+        assert!(matches!(next(&applied(&[1, 2, 3, 4], &[1], &[]), &v, &s), Some(Action::AddLearner(NodeId(2), _))));
+        // Voters come before more learners, to an odd count: not {1, 2} while 3 is coming.
+        assert!(matches!(next(&applied(&[1, 2, 3, 4], &[1], &[2]), &v, &s), Some(Action::AddLearner(NodeId(3), _))));
+        assert_eq!(
+            next(&applied(&[1, 2, 3, 4], &[1], &[2, 3]), &v, &s),
+            Some(Action::SetVoters([1, 2, 3].map(NodeId).into())),
+            "promoted before 4 is added"
+        );
         assert!(matches!(
-            next_action(&applied(&[1, 2, 3, 4], &[1], &[]), &v, &s),
-            Some(Action::AddLearner(NodeId(2), _))
+            next(&applied(&[1, 2, 3, 4], &[1, 2, 3], &[]), &v, &s),
+            Some(Action::AddLearner(NodeId(4), _))
         ));
         assert_eq!(
-            next_action(&applied(&[1, 2, 3, 4], &[1], &[2, 3, 4]), &v, &s),
+            next(&applied(&[1, 2, 3, 4], &[1], &[2, 3, 4]), &v, &s),
             Some(Action::SetVoters([1, 2, 3].map(NodeId).into()))
         );
-        assert_eq!(next_action(&applied(&[1, 2, 3, 4], &[1, 2, 3], &[4]), &v, &s), None);
+        assert_eq!(next(&applied(&[1, 2, 3, 4], &[1, 2, 3], &[4]), &v, &s), None);
+    }
+
+    #[test]
+    fn a_learner_that_has_not_caught_up_is_not_promoted() {
+        let s = settings();
+        let v = view(&[1, 2, 3, 4]);
+        let a = applied(&[1, 2, 3, 4], &[1], &[2, 3, 4]);
+        let lagging = |id: NodeId| id != NodeId(3);
+        assert_eq!(
+            next_action(&a, &v, &s, &lagging),
+            Some(Action::SetVoters([1, 2, 4].map(NodeId).into())),
+            "the caught-up ones are promoted"
+        );
+        let only_2 = |id: NodeId| id == NodeId(2);
+        assert_eq!(next_action(&a, &v, &s, &only_2), None, "not to two voters while 3 and 4 catch up");
+        assert_eq!(next_action(&a, &v, &s, &|_| false), None, "none caught up: nothing to promote");
+        let a = applied(&[1, 2], &[1], &[2]);
+        assert_eq!(
+            next_action(&a, &view(&[1, 2]), &s, &|_| true),
+            Some(Action::SetVoters([1, 2].map(NodeId).into())),
+            "with nothing else coming, two voters it is"
+        );
     }
 
     #[test]
@@ -351,12 +404,12 @@ mod tests {
         let mut s = settings();
         let mut v = view(&[1, 2, 3]);
         v.members.get_mut(&NodeId(3)).unwrap().state = MemberState::Down;
-        assert_eq!(next_action(&applied(&[1, 2, 3], &[1, 2, 3], &[]), &v, &s), None);
+        assert_eq!(next(&applied(&[1, 2, 3], &[1, 2, 3], &[]), &v, &s), None);
         s.auto_join = false;
         let v = view(&[1, 9]);
         let mut a = applied(&[1], &[1], &[]);
         a.state.apply(&Command::SetProduction, 2);
-        assert_eq!(next_action(&a, &v, &s), None, "an unknown node does not join in manual mode");
+        assert_eq!(next(&a, &v, &s), None, "an unknown node does not join in manual mode");
         assert_eq!(refused(&a, &v, &s), vec![NodeId(9)], "and is counted as refused");
     }
 
@@ -366,14 +419,14 @@ mod tests {
         s.manual_rebalance = true;
         let v = view(&[1]);
         let mut a = applied(&[1], &[1], &[]);
-        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::SetRebalance { manual: true })));
+        assert_eq!(next(&a, &v, &s), Some(Action::Write(Command::SetRebalance { manual: true })));
         a.state.apply(&Command::SetRebalance { manual: true }, 2);
-        assert_eq!(next_action(&a, &v, &s), None, "written once");
+        assert_eq!(next(&a, &v, &s), None, "written once");
         // An operator turns it back to auto; a leader restarted with the same config leaves it.
         a.state.apply(&Command::SetRebalance { manual: false }, 3);
-        assert_eq!(next_action(&a, &v, &s), None, "the operator's command outlasts the config");
+        assert_eq!(next(&a, &v, &s), None, "the operator's command outlasts the config");
         s.manual_rebalance = false;
-        assert_eq!(next_action(&applied(&[1], &[1], &[]), &v, &s), None, "auto is the default: nothing to write");
+        assert_eq!(next(&applied(&[1], &[1], &[]), &v, &s), None, "auto is the default: nothing to write");
     }
 
     #[test]
@@ -383,31 +436,31 @@ mod tests {
         s.members = vec![NodeId(2)];
         let v = view(&[1, 2, 3]);
         let mut a = applied(&[1], &[1], &[]);
-        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::SetProduction)), "the mode is recorded");
+        assert_eq!(next(&a, &v, &s), Some(Action::Write(Command::SetProduction)), "the mode is recorded");
         a.state.apply(&Command::SetProduction, 3);
         assert_eq!(
-            next_action(&a, &v, &s),
+            next(&a, &v, &s),
             Some(Action::Write(Command::SetAllowed { id: NodeId(2), allowed: true })),
             "a listed node goes on the allowlist"
         );
         a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: true }, 3);
-        assert_eq!(next_action(&a, &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(2) })));
+        assert_eq!(next(&a, &v, &s), Some(Action::Write(Command::RegisterMember { meta: meta(2) })));
         assert_eq!(refused(&a, &v, &s), vec![NodeId(3)]);
         // Listed learners are promoted; an allowed one added by command is not.
         let mut a = applied(&[1, 2, 3], &[1], &[2, 3]);
         a.state.apply(&Command::SetProduction, 2);
         a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: true }, 3);
         a.state.apply(&Command::SetAllowed { id: NodeId(3), allowed: true }, 4);
-        assert_eq!(next_action(&a, &v, &s), Some(Action::SetVoters([1, 2].map(NodeId).into())));
+        assert_eq!(next(&a, &v, &s), Some(Action::SetVoters([1, 2].map(NodeId).into())));
         // A removed node is not registered again, in any mode, and a listed one stays removed.
         let mut a = applied(&[1], &[1], &[]);
         a.state.apply(&Command::SetProduction, 2);
         a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: false }, 3);
-        assert_eq!(next_action(&a, &v, &s), None);
+        assert_eq!(next(&a, &v, &s), None);
         let mut dev = applied(&[1], &[1], &[]);
         dev.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: false }, 3);
         s.auto_join = true;
-        assert_eq!(next_action(&dev, &view(&[1, 2]), &s), None);
+        assert_eq!(next(&dev, &view(&[1, 2]), &s), None);
         assert_eq!(refused(&dev, &view(&[1, 2]), &s), vec![NodeId(2)]);
     }
 
@@ -417,12 +470,12 @@ mod tests {
         let s = settings();
         let mut a = applied(&[1], &[1], &[]);
         a.state.apply(&Command::SetProduction, 2);
-        assert_eq!(next_action(&a, &view(&[1, 9]), &s), None, "an unlisted node stays out");
+        assert_eq!(next(&a, &view(&[1, 9]), &s), None, "an unlisted node stays out");
         assert_eq!(refused(&a, &view(&[1, 9]), &s), vec![NodeId(9)]);
         // And in production no learner is promoted that the configuration does not list.
         let mut a = applied(&[1, 2], &[1], &[2]);
         a.state.apply(&Command::SetProduction, 2);
-        assert_eq!(next_action(&a, &view(&[1, 2]), &s), None);
+        assert_eq!(next(&a, &view(&[1, 2]), &s), None);
     }
 
     #[test]
@@ -431,11 +484,11 @@ mod tests {
         // A demoted voter (held) is not promoted again in dev mode.
         let mut a = applied(&[1, 2, 3], &[1, 2], &[3]);
         a.state.apply(&Command::HoldLearner { id: NodeId(3), held: true }, 4);
-        assert_eq!(next_action(&a, &view(&[1, 2, 3]), &s), None);
+        assert_eq!(next(&a, &view(&[1, 2, 3]), &s), None);
         // A node whose removal stopped midway (still registered, out of Raft, removed) is not
         // added back as a learner.
         let mut a = applied(&[1, 2], &[1], &[]);
         a.state.apply(&Command::SetAllowed { id: NodeId(2), allowed: false }, 4);
-        assert_eq!(next_action(&a, &view(&[1, 2]), &s), None);
+        assert_eq!(next(&a, &view(&[1, 2]), &s), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The membership actor: carries out the core's effects.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::{Actor, AsyncContext, Context, Handler};
 use tokio::sync::watch;
@@ -13,8 +13,6 @@ use crate::wire::{self, Gossip};
 
 /// Mailbox capacity: transport events beyond it are refused (and counted by the transport).
 const MAILBOX: usize = 1024;
-/// Failure-detector resolution.
-const TICK: Duration = Duration::from_millis(50);
 
 /// The membership actor.
 pub struct Membership {
@@ -57,7 +55,7 @@ impl Actor for Membership {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
-        ctx.run_interval(TICK, |act, _| act.step(Input::Tick));
+        ctx.run_interval(self.core.config().tick(), |act, _| act.step(Input::Tick));
     }
 }
 

@@ -169,6 +169,11 @@ impl Core {
         self
     }
 
+    /// The timings this core runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// The current view.
     pub fn view(&self) -> &View {
         &self.view

@@ -34,6 +34,17 @@ pub struct Config {
     pub redial_interval: Duration,
 }
 
+impl Config {
+    /// How often the failure detector looks: a fifth of the heartbeat interval or of a quarter
+    /// of `suspect_after`, whichever is shorter, within 10..=250 ms (50 ms by default). A timer
+    /// finer than the timings it serves only costs wakeups, which add up with many nodes on a
+    /// machine.
+    pub fn tick(&self) -> Duration {
+        (self.heartbeat_interval.min(self.suspect_after / 4) / 5)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250))
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -43,5 +54,24 @@ impl Default for Config {
             fallback_dial_after: Duration::from_secs(3),
             redial_interval: Duration::from_secs(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_follows_the_timings_it_serves() {
+        let ms = Duration::from_millis;
+        assert_eq!(Config::default().tick(), ms(50), "the defaults keep 50 ms");
+        let lab = Config { heartbeat_interval: ms(1000), suspect_after: ms(5000), ..Config::default() };
+        assert_eq!(lab.tick(), ms(200), "slow gossip, slow timer");
+        let tight = Config { heartbeat_interval: ms(1000), suspect_after: ms(400), ..Config::default() };
+        assert_eq!(tight.tick(), ms(20), "a short suspect_after still gets its resolution");
+        let fast = Config { heartbeat_interval: ms(10), ..Config::default() };
+        assert_eq!(fast.tick(), ms(10), "never below 10 ms");
+        let slow = Config { heartbeat_interval: ms(60_000), suspect_after: ms(600_000), ..Config::default() };
+        assert_eq!(slow.tick(), ms(250), "never above 250 ms");
     }
 }

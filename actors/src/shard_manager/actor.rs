@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::{broadcast, watch};
@@ -19,8 +19,6 @@ use crate::membership::{MemberState, View};
 use crate::shard::{Allocation, Plan};
 use crate::state::{ClusterState, Command, CommandResult};
 use crate::types::NodeId;
-
-const TICK: Duration = Duration::from_millis(50);
 
 /// The shard manager actor.
 pub struct ShardManager {
@@ -281,6 +279,6 @@ impl Actor for ShardManager {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(TICK, |act, ctx| act.on_tick(ctx));
+        ctx.run_interval(self.core.config().tick(), |act, ctx| act.on_tick(ctx));
     }
 }

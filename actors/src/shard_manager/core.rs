@@ -53,6 +53,11 @@ impl Core {
         Core { cfg, needed_since: None, in_flight: false }
     }
 
+    /// The timings this core runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// The candidates for shards: registered members whose lease has not run out and that are
     /// not leaving.
     pub fn candidates(state: &ClusterState, expired: &impl Fn(NodeId) -> bool) -> Vec<Candidate> {

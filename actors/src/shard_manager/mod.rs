@@ -24,8 +24,31 @@ pub struct Config {
     pub takeover: Duration,
 }
 
+impl Config {
+    /// How often the leader looks for expired leases and needed rebalances: a twelfth of the
+    /// takeover time, within 10..=250 ms (50 ms by default, so failover waits at most a tick
+    /// beyond the lease rule).
+    pub fn tick(&self) -> Duration {
+        let tick = Duration::from_millis((self.takeover / 12).as_millis() as u64);
+        tick.clamp(Duration::from_millis(10), Duration::from_millis(250))
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config { debounce: Duration::from_millis(500), takeover: crate::lease::Config::default().takeover_after() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_follows_the_takeover_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(Config::default().tick(), ms(50), "the default lease keeps 50 ms");
+        assert_eq!(Config { takeover: ms(5200), ..Config::default() }.tick(), ms(250), "at most 250 ms");
+        assert_eq!(Config { takeover: ms(60), ..Config::default() }.tick(), ms(10), "at least 10 ms");
     }
 }

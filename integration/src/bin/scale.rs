@@ -17,6 +17,14 @@
 //!     [-- node flags, e.g. --gossip-interval 1s --suspect-after 5s --down-after 10s]
 //! ```
 //!
+//! 50 nodes on two cores need slower timers than the defaults (docs/sharding.md, "10,000 shards
+//! on many nodes"):
+//!
+//! ```text
+//! target/release/scale --nodes 50 -- --gossip-interval 1s --suspect-after 5s --down-after 10s \
+//!     --raft-heartbeat 500ms --election-timeout-min 3s --election-timeout-max 6s --lease 5s
+//! ```
+//!
 //! Not part of CI's run: 50 nodes take a minute or more to form on two cores.
 
 use std::collections::BTreeMap;
@@ -64,6 +72,38 @@ fn max(v: &[f64]) -> f64 {
 
 fn counter(s: &Value, name: &str) -> u64 {
     s["transport"][name].as_u64().unwrap_or(0)
+}
+
+/// The epoch of a node's map when no shard in it is unassigned.
+fn complete(s: &Value) -> Option<u64> {
+    let m = &s["shard_map"];
+    (m["unassigned"].as_u64() == Some(0)).then(|| m["epoch"].as_u64()).flatten()
+}
+
+/// Whether the nodes `which` all hold one complete map and serve `shards` between them. Stops
+/// at the first node that does not: fifty status requests every poll would load the machine
+/// whose figures are being taken.
+fn on_one_map(nodes: &[NodeProc], which: impl IntoIterator<Item = usize>, shards: u64) -> Option<()> {
+    let (mut epoch, mut serving) = (None, 0);
+    for i in which {
+        let s = nodes[i].status().ok()?;
+        let e = complete(&s)?;
+        if *epoch.get_or_insert(e) != e {
+            return None;
+        }
+        serving += s["ownership"]["serving"].as_u64().unwrap_or(0);
+    }
+    (serving == shards).then_some(())
+}
+
+/// Polls `check` every 250 ms until it holds, for at most `limit`.
+fn wait_all(limit: Duration, what: &str, mut check: impl FnMut() -> Option<()>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while check().is_none() {
+        anyhow::ensure!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,17 +157,8 @@ fn main() -> anyhow::Result<()> {
     println!("form_s={:.1}", form.as_secs_f64());
 
     // Converged: every node has the same complete map, and every shard is served.
-    let complete = |s: &Value| {
-        let m = &s["shard_map"];
-        (m["unassigned"].as_u64() == Some(0)).then(|| m["epoch"].as_u64()).flatten()
-    };
-    wait_until(limit, "every node on one complete map, every shard served", || {
-        let ss: Vec<Value> = nodes.iter().map(|n| n.status().ok()).collect::<Option<_>>()?;
-        let epochs: Vec<u64> = ss.iter().map(complete).collect::<Option<_>>()?;
-        let serving: u64 = ss.iter().map(|s| s["ownership"]["serving"].as_u64().unwrap_or(0)).sum();
-        (epochs.iter().all(|e| *e == epochs[0]) && serving == shards).then_some(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
+    wait_all(limit, "every node on one complete map, every shard served", || on_one_map(&nodes, 0..n, shards))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
     let converge = started.elapsed();
     println!("converge_s={:.1}", converge.as_secs_f64());
 
@@ -197,12 +228,8 @@ fn main() -> anyhow::Result<()> {
         nodes[*v].kill();
     }
     let alive: Vec<usize> = (0..n).filter(|i| !victims.contains(i)).collect();
-    wait_until(limit, "every shard served again by the survivors", || {
-        let ss: Vec<Value> = alive.iter().map(|i| nodes[*i].status().ok()).collect::<Option<_>>()?;
-        let serving: u64 = ss.iter().map(|s| s["ownership"]["serving"].as_u64().unwrap_or(0)).sum();
-        (serving == shards && ss.iter().all(|s| complete(s).is_some())).then_some(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
+    wait_all(limit, "every shard served again by the survivors", || on_one_map(&nodes, alive.iter().copied(), shards))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
     println!("kill_n={kill} served_again_s={:.1}", killed_at.elapsed().as_secs_f64());
     println!("nodes={n} voters={voters} shards={shards} window_s={secs:.0}");
     for i in alive {
