@@ -599,13 +599,15 @@ impl Consensus {
                         Ok(())
                     }
                 },
-                // Blocking until the learner caught up, but not forever: a learner that never
-                // answers (it refuses: another cluster's member) must not freeze membership.
-                Action::AddLearner(id, node) => {
-                    match tokio::time::timeout(ADD_LEARNER, raft.add_learner(id, node, true)).await {
+                // Not blocking until they caught up: promotion waits for that (`caught_up`), and
+                // one that never answers (another cluster's member) must not hold up the rest.
+                Action::AddLearners(nodes) => {
+                    match tokio::time::timeout(WRITE, raft.change_membership(ChangeMembers::AddNodes(nodes), true))
+                        .await
+                    {
                         Ok(r) => r.map(|_| ()),
                         Err(_) => {
-                            warn!(node = %id, "learner did not catch up in time; retrying on a later tick");
+                            warn!("adding learners did not commit in time; retrying on a later tick");
                             Ok(())
                         }
                     }

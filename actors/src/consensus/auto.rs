@@ -3,7 +3,7 @@
 //! there are `voters` voters. It never removes or demotes a voter: failure detection changes
 //! placement, never the voter set (docs/architecture.md §8).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::state_machine::AppliedState;
 use super::types::RaftNode;
@@ -58,13 +58,19 @@ pub fn admitted(meta: &NodeMeta) -> NodeMeta {
     }
 }
 
+/// Most learners one step adds: a rolling start of fifty needs a handful of membership entries,
+/// not fifty, while the leader does not start fifty snapshots at once.
+pub const LEARNERS_PER_STEP: usize = 8;
+
 /// The next membership step.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per tick at most: boxing the command buys nothing
 pub enum Action {
     /// Commit a command to the cluster state.
     Write(Command),
-    /// Add a node as a non-voting learner.
-    AddLearner(NodeId, RaftNode),
+    /// Add nodes as non-voting learners, in one membership entry (at most [`LEARNERS_PER_STEP`]).
+    /// They catch up on their own; only caught-up learners are promoted.
+    AddLearners(BTreeMap<NodeId, RaftNode>),
     /// Make these nodes voters (the current voters plus promoted learners).
     SetVoters(BTreeSet<NodeId>),
 }
@@ -109,7 +115,7 @@ pub fn refused(applied: &AppliedState, view: &View, s: &Settings) -> Vec<NodeId>
 /// runs it to completion before asking again (openraft needs membership changes serialized).
 /// `caught_up` says whether a learner's log has reached the current membership entry: only such
 /// a learner is promoted (one that has not would hold every commit of the joint configuration
-/// until it catches up; an `AddLearner` that timed out leaves one behind).
+/// until it catches up; a learner just added has not).
 pub fn next_action(
     applied: &AppliedState,
     view: &View,
@@ -184,9 +190,13 @@ pub fn next_action(
             return Some(Action::SetVoters(next));
         }
     }
-    if let Some(meta) = pending.first() {
-        let node = RaftNode { peer_id: meta.peer_id, addrs: meta.addrs.clone() };
-        return Some(Action::AddLearner(meta.id, node));
+    if !pending.is_empty() {
+        let nodes = pending
+            .iter()
+            .take(LEARNERS_PER_STEP)
+            .map(|m| (m.id, RaftNode { peer_id: m.peer_id, addrs: m.addrs.clone() }))
+            .collect();
+        return Some(Action::AddLearners(nodes));
     }
     // Last: it needs wire 4, and a refusal must not hold up membership during an upgrade.
     if !s.shard_weights.is_empty() && !st.weights_set {
@@ -197,7 +207,6 @@ pub fn next_action(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use openraft::{LogId, Membership, StoredMembership};
 
@@ -206,6 +215,14 @@ mod tests {
     /// Every learner caught up.
     fn next(a: &AppliedState, v: &View, s: &Settings) -> Option<Action> {
         next_action(a, v, s, &|_| true)
+    }
+
+    /// The nodes an `AddLearners` step adds (panics on another step).
+    fn learners(a: Option<Action>) -> Vec<u64> {
+        match a {
+            Some(Action::AddLearners(nodes)) => nodes.keys().map(|id| id.0).collect(),
+            other => panic!("not AddLearners: {other:?}"),
+        }
     }
     use crate::membership::MemberView;
     use crate::state::ClusterState;
@@ -358,18 +375,19 @@ mod tests {
             next(&applied(&[1], &[1], &[]), &v, &s),
             Some(Action::Write(Command::RegisterMember { meta: meta(2) }))
         );
-        assert!(matches!(next(&applied(&[1, 2, 3, 4], &[1], &[]), &v, &s), Some(Action::AddLearner(NodeId(2), _))));
+        assert_eq!(learners(next(&applied(&[1, 2, 3, 4], &[1], &[]), &v, &s)), vec![2, 3, 4], "in one step");
         // Voters come before more learners, to an odd count: not {1, 2} while 3 is coming.
-        assert!(matches!(next(&applied(&[1, 2, 3, 4], &[1], &[2]), &v, &s), Some(Action::AddLearner(NodeId(3), _))));
+        assert_eq!(learners(next(&applied(&[1, 2, 3, 4], &[1], &[2]), &v, &s)), vec![3, 4]);
         assert_eq!(
             next(&applied(&[1, 2, 3, 4], &[1], &[2, 3]), &v, &s),
             Some(Action::SetVoters([1, 2, 3].map(NodeId).into())),
             "promoted before 4 is added"
         );
-        assert!(matches!(
-            next(&applied(&[1, 2, 3, 4], &[1, 2, 3], &[]), &v, &s),
-            Some(Action::AddLearner(NodeId(4), _))
-        ));
+        assert_eq!(learners(next(&applied(&[1, 2, 3, 4], &[1, 2, 3], &[]), &v, &s)), vec![4]);
+        // Fifty at once go in steps of LEARNERS_PER_STEP.
+        let ids: Vec<u64> = (1..=50).collect();
+        let first = learners(next(&applied(&ids, &[1], &[]), &view(&ids), &s));
+        assert_eq!(first, (2..=9).collect::<Vec<_>>());
         assert_eq!(
             next(&applied(&[1, 2, 3, 4], &[1], &[2, 3, 4]), &v, &s),
             Some(Action::SetVoters([1, 2, 3].map(NodeId).into()))
