@@ -114,7 +114,17 @@ pub fn cluster_status(addr: &str) -> anyhow::Result<Value> {
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn wait_until<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    wait_every(Duration::from_millis(100), timeout, what, check)
+}
+
+/// [`wait_until`], polling every `every` (a driver that must not load what it measures).
+pub fn wait_every<T>(
+    every: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
@@ -123,7 +133,7 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(every);
     }
 }
 

@@ -17,7 +17,7 @@ use super::network::Network;
 use super::rpc::{self, LeaseGranter, RaftRequest, RaftResponse};
 use super::state_machine::{AppliedState, StateMachine};
 use super::store::Store;
-use super::types::{ClientWriteError, Raft, RaftError, RaftMetrics, RaftNode};
+use super::types::{matched_index, ClientWriteError, Raft, RaftError, RaftMetrics, RaftNode};
 use crate::membership::{RaftMembers, View};
 use crate::state::{Command, CommandResult};
 use crate::transport::{self, parse_peer, InboundRaft};
@@ -574,10 +574,7 @@ impl Consensus {
         // Caught up: its log has reached the current membership entry (so it holds the entry that
         // made it a learner, and everything before it).
         let since = m.membership_config.log_id().map_or(0, |l| l.index);
-        let matched = m.replication.clone().unwrap_or_default();
-        let caught_up = move |id: NodeId| {
-            matched.get(&id).copied().flatten().is_some_and(|l: openraft::LogId<NodeId>| l.index >= since)
-        };
+        let caught_up = |id: NodeId| matched_index(&m, id).is_some_and(|i| i >= since);
         let Some(action) = auto::next_action(&applied, &view, &self.settings, &caught_up) else { return };
         if let Action::Write(cmd) = &action {
             if let Err(why) = wire_gate(&self.raft, &self.transport, cmd) {

@@ -164,10 +164,10 @@ pub fn next_action(
         .copied()
         .filter(|m| st.members.contains_key(&m.id) && !in_raft.contains(&m.id) && !st.removed.contains(&m.id))
         .collect();
-    // Voters before more learners: a rolling start of many nodes adds them one at a time, and
-    // the cluster should not run on one voter until the last of them has caught up. While more
-    // learners are coming, promote only to an odd count (1 → 3 → 5): two voters tolerate no
-    // more failures than one and need both to answer.
+    // Voters before more learners: a rolling start of many nodes should not run on one voter
+    // until the last of them has caught up. While more learners are coming (pending, or added
+    // and catching up), promote only to an odd count (1 → 3 → 5): two voters tolerate no more
+    // failures than one and need both to answer.
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     if voters.len() < s.voters {
         // Dev mode promotes any learner; production mode only those its configuration lists
@@ -207,10 +207,12 @@ pub fn next_action(
 
 #[cfg(test)]
 mod tests {
-
     use openraft::{LogId, Membership, StoredMembership};
 
     use super::*;
+    use crate::membership::MemberView;
+    use crate::state::ClusterState;
+    use crate::types::ShardId;
 
     /// Every learner caught up.
     fn next(a: &AppliedState, v: &View, s: &Settings) -> Option<Action> {
@@ -224,9 +226,6 @@ mod tests {
             other => panic!("not AddLearners: {other:?}"),
         }
     }
-    use crate::membership::MemberView;
-    use crate::state::ClusterState;
-    use crate::types::ShardId;
 
     fn meta(id: u64) -> NodeMeta {
         NodeMeta {

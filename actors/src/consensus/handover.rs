@@ -14,7 +14,7 @@ use libp2p::PeerId;
 use tracing::{info, warn};
 
 use super::rpc::{self, RaftRequest, RaftResponse};
-use super::types::Raft;
+use super::types::{matched_index, Raft};
 use crate::transport::{self, parse_peer};
 use crate::types::NodeId;
 
@@ -68,8 +68,7 @@ pub async fn hand_over(raft: &Raft, transport: &transport::Handle, timeout: Dura
         return None;
     }
     let membership = m.membership_config.membership();
-    let matched =
-        |v: &NodeId| m.replication.as_ref().and_then(|r| r.get(v).cloned().flatten()).map_or(0, |log_id| log_id.index);
+    let matched = |v: &NodeId| matched_index(&m, *v).unwrap_or(0);
     let target = membership.voter_ids().filter(|v| *v != me).max_by_key(matched)?;
     let (peer, addrs) = membership.get_node(&target).and_then(|n| parse_peer(&n.peer_id, &n.addrs).ok())?;
     info!(node = %me, to = %target, "leaving as Raft leader: handing leadership over");

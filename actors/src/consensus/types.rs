@@ -43,6 +43,12 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, RaftNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, RaftNode>;
 /// Raft metrics.
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, RaftNode>;
+
+/// On the leader: the last log index `id`'s replication has matched (`None`: nothing yet, or this
+/// node does not lead).
+pub fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
+    m.replication.as_ref()?.get(&id).copied().flatten().map(|l| l.index)
+}
 /// A Raft error with an API-specific part.
 pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
 /// `client_write`'s API error.

@@ -25,14 +25,17 @@
 //!     --raft-heartbeat 500ms --election-timeout-min 3s --election-timeout-max 6s --lease 5s
 //! ```
 //!
-//! Not part of CI's run: 50 nodes take a minute or more to form on two cores.
+//! Not part of CI's run: 50 nodes take about 20 s to form and most of two cores.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clusterfunk_integration::{free_ports, wait_until, NodeProc};
+use clusterfunk_integration::{free_ports, wait_every, wait_until, NodeProc};
 use serde_json::Value;
+
+/// How often the all-node waits poll.
+const POLL: Duration = Duration::from_millis(250);
 
 fn arg(name: &str, default: u64) -> anyhow::Result<u64> {
     let v = std::env::args().skip_while(|a| a != name).nth(1);
@@ -96,16 +99,6 @@ fn on_one_map(nodes: &[NodeProc], which: impl IntoIterator<Item = usize>, shards
     (serving == shards).then_some(())
 }
 
-/// Polls `check` every 250 ms until it holds, for at most `limit`.
-fn wait_all(limit: Duration, what: &str, mut check: impl FnMut() -> Option<()>) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while check().is_none() {
-        anyhow::ensure!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let n = arg("--nodes", 50)? as usize;
     let voters = arg("--voters", 5)?;
@@ -157,7 +150,7 @@ fn main() -> anyhow::Result<()> {
     println!("form_s={:.1}", form.as_secs_f64());
 
     // Converged: every node has the same complete map, and every shard is served.
-    wait_all(limit, "every node on one complete map, every shard served", || on_one_map(&nodes, 0..n, shards))
+    wait_every(POLL, limit, "every node on one complete map, every shard served", || on_one_map(&nodes, 0..n, shards))
         .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
     let converge = started.elapsed();
     println!("converge_s={:.1}", converge.as_secs_f64());
@@ -228,8 +221,10 @@ fn main() -> anyhow::Result<()> {
         nodes[*v].kill();
     }
     let alive: Vec<usize> = (0..n).filter(|i| !victims.contains(i)).collect();
-    wait_all(limit, "every shard served again by the survivors", || on_one_map(&nodes, alive.iter().copied(), shards))
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
+    wait_every(POLL, limit, "every shard served again by the survivors", || {
+        on_one_map(&nodes, alive.iter().copied(), shards)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&nodes)))?;
     println!("kill_n={kill} served_again_s={:.1}", killed_at.elapsed().as_secs_f64());
     println!("nodes={n} voters={voters} shards={shards} window_s={secs:.0}");
     for i in alive {
